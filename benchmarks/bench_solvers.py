@@ -105,7 +105,7 @@ def bench_one(problem: str, C: int, K: int, seed: int = 0) -> dict:
         tree = class_tree_from_embeddings(emb)
         ours = lambda: solve_stlp(Q, R, tree, lam)  # noqa: E731
         build = lambda: _cvxpy_problem(Q, R, lam, tree=tree)  # noqa: E731
-        structure = {"tree_nodes": tree.num_nodes, "tree_depth": len(tree.levels)}
+        structure = {"tree_nodes": tree.num_nodes, "tree_levels": len(tree.levels)}
     times = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
