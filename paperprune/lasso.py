@@ -291,10 +291,13 @@ def tree_prox(X: torch.Tensor, tree: ClassTree, threshold: float, *, nonnegative
         Y = (X - threshold * t.leaf_weights).clamp_min_(0)
     else:
         Y = X.sign() * (X.abs() - threshold * t.leaf_weights).clamp_min_(0)
-    tiny = torch.finfo(X.dtype).tiny
+    if threshold <= 0:
+        return Y
+    one = X.new_ones(())
     for _, m, w, outside in t.levels:
-        scale = ((Y * Y) @ m.T).clamp_min_(tiny).rsqrt_().mul_(-threshold * w).add_(1).clamp_min_(0)
-        Y = Y * torch.addmm(outside, scale, m)  # classes outside this level's groups keep factor 1
+        # 1 - threshold w / ||y_G||, clipped at 0; a zero norm gives -inf, hence 0 (w > 0 on every level)
+        scale = torch.addcmul(one, ((Y * Y) @ m.T).rsqrt_(), w, value=-threshold).clamp_min_(0)
+        Y.mul_(torch.addmm(outside, scale, m))  # classes outside this level's groups keep factor 1
     return Y
 
 
