@@ -41,7 +41,7 @@ def experiment():
             'omega = 4\ngamma_ratio = 0.5\nstructure = "embedding"\nbatch_size = 64\nlr = 0.05\n'
             "finetune_lr = 0.01\nper_class = 20\ntest_per_class = 10\ndata_root = None\n"
             'device = "cpu"\nout = "runs/notebook-demo"\ncache_dir = None\nthreads = None\nprogress = True\n'
-            "latency_repeats = 10"),
+            "latency_repeats = 10\ndeployed_latency = True"),
         new_code_cell(
             "import torch\n\nfrom paperprune.experiment import RunConfig, run_experiment\n\n"
             "if threads:\n    torch.set_num_threads(int(threads))\n"
@@ -50,7 +50,8 @@ def experiment():
             "                   seed=seed, samples_per_class=samples_per_class, omega=omega, gamma_ratio=gamma_ratio,\n"
             "                   structure=structure, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr,\n"
             "                   per_class=per_class, test_per_class=test_per_class, data_root=data_root, device=device)\n"
-            "record = run_experiment(config, out, cache_dir=cache_dir, progress=progress, latency_repeats=latency_repeats)"),
+            "record = run_experiment(config, out, cache_dir=cache_dir, progress=progress, latency_repeats=latency_repeats,\n"
+            "                        deployed_latency=deployed_latency)"),
         new_markdown_cell("## Result"),
         new_code_cell(
             "b, p = record['baseline'], record['pruned']\n"
@@ -59,7 +60,10 @@ def experiment():
             "print(f\"MACs {b['macs'] / 1e6:.2f}M -> {p['macs'] / 1e6:.2f}M (-{100 * p['macs_reduction']:.1f}%), \"\n"
             "      f\"params {b['params'] / 1e6:.3f}M -> {p['params'] / 1e6:.3f}M (-{100 * p['params_reduction']:.1f}%)\")\n"
             "for name, lat in record['latency'].items():\n"
-            "    print(f\"latency {name}: {lat['base_ms']:.2f} ms -> {lat['pruned_ms']:.2f} ms\")"),
+            "    print(f\"latency {name}: {lat['base_ms']:.2f} ms -> {lat['pruned_ms']:.2f} ms\")\n"
+            "    if 'deployed' in lat:\n"
+            "        print(f\"latency {name}, {lat['deployed']}: {lat['deployed_base_ms']:.2f} ms -> \"\n"
+            "              f\"{lat['deployed_pruned_ms']:.2f} ms\")"),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
             "layers = record['layers']\n"

@@ -144,6 +144,9 @@ def _add_run(subparsers) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where baselines are cached (default: OUT/../_baselines)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-deployed-latency", action="store_true",
+                   help="time only the eager models, not the ones prepared by paperprune.deploy "
+                        "(which compiles them and needs a C++ compiler)")
     p.set_defaults(func=_cmd_run)
 
 
@@ -154,7 +157,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _check_out_dir(args.out)
     config = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
-    record = run_experiment(config, args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    record = run_experiment(config, args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
+                            deployed_latency=not args.no_deployed_latency)
     b, p = record["baseline"], record["pruned"]
     print(f"{config.arch} on {config.dataset}, {config.method}: top-1 {b['top1']:.2f} -> {p['top1']:.2f}, "
           f"MACs -{100 * p['macs_reduction']:.1f}%, params -{100 * p['params_reduction']:.1f}% -> "

@@ -80,7 +80,11 @@ BASELINE_FIELDS = ("dataset", "arch", "pretrain_epochs", "pretrained", "seed", "
 
 def measure_latency(model: torch.nn.Module, input_size, batch_size: int, device, repeats: int = 10,
                     warmup: int = 3) -> float:
-    """Median wall time (ms) of one forward pass of a batch, eval mode, no grad."""
+    """Median wall time (ms) of one forward pass of a batch, eval mode, under inference_mode.
+
+    `model` may be one returned by `paperprune.deploy.prepare_for_inference` for this batch shape
+    and device.
+    """
     model = model.to(device).eval()
     x = torch.randn(batch_size, *input_size, device=device)
     times = []
@@ -97,17 +101,28 @@ def measure_latency(model: torch.nn.Module, input_size, batch_size: int, device,
     return float(torch.tensor(times).median())
 
 
-def _latency(base, pruned, input_size, cpu_repeats: int) -> dict:
+def _latency(base, pruned, input_size, cpu_repeats: int, deployed: bool) -> dict:
+    """Forward times of base and pruned: eager at CPU batch 1 and 64 (CUDA batch 64 when present) and,
+    when `deployed`, also after `paperprune.deploy.prepare_for_inference` at batch 64 (compiling is
+    seconds per model, so batch 1 is eager only)."""
+    from .deploy import DEPLOY_MODE, prepare_for_inference
+
+    def times(device, batch_size, repeats, warmup, deploy):
+        row = {}
+        x = torch.randn(batch_size, *input_size, device=device)
+        for name, model in (("base", base), ("pruned", pruned)):
+            model = model.to(device)
+            row[f"{name}_ms"] = measure_latency(model, input_size, batch_size, device, repeats, warmup)
+            if deploy:
+                row[f"deployed_{name}_ms"] = measure_latency(prepare_for_inference(model, x), input_size,
+                                                             batch_size, device, repeats, warmup)
+        return {**row, "deployed": DEPLOY_MODE} if deploy else row
+
     cpu = torch.device("cpu")
-    out = {}
-    for bs in (1, 64):
-        out[f"cpu_bs{bs}"] = {"base_ms": measure_latency(base, input_size, bs, cpu, cpu_repeats, warmup=1),
-                              "pruned_ms": measure_latency(pruned, input_size, bs, cpu, cpu_repeats, warmup=1),
-                              "repeats": cpu_repeats}
+    out = {f"cpu_bs{bs}": {**times(cpu, bs, cpu_repeats, 1, deployed and bs == 64), "repeats": cpu_repeats}
+           for bs in (1, 64)}
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        out["cuda_bs64"] = {"base_ms": measure_latency(base, input_size, 64, gpu, 50),
-                            "pruned_ms": measure_latency(pruned, input_size, 64, gpu, 50)}
+        out["cuda_bs64"] = times(torch.device("cuda"), 64, 50, 3, deployed)
     return out
 
 
@@ -208,8 +223,12 @@ def _check_reachable(config: RunConfig, info, input_size) -> None:
 
 
 def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
-                   progress: bool = True, latency_repeats: int = 10) -> dict:
-    """Run (or resume) one pipeline run into `out`; returns the run.json record."""
+                   progress: bool = True, latency_repeats: int = 10, deployed_latency: bool = True) -> dict:
+    """Run (or resume) one pipeline run into `out`; returns the run.json record.
+
+    `deployed_latency` also times base and pruned after `paperprune.deploy.prepare_for_inference`
+    (torch.compile, which needs a C++ compiler on CPU; checked before anything is written).
+    """
     from .data import dataset_info, make_loaders
     from .flops import count_flops_params
     from .models import input_size as model_input_size
@@ -218,6 +237,10 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
     from .train import TrainConfig, evaluate, train
 
     config.validate()
+    if deployed_latency:
+        from .deploy import check_compiler
+
+        check_compiler()
     out = Path(out)
     device = resolve_device(config.device)
     info = dataset_info(config.dataset, config.data_root)
@@ -302,7 +325,7 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
         "lam": report["criterion"].get("lam"),
         "criterion": report["criterion"],
         "layers": report["layers"],
-        "latency": _latency(base, pruned, input_size, latency_repeats),
+        "latency": _latency(base, pruned, input_size, latency_repeats, deployed_latency),
         "timings": timings,
     }
     atomic_write_json(out / "run.json", record)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from paperprune.deploy import DEPLOY_MODE
 from paperprune.experiment import RunConfig, run_experiment
 from paperprune.flops import count_flops_params
 from paperprune.surgery import load_pruned
@@ -54,6 +55,10 @@ def test_complete_run_json(tiny_run):
         pruned_model.get_submodule(row["name"]).out_channels for row in record["layers"]]
     for name in ("cpu_bs1", "cpu_bs64"):
         assert record["latency"][name]["base_ms"] > 0 and record["latency"][name]["pruned_ms"] > 0
+    deployed = record["latency"]["cpu_bs64"]  # batch 64 is also timed after prepare_for_inference
+    assert deployed["deployed"] == DEPLOY_MODE
+    assert deployed["deployed_base_ms"] > 0 and deployed["deployed_pruned_ms"] > 0
+    assert "deployed" not in record["latency"]["cpu_bs1"]
     assert set(record["timings"]) == {"pretrain_s", "statistics_s", "selection_s", "surgery_s", "finetune_s",
                                       "evaluation_s"}
     metrics = (root / "r56-stlp" / "finetune" / "metrics.jsonl").read_text().splitlines()
@@ -70,7 +75,9 @@ def test_completed_run_is_not_recomputed_and_baseline_is_shared(tiny_run):
     assert len(baselines) == 1
     final = baselines[0] / "final.pt"
     stamp = final.stat().st_mtime_ns
-    other = run_experiment(RunConfig(**dict(TINY, method="l1")), root / "r56-l1", progress=False, latency_repeats=1)
+    other = run_experiment(RunConfig(**dict(TINY, method="l1")), root / "r56-l1", progress=False, latency_repeats=1,
+                           deployed_latency=False)
+    assert all("deployed" not in lat for lat in other["latency"].values())
     assert final.stat().st_mtime_ns == stamp and len(list((root / "_baselines").iterdir())) == 1
     assert other["baseline"]["top1"] == record["baseline"]["top1"]
 
@@ -101,6 +108,15 @@ def test_bad_input_writes_nothing(tmp_path, change, match, monkeypatch):
     assert not (tmp_path / "out").exists() and not (tmp_path / "_baselines").exists()
 
 
+def test_missing_compiler_fails_before_writing(tmp_path, monkeypatch):
+    import paperprune.deploy
+
+    monkeypatch.setattr(paperprune.deploy.shutil, "which", lambda name: None)
+    with pytest.raises(PaperpruneError, match="--no-deployed-latency"):
+        run_experiment(RunConfig(**TINY), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "_baselines").exists()
+
+
 def test_mismatched_pretrained_checkpoint(tmp_path):
     from paperprune import create_model
 
@@ -122,7 +138,7 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     cmd = [sys.executable, "-m", "paperprune", "run", "--dataset", "fashion-mnist", "--arch", "resnet56",
            "--method", "l1", "--flops-reduction", "0.5", "--pretrain-epochs", "1", "--finetune-epochs", "4",
            "--per-class", "30", "--test-per-class", "5", "--samples-per-class", "5", "--batch-size", "50",
-           "--device", "cpu", "--no-progress", "--out", str(out)]
+           "--device", "cpu", "--no-progress", "--no-deployed-latency", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = out / "finetune" / "metrics.jsonl"

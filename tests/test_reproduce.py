@@ -32,6 +32,7 @@ def test_experiment_notebook_records_its_run(tmp_path):
     executed = nbformat.read(out / "experiment.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f"-{100 * record['pruned']['macs_reduction']:.1f}%" in printed
+    assert f"latency cpu_bs64, {record['latency']['cpu_bs64']['deployed']}:" in printed
     assert not (out / ".experiment.running.ipynb").exists() and not (out / "error.json").exists()
 
 
