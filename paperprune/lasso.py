@@ -333,66 +333,56 @@ def _effective_tol(tol: float, dtype: torch.dtype) -> float:
     return max(float(tol), 10 * torch.finfo(dtype).eps)
 
 
-def _admm(Q, Rl, D, gw, x_prox, X, Yx, Yz, *, rho, scale, tol, max_iter, rebalance, relax=1.8, check=5):
+def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax=1.8, check=5):
     """Scaled, over-relaxed ADMM (Boyd et al. 2011, sections 3.1, 3.4.1 and 3.4.3) for
-    min_B 1/2 tr(B^T Q B) - <Rl, B> + g(X) + sum_e gw_e |Z[:, e]|_1  s.t.  B = X, B D^T = Z,
-    with g entering through x_prox(V, rho) = argmin_X g(X) + rho/2 ||X - V||^2 and D (E, K)
-    (E may be 0). The B-update Q B + rho B (I + D^T D) = rhs is exact through the
-    eigendecompositions of Q and I + D^T D, computed once, so rho can change freely. `Yx`, `Yz`
-    are the (unscaled) multipliers of the two constraints; Z starts at X D^T. rho=None starts at
+    min_B 1/2 tr(B^T Q B) - <Rl, B> + h(S)  s.t.  B Dp^T = S,  Dp = [I_K; D] (K + E, K),
+    with h entering through s_prox(V, rho) = argmin_S h(S) + rho/2 ||S - V||^2. For sTLP E = 0
+    (S = B, h = lam Omega + indicator(S >= 0)); for sGLP D is the signed incidence and
+    S = [X, Z] carries B >= 0 in its first K columns and the fused differences Z = B D^T in the
+    rest. The B-update Q B + rho B Dp^T Dp = Rl + rho (S - U) Dp is exact through the
+    eigendecompositions of Q and Dp^T Dp = I + D^T D, computed once, so rho can change freely.
+    X (C, K) is the starting point and Y (C, K + E) the unscaled multiplier. rho=None starts at
     sqrt(lambda_min lambda_max) of Q, which balances the fast and slow modes of the B-update
     (Ghadimi et al., IEEE TAC 2015); lambda_min is floored at 1e-3 lambda_max so a singular Q
     (dead or duplicate channels) does not send rho to 0.
 
     Stopping rule, checked every `check` iterations: relative primal residual
-    ||(B - X, B D^T - Z)|| / max(||(B, B D^T)||, ||(X, Z)||, scale / lambda_max(Q)) <= tol and relative
-    dual residual rho ||(X - X_prev) + (Z - Z_prev) D|| / max(||Yx + Yz D||, scale) <= tol. rho is
-    rebalanced every `rebalance` iterations (factor 2 when one residual exceeds 10x the other).
-    Returns (X, Yx, Yz, rho, iterations, converged, primal, dual).
+    ||B Dp^T - S|| / max(||B Dp^T||, ||S||, scale / lambda_max(Q)) <= tol and relative dual residual
+    rho ||(S - S_prev) Dp|| / max(||Y Dp||, scale) <= tol. rho is rebalanced every `rebalance`
+    iterations (factor 2 when one residual exceeds 10x the other).
+    Returns (X = S[:, :K], Y, rho, iterations, converged, primal, dual); X is feasible.
     """
-    E = D.shape[0]
+    E, K = D.shape[0], Rl.shape[1]
     q, Uq = torch.linalg.eigh(Q)
     L = max(float(q[-1]), torch.finfo(Rl.dtype).eps)
     if rho is None:
         rho = math.sqrt(max(float(q[0]), 1e-3 * L) * L)
     UqT = Uq.T.contiguous()
-    UtRl = UqT @ Rl
-    shift = 1.0
     if E:
-        p, Vp = torch.linalg.eigh(torch.eye(D.shape[1], dtype=D.dtype, device=D.device) + D.T @ D)
-        shift, UtRl, VpT, DT = p.clamp_min(1.0)[None, :], UtRl @ Vp, Vp.T.contiguous(), D.T.contiguous()
-    dinv, gwr = 1 / (q[:, None] + rho * shift), gw / rho
-    U, Z = Yx / rho, X @ D.T
-    W = Yz / rho
+        Dp = torch.cat([torch.eye(K, dtype=D.dtype, device=D.device), D])
+        p, Vp = torch.linalg.eigh(Dp.T @ Dp)
+        shift, into, back = p.clamp_min(1.0)[None, :], Dp @ Vp, (Dp @ Vp).T.contiguous()
+        base, S = UqT @ Rl @ Vp, X @ Dp.T
+    else:
+        Dp, shift, base, S = None, 1.0, UqT @ Rl, X
+    dinv = 1 / (q[:, None] + rho * shift)
+    U = Y / rho
     r_rel = s_rel = float("inf")
     converged, it = False, 0
     for it in range(1, max_iter + 1):
-        if E:
-            B = Uq @ (torch.addmm(UtRl, UqT, torch.addmm(X - U, Z - W, D) @ Vp, alpha=rho) * dinv) @ VpT
-            BD = B @ DT
+        if E:  # B Dp^T = Uq ((Uq^T Rl Vp + rho Uq^T (S - U) Dp Vp) / (q + rho p)) Vp^T Dp^T
+            BD = (Uq @ (torch.addmm(base, UqT, (S - U) @ into, alpha=rho) * dinv)) @ back
         else:
-            B = Uq @ (torch.addmm(UtRl, UqT, X - U, alpha=rho) * dinv)
-        X_prev = X
-        Bh = torch.lerp(X, B, relax)  # relax B + (1 - relax) X_prev
-        X = x_prox(Bh + U, rho)
-        U = U.add_(Bh).sub_(X)
-        if E:
-            Z_prev = Z
-            BDh = torch.lerp(Z, BD, relax)
-            V = BDh + W
-            Z = V.sign().mul_((V.abs() - gwr).clamp_min_(0))
-            W = W.add_(BDh).sub_(Z)
+            BD = Uq @ (torch.addmm(base, UqT, S - U, alpha=rho) * dinv)
+        S_prev = S
+        Vh = torch.lerp(S, BD, relax)  # relax B Dp^T + (1 - relax) S_prev
+        S = s_prox(Vh + U, rho)
+        U = U.add_(Vh).sub_(S)
         if it % check and it < max_iter:
             continue
-        rB, dX = B - X, X - X_prev
-        if E:
-            rZ = BD - Z
-            sq = torch.stack([rB.square().sum() + rZ.square().sum(), B.square().sum() + BD.square().sum(),
-                              X.square().sum() + Z.square().sum(), torch.addmm(dX, Z - Z_prev, D).square().sum(),
-                              torch.addmm(U, W, D).square().sum()])
-        else:
-            sq = torch.stack([rB.square().sum(), B.square().sum(), X.square().sum(), dX.square().sum(),
-                              U.square().sum()])
+        dS, UD = (S - S_prev, U) if Dp is None else ((S - S_prev) @ Dp, U @ Dp)
+        sq = torch.stack([(BD - S).square().sum(), BD.square().sum(), S.square().sum(), dS.square().sum(),
+                          UD.square().sum()])
         r, ax, bz, s, dual = sq.sqrt().tolist()  # one device sync per check
         r_rel, s_rel = r / max(ax, bz, scale / L), rho * s / max(rho * dual, scale)
         if r_rel <= tol and s_rel <= tol:
@@ -400,9 +390,9 @@ def _admm(Q, Rl, D, gw, x_prox, X, Yx, Yz, *, rho, scale, tol, max_iter, rebalan
             break
         if it % rebalance == 0 and max(r_rel, s_rel) > 10 * min(r_rel, s_rel):
             f = 2.0 if r_rel > s_rel else 0.5
-            rho, U, W = rho * f, U / f, W / f
-            dinv, gwr = 1 / (q[:, None] + rho * shift), gw / rho
-    return X, rho * U, rho * W, rho, it, converged, r_rel, s_rel
+            rho, U = rho * f, U / f
+            dinv = 1 / (q[:, None] + rho * shift)
+    return S[:, :K], rho * U, rho, it, converged, r_rel, s_rel
 
 
 _GROW_MIN = 32  # rows added per working-set round: at least this many, else as many as the set holds
@@ -410,25 +400,24 @@ _INNER_TOL = 0.3  # an early round stops at this fraction of the screened violat
 _FUSION_STEPS = 30  # projected-gradient steps of the sGLP zero-row check
 
 
-def _working_set(Q, R, B, D, gw, Rl, x_prox, violation, *, tol, max_iter, rebalance):
+def _working_set(Q, R, B, D, Rl, s_prox, violation, *, tol, max_iter, rebalance):
     """Solve a per-layer problem on a working set of rows (channels), the strategy of glmnet's strong
     rules and of Celer (Massias et al., ICML 2018): rows outside the set are held at zero, the
     restricted problem is solved by `_admm`, and rows whose zero does not satisfy the KKT condition
     (`violation(G)`, G = Q B - R, a per-row norm that is 0 when B[k] = 0 is optimal given the other
     rows) join the set; repeat until no row outside violates it by more than tol ||R||. Pruned layers
     keep few channels, so the restricted problems are small and better conditioned. Warm starts
-    seed the set with B's support and the multipliers with Yx = Rl - Q X, Yz = 0 (then the first
+    seed the set with B's support and the multiplier with Y = [Rl - Q X, 0] (then the first
     B-update returns X itself).
 
     Returns (B, iterations, converged, certificate).
     """
     C, K = R.shape
     E = D.shape[0]
-    eps = torch.finfo(R.dtype).eps
-    scale = max(float(torch.linalg.norm(R)), eps)
+    scale = max(float(torch.linalg.norm(R)), torch.finfo(R.dtype).eps)
     active = (B != 0).any(1)
     total, rounds, rho, final = 0, 0, None, False
-    Yx_all = Yz_all = None
+    Y_all = None
     converged, primal, dual = True, 0.0, 0.0
     while True:
         idx = active.nonzero().flatten()
@@ -444,15 +433,15 @@ def _working_set(Q, R, B, D, gw, Rl, x_prox, violation, *, tol, max_iter, rebala
             idx = active.nonzero().flatten()
         inner_tol = max(tol, _INNER_TOL * screened)  # early rounds only need the support roughly
         final = inner_tol == tol
-        if Yx_all is None:
-            Yx_all, Yz_all = Rl - Q @ B, R.new_zeros(C, E)
-        else:  # rows new to the set start from the multipliers consistent with their zero
-            Yx_all = torch.where(new[:, None], Rl - Q[:, idx] @ B[idx], Yx_all)
-        X, Yx, Yz, rho, it, converged, primal, dual = _admm(
-            Q[idx][:, idx], Rl[idx], D, gw, x_prox, B[idx], Yx_all[idx], Yz_all[idx], rho=rho, scale=scale,
-            tol=inner_tol, max_iter=max_iter - total, rebalance=rebalance)
+        if Y_all is None:
+            Y_all = torch.cat([Rl - Q @ B, R.new_zeros(C, E)], 1)
+        else:  # rows new to the set start from the multiplier consistent with their zero
+            Y_all[:, :K] = torch.where(new[:, None], Rl - Q[:, idx] @ B[idx], Y_all[:, :K])
+        X, Y, rho, it, converged, primal, dual = _admm(
+            Q[idx][:, idx], Rl[idx], D, s_prox, B[idx], Y_all[idx], rho=rho, scale=scale, tol=inner_tol,
+            max_iter=max_iter - total, rebalance=rebalance)
         B = torch.zeros_like(R).index_copy_(0, idx, X)
-        Yx_all, Yz_all = Yx_all.index_copy(0, idx, Yx), Yz_all.index_copy(0, idx, Yz)
+        Y_all = Y_all.index_copy(0, idx, Y)
         total, rounds = total + it, rounds + 1
     converged = converged and screened <= tol
     return B, total, converged, {"primal_residual": primal, "dual_residual": dual, "screened_violation": screened,
@@ -500,8 +489,7 @@ def solve_stlp(Q, R, tree: ClassTree, lam: float, *, tol: float = 1e-6, max_iter
     tree = tree.to(R.device, R.dtype)
     lam = float(lam)
     B, it, converged, cert = _working_set(
-        Q, R, B, R.new_zeros(0, R.shape[1]), R.new_zeros(0), R,
-        lambda V, rho: tree_prox(V, tree, lam / rho),
+        Q, R, B, R.new_zeros(0, R.shape[1]), R, lambda V, rho: tree_prox(V, tree, lam / rho),
         lambda G: torch.linalg.norm(tree_prox(-G, tree, lam), dim=1),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=50)
     return LassoResult(B=B, objective=stlp_objective(B, Q, R, tree, lam), iterations=it, converged=converged,
@@ -515,8 +503,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
 
     On B >= 0 the l1 term is linear (lam * sum B), so the problem is
     min 1/2 tr(B^T Q B) - <R - lam, B> + gamma sum_e w_e |Z[:, e]|_1 + indicator(X >= 0)
-    s.t. B = X, B D^T = Z, with D (E, K) the signed incidence of the graph; `_admm` solves it
-    (X <- max(B + U, 0), Z <- soft-threshold(B D^T + W, gamma w / rho)).
+    s.t. B = X, B D^T = Z, with D (E, K) the signed incidence of the graph; `_admm` solves it with
+    S = [X, Z] (X <- max(V, 0), Z <- soft-threshold(V, gamma w / rho) on the two blocks of V).
 
     Stopping rule: ADMM's relative primal and dual residuals <= tol on the working set, and for
     the rows held at zero ||max(R_k - lam - (Q B)_k, 0)|| <= tol ||R||, an upper bound on their
@@ -530,10 +518,18 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
     graph.check_classes(R.shape[1])
     D = graph.incidence(R.shape[1], device=R.device, dtype=R.dtype)
     gw = float(gamma) * graph.weights.to(device=R.device, dtype=R.dtype)
-    Rl = R - float(lam)
+    K = R.shape[1]
+    lo = torch.cat([R.new_zeros(K), gw])  # S = [X, Z]: X >= 0, Z soft-thresholded by gamma w / rho
+    hi = torch.cat([R.new_full((K,), math.inf), gw])
+    cache = {}
+
+    def s_prox(V, rho):
+        if cache.get("rho") != rho:
+            cache.update(rho=rho, lo=lo / rho, hi=hi / rho)
+        return (V - cache["lo"]).clamp_min_(0).add_((V + cache["hi"]).clamp_max_(0))
+
     B, it, converged, cert = _working_set(
-        Q, R, B, D, gw, Rl, lambda V, rho: V.clamp_min(0),
-        lambda G: _fusion_violation(G + float(lam), D, gw),
+        Q, R, B, D, R - float(lam), s_prox, lambda G: _fusion_violation(G + float(lam), D, gw),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=10)
     return LassoResult(B=B, objective=sglp_objective(B, Q, R, graph, lam, gamma), iterations=it,
                        converged=converged,
