@@ -463,8 +463,9 @@ def _fusion_violation(H, D, gw, steps: int = _FUSION_STEPS):
     H, V = H[fail], V[fail]
     step = 1.0 / max(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, 1.0)
     Y = H.new_zeros(len(fail), D.shape[0])
+    DT, low = D.T.contiguous(), -gw
     for _ in range(steps):
-        Y = torch.minimum(torch.maximum(Y - step * (V @ D.T), -gw), gw)
+        Y = torch.clamp(torch.addmm(Y, V, DT, alpha=-step), low, gw)
         V = torch.addmm(H, Y, D).clamp_max_(0)
     return out.index_copy_(0, fail, torch.linalg.norm(V, dim=1))
 
