@@ -13,12 +13,7 @@ from paperprune.surgery import prune_channels
 from paperprune.utils import PaperpruneError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise(model, seed):

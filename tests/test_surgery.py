@@ -18,14 +18,7 @@ from paperprune.utils import PaperpruneError, atomic_torch_save
 CIFAR = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: these small batch-1 forwards are fastest that way, and a
-    2-thread pool on a busy 2-core machine slows them down by orders of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- helpers
