@@ -361,7 +361,8 @@ def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax
     if E:
         Dp = torch.cat([torch.eye(K, dtype=D.dtype, device=D.device), D])
         p, Vp = torch.linalg.eigh(Dp.T @ Dp)
-        shift, into, back = p.clamp_min(1.0)[None, :], Dp @ Vp, (Dp @ Vp).T.contiguous()
+        shift, into = p.clamp_min(1.0)[None, :], Dp @ Vp
+        back = into.T.contiguous()
         base, S = UqT @ Rl @ Vp, X @ Dp.T
     else:
         Dp, shift, base, S = None, 1.0, UqT @ Rl, X
@@ -410,7 +411,8 @@ def _working_set(Q, R, B, D, Rl, s_prox, violation, *, tol, max_iter, rebalance)
     seed the set with B's support and the multiplier with Y = [Rl - Q X, 0] (then the first
     B-update returns X itself).
 
-    Returns (B, iterations, converged, certificate).
+    Returns (B, iterations, converged, residual, certificate); residual is the largest of the
+    primal, dual and screened residuals.
     """
     C, K = R.shape
     E = D.shape[0]
@@ -444,24 +446,23 @@ def _working_set(Q, R, B, D, Rl, s_prox, violation, *, tol, max_iter, rebalance)
         Y_all = Y_all.index_copy(0, idx, Y)
         total, rounds = total + it, rounds + 1
     converged = converged and screened <= tol
-    return B, total, converged, {"primal_residual": primal, "dual_residual": dual, "screened_violation": screened,
+    return B, total, converged, max(primal, dual, screened), {"primal_residual": primal, "dual_residual": dual, "screened_violation": screened,
                                  "rho": float("nan") if rho is None else rho, "working_set": int(active.sum()),
                                  "rounds": rounds}
 
 
-def _fusion_violation(H, D, gw, steps: int = _FUSION_STEPS):
+def _fusion_violation(H, D, gw, step: float, steps: int = _FUSION_STEPS):
     """Upper bound on each row's KKT violation at zero for sGLP: min over fusion multipliers
     |Y_e| <= gamma w_e of ||min(H + Y D, 0)||, H = Q B - R + lam (a zero row is optimal iff some
     Y makes H + Y D >= 0). Rows with H >= 0 pass with Y = 0; the others get `steps`
-    projected-gradient steps from Y = 0 (step 1 / ||D||_2^2). Any Y gives an upper bound, so a row
-    that passes is certainly optimal at zero."""
+    projected-gradient steps from Y = 0 (`step` = 1 / ||D||_2^2, computed once per solve). Any Y
+    gives an upper bound, so a row that passes is certainly optimal at zero."""
     V = H.clamp_max(0)
     out = torch.linalg.norm(V, dim=1)
     fail = (out > 0).nonzero().flatten()
     if not D.shape[0] or not len(fail):
         return out
     H, V = H[fail], V[fail]
-    step = 1.0 / max(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, 1.0)
     Y = H.new_zeros(len(fail), D.shape[0])
     DT, low = D.T.contiguous(), -gw
     for _ in range(steps):
@@ -489,13 +490,12 @@ def solve_stlp(Q, R, tree: ClassTree, lam: float, *, tol: float = 1e-6, max_iter
         raise PaperpruneError(f"ClassTree has {tree.num_classes} classes but R has K = {R.shape[1]} columns")
     tree = tree.to(R.device, R.dtype)
     lam = float(lam)
-    B, it, converged, cert = _working_set(
+    B, it, converged, residual, cert = _working_set(
         Q, R, B, R.new_zeros(0, R.shape[1]), R, lambda V, rho: tree_prox(V, tree, lam / rho),
         lambda G: torch.linalg.norm(tree_prox(-G, tree, lam), dim=1),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=50)
     return LassoResult(B=B, objective=stlp_objective(B, Q, R, tree, lam), iterations=it, converged=converged,
-                       residual=max(cert["primal_residual"], cert["dual_residual"], cert["screened_violation"]),
-                       certificate=cert)
+                       residual=residual, certificate=cert)
 
 
 def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float = 1e-6,
@@ -529,13 +529,12 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
             cache.update(rho=rho, lo=lo / rho, hi=hi / rho)
         return (V - cache["lo"]).clamp_min_(0).add_((V + cache["hi"]).clamp_max_(0))
 
-    B, it, converged, cert = _working_set(
-        Q, R, B, D, R - float(lam), s_prox, lambda G: _fusion_violation(G + float(lam), D, gw),
+    step = 1.0 / max(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, 1.0) if D.shape[0] else 1.0
+    B, it, converged, residual, cert = _working_set(
+        Q, R, B, D, R - float(lam), s_prox, lambda G: _fusion_violation(G + float(lam), D, gw, step),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=10)
     return LassoResult(B=B, objective=sglp_objective(B, Q, R, graph, lam, gamma), iterations=it,
-                       converged=converged,
-                       residual=max(cert["primal_residual"], cert["dual_residual"], cert["screened_violation"]),
-                       certificate=cert)
+                       converged=converged, residual=residual, certificate=cert)
 
 
 def lasso_path(solve: Callable[[float, torch.Tensor | None], LassoResult], lams: Sequence[float]) -> list[LassoResult]:
