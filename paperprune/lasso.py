@@ -333,14 +333,18 @@ def _effective_tol(tol: float, dtype: torch.dtype) -> float:
     return max(float(tol), 10 * torch.finfo(dtype).eps)
 
 
-def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax=1.8, check=5):
+def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, max_iter, rebalance, relax=1.8, check=5):
     """Scaled, over-relaxed ADMM (Boyd et al. 2011, sections 3.1, 3.4.1 and 3.4.3) for
     min_B 1/2 tr(B^T Q B) - <Rl, B> + h(S)  s.t.  B Dp^T = S,  Dp = [I_K; D] (K + E, K),
-    with h entering through s_prox(V, rho) = argmin_S h(S) + rho/2 ||S - V||^2. For sTLP E = 0
+    with h entering through its Moreau decomposition split(T, rho) = (S, T - S),
+    S = argmin_S h(S) + rho/2 ||S - T||^2; the second part is the new scaled multiplier, so the
+    S- and U-updates cost one call. For sTLP E = 0
     (S = B, h = lam Omega + indicator(S >= 0)); for sGLP D is the signed incidence and
     S = [X, Z] carries B >= 0 in its first K columns and the fused differences Z = B D^T in the
     rest. The B-update Q B + rho B Dp^T Dp = Rl + rho (S - U) Dp is exact through the
-    eigendecompositions of Q and Dp^T Dp = I + D^T D, computed once, so rho can change freely.
+    eigendecompositions of Q (`eig` = (q, Uq, Uq^T), reused while the working set is unchanged)
+    and of Dp^T Dp = I + D^T D (`fusion` = `_fusion_basis(D)`, shared by every working-set round),
+    so rho can change freely.
     X (C, K) is the starting point and Y (C, K + E) the unscaled multiplier. rho=None starts at
     sqrt(lambda_min lambda_max) of Q, which balances the fast and slow modes of the B-update
     (Ghadimi et al., IEEE TAC 2015); lambda_min is floored at 1e-3 lambda_max so a singular Q
@@ -352,17 +356,13 @@ def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax
     iterations (factor 2 when one residual exceeds 10x the other).
     Returns (X = S[:, :K], Y, rho, iterations, converged, primal, dual); X is feasible.
     """
-    E, K = D.shape[0], Rl.shape[1]
-    q, Uq = torch.linalg.eigh(Q)
+    K = Rl.shape[1]
+    q, Uq, UqT = eig
     L = max(float(q[-1]), torch.finfo(Rl.dtype).eps)
     if rho is None:
         rho = math.sqrt(max(float(q[0]), 1e-3 * L) * L)
-    UqT = Uq.T.contiguous()
-    if E:
-        Dp = torch.cat([torch.eye(K, dtype=D.dtype, device=D.device), D])
-        p, Vp = torch.linalg.eigh(Dp.T @ Dp)
-        shift, into = p.clamp_min(1.0)[None, :], Dp @ Vp
-        back = into.T.contiguous()
+    if fusion is not None:
+        Dp, Vp, shift, into, back = fusion
         base, S = UqT @ Rl @ Vp, X @ Dp.T
     else:
         Dp, shift, base, S = None, 1.0, UqT @ Rl, X
@@ -371,20 +371,19 @@ def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax
     r_rel = s_rel = float("inf")
     converged, it = False, 0
     for it in range(1, max_iter + 1):
-        if E:  # B Dp^T = Uq ((Uq^T Rl Vp + rho Uq^T (S - U) Dp Vp) / (q + rho p)) Vp^T Dp^T
-            BD = (Uq @ (torch.addmm(base, UqT, (S - U) @ into, alpha=rho) * dinv)) @ back
+        if Dp is not None:  # B Dp^T = Uq ((Uq^T Rl Vp + rho Uq^T (S - U) Dp Vp) / (q + rho p)) Vp^T Dp^T
+            BD = (Uq @ torch.addmm(base, UqT, (S - U) @ into, alpha=rho).mul_(dinv)) @ back
         else:
-            BD = Uq @ (torch.addmm(base, UqT, S - U, alpha=rho) * dinv)
+            BD = Uq @ torch.addmm(base, UqT, S - U, alpha=rho).mul_(dinv)
         S_prev = S
-        Vh = torch.lerp(S, BD, relax)  # relax B Dp^T + (1 - relax) S_prev
-        S = s_prox(Vh + U, rho)
-        U = U.add_(Vh).sub_(S)
+        S, U = split(torch.lerp(S, BD, relax).add_(U), rho)  # relax B Dp^T + (1 - relax) S_prev + U
         if it % check and it < max_iter:
             continue
-        dS, UD = (S - S_prev, U) if Dp is None else ((S - S_prev) @ Dp, U @ Dp)
-        sq = torch.stack([(BD - S).square().sum(), BD.square().sum(), S.square().sum(), dS.square().sum(),
-                          UD.square().sum()])
-        r, ax, bz, s, dual = sq.sqrt().tolist()  # one device sync per check
+        dual = torch.stack([S - S_prev, U])
+        if Dp is not None:
+            dual = dual @ Dp
+        sq = torch.cat([torch.stack([BD - S, BD, S]).square().sum((1, 2)), dual.square().sum((1, 2))])
+        r, ax, bz, s, dual = sq.sqrt_().tolist()  # one device sync per check
         r_rel, s_rel = r / max(ax, bz, scale / L), rho * s / max(rho * dual, scale)
         if r_rel <= tol and s_rel <= tol:
             converged = True
@@ -398,53 +397,75 @@ def _admm(Q, Rl, D, s_prox, X, Y, *, rho, scale, tol, max_iter, rebalance, relax
 
 _GROW_MIN = 32  # rows added per working-set round: at least this many, else as many as the set holds
 _INNER_TOL = 0.3  # an early round stops at this fraction of the screened violation (or tol)
-_FUSION_STEPS = 30  # projected-gradient steps of the sGLP zero-row check
+_FUSION_STEPS = 30  # projected-gradient steps of the sGLP zero-row check (at most)
+_FUSION_CHECK = 10  # ... which stop early, checked this often, once every row passes or
+_FUSION_STALL = 0.25  # the squared violation fell by less than this factor since the last check
 
 
-def _working_set(Q, R, B, D, Rl, s_prox, violation, *, tol, max_iter, rebalance):
+def _fusion_basis(D):
+    """(Dp, Vp, shift, Dp Vp, (Dp Vp)^T) for `_admm`'s B-update: Dp = [I; D] (K + E, K), Vp the
+    eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a row."""
+    Dp = torch.cat([torch.eye(D.shape[1], dtype=D.dtype, device=D.device), D])
+    p, Vp = torch.linalg.eigh(Dp.T @ Dp)
+    into = Dp @ Vp
+    return Dp, Vp, p.clamp_min(1.0)[None, :], into, into.T.contiguous()
+
+
+def _working_set(Q, R, B, D, Rl, split, violation, *, tol, max_iter, rebalance):
     """Solve a per-layer problem on a working set of rows (channels), the strategy of glmnet's strong
     rules and of Celer (Massias et al., ICML 2018): rows outside the set are held at zero, the
     restricted problem is solved by `_admm`, and rows whose zero does not satisfy the KKT condition
     (`violation(G)`, G = Q B - R, a per-row norm that is 0 when B[k] = 0 is optimal given the other
     rows) join the set; repeat until no row outside violates it by more than tol ||R||. Pruned layers
-    keep few channels, so the restricted problems are small and better conditioned. Warm starts
+    keep few channels, so the restricted problems are small and better conditioned. A round adds
+    the max(_GROW_MIN, set size) worst violators; a layer of at most 2 _GROW_MIN rows takes every
+    violator at once (its set would hold half the rows anyway, and each round costs a restart and an
+    eigendecomposition), and a set of every row is solved to tol in one round. Warm starts
     seed the set with B's support and the multiplier with Y = [Rl - Q X, 0] (then the first
     B-update returns X itself).
 
     Returns (B, iterations, converged, residual, certificate); residual is the largest of the
-    primal, dual and screened residuals.
+    primal, dual and screened residuals. Runs under torch.inference_mode (per-op overhead dominates
+    these small iterations); the returned B is an ordinary tensor.
     """
-    C, K = R.shape
-    E = D.shape[0]
-    scale = max(float(torch.linalg.norm(R)), torch.finfo(R.dtype).eps)
-    active = (B != 0).any(1)
-    total, rounds, rho, final = 0, 0, None, False
-    Y_all = None
-    converged, primal, dual = True, 0.0, 0.0
-    while True:
-        idx = active.nonzero().flatten()
-        G = Q[:, idx] @ B[idx] - R
-        viol = violation(G).masked_fill_(active, 0)
-        screened = float(torch.linalg.norm(viol)) / scale
-        if not converged or (screened <= tol and (final or not len(idx))):
-            break
-        new = torch.zeros_like(active)
-        if screened > tol:
-            new[torch.topk(viol, min(int((viol > 0).sum()), max(_GROW_MIN, len(idx)))).indices] = True
-            active |= new
-            idx = active.nonzero().flatten()
-        inner_tol = max(tol, _INNER_TOL * screened)  # early rounds only need the support roughly
-        final = inner_tol == tol
-        if Y_all is None:
-            Y_all = torch.cat([Rl - Q @ B, R.new_zeros(C, E)], 1)
-        else:  # rows new to the set start from the multiplier consistent with their zero
-            Y_all[:, :K] = torch.where(new[:, None], Rl - Q[:, idx] @ B[idx], Y_all[:, :K])
-        X, Y, rho, it, converged, primal, dual = _admm(
-            Q[idx][:, idx], Rl[idx], D, s_prox, B[idx], Y_all[idx], rho=rho, scale=scale, tol=inner_tol,
-            max_iter=max_iter - total, rebalance=rebalance)
-        B = torch.zeros_like(R).index_copy_(0, idx, X)
-        Y_all = Y_all.index_copy(0, idx, Y)
-        total, rounds = total + it, rounds + 1
+    with torch.inference_mode():  # no autograd bookkeeping per op (~5% here); B is cloned back out
+        C, K = R.shape
+        E = D.shape[0]
+        scale = max(float(torch.linalg.norm(R)), torch.finfo(R.dtype).eps)
+        active = (B != 0).any(1)
+        fusion = _fusion_basis(D) if E else None
+        total, rounds, rho, final, eig = 0, 0, None, False, None
+        Y_all = None
+        converged, primal, dual = True, 0.0, 0.0
+        while True:
+            idx, out = active.nonzero().flatten(), (~active).nonzero().flatten()
+            viol = torch.zeros_like(R[:, 0]).index_copy_(0, out, violation(Q[out][:, idx] @ B[idx] - R[out]))
+            screened = float(torch.linalg.norm(viol)) / scale
+            if not converged or (screened <= tol and (final or not len(idx))):
+                break
+            new = torch.zeros_like(active)
+            if screened > tol:
+                grow = max(_GROW_MIN, len(idx)) if C > 2 * _GROW_MIN else C  # small layers: every violator
+                new[torch.topk(viol, min(int((viol > 0).sum()), grow)).indices] = True
+                active |= new
+                idx = active.nonzero().flatten()
+            # early rounds only need the support roughly; a set of every row has no support to find
+            inner_tol = tol if len(idx) == C else max(tol, _INNER_TOL * screened)
+            final = inner_tol == tol
+            if Y_all is None:
+                Y_all = torch.cat([Rl - Q @ B, R.new_zeros(C, E)], 1)
+            else:  # rows new to the set start from the multiplier consistent with their zero
+                Y_all[:, :K] = torch.where(new[:, None], Rl - Q[:, idx] @ B[idx], Y_all[:, :K])
+            if eig is None or eig[0].shape[0] != len(idx):  # the set only grows: same size, same set
+                q, Uq = torch.linalg.eigh(Q[idx][:, idx])
+                eig = q, Uq, Uq.T.contiguous()
+            X, Y, rho, it, converged, primal, dual = _admm(
+                eig, Rl[idx], fusion, split, B[idx], Y_all[idx], rho=rho, scale=scale, tol=inner_tol,
+                max_iter=max_iter - total, rebalance=rebalance)
+            B = torch.zeros_like(R).index_copy_(0, idx, X)
+            Y_all = Y_all.index_copy(0, idx, Y)
+            total, rounds = total + it, rounds + 1
+    B = B.clone()
     converged = converged and screened <= tol
     return B, total, converged, max(primal, dual, screened), {"primal_residual": primal, "dual_residual": dual, "screened_violation": screened,
                                  "rho": float("nan") if rho is None else rho, "working_set": int(active.sum()),
@@ -454,9 +475,10 @@ def _working_set(Q, R, B, D, Rl, s_prox, violation, *, tol, max_iter, rebalance)
 def _fusion_violation(H, D, gw, step: float, steps: int = _FUSION_STEPS):
     """Upper bound on each row's KKT violation at zero for sGLP: min over fusion multipliers
     |Y_e| <= gamma w_e of ||min(H + Y D, 0)||, H = Q B - R + lam (a zero row is optimal iff some
-    Y makes H + Y D >= 0). Rows with H >= 0 pass with Y = 0; the others get `steps`
-    projected-gradient steps from Y = 0 (`step` = 1 / ||D||_2^2, computed once per solve). Any Y
-    gives an upper bound, so a row that passes is certainly optimal at zero."""
+    Y makes H + Y D >= 0). Rows with H >= 0 pass with Y = 0; the others get up to `steps`
+    projected-gradient steps from Y = 0 (`step` = 1 / ||D||_2^2, computed once per solve), stopping
+    once every row passes. Any Y gives an upper bound, so a row that passes is certainly optimal
+    at zero."""
     V = H.clamp_max(0)
     out = torch.linalg.norm(V, dim=1)
     fail = (out > 0).nonzero().flatten()
@@ -465,10 +487,21 @@ def _fusion_violation(H, D, gw, step: float, steps: int = _FUSION_STEPS):
     H, V = H[fail], V[fail]
     Y = H.new_zeros(len(fail), D.shape[0])
     DT, low = D.T.contiguous(), -gw
-    for _ in range(steps):
+    last = float(V.square().sum())
+    for i in range(1, steps + 1):
         Y = torch.clamp(torch.addmm(Y, V, DT, alpha=-step), low, gw)
         V = torch.addmm(H, Y, D).clamp_max_(0)
+        if i % _FUSION_CHECK == 0 and i < steps:
+            now = float(V.square().sum())
+            if now == 0 or now > _FUSION_STALL * last:
+                break
+            last = now
     return out.index_copy_(0, fail, torch.linalg.norm(V, dim=1))
+
+
+def _moreau(T, S):
+    """(S, T - S), the split `_admm` takes, from a prox value S of T."""
+    return S, T.sub_(S)
 
 
 def solve_stlp(Q, R, tree: ClassTree, lam: float, *, tol: float = 1e-6, max_iter: int = 5000,
@@ -491,7 +524,7 @@ def solve_stlp(Q, R, tree: ClassTree, lam: float, *, tol: float = 1e-6, max_iter
     tree = tree.to(R.device, R.dtype)
     lam = float(lam)
     B, it, converged, residual, cert = _working_set(
-        Q, R, B, R.new_zeros(0, R.shape[1]), R, lambda V, rho: tree_prox(V, tree, lam / rho),
+        Q, R, B, R.new_zeros(0, R.shape[1]), R, lambda T, rho: _moreau(T, tree_prox(T, tree, lam / rho)),
         lambda G: torch.linalg.norm(tree_prox(-G, tree, lam), dim=1),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=50)
     return LassoResult(B=B, objective=stlp_objective(B, Q, R, tree, lam), iterations=it, converged=converged,
@@ -508,8 +541,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
     S = [X, Z] (X <- max(V, 0), Z <- soft-threshold(V, gamma w / rho) on the two blocks of V).
 
     Stopping rule: ADMM's relative primal and dual residuals <= tol on the working set, and for
-    the rows held at zero ||max(R_k - lam - (Q B)_k, 0)|| <= tol ||R||, an upper bound on their
-    KKT violation (it takes the fusion multipliers as 0); float32 uses at least 10 eps and
+    the rows held at zero `_fusion_violation`, an upper bound on their KKT violation, <= tol ||R||
+    in total; float32 uses at least 10 eps and
     `residual` is the largest. certificate as for `solve_stlp`. Returned B = X, which is
     feasible; B0 warm-starts it. rho is rebalanced every 10 iterations: every 50 (sTLP's choice)
     saved iterations but left objective gaps of ~1e-6 instead of ~1e-9 at tol = 1e-6 on
@@ -520,18 +553,21 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
     D = graph.incidence(R.shape[1], device=R.device, dtype=R.dtype)
     gw = float(gamma) * graph.weights.to(device=R.device, dtype=R.dtype)
     K = R.shape[1]
-    lo = torch.cat([R.new_zeros(K), gw])  # S = [X, Z]: X >= 0, Z soft-thresholded by gamma w / rho
-    hi = torch.cat([R.new_full((K,), math.inf), gw])
+    # S = [X, Z]: X = max(T, 0), Z = soft-threshold(T, gamma w / rho); the multiplier part T - S is
+    # T clipped to [-inf, 0] on the X block and to [-gamma w / rho, gamma w / rho] on the Z block.
+    lo = torch.cat([R.new_full((K,), -math.inf), -gw])
+    hi = torch.cat([R.new_zeros(K), gw])
     cache = {}
 
-    def s_prox(V, rho):
+    def split(T, rho):
         if cache.get("rho") != rho:
             cache.update(rho=rho, lo=lo / rho, hi=hi / rho)
-        return (V - cache["lo"]).clamp_min_(0).add_((V + cache["hi"]).clamp_max_(0))
+        U = torch.clamp(T, cache["lo"], cache["hi"])
+        return T.sub_(U), U
 
     step = 1.0 / max(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, 1.0) if D.shape[0] else 1.0
     B, it, converged, residual, cert = _working_set(
-        Q, R, B, D, R - float(lam), s_prox, lambda G: _fusion_violation(G + float(lam), D, gw, step),
+        Q, R, B, D, R - float(lam), split, lambda G: _fusion_violation(G + float(lam), D, gw, step),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, rebalance=10)
     return LassoResult(B=B, objective=sglp_objective(B, Q, R, graph, lam, gamma), iterations=it,
                        converged=converged, residual=residual, certificate=cert)
