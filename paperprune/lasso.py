@@ -125,6 +125,9 @@ class ClassGraph:
         return D
 
     def to(self, device=None, dtype=None) -> "ClassGraph":
+        """A copy with weights and signs on `device` in `dtype` (self when they are already)."""
+        if (device is None or torch.device(device) == self.weights.device) and (dtype is None or dtype == self.weights.dtype):
+            return self
         dtype = dtype or self.weights.dtype
         return ClassGraph(self.edges.to(device), self.weights.to(device=device, dtype=dtype),
                           self.signs.to(device=device, dtype=dtype), self.num_classes)
@@ -343,7 +346,7 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     S = [X, Z] carries B >= 0 in its first K columns and the fused differences Z = B D^T in the
     rest. The B-update Q B + rho B Dp^T Dp = Rl + rho (S - U) Dp is exact through the
     eigendecompositions of Q (`eig` = (q, Uq, Uq^T), reused while the working set is unchanged)
-    and of Dp^T Dp = I + D^T D (`fusion` = `_fusion_basis(D)`, shared by every working-set round),
+    and of Dp^T Dp = I + D^T D (`fusion` = `_fusion_basis(D)`, computed once per solve, or None),
     so rho can change freely.
     X (C, K) is the starting point and Y (C, K + E) the unscaled multiplier. rho=None starts at
     sqrt(lambda_min lambda_max) of Q, which balances the fast and slow modes of the B-update
@@ -419,7 +422,7 @@ def _fusion_basis(D):
     return Dp, Vp, p.clamp_min(1.0)[None, :], into, into.T.contiguous()
 
 
-def _working_set(Q, R, B, D, Rl, split, violation, *, tol, max_iter, primal_factor=1.0):
+def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal_factor=1.0):
     """Solve a per-layer problem on a working set of rows (channels), the strategy of glmnet's strong
     rules and of Celer (Massias et al., ICML 2018): rows outside the set are held at zero, the
     restricted problem is solved by `_admm`, and rows whose zero does not satisfy the KKT condition
@@ -432,6 +435,7 @@ def _working_set(Q, R, B, D, Rl, split, violation, *, tol, max_iter, primal_fact
     seed the set with B's support and the multiplier with Y = [Rl - Q X, 0] (then the first
     B-update returns X itself).
 
+    `fusion` is `_fusion_basis(D)` for sGLP and None for sTLP (see `_admm`).
     Each round's ADMM stops at primal_factor times its tolerance on the primal residual (not below
     10 eps of the dtype). Returns (B, iterations, converged, residual, certificate); residual is
     the largest of the primal, dual and screened residuals. Runs under torch.inference_mode (per-op overhead dominates
@@ -439,16 +443,17 @@ def _working_set(Q, R, B, D, Rl, split, violation, *, tol, max_iter, primal_fact
     """
     with torch.inference_mode():  # no autograd bookkeeping per op (~5% here); B is cloned back out
         C, K = R.shape
-        E = D.shape[0]
+        E = 0 if fusion is None else fusion[0].shape[0] - K
         scale = max(float(torch.linalg.norm(R)), torch.finfo(R.dtype).eps)
         active = (B != 0).any(1)
-        fusion = _fusion_basis(D) if E else None
         total, rounds, rho, final, eig = 0, 0, None, False, None
         Y_all = None
         converged, primal, dual = True, 0.0, 0.0
         while True:
             idx, out = active.nonzero().flatten(), (~active).nonzero().flatten()
-            viol = torch.zeros_like(R[:, 0]).index_copy_(0, out, violation(Q[out][:, idx] @ B[idx] - R[out]))
+            viol = torch.zeros_like(R[:, 0])
+            if len(out):
+                viol.index_copy_(0, out, violation(Q[out][:, idx] @ B[idx] - R[out]))
             screened = float(torch.linalg.norm(viol)) / scale
             if not converged or (screened <= tol and (final or not len(idx))):
                 break
@@ -531,7 +536,7 @@ def solve_stlp(Q, R, tree: ClassTree, lam: float, *, tol: float = 1e-6, max_iter
     tree = tree.to(R.device, R.dtype)
     lam = float(lam)
     B, it, converged, residual, cert = _working_set(
-        Q, R, B, R.new_zeros(0, R.shape[1]), R, lambda T, rho: _moreau(T, tree_prox(T, tree, lam / rho)),
+        Q, R, B, None, R, lambda T, rho: _moreau(T, tree_prox(T, tree, lam / rho)),
         lambda G: torch.linalg.norm(tree_prox(-G, tree, lam), dim=1),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter)
     return LassoResult(B=B, objective=stlp_objective(B, Q, R, tree, lam), iterations=it, converged=converged,
@@ -573,9 +578,10 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
         U = torch.clamp(T, cache["lo"], cache["hi"])
         return T.sub_(U), U
 
-    step = 1.0 / max(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, 1.0) if D.shape[0] else 1.0
+    fusion = _fusion_basis(D) if D.shape[0] else None
+    step = 1.0 / max(float(fusion[2].max()) - 1.0, 1.0) if D.shape[0] else 1.0  # 1 / ||D||_2^2
     B, it, converged, residual, cert = _working_set(
-        Q, R, B, D, R - float(lam), split, lambda G: _fusion_violation(G + float(lam), D, gw, step),
+        Q, R, B, fusion, R - float(lam), split, lambda G: _fusion_violation(G + float(lam), D, gw, step),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, primal_factor=0.1)
     return LassoResult(B=B, objective=sglp_objective(B, Q, R, graph, lam, gamma), iterations=it,
                        converged=converged, residual=residual, certificate=cert)

@@ -342,3 +342,17 @@ def test_fusion_violation_is_an_upper_bound(graph):
         prob.solve()
         assert b >= prob.value - 1e-7
     assert (bound < H.clamp_max(0).norm(dim=1) - 1e-3).any()  # the multipliers do tighten some rows
+
+
+def test_graph_to_and_fusion_step(graph):
+    """ClassGraph.to is a no-op when nothing changes and converts weights and signs otherwise;
+    the fusion basis's largest eigenvalue minus one is ||D||_2^2, which sets the zero-row check's step."""
+    from paperprune.lasso import _fusion_basis
+
+    assert graph.to(dtype=torch.float64) is graph and graph.to("cpu") is graph
+    g32 = graph.to(dtype=torch.float32)
+    assert g32 is not graph and g32.weights.dtype == g32.signs.dtype == torch.float32
+    assert torch.equal(g32.edges, graph.edges) and torch.allclose(g32.weights.double(), graph.weights)
+    D = graph.incidence(K)
+    shift = _fusion_basis(D)[2]
+    assert float(shift.max()) - 1 == pytest.approx(float(torch.linalg.matrix_norm(D, ord=2)) ** 2, rel=1e-12)
