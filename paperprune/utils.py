@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import io
 import json
 import os
@@ -28,7 +29,9 @@ class DataNotFoundError(PaperpruneError, FileNotFoundError):
 def _atomic_write(path: str | os.PathLike, write) -> Path:
     """Write through a temporary file in the same directory, then rename over `path`.
 
-    A crash or interrupt leaves either the old file or the new one, never half of one.
+    A crash or interrupt leaves either the old file or the new one, never half of one. A writer
+    killed outright (SIGKILL, power loss) cannot remove its temporary; the next successful write
+    of the same path removes it (each path has one writer at a time here: rank 0, one run a folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,8 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -209,3 +209,28 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert (out / FINAL).exists() and json.loads((out / "config.json").read_text())["world_size"] == 2
     # the summed test metrics cover the whole (rank-sharded) test set: a multiple of 1/450
     assert (rows[0]["test_top1"] * 450 / 100) == pytest.approx(round(rows[0]["test_top1"] * 4.5), abs=1e-6)
+
+
+def test_atomic_write_removes_a_killed_writers_temporary(tmp_path):
+    """A writer killed mid-write (SIGKILL) leaves its temporary; the next write of that path removes
+    it, and only its own: another file's temporary and a failed write's old content are kept."""
+    from paperprune.utils import _atomic_write, atomic_write_text
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_text(target, "epoch 1")
+    stale = tmp_path / ".checkpoint.pt.k1ll3d.tmp"
+    other = tmp_path / ".run.json.k1ll3d.tmp"
+    stale.write_text("half of epoch 2")
+    other.write_text("half of run.json")
+
+    def dies(f):
+        f.write(b"partial")
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _atomic_write(target, dies)
+    assert target.read_text() == "epoch 1" and stale.exists()
+    atomic_write_text(target, "epoch 2")
+    assert target.read_text() == "epoch 2"
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.json.k1ll3d.tmp", "checkpoint.pt"]
