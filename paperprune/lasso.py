@@ -63,6 +63,11 @@ def _as_tensor(x, dtype: torch.dtype, name: str) -> torch.Tensor:
         raise PaperpruneError(f"{name} must be array-like, got {type(x).__name__}: {e}") from None
 
 
+def _already_on(t: torch.Tensor, device, dtype) -> bool:
+    """True when `t` is on `device` in `dtype` (None leaves either as it is): `to` can return self."""
+    return (device is None or torch.device(device) == t.device) and (dtype is None or dtype == t.dtype)
+
+
 @dataclass
 class ClassGraph:
     """Graph over classes for sGLP-IB: edge e = (c_e, d_e) with weight w_e > 0 and sign s_e = +-1.
@@ -126,7 +131,7 @@ class ClassGraph:
 
     def to(self, device=None, dtype=None) -> "ClassGraph":
         """A copy with weights and signs on `device` in `dtype` (self when they are already)."""
-        if (device is None or torch.device(device) == self.weights.device) and (dtype is None or dtype == self.weights.dtype):
+        if _already_on(self.weights, device, dtype):
             return self
         dtype = dtype or self.weights.dtype
         return ClassGraph(self.edges.to(device), self.weights.to(device=device, dtype=dtype),
@@ -225,7 +230,7 @@ class ClassTree:
 
     def to(self, device=None, dtype=None) -> "ClassTree":
         """A copy with weights and precomputed masks on `device` in `dtype`."""
-        if (device is None or torch.device(device) == self.weights.device) and (dtype is None or dtype == self.weights.dtype):
+        if _already_on(self.weights, device, dtype):
             return self
         return ClassTree(self.groups, self.weights.to(device=device, dtype=dtype or self.weights.dtype),
                          self.num_classes)
