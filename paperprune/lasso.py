@@ -584,7 +584,7 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, tol: float 
         return T.sub_(U), U
 
     fusion = _fusion_basis(D) if D.shape[0] else None
-    step = 1.0 / max(float(fusion[2].max()) - 1.0, 1.0) if D.shape[0] else 1.0  # 1 / ||D||_2^2
+    step = 1.0 if fusion is None else 1.0 / max(float(fusion[2].max()) - 1.0, 1.0)  # 1 / ||D||_2^2
     B, it, converged, residual, cert = _working_set(
         Q, R, B, fusion, R - float(lam), split, lambda G: _fusion_violation(G + float(lam), D, gw, step),
         tol=_effective_tol(tol, R.dtype), max_iter=max_iter, primal_factor=0.1)
