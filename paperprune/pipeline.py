@@ -118,7 +118,8 @@ def gather_calibration(data, num_classes: int, samples_per_class: int, device) -
 def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float = 0.5,
           input_size: tuple[int, ...] | None = None, *, layers=None, num_classes: int | None = None,
           samples_per_class: int = 20, omega: int = 4, gamma_ratio: float = 0.5,
-          structure: str = "embedding", taxonomy: dict[str, list[int]] | None = None,
+          nonnegative: bool = False, structure: str = "embedding", rho: float = 0.5, knn: int | None = None,
+          taxonomy: dict[str, list[int]] | None = None,
           classifier: str = "classifier", seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True) -> tuple[nn.Module, PruneReport]:
     """Prune `model` to remove `flops_reduction` of its MACs with the criterion `method`.
@@ -128,11 +129,17 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float =
     modified: a pruned deep copy is returned with a `PruneReport`. `layers` names the
     prunable layers of a user's own CNN (see `resolve_layers`) and `classifier` its final
     nn.Linear (whose input is the class embedding); the six paper models know theirs.
+
+    The lasso criteria solve the signed problem unless `nonnegative=True` (the B >= 0
+    ablation, METHOD.md section 2); `structure` picks the class tree of sTLP-IB and the class
+    graph of sGLP-IB ('embedding' or the dataset's 'taxonomy'), `rho` and `knn` the graph's
+    edges (|corr| > rho, or each class's knn most correlated classes).
     """
     from .flops import count_flops_params
     from .surgery import MacsPredictor, prune_channels
 
-    criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, structure=structure)
+    criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
+                                 structure=structure, rho=rho, knn=knn)
     validate_target(flops_reduction, omega)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     layers = resolve_layers(model, layers)

@@ -19,11 +19,14 @@ from ..utils import PaperpruneError
 class PrunableLayer:
     """One prunable layer: `conv` is the module whose output channels may be removed,
     `observe` the module whose forward output is those channels as the next layer consumes
-    them (after BN and ReLU; the conv itself for DenseNet's pre-activation layers)."""
+    them (after BN and ReLU; the conv itself for DenseNet's pre-activation layers), and
+    `consumer` the module that consumes them (the next conv, or the first linear layer):
+    its output is APIB's response kernel (METHOD.md section 2, "The APIB baseline")."""
 
     name: str
     conv: str
     observe: str
+    consumer: str | None = None
 
 
 def _builders() -> dict[str, Callable[..., nn.Module]]:
@@ -79,9 +82,9 @@ def input_size(info) -> tuple[int, int, int]:
     return (int(info.in_channels), int(info.image_size), int(info.image_size))
 
 
-def layer(conv: str, observe: str) -> PrunableLayer:
-    """Shorthand used by the model modules: name == conv (INTERFACES.md)."""
-    return PrunableLayer(name=conv, conv=conv, observe=observe)
+def layer(conv: str, observe: str, consumer: str) -> PrunableLayer:
+    """Shorthand used by the model modules: name == conv."""
+    return PrunableLayer(name=conv, conv=conv, observe=observe, consumer=consumer)
 
 
 def init_weights(model: nn.Module) -> None:

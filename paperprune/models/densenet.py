@@ -69,12 +69,16 @@ class DenseNet(nn.Module):
 
     def prunable_layers(self):
         """Every dense layer's growth channels; observed at the conv itself, since the
-        pre-activation net concatenates the raw conv output (METHOD.md section 2)."""
-        return [
-            layer(f"dense{b}.{i}.conv1", f"dense{b}.{i}.conv1")
-            for b in (1, 2, 3)
-            for i in range(len(getattr(self, f"dense{b}")))
-        ]
+        pre-activation net concatenates the raw conv output (METHOD.md section 2). The
+        consumer (APIB's response) is the next conv that reads them first: the next dense
+        layer's, the transition's, or the classifier after the last block."""
+        convs = [f"dense{b}.{i}.conv1" for b in (1, 2, 3) for i in range(len(getattr(self, f"dense{b}")))]
+        consumers = []
+        for b in (1, 2, 3):
+            n = len(getattr(self, f"dense{b}"))
+            consumers += [f"dense{b}.{i + 1}.conv1" for i in range(n - 1)]
+            consumers.append(f"trans{b}.conv1" if b < 3 else "classifier")
+        return [layer(c, c, u) for c, u in zip(convs, consumers)]
 
 
 def densenet40(num_classes: int = 10, in_channels: int = 3) -> DenseNet:

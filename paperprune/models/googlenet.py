@@ -63,11 +63,11 @@ class Inception(nn.Module):
         branches = (self.branch1x1, self.branch3x3, self.branch5x5, self.branch_pool)
         return torch.cat([b(x) for b in branches], 1)
 
-    #: (conv, observe) of the branch-inner convs: their outputs never reach the concat.
+    #: (conv, observe, consumer) of the branch-inner convs: their outputs never reach the concat.
     INNER = (
-        ("branch3x3.conv1", "branch3x3.relu1"),
-        ("branch5x5.conv1", "branch5x5.relu1"),
-        ("branch5x5.conv2", "branch5x5.relu2"),
+        ("branch3x3.conv1", "branch3x3.relu1", "branch3x3.conv2"),
+        ("branch5x5.conv1", "branch5x5.relu1", "branch5x5.conv2"),
+        ("branch5x5.conv2", "branch5x5.relu2", "branch5x5.conv3"),
     )
 
 
@@ -93,7 +93,7 @@ class GoogLeNet(nn.Module):
 
     def prunable_layers(self):
         """The inner convs of the 3x3 and 5x5 branches (METHOD.md section 2), 3 per module."""
-        return [layer(f"{m}.{c}", f"{m}.{o}") for m in INCEPTION_CFG for c, o in Inception.INNER]
+        return [layer(f"{m}.{c}", f"{m}.{o}", f"{m}.{u}") for m in INCEPTION_CFG for c, o, u in Inception.INNER]
 
 
 def googlenet(num_classes: int = 10, in_channels: int = 3) -> GoogLeNet:

@@ -81,7 +81,7 @@ class CifarResNet(nn.Module):
         """The inner channel of every basic block (conv1 out / conv2 in); residual widths
         are kept (METHOD.md section 2)."""
         return [
-            layer(f"{s}.{i}.conv1", f"{s}.{i}.relu1")
+            layer(f"{s}.{i}.conv1", f"{s}.{i}.relu1", f"{s}.{i}.conv2")
             for s in ("layer1", "layer2", "layer3")
             for i in range(len(getattr(self, s)))
         ]

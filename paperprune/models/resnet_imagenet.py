@@ -49,7 +49,7 @@ class ResNet(tv_resnet.ResNet):
         """conv1 and conv2 of every bottleneck, observed after BN and ReLU (METHOD.md
         section 2); block outputs (residual widths) are kept."""
         return [
-            layer(f"{s}.{i}.{c}", f"{s}.{i}.relu{c[-1]}")
+            layer(f"{s}.{i}.{c}", f"{s}.{i}.relu{c[-1]}", f"{s}.{i}.conv{int(c[-1]) + 1}")
             for s in ("layer1", "layer2", "layer3", "layer4")
             for i in range(len(getattr(self, s)))
             for c in ("conv1", "conv2")

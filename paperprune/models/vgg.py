@@ -43,7 +43,8 @@ class VGG(nn.Module):
     def prunable_layers(self):
         """Every conv's output channels, observed after its BN and ReLU (METHOD.md section 2)."""
         names = [n for n, m in self.features.named_children() if isinstance(m, nn.Conv2d)]
-        return [layer(f"features.{n}", f"features.relu{n[4:]}") for n in names]
+        consumers = [f"features.{n}" for n in names[1:]] + ["linear1"]
+        return [layer(f"features.{n}", f"features.relu{n[4:]}", c) for n, c in zip(names, consumers)]
 
 
 def vgg16(num_classes: int = 10, in_channels: int = 3) -> VGG:
