@@ -50,6 +50,8 @@ def _add_train(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast + channels_last where the hardware runs bf16, else fp32")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's usual locations)")
     p.add_argument("--per-class", type=int, default=None, help="use only N training images per class")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,8 +62,15 @@ def _add_train(subparsers) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import data
     from .models import create_model, list_models
-    from .train import TrainConfig, cleanup_distributed, init_distributed, load_checkpoint, train
-    from .utils import environment_info, seed_everything
+    from .train import (
+        TrainConfig,
+        cleanup_distributed,
+        init_distributed,
+        load_checkpoint,
+        resolve_precision,
+        train,
+    )
+    from .utils import environment_info, resolve_device, seed_everything
 
     if args.dataset not in data.DATASETS:
         raise PaperpruneError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
@@ -72,7 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_data_root(args.data_root)
     _check_out_dir(args.out)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         weight_decay=args.weight_decay, seed=args.seed)
+                         weight_decay=args.weight_decay, seed=args.seed, precision=args.precision)
+    resolve_precision(config.precision, resolve_device(args.device))
 
     rank, world_size, device = init_distributed(args.device)
     try:
@@ -82,7 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed_everything(args.seed)
         model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.in_channels)
         # validate a checkpoint already in --out before config.json is (re)written
-        load_checkpoint(args.out, model, config, steps_per_epoch=len(train_loader), world_size=world_size)
+        load_checkpoint(args.out, model, config, steps_per_epoch=len(train_loader), world_size=world_size,
+                        precision=resolve_precision(config.precision, device))
         if rank == 0:
             atomic_write_json(args.out / CONFIG, {
                 "command": "train",

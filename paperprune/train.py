@@ -7,10 +7,16 @@ Engineering choices made here (reconstruction, not from the paper):
 - Cosine schedule per iteration: lr_t = lr * (1 + cos(pi * t / T)) / 2 for t = 0..T-1 optimizer
   steps, T = epochs * len(train_loader). The `lr` recorded per epoch is the lr of its first step.
 - Weight decay applies to every parameter (BN affine and biases included), as in the lineage.
-- AMP and channels_last are CUDA-only. AMP uses bfloat16 where the GPU supports it, else
-  float16 with a GradScaler. On CPU both are off whatever the config says; every metrics line
-  records what was actually used (`amp`: "bf16" | "fp16" | null, `channels_last`: bool).
-- Evaluation runs in float32, on the unwrapped model.
+- Precision (`TrainConfig.precision`, see `resolve_precision`): "auto" trains and evaluates under
+  bf16 autocast with channels_last where the hardware runs bf16 (a CPU with AVX512-BF16 or AMX,
+  a CUDA GPU with bf16), float16 autocast with a GradScaler on older GPUs, else float32. Weights,
+  optimizer state and the loss stay float32. "fp32" turns autocast off; "bf16" insists on bf16
+  and is an error where the hardware lacks it. `channels_last` applies whenever autocast does.
+  Every metrics line and the result record what was used (`precision`: "fp32" | "bf16" |
+  "fp16", `channels_last`: bool).
+- A non-finite training loss stops training at once (PaperpruneError naming epoch, step, lr,
+  weight decay); the checkpoint of the last finished epoch is left as it was. A checkpoint or a
+  fresh model with non-finite weights is refused.
 - Determinism: a fresh run seeds Python/NumPy/torch from `config.seed`; loaders get
   `set_epoch(epoch)` so their shuffles and augmentations are functions of (seed, epoch).
   A checkpoint stores the RNG states of every rank, so a resumed CPU run reproduces the
@@ -25,7 +31,7 @@ Files in `out_dir`: `metrics.jsonl` (one JSON object per epoch, rewritten atomic
 A metrics line holds: epoch (1-based), lr, train_loss (with label smoothing, if any),
 train_top1, test_top1, test_top5, test_loss (percentages / mean cross-entropy), epoch_seconds
 (train + evaluation), images_per_second (training images over the training phase, all
-ranks), train_images (summed over ranks), world_size, device, amp, channels_last.
+ranks), train_images (summed over ranks), world_size, device, precision, channels_last.
 """
 from __future__ import annotations
 
@@ -49,6 +55,9 @@ from .utils import PaperpruneError, atomic_torch_save, atomic_write_text, resolv
 
 __all__ = [
     "TrainConfig",
+    "PRECISIONS",
+    "cpu_supports_bf16",
+    "resolve_precision",
     "train",
     "evaluate",
     "init_distributed",
@@ -65,6 +74,8 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 FINAL = "final.pt"
 _FORMAT = 1
+PRECISIONS = ("auto", "fp32", "bf16")
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -72,8 +83,8 @@ class TrainConfig:
     """Optimisation settings (APIB's fine-tuning recipe by default, METHOD.md section 2).
 
     `batch_size` is the per-process batch the loaders were built with; it is recorded so a
-    checkpoint cannot be resumed under a different one. `amp` and `channels_last` take effect
-    on CUDA only.
+    checkpoint cannot be resumed under a different one. `precision` is "auto", "fp32" or
+    "bf16" (`resolve_precision`); `channels_last` takes effect whenever autocast is on.
     """
 
     epochs: int
@@ -84,7 +95,7 @@ class TrainConfig:
     nesterov: bool = False
     label_smoothing: float = 0.0
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
     channels_last: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +109,48 @@ class TrainConfig:
             raise PaperpruneError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.nesterov and not self.momentum > 0:
             raise PaperpruneError("nesterov=True needs momentum > 0")
+        if self.precision not in PRECISIONS:
+            raise PaperpruneError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def cpu_supports_bf16() -> bool:
+    """True if this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles) and oneDNN is built in."""
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(hardware and torch.backends.mkldnn.is_available())
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision `train` and `evaluate` use on `device`: "fp32", "bf16" or "fp16".
+
+    "auto": bf16 where the device runs it in hardware (`cpu_supports_bf16`, or a CUDA GPU with
+    bf16), float16 on a CUDA GPU without bf16, else fp32. "fp32" is always fp32. "bf16" is bf16,
+    or a PaperpruneError where the device lacks it (never a silent fallback).
+    """
+    if precision not in PRECISIONS:
+        raise PaperpruneError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        has_bf16, where = torch.cuda.is_bf16_supported(), "this GPU"
+    elif device.type == "cpu":
+        has_bf16, where = cpu_supports_bf16(), "this CPU (no AVX512-BF16 or AMX)"
+    else:
+        has_bf16, where = False, f"device {str(device)!r}"
+    if precision == "bf16" and not has_bf16:
+        raise PaperpruneError(f"precision 'bf16' was asked for, but {where} has no hardware bf16; "
+                              "use precision 'auto' or 'fp32' (--precision auto|fp32)")
+    if has_bf16:
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = _AUTOCAST[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -152,14 +205,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, topk: tuple[int, ...] = (1, 5)) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, topk: tuple[int, ...] = (1, 5),
+             precision: str = "fp32") -> dict:
     """Top-k accuracies (percentages) and mean cross-entropy of `model` over `loader`.
 
     Returns {"top1": ..., "top5": ..., "loss": ...} (one "top{k}" per k; a k above the number
     of classes counts every sample as correct). Counts are summed over ranks when a process
     group is initialised, so a rank-sharded test loader gives the whole test set's numbers.
-    The model's train/eval mode is restored afterwards.
+    `precision` is one of `resolve_precision`'s results ("fp32", "bf16", "fp16"); under
+    autocast the images are passed channels_last. The model's train/eval mode is restored.
     """
+    if precision not in _AUTOCAST:
+        raise PaperpruneError(f"evaluate: precision {precision!r} is not one of {', '.join(_AUTOCAST)}")
     device = torch.device(device)
     model = _unwrap(model)
     was_training = model.training
@@ -169,7 +226,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images).float()
+        if precision != "fp32" and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            logits = model(images).float()
         sums[0] += labels.numel()
         sums[1] += F.cross_entropy(logits, labels, reduction="sum").double()
         top = logits.topk(min(max(ks), logits.size(1)), dim=1).indices
@@ -217,12 +277,13 @@ def load_checkpoint(
     *,
     steps_per_epoch: int | None = None,
     world_size: int | None = None,
+    precision: str | None = None,
 ) -> dict | None:
     """Load and validate `out_dir/checkpoint.pt` against `model` and `config`; None if absent.
 
-    Raises PaperpruneError naming the file and what differs when it cannot be loaded, or when
-    its architecture fingerprint, training config, steps per epoch or world size differ.
-    Reads only; nothing is modified.
+    Raises PaperpruneError naming the file and what differs when it cannot be loaded, when
+    its architecture fingerprint, training config, steps per epoch, world size or resolved
+    precision differ, or when its weights are not finite. Reads only; nothing is modified.
     """
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
@@ -254,7 +315,39 @@ def load_checkpoint(
                               f"{world_size}; resume with the same number of processes, or {fix}")
     if not 0 <= ckpt["epoch"] <= config.epochs:
         raise PaperpruneError(f"checkpoint {path} is at epoch {ckpt['epoch']}, outside 0..{config.epochs}; {fix}")
+    if precision is not None and ckpt.get("precision") != precision:
+        raise PaperpruneError(f"checkpoint {path} was trained in precision {ckpt.get('precision')!r}, this run would "
+                              f"train in {precision!r} (precision 'auto' resolves per machine); resume on hardware "
+                              f"with the same precision or pass it explicitly, or {fix}")
+    check_finite(ckpt["model"], f"checkpoint {path}", fix)
     return ckpt
+
+
+def check_finite(state_dict: dict, what: str, fix: str) -> None:
+    """PaperpruneError naming the first tensors of `state_dict` that hold NaN or inf values."""
+    bad = [name for name, t in state_dict.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise PaperpruneError(f"{what} has non-finite weights (NaN or inf) in {len(bad)} tensors "
+                              f"(e.g. {', '.join(bad[:3])}): it comes from a diverged training; {fix}")
+
+
+def save_checkpoint(run: _Run, epoch: int, rngs: list) -> None:
+    """Write `out_dir/checkpoint.pt` atomically: everything `load_checkpoint` validates and resumes from."""
+    atomic_torch_save({
+        "format": _FORMAT,
+        "epoch": epoch,
+        "model": _cpu_state_dict(run.model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "rng": rngs,
+        "config": asdict(run.config),
+        "precision": run.precision,
+        "fingerprint": architecture_fingerprint(run.model),
+        "steps_per_epoch": run.steps_per_epoch,
+        "world_size": run.world_size,
+    }, run.out_dir / CHECKPOINT)
 
 
 def _rng_state() -> dict:
@@ -281,7 +374,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _cpu_state_dict(model: nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in _unwrap(model).state_dict().items()}
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
@@ -314,6 +408,160 @@ def _set_epoch(loader: Any, epoch: int) -> None:
 # ----------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Run:
+    """What one call of `train` carries from epoch to epoch (built by `_set_up`)."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    rank: int
+    world_size: int
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    criterion: nn.Module
+    precision: str
+    channels_last: bool
+    steps_per_epoch: int
+    start_epoch: int
+    resumed: bool
+    history: list
+    show: bool
+
+
+def _set_up(model: nn.Module, train_loader: Iterable, config: TrainConfig, out_dir: Path, device: torch.device,
+            resume: bool, progress: bool) -> _Run:
+    """Validate everything, then place the model, build the optimizer and restore a checkpoint.
+
+    Every check (loader, precision, checkpoint, finite weights) runs before `out_dir` is touched.
+    """
+    rank, world_size = distributed_info()
+    if not hasattr(train_loader, "__len__") or len(train_loader) == 0:
+        raise PaperpruneError("train_loader must have a length >= 1 (one epoch's number of batches)")
+    steps_per_epoch = len(train_loader)
+    total_steps = config.epochs * steps_per_epoch
+    precision = resolve_precision(config.precision, device)
+    ckpt = load_checkpoint(out_dir, model, config, steps_per_epoch=steps_per_epoch, world_size=world_size,
+                           precision=precision) if resume else None
+    if not ckpt:
+        check_finite(_unwrap(model).state_dict(), "the model given to train",
+                     "re-initialise it or load finite weights before training")
+    channels_last = bool(config.channels_last and precision != "fp32")
+
+    model.to(device)
+    if ckpt:
+        _unwrap(model).load_state_dict(ckpt["model"])
+    else:
+        seed_everything(config.seed)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if world_size > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        rngs = ckpt["rng"]
+        _set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    history = _read_metrics(out_dir / METRICS, start_epoch) if ckpt else []
+    if world_size > 1:  # every rank has read the checkpoint before rank 0 touches out_dir
+        dist.barrier()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out_dir / METRICS, history)
+    return _Run(config=config, out_dir=out_dir, device=device, rank=rank, world_size=world_size, model=model,
+                net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), precision=precision,
+                channels_last=channels_last, steps_per_epoch=steps_per_epoch, start_epoch=start_epoch,
+                resumed=bool(ckpt), history=history, show=progress and rank == 0)
+
+
+def _diverged(run: _Run, loss: torch.Tensor, epoch: int, step: int) -> PaperpruneError:
+    cfg = run.config
+    return PaperpruneError(
+        f"training diverged: the loss is {loss.item()} at epoch {epoch}, step {step + 1} of {run.steps_per_epoch} "
+        f"(lr now {run.optimizer.param_groups[0]['lr']:.4g} of lr={cfg.lr}, weight_decay={cfg.weight_decay}, "
+        f"batch_size={cfg.batch_size}, precision {run.precision}). Too high an lr or weight decay usually causes "
+        f"this: lower --lr (or --weight-decay) and train into a new --out; the checkpoint in {run.out_dir} "
+        f"(epoch {epoch - 1}) is unchanged")
+
+
+def _train_epoch(run: _Run, train_loader: Iterable, epoch: int) -> dict:
+    """One epoch of SGD steps; returns the epoch's training numbers (summed over ranks)."""
+    run.net.train()
+    _set_epoch(train_loader, epoch)
+    lr0 = run.optimizer.param_groups[0]["lr"]
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # n, loss*n, correct
+    t0 = time.perf_counter()
+    bar = tqdm(train_loader, total=run.steps_per_epoch, desc=f"epoch {epoch}/{run.config.epochs}",
+               disable=not run.show, leave=False, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images = images.to(run.device, non_blocking=True)
+        labels = labels.to(run.device, non_blocking=True)
+        if run.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(run.device, run.precision):
+            logits = run.net(images)
+            loss = run.criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise _diverged(run, loss, epoch, step)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        with torch.no_grad():
+            n = labels.numel()
+            sums[0] += n
+            sums[1] += loss.detach().double() * n
+            sums[2] += (logits.argmax(dim=1) == labels).sum()
+        if run.show and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.4f}")
+    bar.close()
+    sums = _all_reduce_sum(sums).cpu()
+    return {"epoch": epoch, "lr": lr0, "train_loss": sums[1].item() / sums[0].item(),
+            "train_top1": 100.0 * sums[2].item() / sums[0].item(),
+            "images_per_second": sums[0].item() / (time.perf_counter() - t0), "train_images": int(sums[0].item())}
+
+
+def _end_epoch(run: _Run, stats: dict, test: dict, epoch_seconds: float) -> None:
+    """Record the epoch's metrics line, log it, and save the checkpoint (rank 0 writes)."""
+    epoch = stats["epoch"]
+    row = {**{k: stats[k] for k in ("epoch", "lr", "train_loss", "train_top1")},
+           "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+           "epoch_seconds": epoch_seconds, "images_per_second": stats["images_per_second"],
+           "train_images": stats["train_images"], "world_size": run.world_size, "device": str(run.device),
+           "precision": run.precision, "channels_last": run.channels_last}
+    run.history.append(row)
+    rngs = [None] * run.world_size
+    if run.world_size > 1:
+        dist.all_gather_object(rngs, _rng_state())
+    else:
+        rngs = [_rng_state()]
+    if run.rank == 0:
+        if run.show:
+            tqdm.write(f"epoch {epoch}/{run.config.epochs}  loss {row['train_loss']:.4f}  "
+                       f"train {row['train_top1']:.2f}%  test {row['test_top1']:.2f}%  "
+                       f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s")
+        _write_metrics(run.out_dir / METRICS, run.history)
+        save_checkpoint(run, epoch, rngs)
+    if run.world_size > 1:
+        dist.barrier()
+
+
 def train(
     model: nn.Module,
     train_loader: Iterable,
@@ -331,163 +579,39 @@ def train(
     writes `out_dir/checkpoint.pt`; at the end writes `out_dir/final.pt` (state_dict only).
     With `resume=True` an existing checkpoint is validated first (PaperpruneError, out_dir
     untouched, if it is unreadable or does not match) and training continues at the next epoch,
-    giving the same weights as an uninterrupted run. `resume=False` starts over.
+    giving the same weights as an uninterrupted run. `resume=False` starts over. A non-finite
+    loss stops training with a PaperpruneError; the last epoch's checkpoint stays.
 
     The model is trained in place (moved to `device`). Returns {"top1", "top5", "loss" (test,
-    last epoch), "epochs", "resumed_from_epoch", "history" (the metrics lines), "amp",
+    last epoch), "epochs", "resumed_from_epoch", "history" (the metrics lines), "precision",
     "channels_last", "world_size", "out_dir"}.
     """
-    out_dir = Path(out_dir)
-    device = resolve_device(device)
-    rank, world_size = distributed_info()
-    if not hasattr(train_loader, "__len__") or len(train_loader) == 0:
-        raise PaperpruneError("train_loader must have a length >= 1 (one epoch's number of batches)")
-    steps_per_epoch = len(train_loader)
-    total_steps = config.epochs * steps_per_epoch
+    run = _set_up(model, train_loader, config, Path(out_dir), resolve_device(device), resume, progress)
 
-    ckpt = load_checkpoint(out_dir, model, config, steps_per_epoch=steps_per_epoch,
-                           world_size=world_size) if resume else None
-    start_epoch = ckpt["epoch"] if ckpt else 0
-
-    use_cuda = device.type == "cuda"
-    amp_dtype = None
-    if use_cuda and config.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    amp_name = {None: None, torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    channels_last = bool(use_cuda and config.channels_last)
-
-    model.to(device)
-    if ckpt:
-        _unwrap(model).load_state_dict(ckpt["model"])
-    else:
-        seed_everything(config.seed)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    net = model
-    if world_size > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
-
-    def cosine(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        rngs = ckpt["rng"]
-        _set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    metrics_path = out_dir / METRICS
-    history = _read_metrics(metrics_path, start_epoch) if ckpt else []
-    if world_size > 1:  # every rank has read the checkpoint before rank 0 touches out_dir
-        dist.barrier()
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_metrics(metrics_path, history)
-    show = progress and rank == 0
-
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        net.train()
-        _set_epoch(train_loader, epoch)
-        lr0 = optimizer.param_groups[0]["lr"]
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # n, loss*n, correct
+    for epoch in range(run.start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not show, leave=False, dynamic_ncols=True)
-        for step, (images, labels) in enumerate(bar):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(images)
-                loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            with torch.no_grad():
-                n = labels.numel()
-                sums[0] += n
-                sums[1] += loss.detach().double() * n
-                sums[2] += (logits.argmax(dim=1) == labels).sum()
-            if show and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
-        bar.close()
-        sums = _all_reduce_sum(sums).cpu()
-        train_seconds = time.perf_counter() - t0
-        if world_size > 1:  # evaluate the weights and BN statistics that rank 0 checkpoints
+        stats = _train_epoch(run, train_loader, epoch)
+        if run.world_size > 1:  # evaluate the weights and BN statistics that rank 0 checkpoints
             for buf in _unwrap(model).buffers():
                 dist.broadcast(buf, src=0)
-        test = evaluate(model, test_loader, device)
-        epoch_seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "lr": lr0,
-            "train_loss": sums[1].item() / sums[0].item(),
-            "train_top1": 100.0 * sums[2].item() / sums[0].item(),
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "test_loss": test["loss"],
-            "epoch_seconds": epoch_seconds,
-            "images_per_second": sums[0].item() / train_seconds,
-            "train_images": int(sums[0].item()),
-            "world_size": world_size,
-            "device": str(device),
-            "amp": amp_name,
-            "channels_last": channels_last,
-        }
-        history.append(row)
-        rngs = [None] * world_size
-        if world_size > 1:
-            dist.all_gather_object(rngs, _rng_state())
-        else:
-            rngs = [_rng_state()]
-        if rank == 0:
-            if show:
-                tqdm.write(f"epoch {epoch}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                           f"train {row['train_top1']:.2f}%  test {row['test_top1']:.2f}%  "
-                           f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s")
-            _write_metrics(metrics_path, history)
-            atomic_torch_save({
-                "format": _FORMAT,
-                "epoch": epoch,
-                "model": _cpu_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": rngs,
-                "config": asdict(config),
-                "fingerprint": architecture_fingerprint(model),
-                "steps_per_epoch": steps_per_epoch,
-                "world_size": world_size,
-            }, out_dir / CHECKPOINT)
-        if world_size > 1:
-            dist.barrier()
+        test = evaluate(model, test_loader, run.device, precision=run.precision)
+        _end_epoch(run, stats, test, time.perf_counter() - t0)
 
-    if history and history[-1]["epoch"] == config.epochs:
-        final = {k: history[-1][f"test_{k}"] for k in ("top1", "top5", "loss")}
+    if run.history and run.history[-1]["epoch"] == config.epochs:
+        final = {k: run.history[-1][f"test_{k}"] for k in ("top1", "top5", "loss")}
     else:  # resumed from a finished checkpoint whose metrics lines were lost
-        final = evaluate(model, test_loader, device)
-    if rank == 0:
-        atomic_torch_save(_cpu_state_dict(model), out_dir / FINAL)
-    if world_size > 1:
+        final = evaluate(model, test_loader, run.device, precision=run.precision)
+    if run.rank == 0:
+        atomic_torch_save(_cpu_state_dict(model), run.out_dir / FINAL)
+    if run.world_size > 1:
         dist.barrier()
     return {
         **final,
         "epochs": config.epochs,
-        "resumed_from_epoch": start_epoch if ckpt else None,
-        "history": history,
-        "amp": amp_name,
-        "channels_last": channels_last,
-        "world_size": world_size,
-        "out_dir": str(out_dir),
+        "resumed_from_epoch": run.start_epoch if run.resumed else None,
+        "history": run.history,
+        "precision": run.precision,
+        "channels_last": run.channels_last,
+        "world_size": run.world_size,
+        "out_dir": str(run.out_dir),
     }

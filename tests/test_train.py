@@ -39,7 +39,7 @@ def loaders():
     return DeviceLoader(x, y, train=True, **common), DeviceLoader(x[:40], y[:40], train=False, **common)
 
 
-CFG = TrainConfig(epochs=3, lr=0.05, batch_size=16, seed=0)
+CFG = TrainConfig(epochs=3, lr=0.05, batch_size=16, seed=0, precision="fp32")
 
 
 class Interrupt(Exception):
@@ -94,7 +94,7 @@ def test_resume_gives_identical_weights_and_consistent_metrics(tmp_path, loaders
     keys = ["epoch", "lr", "train_loss", "train_top1", "test_top1", "test_top5", "test_loss", "train_images"]
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in rows_a]
     assert rows[0]["lr"] == CFG.lr and rows[1]["lr"] < rows[0]["lr"]  # cosine decays
-    assert rows[0]["amp"] is None and rows[0]["channels_last"] is False  # CPU: both off, and recorded
+    assert rows[0]["precision"] == "fp32" and rows[0]["channels_last"] is False  # asked for, and recorded
     assert rows[0]["train_images"] == 80 and rows[0]["images_per_second"] > 0
 
     # rerunning a finished run resumes at the end: no training, same weights, same metrics
@@ -234,3 +234,145 @@ def test_atomic_write_removes_a_killed_writers_temporary(tmp_path):
     assert target.read_text() == "epoch 2"
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.json.k1ll3d.tmp", "checkpoint.pt"]
+
+
+# ----------------------------------------------------------------------------- precision, divergence
+
+needs_bf16 = pytest.mark.skipif(not train_mod.cpu_supports_bf16(), reason="this CPU has no hardware bf16")
+
+
+def pattern_loaders(n: int = 320, classes: int = 4):
+    """A learnable task: each class brightens its own quadrant of an 8x8 image, plus noise (no
+    augmentation: a flip or crop would move the quadrant)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % classes
+    x = torch.randint(0, 120, (n, 1, 8, 8), generator=g)
+    for c in range(classes):
+        r, q = divmod(c, 2)
+        x[y == c, :, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 120
+    common = {"batch_size": 32, "mean": (0.4,), "std": (0.25,), "seed": 3}
+    x = x.to(torch.uint8)
+    return DeviceLoader(x, y, train=False, **common), DeviceLoader(x[:96], y[:96], train=False, **common)
+
+
+@needs_bf16
+def test_bf16_on_cpu_trains_in_bf16_and_records_it(tmp_path):
+    train_loader, test_loader = pattern_loaders()
+    model = tiny_model(width=8)
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(
+        memory_format=torch.channels_last))))
+    cfg = TrainConfig(epochs=4, lr=0.05, batch_size=32, precision="auto")
+    res = train(model, train_loader, test_loader, cfg, tmp_path, device="cpu", progress=False)
+
+    assert res["precision"] == "bf16" and res["channels_last"] is True
+    assert set(seen) == {(torch.bfloat16, True)}  # every forward, training and evaluation, ran bf16 channels_last
+    rows = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [r["precision"] for r in rows] == ["bf16"] * 4 and all(r["channels_last"] for r in rows)
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"] and res["top1"] > 90.0  # chance: 25%
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ckpt["precision"] == "bf16" and ckpt["config"]["precision"] == "auto"
+    final = torch.load(tmp_path / FINAL, weights_only=True)
+    assert all(t.dtype in (torch.float32, torch.int64) and t.is_contiguous() for t in final.values())
+
+    with pytest.raises(PaperpruneError, match=r"precision: checkpoint 'auto' vs now 'fp32'"):
+        train(tiny_model(width=8), train_loader, test_loader, TrainConfig(epochs=4, lr=0.05, batch_size=32,
+              precision="fp32"), tmp_path, device="cpu", progress=False)
+
+
+@needs_bf16
+def test_auto_checkpoint_refuses_a_machine_where_auto_means_another_precision(tmp_path, loaders, monkeypatch):
+    train_loader, test_loader = loaders
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=16)  # precision "auto"
+    monkeypatch.setattr(train_mod, "cpu_supports_bf16", lambda: False)  # a CPU without bf16 wrote it
+    assert train(tiny_model(), train_loader, test_loader, cfg, tmp_path, device="cpu",
+                 progress=False)["precision"] == "fp32"
+    monkeypatch.undo()
+    before = snapshot(tmp_path)
+    with pytest.raises(PaperpruneError, match=r"trained in precision 'fp32', this run would train in 'bf16'"):
+        train(tiny_model(), train_loader, test_loader, cfg, tmp_path, device="cpu", progress=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_precision_is_validated_and_bf16_without_hardware_is_an_error(tmp_path, loaders, monkeypatch, capsys):
+    with pytest.raises(PaperpruneError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        TrainConfig(epochs=1, precision="fp16")
+    monkeypatch.setattr(train_mod, "cpu_supports_bf16", lambda: False)
+    assert train_mod.resolve_precision("auto", "cpu") == "fp32"
+    assert train_mod.resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(PaperpruneError, match="'bf16' was asked for, but this CPU .* has no hardware bf16"):
+        train_mod.resolve_precision("bf16", "cpu")
+    with pytest.raises(PaperpruneError, match="no hardware bf16"):
+        train(tiny_model(), *loaders, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path / "new",
+              device="cpu", progress=False)
+    assert not (tmp_path / "new").exists()
+    code = main(["train", "--dataset", "synthetic", "--arch", "resnet56", "--epochs", "1", "--device", "cpu",
+                 "--precision", "bf16", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no hardware bf16" in err and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()
+    monkeypatch.setattr(train_mod, "cpu_supports_bf16", lambda: True)
+    assert train_mod.resolve_precision("auto", "cpu") == "bf16"
+
+
+class PoisonedLoader:
+    """A loader whose batch `step` of epoch `epoch` carries a NaN pixel (a corrupt input, or an
+    exploding activation, makes the loss non-finite the same way)."""
+
+    def __init__(self, inner, epoch: int, step: int):
+        self.inner, self.epoch, self.step, self.current = inner, epoch, step, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.current = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.inner):
+            if (self.current, i) == (self.epoch, self.step):
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            yield x, y
+
+
+def test_non_finite_loss_stops_with_epoch_step_and_settings(tmp_path, loaders):
+    train_loader, test_loader = loaders
+    cfg = TrainConfig(epochs=3, lr=0.05, weight_decay=5e-4, batch_size=16, precision="fp32")
+    poisoned = PoisonedLoader(train_loader, epoch=2, step=3)
+    with pytest.raises(PaperpruneError, match=r"loss is nan at epoch 2, step 4 of 5 .*lr=0.05, weight_decay=0.0005"):
+        train(tiny_model(), poisoned, test_loader, cfg, tmp_path, device="cpu", progress=False)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    assert len((tmp_path / METRICS).read_text().splitlines()) == 1 and not (tmp_path / FINAL).exists()
+
+
+def test_huge_lr_diverges_with_a_clear_error(tmp_path, loaders):
+    train_loader, test_loader = loaders
+    cfg = TrainConfig(epochs=5, lr=1e30, batch_size=16, precision="fp32")
+    with pytest.raises(PaperpruneError, match=r"training diverged: the loss is (nan|inf) at epoch \d+, step \d+ .*"
+                                              r"lr=1e\+30.*lower --lr"):
+        train(tiny_model(), train_loader, test_loader, cfg, tmp_path, device="cpu", progress=False)
+
+
+def test_non_finite_weights_are_refused(tmp_path, loaders):
+    train_loader, test_loader = loaders
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=16, precision="fp32")
+    bad = tiny_model()
+    with torch.no_grad():
+        bad[0].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(PaperpruneError, match=r"the model given to train has non-finite weights .*0.weight"):
+        train(bad, train_loader, test_loader, cfg, tmp_path / "fresh", device="cpu", progress=False)
+    assert not (tmp_path / "fresh").exists()
+
+    out = tmp_path / "run"
+    run_cfg = TrainConfig(epochs=1, lr=0.05, batch_size=16, precision="fp32")
+    train(tiny_model(), train_loader, test_loader, run_cfg, out, device="cpu", progress=False)
+    ckpt = torch.load(out / CHECKPOINT, weights_only=True)
+    ckpt["model"]["6.bias"][1] = float("nan")
+    torch.save(ckpt, out / CHECKPOINT)
+    before = snapshot(out)
+    with pytest.raises(PaperpruneError, match=rf"checkpoint {out / CHECKPOINT} has non-finite weights .*6.bias"):
+        train(tiny_model(), train_loader, test_loader, run_cfg, out, device="cpu", progress=False)
+    assert snapshot(out) == before
