@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .criteria import Calibration, create_criterion
-from .select import select_channels, validate_target
+from .select import select_channels
 from .utils import PaperpruneError, resolve_device
 
 
@@ -18,7 +18,7 @@ class PruneReport:
     """What `prune` did: per-layer widths, MACs and params before and after, lam, timings."""
 
     method: str
-    flops_reduction_target: float
+    flops_reduction_target: float | None
     level: float
     criterion: dict
     layers: list[dict]
@@ -30,6 +30,8 @@ class PruneReport:
     num_calibration: int
     budget_steps: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: with a latency budget: paperprune.latency.latency_record (target, predicted, measured, table key, MACs)
+    latency: dict | None = None
 
     @property
     def macs_reduction(self) -> float:
@@ -49,6 +51,12 @@ class PruneReport:
         lines = [f"{self.method}: MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M "
                  f"(-{100 * self.macs_reduction:.1f}%), params {self.params_before / 1e6:.3f}M -> "
                  f"{self.params_after / 1e6:.3f}M (-{100 * self.params_reduction:.1f}%), level {self.level:.4g}"]
+        if self.latency:
+            lat = self.latency
+            lines.append(f"latency ({lat['mode']}, batch {lat['batch_size']}): target -{100 * lat['target_reduction']:.1f}%, "
+                         f"predicted -{100 * lat['predicted_reduction']:.1f}%, measured "
+                         f"{lat['measured_before_us'] / 1e3:.2f} -> {lat['measured_after_us'] / 1e3:.2f} ms "
+                         f"(-{100 * lat['measured_reduction']:.1f}%)")
         lines += [f"  {row['name']:<32} {row['width_before']:>5} -> {row['width_after']:>5}" for row in self.layers]
         return "\n".join(lines)
 
@@ -115,14 +123,16 @@ def gather_calibration(data, num_classes: int, samples_per_class: int, device) -
     return torch.cat(images), torch.cat(labels).to(device)
 
 
-def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float = 0.5,
+def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float | None = None,
           input_size: tuple[int, ...] | None = None, *, layers=None, num_classes: int | None = None,
           samples_per_class: int = 20, omega: int = 4, gamma_ratio: float = 0.5,
           nonnegative: bool = False, structure: str = "embedding", rho: float = 0.5, knn: int | None = None,
           taxonomy: dict[str, list[int]] | None = None,
           classifier: str = "classifier", seed: int = 0,
-          tolerance: float = 0.01, device=None, progress: bool = True) -> tuple[nn.Module, PruneReport]:
-    """Prune `model` to remove `flops_reduction` of its MACs with the criterion `method`.
+          tolerance: float = 0.01, device=None, progress: bool = True,
+          latency_reduction: float | None = None, latency_mode: str = "eager", latency_batch_size: int = 64,
+          latency_rounding: bool = False) -> tuple[nn.Module, PruneReport]:
+    """Prune `model` to remove `flops_reduction` of its MACs (default 0.5) with the criterion `method`.
 
     `data` is any iterable of (images, labels) batches (a DataLoader); a class-balanced
     calibration set of `samples_per_class` per class is drawn from it. The input model is not
@@ -134,13 +144,20 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float =
     ablation, METHOD.md section 2); `structure` picks the class tree of sTLP-IB and the class
     graph of sGLP-IB ('embedding' or the dataset's 'taxonomy'), `rho` and `knn` the graph's
     edges (|corr| > rho, or each class's knn most correlated classes).
+
+    `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
+    against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
+    `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
+    multiples the table shows to be nearly free.
     """
     from .flops import count_flops_params
+    from .latency import LatencyModel, check_budget, latency_record
     from .surgery import MacsPredictor, prune_channels
 
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
                                  structure=structure, rho=rho, knn=knn)
-    validate_target(flops_reduction, omega)
+    flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
+                                   latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     layers = resolve_layers(model, layers)
     if num_classes is None:
@@ -161,9 +178,18 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float =
 
     start = time.perf_counter()
     predictor = MacsPredictor(model, layers, input_size)
-    selection = select_channels(criterion, predictor, flops_reduction, omega=omega, tolerance=tolerance,
+    latency = multiples = None
+    if latency_reduction is not None:
+        latency = LatencyModel.build(model, layers, input_size, batch_size=latency_batch_size, mode=latency_mode,
+                                     device=device, progress=progress)
+        multiples = latency.multiples() if latency_rounding else None
+        unpruned = copy.deepcopy(model)  # the surgery below cuts `model` in place
+        timings["latency_table_s"] = time.perf_counter() - start
+    selection = select_channels(criterion, predictor, flops_reduction if latency is None else latency_reduction,
+                                cost=latency, round_to=multiples, omega=omega, tolerance=tolerance,
+                                target_name="flops_reduction" if latency is None else "latency_reduction",
                                 progress=progress)
-    timings["selection_s"] = time.perf_counter() - start
+    timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()
     before = {layer.name: model.get_submodule(layer.conv).out_channels for layer in layers}
@@ -173,12 +199,18 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float =
     if macs != selection.macs or params != selection.params:
         raise RuntimeError(f"internal error: the pruned model has {macs} MACs / {params} params but the budget "
                            f"rule predicted {selection.macs} / {selection.params}")
+    record = None
+    if latency is not None:
+        start = time.perf_counter()
+        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples)
+        timings["latency_measure_s"] = time.perf_counter() - start
     pruned.train(was_training)
     report = PruneReport(
-        method=method, flops_reduction_target=float(flops_reduction), level=float(selection.level),
+        method=method, flops_reduction_target=None if flops_reduction is None else float(flops_reduction),
+        level=float(selection.level),
         criterion=criterion.describe(selection.level),
         layers=[{"name": n, "width_before": before[n], "width_after": selection.widths[n]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
-        timings=timings)
+        timings=timings, latency=record)
     return pruned, report

@@ -11,6 +11,11 @@ pruning is automatic.
 
 "Within 1%" is read as |achieved reduction - requested reduction| <= 0.01, both fractions of
 the unpruned model's MACs.
+
+The same bisection serves any cost that shrinks with the widths: `select_channels(...,
+cost=LatencyModel)` budgets predicted latency instead of MACs (issue 15, paperprune.latency),
+and `round_to` rounds each layer's kept width up to a multiple (the device's efficient one,
+from the latency table), the criterion's ranking choosing the channels that fill it.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .utils import PaperpruneError
+from .utils import PaperpruneError, as_number
 
 
 @dataclass
@@ -34,6 +39,8 @@ class Selection:
     base_macs: int
     base_params: int
     steps: int
+    cost: float | None = None
+    base_cost: float | None = None
 
 
 def apply_floor(mask: torch.Tensor, rank: torch.Tensor, omega: int) -> torch.Tensor:
@@ -48,12 +55,22 @@ def apply_floor(mask: torch.Tensor, rank: torch.Tensor, omega: int) -> torch.Ten
     return order[:floor].sort().values
 
 
-def validate_target(flops_reduction: float, omega: int) -> None:
-    if not isinstance(flops_reduction, (int, float)) or not 0.0 < float(flops_reduction) < 1.0:
-        raise PaperpruneError(
-            f"flops_reduction={flops_reduction!r} is not a fraction in (0, 1); "
-            "pass e.g. 0.5 to remove half of the MACs")
-    if not isinstance(omega, int) or omega < 1:
+def validate_target(flops_reduction: float, omega: int, name: str = "flops_reduction") -> None:
+    """Check a reduction (a fraction in (0, 1), reported under `name`) and the floor omega;
+    numpy and 0-d torch scalars count as the numbers they hold."""
+    what = "of the predicted latency" if name == "latency_reduction" else "of the MACs"
+    fix = f"pass e.g. 0.5 to remove half {what}"
+    try:
+        value = as_number(flops_reduction, name)
+    except PaperpruneError:
+        raise PaperpruneError(f"{name}={flops_reduction!r} is not a number; {fix}") from None
+    if not 0.0 < value < 1.0:
+        raise PaperpruneError(f"{name}={value!r} is not a fraction in (0, 1); {fix}")
+    try:
+        floor = as_number(omega, "omega", int)
+    except PaperpruneError:
+        floor = 0
+    if floor < 1:
         raise PaperpruneError(f"omega={omega!r} must be an integer >= 1 (the per-layer floor of kept channels)")
 
 
@@ -70,62 +87,85 @@ def check_floor(predictor, channels: dict[str, int], flops_reduction: float, ome
             "smaller reduction")
 
 
-def select_channels(criterion, predictor, flops_reduction: float, *, omega: int = 4,
-                    tolerance: float = 0.01, max_steps: int = 60, progress: bool = True) -> Selection:
-    """Bisect the criterion's global level until the MACs reduction is within `tolerance`.
+def round_up(width: int, multiple: int, full: int) -> int:
+    """`width` rounded up to a multiple of `multiple`, at most `full`."""
+    return min(full, -(-width // multiple) * multiple)
+
+
+def select_channels(criterion, predictor, flops_reduction: float, *, cost=None, round_to=None,
+                    target_name: str = "flops_reduction", omega: int = 4, tolerance: float = 0.01,
+                    max_steps: int = 60, progress: bool = True) -> Selection:
+    """Bisect the criterion's global level until the cost's reduction is within `tolerance`.
 
     `criterion` has `channels` ({layer: C}), `bounds() -> (lo, hi)` and
     `select(level) -> {name: (mask, rank)}` with fewer channels kept at higher levels;
     `predictor(widths) -> (macs, params)` counts the model cut to those widths
-    (paperprune.surgery.MacsPredictor).
+    (paperprune.surgery.MacsPredictor). `cost(widths) -> float` is what the reduction is of
+    (default: the MACs; e.g. a paperprune.latency.LatencyModel), `target_name` how the
+    reduction is called in messages. `round_to` ({layer: multiple}) rounds each kept width up.
     """
-    validate_target(flops_reduction, omega)
+    validate_target(flops_reduction, omega, target_name)
+    what = "of the MACs" if cost is None else "of the predicted latency"
     base_macs, base_params = predictor(dict(criterion.channels))
+    cost = cost or (lambda widths: float(predictor(widths)[0]))
+    base_cost = float(cost(dict(criterion.channels)))
     target = float(flops_reduction)
+    round_to = round_to or {}
 
     def evaluate(level: float):
-        chosen = criterion.select(level)
-        keep = {name: apply_floor(mask, rank, omega) for name, (mask, rank) in chosen.items()}
+        keep = {}
+        for name, (mask, rank) in criterion.select(level).items():
+            floor = max(omega, int(mask.sum()))
+            keep[name] = apply_floor(mask, rank, round_up(floor, round_to.get(name, 1), mask.numel()))
         widths = {name: int(idx.numel()) for name, idx in keep.items()}
-        macs, params = predictor(widths)
-        return keep, widths, macs, params, 1.0 - macs / base_macs
+        value = float(cost(widths))
+        return keep, widths, value, 1.0 - value / base_cost
 
     lo, hi = criterion.bounds()
     at_lo, at_hi = evaluate(lo), evaluate(hi)
-    if at_hi[4] < target - tolerance:
+    if at_hi[3] < target - tolerance:
         raise PaperpruneError(
-            f"flops_reduction={target:.3f} is unreachable: keeping only the floor omega={omega} "
+            f"{target_name}={target:.3f} is unreachable: keeping only the floor omega={omega} "
             f"channels per layer (or what {criterion.name} keeps at its strongest setting) removes "
-            f"{at_hi[4]:.3f} of the MACs; lower omega or ask for a smaller reduction")
-    if at_lo[4] > target + tolerance:
+            f"{at_hi[3]:.3f} {what}; lower omega or ask for a smaller reduction")
+    if at_lo[3] > target + tolerance:
         raise PaperpruneError(
-            f"flops_reduction={target:.3f} is unreachable for {criterion.name}: even at its weakest "
-            f"setting (level {lo:.3g}) it removes {at_lo[4]:.3f} of the MACs; ask for a larger "
+            f"{target_name}={target:.3f} is unreachable for {criterion.name}: even at its weakest "
+            f"setting (level {lo:.3g}) it removes {at_lo[3]:.3f} {what}; ask for a larger "
             "reduction or use a larger calibration set")
-    best = min((at_lo, at_hi), key=lambda r: abs(r[4] - target))
+    best, best_level, steps = _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps,
+                                      f"budget {criterion.name}", progress)
+    if abs(best[3] - target) > tolerance:
+        raise PaperpruneError(
+            f"{criterion.name} could not reach {target_name}={target:.3f} within {tolerance}: "
+            f"the closest level {best_level:.4g} removes {best[3]:.4f} (the kept set jumps there); "
+            "try a slightly different target or a larger calibration set")
+    keep, widths, value, _ = best
+    macs, params = predictor(widths)
+    return Selection(keep=keep, widths=widths, level=best_level, macs=int(macs), params=int(params),
+                     base_macs=int(base_macs), base_params=int(base_params), steps=steps, cost=value,
+                     base_cost=base_cost)
+
+
+def _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps, desc, progress):
+    """Bisection on the level; results are (..., reduction) tuples; returns the closest, its level, steps."""
+    best = min((at_lo, at_hi), key=lambda r: abs(r[-1] - target))
     best_level = lo if best is at_lo else hi
     steps = 0
-    bar = tqdm(total=max_steps, desc=f"budget {criterion.name}", disable=not progress, leave=False)
+    bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False)
     try:
-        while abs(best[4] - target) > tolerance and steps < max_steps:
+        while abs(best[-1] - target) > tolerance and steps < max_steps:
             steps += 1
             mid = 0.5 * (lo + hi)
             result = evaluate(mid)
-            if abs(result[4] - target) < abs(best[4] - target):
+            if abs(result[-1] - target) < abs(best[-1] - target):
                 best, best_level = result, mid
-            if result[4] < target:
+            if result[-1] < target:
                 lo = mid
             else:
                 hi = mid
             bar.update(1)
-            bar.set_postfix(reduction=f"{result[4]:.4f}", target=f"{target:.4f}")
+            bar.set_postfix(reduction=f"{result[-1]:.4f}", target=f"{target:.4f}")
     finally:
         bar.close()
-    if abs(best[4] - target) > tolerance:
-        raise PaperpruneError(
-            f"{criterion.name} could not reach flops_reduction={target:.3f} within {tolerance}: "
-            f"the closest level {best_level:.4g} removes {best[4]:.4f} (the kept set jumps there); "
-            "try a slightly different target or a larger calibration set")
-    keep, widths, macs, params, _ = best
-    return Selection(keep=keep, widths=widths, level=best_level, macs=int(macs), params=int(params),
-                     base_macs=int(base_macs), base_params=int(base_params), steps=steps)
+    return best, best_level, steps

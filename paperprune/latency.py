@@ -1,0 +1,433 @@
+"""A measured latency model: the whole model's latency for any assignment of prunable widths (issue 15).
+
+Reconstruction, not from the paper (which budgets MACs only, METHOD.md section 2, "Automatic
+budget"); the lookup-table idea is HALP's (Shen et al., NeurIPS 2022).
+
+What is measured. Every conv/linear whose input or output width depends on a prunable layer
+(read from `paperprune.surgery.MacsPredictor`'s dependency matrices: its width is affine in
+the removed channel counts) is a *unit*: the conv followed by a BatchNorm and a ReLU (a linear
+alone), run on its own on an input of the shape it sees in the model at the requested batch
+size, in the requested mode ("eager": PyTorch eager; "deployed":
+`paperprune.deploy.prepare_for_inference`, so the BatchNorm is folded and the unit compiled).
+A unit is timed on a grid of output widths with the input full, and of input widths with the
+output full (each grid about `GRID_POINTS` widths at a power-of-two step, each also plus one,
+so a cost staircase over channels (oneDNN's blocks of 8 or 16) shows as jumps between paired
+points instead of being smeared by the interpolation).
+Identical units (same shapes) are timed once. The whole unpruned model is timed once; the
+"rest" (everything that does not depend on a prunable width) is that time minus the units'
+full-width times.
+
+The prediction for widths w: rest + sum over units of t(in, C_out) * t(C_in, out) / t(C_in,
+C_out), each factor interpolated linearly in its grid. This is exact when a unit's cost is a
+product of an input and an output factor (e.g. in * ceil16(out)); its errors are that
+assumption (VGG's convs have both widths pruned), units timed in isolation instead of inside
+the model (cache state, inductor's fusion across units), elementwise work outside units
+(residual adds, pools) counted at full width, and timing noise. `LatencyModel.errors`
+measures the result against whole-model latencies of models cut to given widths.
+
+Tables are cached as JSON under `cache_dir` (default `$PAPERPRUNE_CACHE/latency`, else
+`~/.cache/paperprune/latency`), one file per key: the model's structure, input size, device,
+batch size, mode, torch threads, library versions and the timing function.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .utils import PaperpruneError, atomic_write_json
+
+MODES = ("eager", "deployed")
+#: About how many widths each unit's grid holds per dimension.
+GRID_POINTS = 16
+#: Candidate efficient multiples; `LatencyModel.multiples` picks among them from the table.
+MULTIPLES = (2, 4, 8, 16, 32, 64)
+#: Rounding up to a multiple is taken when the added channels cost at most this fraction of
+#: what channels cost on average in that layer.
+FREE_FRACTION = 0.25
+TABLE_VERSION = 1
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise PaperpruneError(f"latency_mode={mode!r} is not one of {', '.join(map(repr, MODES))}; "
+                              "'eager' times PyTorch eager, 'deployed' times paperprune.deploy.prepare_for_inference")
+    return mode
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
+        raise PaperpruneError(f"latency_batch_size={batch_size!r} must be an integer >= 1 (the batch the latency "
+                              "is measured at, e.g. 64)")
+    return int(batch_size)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PAPERPRUNE_CACHE", Path.home() / ".cache" / "paperprune")).expanduser() / "latency"
+
+
+def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time (microseconds) of `module(example)` under inference_mode, after
+    `prepare_for_inference` in mode "deployed". The default timing function of `LatencyModel`."""
+    from .deploy import prepare_for_inference
+
+    module = module.to(example.device).eval()
+    if mode == "deployed":
+        module = prepare_for_inference(module, example)
+    cuda = example.device.type == "cuda"
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            module(example)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(1e6 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def width_grid(full: int, paired: bool) -> list[int]:
+    """About GRID_POINTS widths from 1 to `full` at a power-of-two step; with `paired`, each also plus one."""
+    step = 2 ** max(0, math.ceil(math.log2(full / GRID_POINTS))) if full > GRID_POINTS else 1
+    widths = {1, full} | set(range(step, full + 1, step))
+    if paired:
+        widths |= {w + 1 for w in widths if w < full}
+    return sorted(widths)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One conv (+BN+ReLU) or linear at the shape it runs at in the model, widths free."""
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: tuple = ()
+    stride: tuple = ()
+    padding: tuple = ()
+    dilation: tuple = ()
+    bias: bool = False
+    spatial: tuple = ()
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.kind, self.in_channels, self.out_channels, self.kernel, self.stride, self.padding,
+                           self.dilation, self.bias, self.spatial])
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        if self.kind == "linear":
+            return nn.Linear(cin, cout, bias=self.bias)
+        conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, bias=self.bias)
+        return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+
+    def example(self, batch_size: int, cin: int, device) -> torch.Tensor:
+        return torch.randn(batch_size, cin, *self.spatial, device=device)
+
+
+def _units(model: nn.Module, layers, input_size):
+    """The varying units in MacsPredictor's row order, with its dependency rows."""
+    from .surgery import _COUNTED, MacsPredictor
+
+    predictor = MacsPredictor(model, layers, input_size)
+    order, shapes, calls = [], {}, {}
+
+    def record(module, inputs, output):
+        if module not in shapes:
+            order.append(module)
+            shapes[module] = tuple(inputs[0].shape[2:])
+        calls[module] = calls.get(module, 0) + 1
+
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
+    modes = {m: m.training for m in model.modules()}
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+    if len(order) != len(predictor._in0):
+        raise RuntimeError(f"internal error: {len(order)} convs/linears ran, MacsPredictor counted "
+                           f"{len(predictor._in0)}")
+    units = []
+    for row, m in enumerate(order):
+        a_in, a_out = predictor._a_in[row], predictor._a_out[row]
+        if not (a_in.any() or a_out.any()):
+            continue
+        if isinstance(m, nn.Linear):
+            unit = Unit("linear", m.in_features, m.out_features, bias=m.bias is not None)
+        elif isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(m.padding, tuple):
+            unit = Unit("conv", m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
+                        tuple(m.padding), tuple(m.dilation), m.bias is not None, shapes[m])
+        else:
+            raise PaperpruneError(f"the latency model times Conv2d (groups=1, numeric padding) and Linear units; "
+                                  f"{names[m]!r} is a {m!r} whose width depends on a prunable layer")
+        units.append({"name": names[m], "unit": unit, "calls": calls[m], "a_in": a_in, "a_out": a_out,
+                      "in0": int(predictor._in0[row]), "out0": int(predictor._out0[row])})
+    return predictor, units
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"cpu {names[0] if names else platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def _timer_name(timer) -> str:
+    return f"{getattr(timer, '__module__', '?')}.{getattr(timer, '__qualname__', type(timer).__qualname__)}"
+
+
+class LatencyModel:
+    """Predicted latency (microseconds) of `model` with its prunable layers cut to any widths.
+
+    Build with `LatencyModel.build(...)`; `predict(widths)` is a few small numpy ops.
+    """
+
+    def __init__(self, table: dict, predictor, units: list[dict], device):
+        self.table = table
+        self.device = torch.device(device)
+        self.key = table["key"]
+        self.key_hash = table["key_hash"]
+        self.names = list(predictor.names)
+        self.full_widths = dict(predictor.full_widths)
+        self.full_us = float(table["full_us"])
+        self._units = units
+        self._curves = []
+        rest = self.full_us
+        for u in units:
+            points = table["units"][u["unit"].key]
+            full = points["full"]
+            curve_in = np.array(points["in"], dtype=float).reshape(-1, 2)
+            curve_out = np.array(points["out"], dtype=float).reshape(-1, 2)
+            self._curves.append((full, curve_in, curve_out))
+            rest -= u["calls"] * full
+        self.rest_us = rest
+
+    @classmethod
+    def build(cls, model: nn.Module, layers, input_size, *, batch_size: int = 64, mode: str = "eager",
+              device=None, timer=None, cache_dir=None, progress: bool = True) -> "LatencyModel":
+        """Measure (or load from the cache) the table of `model` on `device` for `batch_size` and `mode`.
+
+        `timer(module, example, mode) -> microseconds` times one forward (default `measure_us`);
+        tests inject a deterministic one. `model` is not modified.
+        """
+        check_mode(mode)
+        batch_size = check_batch_size(batch_size)
+        timer = timer or measure_us
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        model = _copy_to(model, device)
+        input_size = tuple(int(s) for s in input_size)
+        predictor, units = _units(model, layers, input_size)
+        import torchvision
+
+        from . import __version__
+        from .deploy import DEPLOY_MODE
+
+        structure = hashlib.sha256(f"{type(model).__qualname__}|{model!r}|{[(l.name, l.conv) for l in layers]}|"
+                                   f"{input_size}|{next(model.parameters()).dtype}".encode()).hexdigest()[:16]
+        key = {"structure": structure, "model": type(model).__name__, "input_size": list(input_size),
+               "device": _device_name(device), "batch_size": batch_size,
+               "mode": DEPLOY_MODE if mode == "deployed" else "eager", "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "torchvision": torchvision.__version__, "paperprune": __version__,
+               "timer": _timer_name(timer), "grid_points": GRID_POINTS, "table_version": TABLE_VERSION}
+        key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key['model']}-{key_hash}.json"
+        table = _read_table(path, key)
+        if table is None:
+            table = _measure(model, units, input_size, batch_size, mode, device, timer, progress)
+            table.update(key=key, key_hash=key_hash)
+            atomic_write_json(path, table)
+        table["path"] = str(path)
+        return cls(table, predictor, units, device)
+
+    def _check(self, widths: dict) -> np.ndarray:
+        unknown = sorted(set(widths) - set(self.names))
+        if unknown:
+            raise PaperpruneError(f"widths name unknown layers {unknown}")
+        removed = []
+        for name in self.names:
+            w = int(widths.get(name, self.full_widths[name]))
+            if not 1 <= w <= self.full_widths[name]:
+                raise PaperpruneError(f"width {w} of layer {name!r} is outside [1, {self.full_widths[name]}]")
+            removed.append(self.full_widths[name] - w)
+        return np.array(removed, dtype=np.int64)
+
+    def predict(self, widths: dict) -> float:
+        """Predicted latency in microseconds; layers missing from `widths` are at full width."""
+        r = self._check(widths)
+        total = self.rest_us
+        for u, (full, curve_in, curve_out) in zip(self._units, self._curves):
+            cin, cout = u["in0"] - int(u["a_in"] @ r), u["out0"] - int(u["a_out"] @ r)
+            t_in = np.interp(cin, curve_in[:, 0], curve_in[:, 1]) if len(curve_in) else full
+            t_out = np.interp(cout, curve_out[:, 0], curve_out[:, 1]) if len(curve_out) else full
+            total += u["calls"] * t_in * t_out / full
+        return float(total)
+
+    __call__ = predict
+
+    def layer_curve(self, name: str) -> np.ndarray:
+        """Predicted latency with layer `name` at widths 1..C and every other layer full."""
+        return np.array([self.predict({name: w}) for w in range(1, self.full_widths[name] + 1)])
+
+    def multiples(self) -> dict[str, int]:
+        """Per layer, the largest of MULTIPLES (1 if none) such that rounding widths up to it is nearly free.
+
+        For a candidate q, over all widths w the added latency c(ceil_q(w)) - c(w) is compared with
+        what the added channels cost at the layer's average per-channel latency; q qualifies when
+        that ratio is at most FREE_FRACTION. A staircase of period q in the table gives ~0, a smooth
+        cost 1.
+        """
+        result = {}
+        for name in self.names:
+            c, full = self.layer_curve(name), self.full_widths[name]
+            slope = (c[-1] - c[0]) / max(1, full - 1)
+            best = 1
+            for q in MULTIPLES:
+                if q >= full or slope <= 0:
+                    break
+                w = np.arange(1, full + 1)
+                up = np.minimum(full, -(-w // q) * q)
+                extra = float(((up - w) * slope).sum())
+                if extra > 0 and float((c[up - 1] - c[w - 1]).sum()) <= FREE_FRACTION * extra:
+                    best = q
+            result[name] = best
+        return result
+
+    def measure(self, model: nn.Module, timer=None) -> float:
+        """Latency (microseconds) of `model` as measured for this table (same batch, mode and device)."""
+        timer = timer or measure_us
+        device = self.device
+        example = torch.randn(self.key["batch_size"], *self.key["input_size"], device=device)
+        return float(timer(_copy_to(model, device), example, self._mode))
+
+    @property
+    def _mode(self) -> str:
+        return "eager" if self.key["mode"] == "eager" else "deployed"
+
+    def errors(self, model: nn.Module, layers, assignments, timer=None, progress: bool = True) -> list[dict]:
+        """Predicted against measured latency of `model` cut to each width assignment (first channels kept)."""
+        from .surgery import prune_channels
+
+        rows = []
+        for widths in tqdm(assignments, desc="latency model error", disable=not progress, leave=False):
+            predicted = self.predict(widths)
+            cut = prune_channels(_copy_to(model, "cpu"), layers, {n: torch.arange(w) for n, w in widths.items()},
+                                 self.key["input_size"])
+            measured = self.measure(cut, timer)
+            rows.append({"predicted_us": predicted, "measured_us": measured,
+                         "relative_error": predicted / measured - 1.0})
+        return rows
+
+
+def _copy_to(model: nn.Module, device) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(device).eval()
+
+
+def _read_table(path: Path, key: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return table if table.get("key") == key else None
+
+
+def _measure(model, units, input_size, batch_size, mode, device, timer, progress) -> dict:
+    """Time the whole model once and every distinct unit on its grids."""
+    jobs = {}
+    for u in units:
+        unit = u["unit"]
+        points = jobs.setdefault(unit.key, {"unit": unit, "in": set(), "out": set()})
+        if u["a_in"].any():
+            points["in"] |= set(width_grid(unit.in_channels, paired=True))
+        if u["a_out"].any():
+            points["out"] |= set(width_grid(unit.out_channels, paired=True))
+    for job in jobs.values():
+        cin0, cout0 = job["unit"].in_channels, job["unit"].out_channels
+        job["points"] = {(cin0, cout0)} | {(w, cout0) for w in job["in"]} | {(cin0, w) for w in job["out"]}
+    total = 1 + sum(len(job["points"]) for job in jobs.values())
+    bar = tqdm(total=total, desc=f"latency table ({mode})", disable=not progress, leave=False)
+    try:
+        full_us = float(timer(model, torch.randn(batch_size, *input_size, device=device), mode))
+        bar.update(1)
+        table = {"units": {}}
+        for key, job in jobs.items():
+            unit = job["unit"]
+            cin0, cout0 = unit.in_channels, unit.out_channels
+            at = {}
+            for cin, cout in sorted(job["points"]):
+                at[cin, cout] = float(timer(unit.module(cin, cout).to(device),
+                                            unit.example(batch_size, cin, device), mode))
+                bar.update(1)
+            table["units"][key] = {"full": at[cin0, cout0], "in": [[w, at[w, cout0]] for w in sorted(job["in"])],
+                                   "out": [[w, at[cin0, w]] for w in sorted(job["out"])]}
+    finally:
+        bar.close()
+    table["full_us"] = full_us
+    return table
+
+
+def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
+                 latency_rounding: bool = False):
+    """Validate `prune`'s budget before any work; returns the MACs target (0.5 when neither is given),
+    or None for a latency budget."""
+    from .select import validate_target
+
+    if latency_reduction is None:
+        if latency_rounding:
+            raise PaperpruneError("latency_rounding=True needs a latency budget: pass latency_reduction= (the "
+                                  "multiples come from the measured latency table)")
+        flops_reduction = 0.5 if flops_reduction is None else flops_reduction
+        validate_target(flops_reduction, omega)
+        return flops_reduction
+    if flops_reduction is not None:
+        raise PaperpruneError(f"flops_reduction={flops_reduction!r} and latency_reduction={latency_reduction!r} "
+                              "were both given; a run has one budget: pass only one of them")
+    validate_target(latency_reduction, omega, "latency_reduction")
+    check_mode(latency_mode)
+    check_batch_size(latency_batch_size)
+    if latency_mode == "deployed":
+        from .deploy import check_compiler
+
+        check_compiler()
+    return None
+
+
+def latency_record(latency: LatencyModel, selection, target: float, base: nn.Module, pruned: nn.Module,
+                   multiples: dict | None) -> dict:
+    """What a latency-budgeted prune records: target, predicted and measured latency (base and pruned
+    measured one after the other now), the table's key and the MACs that resulted."""
+    before_us, after_us = latency.measure(base), latency.measure(pruned)
+    return {"target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
+            "device": latency.key["device"], "threads": latency.key["threads"], "table_key": latency.key_hash,
+            "table": latency.table.get("path"), "key": latency.key,
+            "predicted_before_us": selection.base_cost, "predicted_after_us": selection.cost,
+            "predicted_reduction": 1.0 - selection.cost / selection.base_cost,
+            "measured_before_us": before_us, "measured_after_us": after_us,
+            "measured_reduction": 1.0 - after_us / before_us,
+            "macs_before": selection.base_macs, "macs_after": selection.macs,
+            "macs_reduction": 1.0 - selection.macs / selection.base_macs, "multiples": multiples}

@@ -1,0 +1,197 @@
+"""The latency model and the latency budget (issue 15), with a deterministic fake timing function.
+
+The fake costs each conv ceil(in/P) * ceil(out/P) * output positions * kernel area (a staircase of
+period P in both widths, separable, so the table's prediction is exact) and each linear in * out (small),
+plus a fixed overhead for the whole model. No test asserts a real timing.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import paperprune
+from paperprune.criteria import ScoreCriterion
+from paperprune.latency import LatencyModel, width_grid
+from paperprune.pipeline import resolve_layers
+from paperprune.select import select_channels
+from paperprune.surgery import MacsPredictor, prune_channels
+from paperprune.utils import PaperpruneError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = {"features.0": "features.2", "features.3": "features.5", "features.6": "features.8"}
+
+
+class Tiny(nn.Module):
+    def __init__(self, widths=(16, 32, 64)):
+        super().__init__()
+        a, b, c = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(),
+            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+            nn.Conv2d(b, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class FakeTimer:
+    """Deterministic 'microseconds' from the shapes a module's convs and linears see; counts its calls."""
+
+    def __init__(self, period=8):
+        self.period, self.calls = period, 0
+
+    def __call__(self, module, example, mode):
+        self.calls += 1
+        cost = [10.0 if isinstance(module, Tiny) else 0.0]
+        p = self.period
+
+        def hook(m, inputs, output):
+            if isinstance(m, nn.Conv2d):
+                area = output.shape[2] * output.shape[3] * math.prod(m.kernel_size)
+                cost[0] += math.ceil(m.in_channels / p) * math.ceil(m.out_channels / p) * area * 0.01
+            else:
+                cost[0] += m.in_features * m.out_features * 1e-4
+        hooks = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            module.eval()(example[:1])
+        for h in hooks:
+            h.remove()
+        return cost[0] * example.shape[0] * (0.5 if mode == "deployed" else 1.0)
+
+
+class FixedScores(ScoreCriterion):
+    name = "fixed"
+
+    def __init__(self, scores):
+        super().__init__()
+        self._given = scores
+
+    def channel_scores(self, model, layers, calibration):
+        return self._given
+
+
+def build(tmp_path, timer, model=None, **kw):
+    model = model or Tiny().eval()
+    layers = resolve_layers(model, LAYERS)
+    kw = {"batch_size": 4, "mode": "eager", "device": "cpu", "cache_dir": tmp_path, "progress": False, **kw}
+    return model, layers, LatencyModel.build(model, layers, (1, 8, 8), timer=timer, **kw)
+
+
+def random_widths(gen, full):
+    return {n: int(gen.integers(1, c + 1)) for n, c in full.items()}
+
+
+def test_width_grid_pairs_and_bounds():
+    assert width_grid(16, paired=False) == list(range(1, 17))
+    assert width_grid(64, paired=True) == sorted({1, 2} | {4 * k for k in range(1, 17)} | {4 * k + 1 for k in range(1, 16)})
+    assert len(width_grid(512, paired=False)) == 17
+
+
+@pytest.mark.parametrize("period", [1, 8])
+def test_prediction_matches_the_fake_whole_model_exactly(tmp_path, period):
+    timer = FakeTimer(period)
+    model, layers, latency = build(tmp_path, timer)
+    assert latency.full_us == pytest.approx(timer(model, torch.zeros(4, 1, 8, 8), "eager"))
+    gen = np.random.default_rng(0)
+    assignments = [random_widths(gen, latency.full_widths) for _ in range(10)]
+    for row in latency.errors(model, layers, assignments, timer=timer, progress=False):
+        assert abs(row["relative_error"]) < 1e-9
+
+
+def test_bisection_meets_the_latency_target(tmp_path):
+    timer = FakeTimer(1)
+    model, layers, latency = build(tmp_path, timer)
+    gen = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(c, generator=gen, dtype=torch.float64) for n, c in latency.full_widths.items()}
+    crit = FixedScores(scores)
+    crit.prepare(None, None, None)
+    macs = MacsPredictor(model, layers, (1, 8, 8))
+    for target in (0.3, 0.5):
+        sel = select_channels(crit, macs, target, cost=latency, target_name="latency_reduction", omega=2,
+                              progress=False)
+        assert abs(sel.cost / sel.base_cost - (1 - target)) <= 0.01
+        cut = prune_channels(Tiny().eval(), layers, sel.keep, (1, 8, 8))
+        assert timer(cut, torch.zeros(4, 1, 8, 8), "eager") == pytest.approx(sel.cost)
+        assert sel.macs == macs(sel.widths)[0]
+
+
+@pytest.mark.parametrize("period", [1, 4, 8, 16])
+def test_rounding_picks_the_multiples_the_fake_table_favours(tmp_path, period):
+    model, layers, latency = build(tmp_path, FakeTimer(period))
+    expected = {n: (period if period < c else 1) for n, c in latency.full_widths.items()}
+    assert latency.multiples() == expected
+
+
+def test_rounded_selection_fills_multiples_by_the_criterion_ranking(tmp_path):
+    model, layers, latency = build(tmp_path, FakeTimer(8))
+    multiples = latency.multiples()
+    gen = torch.Generator().manual_seed(1)
+    scores = {n: torch.rand(c, generator=gen, dtype=torch.float64) for n, c in latency.full_widths.items()}
+    crit = FixedScores(scores)
+    crit.prepare(None, None, None)
+    sel = select_channels(crit, MacsPredictor(model, layers, (1, 8, 8)), 0.5, cost=latency, round_to=multiples,
+                          target_name="latency_reduction", omega=2, tolerance=0.05, progress=False)
+    for name, idx in sel.keep.items():
+        assert idx.numel() % multiples[name] == 0 or idx.numel() == latency.full_widths[name]
+        # the kept channels are the best-scored ones of the layer
+        assert set(idx.tolist()) == set(torch.argsort(-scores[name])[:idx.numel()].tolist())
+
+
+def test_the_cache_is_reused_and_invalidated_by_its_key(tmp_path):
+    timer = FakeTimer(8)
+    _, _, first = build(tmp_path, timer)
+    measured = timer.calls
+    assert measured > 1
+    _, _, again = build(tmp_path, timer)
+    assert timer.calls == measured and again.key_hash == first.key_hash
+    assert again.predict({"features.3": 9}) == first.predict({"features.3": 9})
+    for change in ({"batch_size": 8}, {"mode": "deployed"}):
+        before = timer.calls
+        _, _, other = build(tmp_path, timer, **change)
+        assert timer.calls > before and other.key_hash != first.key_hash
+    _, _, wider = build(tmp_path, timer, model=Tiny((16, 32, 48)).eval())
+    assert wider.key["structure"] != first.key["structure"]
+    assert len(list(tmp_path.glob("*.json"))) == 4
+
+
+@pytest.fixture
+def batches():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 1, 8, 8, generator=gen)
+    return [(x, torch.arange(40) % 10)]
+
+
+def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, batches):
+    monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
+    model = Tiny((32, 64, 64)).eval()
+    pruned, report = paperprune.prune(model, batches, method="l1", latency_reduction=0.3, latency_mode="eager",
+                                      latency_batch_size=8, samples_per_class=4, layers=LAYERS, tolerance=0.05,
+                                      device="cpu", progress=False)
+    lat = report.latency
+    assert report.flops_reduction_target is None
+    assert lat["target_reduction"] == 0.3 and lat["batch_size"] == 8 and lat["mode"] == "eager"
+    assert abs(lat["predicted_reduction"] - 0.3) <= 0.05
+    assert lat["macs_after"] == report.macs_after and lat["measured_after_us"] > 0
+    assert list(tmp_path.glob("latency/*.json"))[0].stem.endswith(lat["table_key"])
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert "latency (eager, batch 8)" in report.summary()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"latency_reduction": 1.5}, r"latency_reduction=1\.5 is not a fraction in \(0, 1\)"),
+    ({"latency_reduction": 0.0}, r"latency_reduction=0\.0 is not a fraction"),
+    ({"latency_reduction": 0.4, "latency_mode": "fast"}, r"latency_mode='fast' is not one of 'eager', 'deployed'"),
+    ({"latency_reduction": 0.4, "flops_reduction": 0.5}, r"flops_reduction=0\.5 and latency_reduction=0\.4"),
+    ({"latency_reduction": 0.4, "latency_batch_size": 0}, r"latency_batch_size=0 must be an integer >= 1"),
+    ({"latency_rounding": True}, r"latency_rounding=True needs a latency budget"),
+])
+def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, message):
+    monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
+    with pytest.raises(PaperpruneError, match=message):
+        paperprune.prune(Tiny().eval(), batches, method="l1", layers=LAYERS, progress=False, **kwargs)
+    assert not any(tmp_path.iterdir())
