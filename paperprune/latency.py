@@ -49,7 +49,7 @@ from .utils import PaperpruneError, atomic_write_json
 
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
-GRID_POINTS = 16
+GRID_POINTS = 8
 #: Candidate efficient multiples; `LatencyModel.multiples` picks among them from the table.
 MULTIPLES = (2, 4, 8, 16, 32, 64)
 #: Rounding up to a multiple is taken when the added channels cost at most this fraction of

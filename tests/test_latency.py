@@ -13,7 +13,7 @@ from torch import nn
 
 import paperprune
 from paperprune.criteria import ScoreCriterion
-from paperprune.latency import LatencyModel, width_grid
+from paperprune.latency import GRID_POINTS, LatencyModel, width_grid
 from paperprune.pipeline import resolve_layers
 from paperprune.select import select_channels
 from paperprune.surgery import MacsPredictor, prune_channels
@@ -87,9 +87,11 @@ def random_widths(gen, full):
 
 
 def test_width_grid_pairs_and_bounds():
-    assert width_grid(16, paired=False) == list(range(1, 17))
-    assert width_grid(64, paired=True) == sorted({1, 2} | {4 * k for k in range(1, 17)} | {4 * k + 1 for k in range(1, 16)})
-    assert len(width_grid(512, paired=False)) == 17
+    g = GRID_POINTS
+    assert width_grid(g, paired=False) == list(range(1, g + 1))
+    assert width_grid(4 * g, paired=True) == sorted({1, 2} | {4 * k for k in range(1, g + 1)}
+                                                    | {4 * k + 1 for k in range(1, g)})
+    assert len(width_grid(64 * g, paired=False)) == g + 1
 
 
 @pytest.mark.parametrize("period", [1, 8])
@@ -123,7 +125,10 @@ def test_bisection_meets_the_latency_target(tmp_path):
 @pytest.mark.parametrize("period", [1, 4, 8, 16])
 def test_rounding_picks_the_multiples_the_fake_table_favours(tmp_path, period):
     model, layers, latency = build(tmp_path, FakeTimer(period))
-    expected = {n: (period if period < c else 1) for n, c in latency.full_widths.items()}
+    # a staircase shows only where the grid's step (between paired widths) divides its period
+    step = {n: width_grid(c, paired=False)[1] if c > GRID_POINTS else 1 for n, c in latency.full_widths.items()}
+    expected = {n: (period if period < c and period % step[n] == 0 else 1) for n, c in latency.full_widths.items()}
+    assert expected["features.0"] == (period if period < 16 else 1)
     assert latency.multiples() == expected
 
 

@@ -1,0 +1,210 @@
+"""Latency budget benchmark (issue 15; results in benchmarks/results/latency.{json,md}, with machine and date).
+
+For VGG-16 and ResNet-56 on Fashion-MNIST (32x32), briefly trained here (labelled as such in the
+results: no trained checkpoint is shipped yet), on this CPU at batch 64 in deployed mode
+(`paperprune.deploy.prepare_for_inference`), criterion `l1` (filter L1 norms, no lasso):
+
+1. the latency table's cost to measure and the predictor's error against measured whole-model
+   latency over random width assignments (each layer uniform in [ceil(C/8), C]);
+2. for each requested latency reduction: prune with `latency_reduction` (and with
+   `latency_rounding`), and with the MACs budget whose model the latency model predicts to be
+   as fast (bisected); base and pruned models timed side by side, interleaved, in one run;
+   MACs removed and top-1 right after pruning (no fine-tuning) for each.
+
+    python benchmarks/bench_latency.py [--archs resnet56 vgg16] [--targets 0.4 0.6] [--threads 1]
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import paperprune
+from paperprune.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
+from paperprune.deploy import DEPLOY_MODE, prepare_for_inference
+from paperprune.experiment import measure_latency
+from paperprune.latency import LatencyModel
+from paperprune.models import prunable_layers
+from paperprune.train import TrainConfig, evaluate, train
+from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHOD = "l1"
+INPUT = (1, 32, 32)
+BATCH = 64
+
+
+def data(args):
+    info = dataset_info("fashion-mnist")
+    x, y = load_tensors("fashion-mnist", "train")
+    tx, ty = load_tensors("fashion-mnist", "test")
+    common = dict(mean=info.mean, std=info.std, device="cpu")
+    train_x, train_y = class_balanced_batch(x, y, args.train_per_class, seed=0)
+    test_x, test_y = class_balanced_batch(tx, ty, args.test_per_class, seed=0)
+    cal_x, cal_y = class_balanced_batch(x, y, args.samples_per_class, seed=1)
+    return (DeviceLoader(train_x, train_y, batch_size=128, train=True, **common),
+            DeviceLoader(test_x, test_y, batch_size=256, train=False, **common),
+            [((cal_x.float() / 255 - info.mean[0]) / info.std[0], cal_y)])
+
+
+def briefly_trained(arch, args, train_loader, test_loader):
+    torch.manual_seed(0)
+    model = paperprune.create_model(arch, num_classes=10, in_channels=1)
+    config = TrainConfig(epochs=args.epochs, lr=0.05, batch_size=128, seed=0, precision="fp32")
+    result = train(model, train_loader, test_loader, config, Path(args.work) / arch, device="cpu", progress=False)
+    return model.eval(), {"epochs": args.epochs, "train_images": 10 * args.train_per_class, "top1": result["top1"]}
+
+
+def prune(model, calibration, args, **budget):
+    return paperprune.prune(model, calibration, method=METHOD, samples_per_class=args.samples_per_class,
+                            device="cpu", progress=False, **budget)
+
+
+def widths_of(report):
+    return {row["name"]: row["width_after"] for row in report.layers}
+
+
+def matched_macs_budget(model, calibration, latency, target_us, args, steps=10):
+    """The MACs budget whose l1-pruned model the latency model predicts as fast as `target_us` (bisection)."""
+    lo, hi = 0.02, 0.95
+    best = None
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        pruned, report = prune(model, calibration, args, flops_reduction=mid)
+        predicted = latency.predict(widths_of(report))
+        if best is None or abs(predicted - target_us) < abs(best[2] - target_us):
+            best = (pruned, report, predicted, mid)
+        lo, hi = (mid, hi) if predicted > target_us else (lo, mid)
+    return best
+
+
+def side_by_side(models, repeats, mode):
+    """Median latency (ms) of each model in `mode`, `repeats` rounds each timing every model in turn."""
+    example = torch.randn(BATCH, *INPUT)
+    prepared = {name: prepare_for_inference(m, example) if mode == "deployed" else m for name, m in models.items()}
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, m in prepared.items():
+            times[name].append(measure_latency(m, INPUT, BATCH, torch.device("cpu"), repeats=3, warmup=1))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_arch(arch, args, loaders):
+    mode = args.mode
+    train_loader, test_loader, calibration = loaders
+    start = time.perf_counter()
+    model, training = briefly_trained(arch, args, train_loader, test_loader)
+    training["train_s"] = time.perf_counter() - start
+    print(f"{arch}: briefly trained, top1 {training['top1']:.2f}", flush=True)
+    layers = prunable_layers(model)
+    start = time.perf_counter()
+    latency = LatencyModel.build(model, layers, INPUT, batch_size=BATCH, mode=mode, device="cpu")
+    table_s = time.perf_counter() - start
+    print(f"{arch}: latency table in {table_s:.0f} s ({latency.table['path']})", flush=True)
+    gen = np.random.default_rng(0)
+    assignments = [{n: int(gen.integers(math.ceil(c / 8), c + 1)) for n, c in latency.full_widths.items()}
+                   for _ in range(args.assignments)]
+    errors = latency.errors(model, layers, assignments)
+    rel = np.array([r["relative_error"] for r in errors])
+    print(f"{arch}: predictor error over {len(rel)} assignments: mean |e| {np.abs(rel).mean():.3f}, "
+          f"max {np.abs(rel).max():.3f}", flush=True)
+    base_top1 = evaluate(model, test_loader, "cpu", topk=(1,))["top1"]
+    rows = []
+    for target in args.targets:
+        variants = {}
+        for name, kw in (("latency", {}), ("latency+rounding", {"latency_rounding": True})):
+            pruned, report = prune(model, calibration, args, latency_reduction=target, latency_mode=mode,
+                                   latency_batch_size=BATCH, **kw)
+            variants[name] = (pruned, report, report.latency["predicted_after_us"])
+        pruned, report, predicted, flops = matched_macs_budget(model, calibration, latency,
+                                                               variants["latency"][2], args)
+        variants["macs-matched"] = (pruned, report, predicted)
+        measured = side_by_side({"base": model, **{k: v[0] for k, v in variants.items()}}, args.repeats, mode)
+        for name, (pruned, report, predicted) in variants.items():
+            row = {"arch": arch, "target": target, "budget": name, "flops_reduction": report.flops_reduction_target,
+                   "macs_reduction": report.macs_reduction, "params_reduction": report.params_reduction,
+                   "base_ms": measured["base"], "pruned_ms": measured[name],
+                   "measured_reduction": 1 - measured[name] / measured["base"],
+                   "predicted_reduction": 1 - predicted / latency.full_us,
+                   "top1_after_pruning": evaluate(pruned, test_loader, "cpu", topk=(1,))["top1"],
+                   "widths": widths_of(report), "latency_record": report.latency}
+            rows.append(row)
+            print(f"{arch} target {target}: {name}: measured -{100 * row['measured_reduction']:.1f}% "
+                  f"(predicted -{100 * row['predicted_reduction']:.1f}%), MACs -{100 * row['macs_reduction']:.1f}%, "
+                  f"top1 {row['top1_after_pruning']:.2f}", flush=True)
+    return {"arch": arch, "training": training, "base_top1": base_top1, "table_s": table_s,
+            "table_key": latency.key, "table_key_hash": latency.key_hash, "full_us": latency.full_us,
+            "rest_us": latency.rest_us, "multiples": latency.multiples(), "errors": errors, "rows": rows}
+
+
+def markdown(result, args):
+    env = result["environment"]
+    lines = ["# Latency budget benchmark (benchmarks/bench_latency.py)", "",
+             f"Date {env['date']}, host {env['hostname']}, {env['processor']}, {env['cpu_count']} CPUs, torch "
+             f"{env['torch']} ({env['torch_threads']} thread(s)), commit {env['git_commit']}. Load average "
+             f"before/after: {[round(x, 2) for x in result['load_before']]} / "
+             f"{[round(x, 2) for x in result.get('load_after', [])]}. The 2 cores were shared with other jobs "
+             "during the run: timings are noisy.", "",
+             f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}, mode {args.mode} "
+             f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference). Models **briefly trained here** "
+             f"({args.epochs} epochs on {10 * args.train_per_class} images; no trained checkpoint is shipped yet); "
+             f"top-1 on {10 * args.test_per_class} test images right after pruning, no fine-tuning.", ""]
+    for a in result["archs"]:
+        rel = np.array([r["relative_error"] for r in a["errors"]])
+        lines += [f"## {a['arch']}", "",
+                  f"Briefly trained top-1 {a['base_top1']:.2f}%. Latency table: {a['table_s']:.0f} s to measure, key "
+                  f"`{a['table_key_hash']}`; whole model {a['full_us'] / 1e3:.1f} ms, of which "
+                  f"{a['rest_us'] / 1e3:.1f} ms outside the timed units. Predictor error over {len(rel)} random "
+                  f"width assignments (each layer uniform in [C/8, C], each model compiled and timed once): mean "
+                  f"|error| {100 * np.abs(rel).mean():.1f}%, max {100 * np.abs(rel).max():.1f}%, mean (signed) "
+                  f"{100 * rel.mean():+.1f}%. Multiples read from the table: "
+                  f"{sorted(set(a['multiples'].values()))}.", "",
+                  "| target | budget | MACs budget | MACs removed | predicted reduction | measured reduction | "
+                  "base ms | pruned ms | top-1 after pruning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in a["rows"]:
+            flops = "" if r["flops_reduction"] is None else f"{r['flops_reduction']:.3f}"
+            lines.append(f"| {r['target']:.0%} | {r['budget']} | {flops} | {100 * r['macs_reduction']:.1f}% | "
+                         f"{100 * r['predicted_reduction']:.1f}% | {100 * r['measured_reduction']:.1f}% | "
+                         f"{r['base_ms']:.1f} | {r['pruned_ms']:.1f} | {r['top1_after_pruning']:.2f} |")
+        lines.append("")
+    lines += [f"Measured latencies: medians of {args.repeats} interleaved rounds (3 timed forwards each) over the "
+              "base and the pruned models of one target, all compiled the same way. `macs-matched` is the MACs "
+              "budget (bisected) whose model the latency model predicts as fast as the `latency` one."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="+", default=["resnet56", "vgg16"])
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.4, 0.6])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--mode", choices=("eager", "deployed"), default="deployed")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--assignments", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--samples-per-class", type=int, default=10)
+    parser.add_argument("--work", default="/tmp/paperprune-bench-latency", help="training runs and latency tables")
+    parser.add_argument("--name", default="latency", help="results file stem")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ["PAPERPRUNE_CACHE"] = str(Path(args.work) / "cache")
+    loaders = data(args)
+    result = {"environment": environment_info("cpu"), "load_before": os.getloadavg(), "args": vars(args),
+              "archs": []}
+    for arch in args.archs:
+        result["archs"].append(bench_arch(arch, args, loaders))
+        result["load_after"] = os.getloadavg()
+        atomic_write_json(RESULTS / f"{args.name}.json", result)
+        atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, args))
+    print(markdown(result, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
