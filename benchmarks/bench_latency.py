@@ -54,9 +54,10 @@ def data(args):
 def briefly_trained(arch, args, train_loader, test_loader):
     torch.manual_seed(0)
     model = paperprune.create_model(arch, num_classes=10, in_channels=1)
-    config = TrainConfig(epochs=args.epochs, lr=0.05, batch_size=128, seed=0, precision="fp32")
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=128, seed=0, precision="fp32")
     result = train(model, train_loader, test_loader, config, Path(args.work) / arch, device="cpu", progress=False)
-    return model.eval(), {"epochs": args.epochs, "train_images": 10 * args.train_per_class, "top1": result["top1"]}
+    return model.eval(), {"epochs": args.epochs, "lr": args.lr, "train_images": 10 * args.train_per_class,
+                          "top1": result["top1"]}
 
 
 def prune(model, calibration, args, **budget):
@@ -151,7 +152,7 @@ def markdown(result, args):
              "during the run: timings are noisy.", "",
              f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}, mode {args.mode} "
              f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference). Models **briefly trained here** "
-             f"({args.epochs} epochs on {10 * args.train_per_class} images; no trained checkpoint is shipped yet); "
+             f"({args.epochs} epochs at lr {args.lr} on {10 * args.train_per_class} images; no trained checkpoint is shipped yet); "
              f"top-1 on {10 * args.test_per_class} test images right after pruning, no fine-tuning.", ""]
     for a in result["archs"]:
         rel = np.array([r["relative_error"] for r in a["errors"]])
@@ -186,6 +187,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--assignments", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--samples-per-class", type=int, default=10)
