@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from paperprune.criteria import ScoreCriterion, create_criterion
-from paperprune.select import apply_floor, select_channels
+from paperprune.select import apply_floor, round_up, select_channels
 from paperprune.utils import PaperpruneError
 
 
@@ -94,3 +94,28 @@ def test_random_criterion_is_seeded_and_options_are_routed():
     assert torch.equal(a.scores["0"], b.scores["0"])
     assert not torch.equal(a.scores["0"], c.scores["0"])
     assert create_criterion("sglp", gamma_ratio=0.25, seed=1).gamma_ratio == 0.25
+
+
+def test_any_cost_is_bisected_and_named_in_its_errors():
+    crit, macs, _ = make()
+
+    def quadratic(widths):
+        return 10.0 + sum(w * w for w in widths.values())
+
+    sel = select_channels(crit, macs, 0.5, cost=quadratic, target_name="latency_reduction", omega=2, progress=False)
+    assert abs(1 - sel.cost / sel.base_cost - 0.5) <= 0.01 and sel.cost == quadratic(sel.widths)
+    assert sel.macs == macs(sel.widths)[0]
+    with pytest.raises(PaperpruneError, match=r"latency_reduction=1\.2 is not a fraction.*of the predicted latency"):
+        select_channels(crit, macs, 1.2, cost=quadratic, target_name="latency_reduction", progress=False)
+    with pytest.raises(PaperpruneError, match=r"latency_reduction=0\.990 is unreachable.*of the predicted latency"):
+        select_channels(crit, macs, 0.99, cost=quadratic, target_name="latency_reduction", omega=8, progress=False)
+
+
+def test_round_to_keeps_multiples_filled_by_rank():
+    crit, macs, scores = make()
+    multiples = {"layer0": 4, "layer1": 8, "layer2": 16, "layer3": 1}
+    sel = select_channels(crit, macs, 0.5, round_to=multiples, omega=2, tolerance=0.03, progress=False)
+    for name, idx in sel.keep.items():
+        assert idx.numel() % multiples[name] == 0 or idx.numel() == scores[name].numel()
+        assert set(idx.tolist()) == set(torch.argsort(-scores[name])[:idx.numel()].tolist())
+    assert [round_up(w, 8, 20) for w in (1, 8, 9, 17)] == [8, 8, 16, 20]
