@@ -38,18 +38,16 @@ def experiment():
         parameters_cell(
             'dataset = "synthetic"\narch = "resnet56"\nmethod = "stlp"\nflops_reduction = 0.5\n'
             "pretrain_epochs = 1\npretrained = None\nfinetune_epochs = 1\nseed = 0\nsamples_per_class = 5\n"
-            'omega = 4\ngamma_ratio = 0.5\nstructure = "embedding"\nbatch_size = 64\nlr = 0.05\n'
+            'omega = 4\ngamma_ratio = 0.5\nstructure = "embedding"\nnonnegative = False\nrho = 0.5\nknn = None\n'
+            "batch_size = 64\nlr = 0.05\n"
             "finetune_lr = 0.01\nper_class = 20\ntest_per_class = 10\ndata_root = None\n"
             'device = "cpu"\nout = "runs/notebook-demo"\ncache_dir = None\nthreads = None\nprogress = True\n'
             "latency_repeats = 10\ndeployed_latency = True"),
         new_code_cell(
-            "import torch\n\nfrom paperprune.experiment import RunConfig, run_experiment\n\n"
+            "from dataclasses import fields\n\nimport torch\n\nfrom paperprune.experiment import RunConfig, run_experiment\n\n"
             "if threads:\n    torch.set_num_threads(int(threads))\n"
-            "config = RunConfig(dataset=dataset, arch=arch, method=method, flops_reduction=flops_reduction,\n"
-            "                   pretrain_epochs=pretrain_epochs, pretrained=pretrained, finetune_epochs=finetune_epochs,\n"
-            "                   seed=seed, samples_per_class=samples_per_class, omega=omega, gamma_ratio=gamma_ratio,\n"
-            "                   structure=structure, batch_size=batch_size, lr=lr, finetune_lr=finetune_lr,\n"
-            "                   per_class=per_class, test_per_class=test_per_class, data_root=data_root, device=device)\n"
+            "# every RunConfig setting set above (or injected by papermill) goes into the run\n"
+            "config = RunConfig(**{f.name: globals()[f.name] for f in fields(RunConfig) if f.name in globals()})\n"
             "record = run_experiment(config, out, cache_dir=cache_dir, progress=progress, latency_repeats=latency_repeats,\n"
             "                        deployed_latency=deployed_latency)"),
         new_markdown_cell("## Result"),

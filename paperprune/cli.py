@@ -13,11 +13,12 @@ is created or changed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .utils import PaperpruneError, atomic_write_json
+from .utils import DirLock, PaperpruneError, atomic_write_json
 
 CONFIG = "config.json"
 
@@ -25,6 +26,20 @@ CONFIG = "config.json"
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise PaperpruneError(f"--out {str(out)!r} exists and is not a directory; choose a directory path")
+
+
+def _check_train_numbers(args: argparse.Namespace) -> None:
+    """The train command's numbers: finite, and in range (argparse has checked their types)."""
+    import math
+
+    for flag, value, low, positive in (("--epochs", args.epochs, 1, False), ("--lr", args.lr, 0, True),
+                                       ("--batch-size", args.batch_size, 1, False),
+                                       ("--weight-decay", args.weight_decay, 0, False), ("--seed", args.seed, 0, False),
+                                       ("--per-class", args.per_class, 1, False)):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (positive and value <= low):
+            raise PaperpruneError(f"{flag} {value!r} must be a finite number {'>' if positive else '>='} {low}")
 
 
 def _check_data_root(root: str | None) -> None:
@@ -76,8 +91,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise PaperpruneError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
     if args.arch not in list_models():
         raise PaperpruneError(f"unknown architecture {args.arch!r}; choose one of: {', '.join(list_models())}")
-    if args.per_class is not None and args.per_class < 1:
-        raise PaperpruneError(f"--per-class must be >= 1, got {args.per_class}")
+    _check_train_numbers(args)
     _check_data_root(args.data_root)
     _check_out_dir(args.out)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -85,12 +99,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resolve_precision(config.precision, resolve_device(args.device))
 
     rank, world_size, device = init_distributed(args.device)
-    try:
+    lock = DirLock(args.out, "training", fix=", or use another --out") if rank == 0 else contextlib.nullcontext()
+    with contextlib.ExitStack() as stack:
+        stack.callback(cleanup_distributed)
         train_loader, test_loader, info = data.make_loaders(
             args.dataset, root=args.data_root, batch_size=args.batch_size, device=str(device), seed=args.seed,
             per_class=args.per_class, rank=rank, world_size=world_size, download=args.download)
         seed_everything(args.seed)
         model = create_model(args.arch, num_classes=info.num_classes, in_channels=info.in_channels)
+        stack.enter_context(lock)  # the data is there: from here on this process owns --out
         # validate a checkpoint already in --out before config.json is (re)written
         load_checkpoint(args.out, model, config, steps_per_epoch=len(train_loader), world_size=world_size,
                         precision=resolve_precision(config.precision, device))
@@ -112,8 +129,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"{args.arch} on {args.dataset}: test top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
                   f"after {config.epochs} epochs -> {args.out}")
-    finally:
-        cleanup_distributed()
     return 0
 
 
@@ -130,6 +145,9 @@ _RUN_HELP = {
     "omega": "per-layer floor of kept channels",
     "gamma_ratio": "sGLP-IB: gamma = gamma_ratio * lam",
     "structure": "class structure: embedding (from the model) or taxonomy (the dataset's)",
+    "nonnegative": "lasso criteria: solve the B >= 0 ablation instead of the signed problem",
+    "rho": "sGLP-IB: link classes whose embeddings correlate above rho, in [0, 1)",
+    "knn": "sGLP-IB: link each class to its knn most correlated classes instead of the rho threshold",
     "per_class": "train on only N images per class (short runs)",
     "test_per_class": "evaluate on a fixed class-balanced subset of N test images per class (short runs)",
 }
@@ -147,13 +165,20 @@ def _add_run(subparsers) -> None:
                     "rerunning the same command resumes an interrupted run.")
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
+        kind = str(f.type).split(" ")[0]
+        if kind == "bool":
+            p.add_argument(flag, action="store_true", help=_RUN_HELP.get(f.name))
+            continue
         required = f.default is MISSING
-        p.add_argument(flag, type=kind, required=required, default=None if required else f.default,
-                       help=_RUN_HELP.get(f.name))
+        p.add_argument(flag, type={"int": int, "float": float}.get(kind, str), required=required,
+                       default=None if required else f.default, help=_RUN_HELP.get(f.name))
     p.add_argument("--out", required=True, type=Path, help="the run's directory (run.json and stage artifacts)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where baselines are cached (default: OUT/../_baselines)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the stages of a run with another config in OUT (a failed run's go without it)")
+    p.add_argument("--latency-repeats", type=int, default=10,
+                   help="timed forward passes per model and batch size (0: record no latency)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-deployed-latency", action="store_true",
                    help="time only the eager models, not the ones prepared by paperprune.deploy "
@@ -169,7 +194,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_out_dir(args.out)
     config = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
     record = run_experiment(config, args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                            deployed_latency=not args.no_deployed_latency)
+                            latency_repeats=args.latency_repeats, deployed_latency=not args.no_deployed_latency,
+                            restart=args.restart)
     b, p = record["baseline"], record["pruned"]
     print(f"{config.arch} on {config.dataset}, {config.method}: top-1 {b['top1']:.2f} -> {p['top1']:.2f}, "
           f"MACs -{100 * p['macs_reduction']:.1f}%, params -{100 * p['params_reduction']:.1f}% -> "

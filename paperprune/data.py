@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import DataNotFoundError, PaperpruneError, resolve_device
+from .utils import DataNotFoundError, PaperpruneError, as_number, resolve_device
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
@@ -400,21 +400,102 @@ def load_tensors(name: str, split: str = "train", root=None, download: bool = Fa
     return _load_cifar(name, split, root, download)
 
 
-def class_balanced_batch(images: torch.Tensor, labels: torch.Tensor, samples_per_class: int, seed: int = 0):
+def class_balanced_batch(images: torch.Tensor, labels: torch.Tensor, samples_per_class: int, seed: int = 0, *,
+                         setting: str | None = None):
     """The first ``samples_per_class`` images of each class after a seeded shuffle, grouped by class.
 
-    Classes with fewer images keep all they have. Deterministic for a given seed.
+    Classes with fewer images keep all they have, unless ``setting`` names the user's setting
+    (``"per_class"``, ``"samples_per_class"``): then asking for more images than the smallest
+    class holds is an error naming it, not a silent "all". Deterministic for a given seed.
     """
-    if samples_per_class < 1:
-        raise PaperpruneError(f"samples_per_class must be >= 1, got {samples_per_class}")
+    name = setting or "samples_per_class"
+    count = as_number(samples_per_class, name, int)
+    if count < 1:
+        raise PaperpruneError(f"{name}={samples_per_class!r} must be >= 1 (images per class)")
+    if setting is not None and len(labels):
+        per_class = torch.bincount(labels.cpu())
+        smallest = int(per_class[per_class > 0].min())
+        if count > smallest:
+            small = int(torch.nonzero(per_class == smallest)[0])
+            raise PaperpruneError(f"{setting}={count} exceeds the {smallest} images of the smallest class "
+                                  f"(class {small}) in this split; pass at most {smallest}")
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(labels.device)
     shuffled = labels[perm]
     order = torch.sort(shuffled, stable=True).indices
     sorted_labels = shuffled[order]
     first = torch.searchsorted(sorted_labels, sorted_labels, side="left")
     rank_in_class = torch.arange(len(labels), device=labels.device) - first
-    keep = perm[order[rank_in_class < samples_per_class]]
+    keep = perm[order[rank_in_class < count]]
     return images[keep.to(images.device)], labels[keep]
+
+
+_SAMPLE = 1 << 16
+
+
+def _file_fingerprint(path: Path, digest) -> None:
+    """Name, size, mtime and three 64 KiB samples (start, middle, end) of a file: cheap, and it
+    changes when the file is replaced, edited in place, or a copy of other data stands there."""
+    stat = path.stat()
+    digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(0, stat.st_size // 2 - _SAMPLE // 2), max(0, stat.st_size - _SAMPLE)}):
+            f.seek(offset)
+            digest.update(f.read(_SAMPLE))
+
+
+def data_identity(name: str, root=None) -> dict:
+    """``{"root": resolved folder read, "fingerprint": hex}``: what a cache of anything trained or
+    evaluated on this dataset must be keyed by. The fingerprint covers every file the readers
+    open (for ImageNet: each class folder's name, file count and mtime), so another copy of the
+    data, or the same folder with changed files, gets another identity."""
+    import hashlib
+
+    _check_name(name)
+    digest = hashlib.sha256()
+    if name == "synthetic":
+        digest.update(f"synthetic {_SYNTHETIC_SEED} {_SYNTHETIC_PER_CLASS}".encode())
+        return {"root": "(generated in memory)", "fingerprint": digest.hexdigest()[:16]}
+    if name == "imagenet":
+        folder = _imagenet_dir(root).resolve()
+        for split in ("train", "val"):
+            for entry in sorted(os.scandir(folder / split), key=lambda e: e.name):
+                if entry.is_dir():
+                    count = sum(1 for _ in os.scandir(entry.path))
+                    digest.update(f"{split}/{entry.name}\0{count}\0{entry.stat().st_mtime_ns}\0".encode())
+        return {"root": str(folder), "fingerprint": digest.hexdigest()[:16]}
+    if name == "fashion-mnist":
+        folder = _fashion_dir(root).resolve()
+        files = [_idx_file(folder, stem) for pair in _FASHION_FILES.values() for stem in pair]
+    else:
+        folder = _cifar_dir(name, root).resolve()
+        spec = _CIFAR_FILES[name]
+        files = [folder / f for f in (*spec["train"], *spec["test"], spec["meta"])]
+    for path in files:
+        if path is None or not path.is_file():
+            raise DataNotFoundError(f"{name}: {folder} lacks some of its files "
+                                    f"({', '.join(str(p.name) for p in files if p is not None and not p.is_file())}"
+                                    f"{'' if None not in files else ' and an IDX file'}); replace the folder with a "
+                                    "complete copy")
+        _file_fingerprint(path, digest)
+    return {"root": str(folder), "fingerprint": digest.hexdigest()[:16]}
+
+
+@functools.lru_cache(maxsize=16)
+def _class_counts(name: str, split: str, root, fingerprint: str) -> tuple[int, ...]:
+    if name == "imagenet":
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+        folder = _imagenet_dir(root) / ("train" if split == "train" else "val")
+        classes = _imagenet_classes(_imagenet_dir(root))
+        return tuple(sum(1 for e in os.scandir(folder / c) if e.name.lower().endswith(IMG_EXTENSIONS))
+                     for c in classes)
+    labels = load_tensors(name, split, root)[1]
+    return tuple(torch.bincount(labels, minlength=dataset_info(name, root).num_classes).tolist())
+
+
+def class_counts(name: str, split: str = "train", root=None) -> tuple[int, ...]:
+    """Images per class of a split (cached per data identity)."""
+    _check_split(split)
+    return _class_counts(name, split, None if root is None else str(root), data_identity(name, root)["fingerprint"])
 
 
 def _check_loader_args(batch_size: int, rank: int, world_size: int) -> None:
@@ -599,7 +680,7 @@ def _imagenet_loaders(root, batch_size, device, seed, per_class, num_workers, ra
         raise DataNotFoundError(f"imagenet: {e}. To provide it: {_IMAGENET_HOW}") from e
     if per_class is not None:
         targets = torch.as_tensor(train_set.targets)
-        kept, _ = class_balanced_batch(torch.arange(len(targets)), targets, per_class, seed)
+        kept, _ = class_balanced_batch(torch.arange(len(targets)), targets, per_class, seed, setting="per_class")
         train_set = Subset(train_set, kept.tolist())
     common = dict(batch_size=batch_size, device=device, seed=seed, num_workers=num_workers, rank=rank,
                   world_size=world_size)
@@ -624,7 +705,7 @@ def make_loaders(name: str, *, root=None, batch_size: int = 128, device="cpu", s
     test_x, test_y = load_tensors(name, "test", root, download)
     info = dataset_info(name, root)
     if per_class is not None:
-        train_x, train_y = class_balanced_batch(train_x, train_y, per_class, seed)
+        train_x, train_y = class_balanced_batch(train_x, train_y, per_class, seed, setting="per_class")
     common = dict(batch_size=batch_size, mean=info.mean, std=info.std, device=device, seed=seed, rank=rank,
                   world_size=world_size)
     return DeviceLoader(train_x, train_y, train=True, **common), DeviceLoader(test_x, test_y, train=False,
@@ -650,6 +731,7 @@ def imagenet_calibration_loader(root, *, samples_per_class: int, batch_size: int
     except FileNotFoundError as e:
         raise DataNotFoundError(f"imagenet: {e}. To provide it: {_IMAGENET_HOW}") from e
     targets = torch.tensor(train_set.targets)
-    kept, _ = class_balanced_batch(torch.arange(len(targets)), targets, samples_per_class, seed)
+    kept, _ = class_balanced_batch(torch.arange(len(targets)), targets, samples_per_class, seed,
+                                   setting="samples_per_class")
     return FolderLoader(Subset(train_set, kept.tolist()), batch_size=batch_size, train=False, device=device,
                         seed=seed, num_workers=num_workers, rank=0, world_size=1)

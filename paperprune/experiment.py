@@ -1,30 +1,39 @@
 """End-to-end runs: pretrain (or load) -> statistics -> selection -> surgery -> fine-tune -> evaluate.
 
-`run_experiment(RunConfig, out)` writes `out/run.json` (schema in the README). Every stage
-leaves its artifact atomically and is skipped when the artifact is there, so an interrupted
-run resumes from its last completed stage (and fine-tuning from its last epoch). The
-baseline is trained once per (dataset, arch, schedule, seed) in a shared cache and reused
-by every method.
+`run_experiment(RunConfig, out)` writes `out/run.json` (schema in the README). Every setting
+is validated, and the data and a `--pretrained` checkpoint are checked, before anything is
+written. The run then owns `out` through an OS lock (`out/.lock`) for its whole life: a second
+run into the same folder is refused at once, naming the holder. Every stage leaves its
+artifact atomically and is skipped when the artifact is there, so an interrupted run resumes
+from its last completed stage (and fine-tuning from its last epoch). The baseline is trained
+once per (dataset, data identity, arch, schedule, seed) in a shared cache, locked the same way
+(runs needing a baseline that is being trained wait for it), and reused by every method.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
+import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .utils import PaperpruneError, atomic_write_json, environment_info, resolve_device, seed_everything
+from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, resolve_device,
+                    seed_everything)
 
 SCHEMA = 1
+STRUCTURES = ("embedding", "taxonomy")
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; its hash keys the stage caches."""
+    """Everything that defines a run; its hash (with the data's identity) keys the stage caches."""
 
     dataset: str
     arch: str
@@ -38,6 +47,9 @@ class RunConfig:
     omega: int = 4
     gamma_ratio: float = 0.5
     structure: str = "embedding"
+    nonnegative: bool = False
+    rho: float = 0.5
+    knn: int | None = None
     batch_size: int = 128
     lr: float = 0.1
     finetune_lr: float = 0.01
@@ -46,36 +58,114 @@ class RunConfig:
     test_per_class: int | None = None
     data_root: str | None = None
     device: str = "auto"
+    precision: str = "auto"
 
     def validate(self) -> None:
-        """Check everything that can be checked before anything is written."""
+        """Check (and normalise to plain Python values) every setting before anything is written.
+
+        Messages name the setting as both the API and the CLI spell it, the value given and the fix.
+        """
         from .criteria import check_method
         from .data import DATASETS
         from .models import list_models
         from .select import validate_target
 
-        if self.dataset not in DATASETS:
-            raise PaperpruneError(f"unknown dataset {self.dataset!r}; known datasets: {', '.join(DATASETS)}")
-        if self.arch not in list_models():
-            raise PaperpruneError(f"unknown arch {self.arch!r}; known architectures: {', '.join(list_models())}")
+        for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES)):
+            if getattr(self, name) not in known:
+                raise PaperpruneError(f"unknown {name} {getattr(self, name)!r} ({_flag(name)}); "
+                                      f"choose one of: {', '.join(known)}")
         check_method(self.method)
+        for name, (kind, low, optional, meaning) in _NUMBERS.items():
+            setattr(self, name, _checked_number(name, getattr(self, name), kind, low, optional, meaning))
         validate_target(self.flops_reduction, self.omega)
+        if not 0.0 <= self.rho < 1.0:
+            raise PaperpruneError(f"rho={self.rho!r} ({_flag('rho')}) must lie in [0, 1): sGLP-IB links classes "
+                                  "whose embeddings correlate above rho; e.g. 0.5")
+        if not isinstance(self.nonnegative, (bool, np.bool_)):
+            raise PaperpruneError(f"nonnegative={self.nonnegative!r} must be True or False (--nonnegative)")
+        self.nonnegative = bool(self.nonnegative)
+        for name in ("pretrained", "data_root"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise PaperpruneError(f"{name}={value!r} ({_flag(name)}) must be a path or None")
+            setattr(self, name, None if value is None else str(value))
         if self.pretrained is None and self.pretrain_epochs < 1:
-            raise PaperpruneError("no baseline: pass --pretrained CKPT or --pretrain-epochs N (N >= 1)")
+            raise PaperpruneError("no baseline: pass --pretrained CKPT or --pretrain-epochs N with N >= 1 "
+                                  "(pretrained= or pretrain_epochs= in the API)")
         if self.pretrained is not None and not Path(self.pretrained).is_file():
-            raise PaperpruneError(f"--pretrained {self.pretrained!r} is not a file")
-        if self.finetune_epochs < 0:
-            raise PaperpruneError(f"finetune_epochs={self.finetune_epochs} must be >= 0")
-        resolve_device(self.device)
+            raise PaperpruneError(f"--pretrained {self.pretrained!r} is not a file; pass the path of a state_dict "
+                                  "or of a paperprune final.pt/checkpoint.pt")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise PaperpruneError(f"--data-root {self.data_root!r} is not an existing directory; pass the folder "
+                                  "holding the dataset files (or leave it out to use the default locations)")
+        from .train import resolve_precision
 
-    def key(self, names=None) -> str:
+        resolve_precision(self.precision, resolve_device(self.device, setting=_flag("device")))
+
+    def check_data(self, info, train_counts, test_counts) -> None:
+        """The checks that need the dataset: subset sizes, the class structure, the graph's knn."""
+        for name, counts in (("per_class", train_counts), ("samples_per_class", train_counts),
+                             ("test_per_class", test_counts)):
+            value = getattr(self, name)
+            if value is not None and counts and value > min(counts):
+                raise PaperpruneError(f"{name}={value} ({_flag(name)}) exceeds the {min(counts)} images of the "
+                                      f"smallest class of {self.dataset}; pass at most {min(counts)}")
+        if self.structure == "taxonomy" and not info.taxonomy:
+            raise PaperpruneError(f"structure='taxonomy' (--structure taxonomy): {self.dataset} has no known class "
+                                  "hierarchy; use --structure embedding")
+        if self.knn is not None and self.knn > info.num_classes - 1:
+            raise PaperpruneError(f"knn={self.knn} ({_flag('knn')}): {self.dataset} has {info.num_classes} classes, "
+                                  f"so each has at most {info.num_classes - 1} neighbours; pass at most that")
+
+    def key(self, names=None, data: dict | None = None) -> str:
+        """Hash of the settings `names` (default all but device and data_root) and the data identity."""
         d = asdict(self)
         d = {k: d[k] for k in (names or d) if k not in ("device", "data_root")}
+        if data is not None:
+            d["data"] = data
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# setting: (kind, lowest allowed, None allowed, what it is)
+_NUMBERS = {
+    "flops_reduction": (float, None, False, "the fraction of MACs to remove, e.g. 0.5"),
+    "pretrain_epochs": (int, 0, False, "epochs of baseline training"),
+    "finetune_epochs": (int, 0, False, "epochs of fine-tuning (0 for none)"),
+    "seed": (int, 0, False, "the random seed"),
+    "samples_per_class": (int, 2, False, "calibration images per class; the kernels need at least 2, e.g. 20"),
+    "omega": (int, 1, False, "the per-layer floor of kept channels, e.g. 4"),
+    "gamma_ratio": (float, 0.0, False, "sGLP-IB's gamma / lam, e.g. 0.5"),
+    "rho": (float, None, False, "sGLP-IB's correlation threshold in [0, 1), e.g. 0.5"),
+    "knn": (int, 1, True, "sGLP-IB's neighbours per class, or None for the rho threshold"),
+    "batch_size": (int, 1, False, "images per training batch, e.g. 128"),
+    "lr": (float, 0.0, False, "the pretraining learning rate, > 0, e.g. 0.1"),
+    "finetune_lr": (float, 0.0, False, "the fine-tuning learning rate, > 0, e.g. 0.01"),
+    "weight_decay": (float, 0.0, False, "the SGD weight decay, >= 0, e.g. 1e-4"),
+    "per_class": (int, 1, True, "training images per class (None: all)"),
+    "test_per_class": (int, 1, True, "test images per class (None: all)"),
+}
+_POSITIVE = ("lr", "finetune_lr")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked_number(name: str, value, kind, low, optional: bool, meaning: str):
+    """A plain int/float (numpy and torch scalars accepted), finite and >= low (> 0 for learning rates)."""
+    value = as_number(value, f"{name} ({_flag(name)})", kind, optional=optional)
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise PaperpruneError(f"{name}={value!r} ({_flag(name)}) must be finite: {meaning}")
+    if low is not None and (value < low or (name in _POSITIVE and value <= low)):
+        bound = f"> {low:g}" if name in _POSITIVE else f">= {low:g}"
+        raise PaperpruneError(f"{name}={value!r} ({_flag(name)}) must be {bound}: {meaning}")
+    return value
+
+
 BASELINE_FIELDS = ("dataset", "arch", "pretrain_epochs", "pretrained", "seed", "batch_size", "lr",
-                   "weight_decay", "per_class", "test_per_class")
+                   "weight_decay", "per_class", "test_per_class", "precision")
 
 
 def measure_latency(model: torch.nn.Module, input_size, batch_size: int, device, repeats: int = 10,
@@ -126,60 +216,134 @@ def _latency(base, pruned, input_size, cpu_repeats: int, deployed: bool) -> dict
     return out
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A stage file, checked: unreadable or missing a key is an error naming the file and the fix."""
+    fix = "delete it and rerun the same command to recompute that stage"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PaperpruneError(f"{path} is unreadable ({e}); delete it to recompute that stage") from None
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PaperpruneError(f"{path} is unreadable ({e}); {fix}") from None
+    if not isinstance(record, dict):
+        raise PaperpruneError(f"{path} is damaged (holds a {type(record).__name__}, not an object); {fix}")
+    for dotted in required:
+        node = record
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise PaperpruneError(f"{path} is damaged (no {dotted!r}); {fix}")
+            node = node[part]
+    return record
 
 
-def _baseline(config: RunConfig, cache_dir: Path, device, progress: bool):
-    """The trained baseline model (cached by the baseline fields of the config)."""
-    from .data import dataset_info, make_loaders
+_EVALUATION_KEYS = ("top1", "top5", "params", "macs", "evaluation_s")
+_PRUNE_KEYS = ("top1_before_finetune", "report.timings.statistics_s", "report.timings.selection_s",
+               "report.timings.surgery_s", "report.criterion", "report.layers")
+
+
+def _epoch_seconds(folder: Path) -> float:
+    """Training time of the completed epochs recorded in folder/metrics.jsonl (across resumes)."""
+    path = folder / "metrics.jsonl"
+    total = 0.0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                total += float(json.loads(line).get("epoch_seconds", 0.0))
+            except (ValueError, AttributeError):
+                continue
+    return total
+
+
+def _baseline(config: RunConfig, data: dict, info, cache_dir: Path, device, progress: bool, input_size):
+    """(baseline model, its evaluation, the cache folder or None, resumed?, pretraining seconds).
+
+    A trained baseline is cached by the baseline settings and the data identity; the cache
+    folder is locked while it is trained and evaluated (other runs wait for it)."""
     from .models import create_model
     from .train import TrainConfig, train
 
-    info = dataset_info(config.dataset, config.data_root)
     seed_everything(config.seed)
     model = create_model(config.arch, num_classes=info.num_classes, in_channels=info.in_channels)
     if config.pretrained is not None:
+        start = time.perf_counter()
         load_weights(model, config.pretrained)
-        return model.to(device), None
-    bdir = cache_dir / f"{config.dataset}-{config.arch}-{config.key(BASELINE_FIELDS)}"
-    final = bdir / "final.pt"
-    bdir.mkdir(parents=True, exist_ok=True)
-    with open(bdir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # runs sharing this baseline wait for one to train it
+        return model.to(device), None, None, False, time.perf_counter() - start
+    bdir = cache_dir / f"{config.dataset}-{config.arch}-{config.key(BASELINE_FIELDS, data)}"
+    final, evaluation = bdir / "final.pt", bdir / "evaluation.json"
+    with DirLock(bdir, "baseline cache", wait=True):
+        resumed = final.is_file() or (bdir / "checkpoint.pt").is_file()
         if not final.is_file():
+            from .data import make_loaders
+
             train_loader, _, _ = make_loaders(config.dataset, root=config.data_root, batch_size=config.batch_size,
                                               device=device, seed=config.seed, per_class=config.per_class)
-            atomic_write_json(bdir / "config.json", {k: getattr(config, k) for k in BASELINE_FIELDS})
+            atomic_write_json(bdir / "config.json", {**{k: getattr(config, k) for k in BASELINE_FIELDS},
+                                                     "data": data})
             tc = TrainConfig(epochs=config.pretrain_epochs, lr=config.lr, weight_decay=config.weight_decay,
-                             batch_size=config.batch_size, seed=config.seed)
+                             batch_size=config.batch_size, seed=config.seed, precision=config.precision)
             train(model, train_loader, _test_loader(config, device), tc, bdir, device=device, progress=progress)
-    load_weights(model, final)
-    return model.to(device), bdir
+        load_weights(model, final)
+        model = model.to(device)
+        baseline = _evaluation(config, model, evaluation, device, input_size)
+    return model, baseline, bdir, resumed, _epoch_seconds(bdir)
+
+
+def _evaluation(config: RunConfig, model, path: Path, device, input_size) -> dict:
+    """The baseline's test metrics and size, read from `path` or computed and written there."""
+    from .flops import count_flops_params
+    from .train import evaluate
+
+    if path.is_file():
+        return _read_json(path, _EVALUATION_KEYS)
+    start = time.perf_counter()
+    metrics = evaluate(model, _test_loader(config, device), device, topk=_topk(config))
+    macs, params = count_flops_params(model, input_size)
+    baseline = {"top1": metrics["top1"], "top5": metrics.get("top5"), "params": params, "macs": macs,
+                "evaluation_s": time.perf_counter() - start}
+    atomic_write_json(path, baseline)
+    return baseline
+
+
+def _topk(config: RunConfig) -> tuple[int, ...]:
+    return (1, 5) if config.dataset == "imagenet" else (1,)
 
 
 def load_weights(model: torch.nn.Module, path) -> torch.nn.Module:
-    """Load a state_dict (or a paperprune checkpoint/final file) strictly; a mismatch is a clear error."""
+    """Load a state_dict (or a paperprune checkpoint/final file) strictly; a mismatch or a
+    non-finite weight is a clear error naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise PaperpruneError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    if not isinstance(state, dict):
-        raise PaperpruneError(f"{path} does not hold a state_dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise PaperpruneError(f"{path} does not match the architecture: {str(e).splitlines()[0]} "
-                              "(was it trained for another --arch or dataset?)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PaperpruneError(f"{path} does not hold a state_dict (a dict of tensors)")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing key(s), e.g. {missing[0]!r}" if missing else "",
+                 f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]!r}" if unexpected else "",
+                 f"{len(shapes)} shape mismatch(es), e.g. {shapes[0]!r}: {tuple(state[shapes[0]].shape)} in the file, "
+                 f"{tuple(expected[shapes[0]].shape)} in the model" if shapes else ""]
+        raise PaperpruneError(f"{path} does not match the architecture {type(model).__name__} with "
+                              f"{getattr(model.get_submodule(_last_linear(model)), 'out_features', '?')} classes: "
+                              f"{'; '.join(p for p in parts if p)} (was it trained for another --arch or dataset?)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PaperpruneError(f"{path} holds non-finite weights ({len(bad)} tensor(s), e.g. {bad[0]!r}); the "
+                              "training that wrote it diverged: retrain with a smaller learning rate")
+    model.load_state_dict(state, strict=True)
     return model
 
 
-def _plain_loader(config: RunConfig, split: str, per_class: int | None, seed: int, batch_size: int, device):
+def _last_linear(model: torch.nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return names[-1] if names else ""
+
+
+def _plain_loader(config: RunConfig, split: str, per_class: int | None, seed: int, batch_size: int, device,
+                  setting: str):
     """A tensor dataset's split without augmentation, in a fixed order, optionally a seeded
     class-balanced subset of `per_class` images per class."""
     from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
@@ -187,7 +351,7 @@ def _plain_loader(config: RunConfig, split: str, per_class: int | None, seed: in
     info = dataset_info(config.dataset, config.data_root)
     x, y = load_tensors(config.dataset, split, config.data_root)
     if per_class is not None:
-        x, y = class_balanced_batch(x, y, per_class, seed)
+        x, y = class_balanced_batch(x, y, per_class, seed, setting=setting)
     return DeviceLoader(x, y, batch_size=batch_size, mean=info.mean, std=info.std, train=False, device=device)
 
 
@@ -197,7 +361,7 @@ def _test_loader(config: RunConfig, device):
         from .data import make_loaders
 
         return make_loaders("imagenet", root=config.data_root, batch_size=128, device=device)[1]
-    return _plain_loader(config, "test", config.test_per_class, 0, 512, device)
+    return _plain_loader(config, "test", config.test_per_class, 0, 512, device, "test_per_class")
 
 
 def _calibration_loader(config: RunConfig, device):
@@ -207,11 +371,25 @@ def _calibration_loader(config: RunConfig, device):
 
         return imagenet_calibration_loader(config.data_root, samples_per_class=config.samples_per_class,
                                            device=device, seed=config.seed)
-    return _plain_loader(config, "train", config.samples_per_class, config.seed, 256, device)
+    return _plain_loader(config, "train", config.samples_per_class, config.seed, 256, device, "samples_per_class")
 
 
-def _check_reachable(config: RunConfig, info, input_size) -> None:
-    """The floor omega alone must allow the target: checked before anything is written."""
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_model(config: RunConfig, info, input_size, device) -> None:
+    """Before anything is written: the floor omega alone must allow the target, the calibration
+    statistics must fit in memory, and a --pretrained checkpoint must fit the model."""
+    from .ib import DEFAULT_MAX_BYTES
     from .models import create_model, prunable_layers
     from .select import check_floor
     from .surgery import MacsPredictor
@@ -220,103 +398,155 @@ def _check_reachable(config: RunConfig, info, input_size) -> None:
     layers = prunable_layers(model)
     channels = {layer.name: model.get_submodule(layer.conv).out_channels for layer in layers}
     check_floor(MacsPredictor(model, layers, input_size), channels, config.flops_reduction, config.omega)
+    sizes = []
+    hooks = [model.get_submodule(layer.observe).register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+             for layer in layers]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_size))
+    for h in hooks:
+        h.remove()
+    n = config.samples_per_class * info.num_classes
+    need = 4 * n * (math.prod(input_size) + max(sizes)) + 2 * DEFAULT_MAX_BYTES
+    available = _available_bytes(device)
+    if available is not None and need > available:
+        raise PaperpruneError(
+            f"samples_per_class={config.samples_per_class} (--samples-per-class): the statistics of {n} calibration "
+            f"images would hold about {need / 2**30:.1f} GiB ({4 * (math.prod(input_size) + max(sizes)) / 2**20:.2f} "
+            f"MiB per image plus 2 GiB of kernel tiles) but {available / 2**30:.1f} GiB are available on {device}; "
+            "pass a smaller value (the lineage uses 5 to 20)")
+    if config.pretrained is not None:
+        load_weights(model, config.pretrained)
 
 
-def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
-                   progress: bool = True, latency_repeats: int = 10, deployed_latency: bool = True) -> dict:
-    """Run (or resume) one pipeline run into `out`; returns the run.json record.
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PaperpruneError(f"--out {str(out)!r} exists and is not a directory; choose a directory path")
+    parent = next((p for p in (out, *out.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PaperpruneError(f"--out {str(out)!r} cannot be created: {parent} is not a writable directory; "
+                              "choose a writable location")
 
-    `deployed_latency` also times base and pruned after `paperprune.deploy.prepare_for_inference`
-    (torch.compile, which needs a C++ compiler on CPU; checked before anything is written).
-    """
-    from .data import dataset_info, make_loaders
-    from .flops import count_flops_params
+
+_STAGE_FILES = ("run.json", "config.json", "baseline.json", "pruned.pt", "prune.json", "error.json")
+
+
+def _claim(out: Path, record_config: dict, data: dict, restart: bool) -> dict | None:
+    """Make `out` this run's (under its lock): the complete record when run.json already holds
+    this run, else None. A folder holding another config is refused, unless its run failed
+    (error.json, no run.json) or `restart`: then its stage files are discarded (the baseline
+    cache is not touched)."""
+    saved_path = out / "config.json"
+    if saved_path.is_file():
+        saved = _read_json(saved_path)
+        differ = {k: (saved.get(k), v) for k, v in {**record_config, "data": data}.items()
+                  if k not in ("device", "data_root") and saved.get(k) != v}
+        if differ:
+            failed = (out / "error.json").is_file() and not (out / "run.json").is_file()
+            if not (restart or failed):
+                state = "a complete" if (out / "run.json").is_file() else "an interrupted"
+                raise PaperpruneError(
+                    f"{out} holds {state} run with a different config {differ} (saved, requested); rerun with "
+                    "--restart (restart=True) to discard it, or use another --out")
+            print(f"paperprune: discarding the {'failed' if failed else 'previous'} run in {out} "
+                  f"(settings changed: {', '.join(differ)})", file=sys.stderr)
+            for name in _STAGE_FILES:
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "finetune", ignore_errors=True)
+    if (out / "run.json").is_file():
+        return _read_json(out / "run.json", ("config", "baseline", "pruned"))
+    atomic_write_json(saved_path, {**record_config, "data": data})
+    return None
+
+
+def _validated(config: RunConfig, out: Path, latency_repeats, deployed_latency: bool):
+    """Every check that can run before anything is written: (device, info, data identity, input size)."""
+    from .data import class_counts, data_identity, dataset_info
     from .models import input_size as model_input_size
-    from .pipeline import prune
-    from .surgery import load_pruned, save_pruned
-    from .train import TrainConfig, evaluate, train
 
     config.validate()
-    if deployed_latency:
+    latency_repeats = as_number(latency_repeats, "latency_repeats (--latency-repeats)", int)
+    if latency_repeats < 0:
+        raise PaperpruneError(f"latency_repeats={latency_repeats} (--latency-repeats) must be >= 0 (0: no timing)")
+    if deployed_latency and latency_repeats > 0:
         from .deploy import check_compiler
 
         check_compiler()
-    out = Path(out)
-    device = resolve_device(config.device)
+    _check_out(out)
+    device = resolve_device(config.device, setting="--device")
     info = dataset_info(config.dataset, config.data_root)
+    data = data_identity(config.dataset, config.data_root)
+    config.check_data(info, class_counts(config.dataset, "train", config.data_root),
+                      class_counts(config.dataset, "test", config.data_root))
     input_size = model_input_size(info)
-    _check_reachable(config, info, input_size)
-    record_config = asdict(config)
-    config_path = out / "config.json"
-    if config_path.is_file():
-        saved = _read_json(config_path)
-        differ = {k: (saved.get(k), v) for k, v in record_config.items()
-                  if k not in ("device", "data_root") and saved.get(k) != v}
-        if differ:
-            raise PaperpruneError(f"{out} holds a run with a different config {differ} (saved, requested); "
-                                  "use another --out or delete that directory")
-    if (out / "run.json").is_file():
-        return _read_json(out / "run.json")
-    timings = {}
+    _check_model(config, info, input_size, device)
+    return device, info, data, input_size, latency_repeats
+
+
+def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
+                   progress: bool = True, latency_repeats: int = 10, deployed_latency: bool = True,
+                   restart: bool = False) -> dict:
+    """Run (or resume) one pipeline run into `out`; returns the run.json record.
+
+    `cache_dir` holds the shared baselines (default `out/../_baselines`, recorded in run.json).
+    `latency_repeats` timed forwards per model and batch size (0: no latency record);
+    `deployed_latency` also times base and pruned after `paperprune.deploy.prepare_for_inference`
+    (torch.compile, which needs a C++ compiler on CPU; checked before anything is written).
+    `restart` discards the stage files of another config's run in `out` (a failed run's are
+    discarded without it). A failure after the start leaves `out/error.json`.
+    """
+    out = Path(out)
+    device, info, data, input_size, latency_repeats = _validated(config, out, latency_repeats, deployed_latency)
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent / "_baselines"
+    record_config = asdict(config)
+    with DirLock(out, "run", fix=", or use another --out"):
+        done = _claim(out, record_config, data, restart)
+        if done is not None:
+            return done
+        try:
+            record = _run(config, out, cache_dir, device, info, data, input_size, progress, latency_repeats,
+                          deployed_latency)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            atomic_write_json(out / "error.json", {"config": record_config, "error": f"{type(e).__name__}: {e}"})
+            raise
+        (out / "error.json").unlink(missing_ok=True)
+        return record
 
-    start = time.perf_counter()
-    base, bdir = _baseline(config, cache_dir, device, progress)
-    timings["pretrain_s"] = time.perf_counter() - start
-    atomic_write_json(config_path, record_config)
 
-    topk = (1, 5) if config.dataset == "imagenet" else (1,)
+def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, input_size, progress,
+         latency_repeats, deployed_latency) -> dict:
+    """The stages, each skipped when its artifact is there; timings are cumulative over resumes."""
+    from .flops import count_flops_params
+    from .train import evaluate, resolve_precision
+
+    base, baseline, bdir, pretrain_resumed, pretrain_s = _baseline(config, data, info, cache_dir, device,
+                                                                   progress, input_size)
+    resumed = ["pretrain"] if pretrain_resumed else []
+    if baseline is None:
+        baseline = _evaluation(config, base, out / "baseline.json", device, input_size)
     test_loader = _test_loader(config, device)
-    # a cached baseline is evaluated once for all the runs that share it (same test set)
-    baseline_path = out / "baseline.json" if bdir is None else bdir / "evaluation.json"
-    if baseline_path.is_file():
-        baseline = _read_json(baseline_path)
-    else:
-        start = time.perf_counter()
-        metrics = evaluate(base, test_loader, device, topk=topk)
-        macs, params = count_flops_params(base, input_size)
-        baseline = {"top1": metrics["top1"], "top5": metrics.get("top5"), "params": params, "macs": macs,
-                    "evaluation_s": time.perf_counter() - start}
-        atomic_write_json(baseline_path, baseline)
+    pruned, pruning, prune_resumed = _prune_stage(config, out, base, info, input_size, test_loader, device, progress)
+    resumed += ["prune"] if prune_resumed else []
+    if _finetune(config, pruned, test_loader, out / "finetune", device, progress):
+        resumed.append("finetune")
 
-    pruned_path, prune_path = out / "pruned.pt", out / "prune.json"
-    if pruned_path.is_file() and prune_path.is_file():
-        pruned = load_pruned(pruned_path).to(device)
-        pruning = _read_json(prune_path)
-    else:
-        seed_everything(config.seed)
-        pruned, report = prune(base, _calibration_loader(config, device), method=config.method,
-                               flops_reduction=config.flops_reduction, input_size=input_size,
-                               num_classes=info.num_classes, samples_per_class=config.samples_per_class,
-                               omega=config.omega, gamma_ratio=config.gamma_ratio, structure=config.structure,
-                               taxonomy=info.taxonomy, seed=config.seed, device=device, progress=progress)
-        before = evaluate(pruned, test_loader, device, topk=topk)
-        pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],
-                   "top5_before_finetune": before.get("top5")}
-        save_pruned(pruned, pruned_path, arch=config.arch, num_classes=info.num_classes,
-                    in_channels=info.in_channels, input_size=input_size)
-        atomic_write_json(prune_path, pruning)
+    start = time.perf_counter()
+    final = evaluate(pruned, test_loader, device, topk=_topk(config))
     report = pruning["report"]
-    timings.update({k: report["timings"][k] for k in ("statistics_s", "selection_s", "surgery_s")})
-
-    start = time.perf_counter()
-    if config.finetune_epochs > 0:
-        train_loader, _, _ = make_loaders(config.dataset, root=config.data_root, batch_size=config.batch_size,
-                                          device=device, seed=config.seed, per_class=config.per_class)
-        tc = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, weight_decay=config.weight_decay,
-                         batch_size=config.batch_size, seed=config.seed)
-        train(pruned, train_loader, test_loader, tc, out / "finetune", device=device, progress=progress)
-    timings["finetune_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    final = evaluate(pruned, test_loader, device, topk=topk)
-    timings["evaluation_s"] = baseline["evaluation_s"] + time.perf_counter() - start
+    timings = {"pretrain_s": pretrain_s, **{k: report["timings"][k] for k in ("statistics_s", "selection_s",
+                                                                              "surgery_s")},
+               "finetune_s": _epoch_seconds(out / "finetune"),
+               "evaluation_s": baseline["evaluation_s"] + time.perf_counter() - start}
     macs, params = count_flops_params(pruned, input_size)
     record = {
         "schema": SCHEMA,
         "status": "complete",
-        "config": record_config,
+        "config": asdict(config),
+        "data": data,
+        "baseline_cache": str(bdir) if bdir is not None else None,
         "environment": environment_info(device),
+        "precision": resolve_precision(config.precision, device),
         "baseline": {k: baseline[k] for k in ("top1", "top5", "params", "macs")},
         "pruned": {"top1_before_finetune": pruning["top1_before_finetune"], "top1": final["top1"],
                    "top5": final.get("top5"), "params": params, "macs": macs,
@@ -325,8 +555,55 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
         "lam": report["criterion"].get("lam"),
         "criterion": report["criterion"],
         "layers": report["layers"],
-        "latency": _latency(base, pruned, input_size, latency_repeats, deployed_latency),
+        "latency": _latency(base, pruned, input_size, latency_repeats, deployed_latency) if latency_repeats else {},
         "timings": timings,
+        "resumed": resumed,
     }
     atomic_write_json(out / "run.json", record)
     return record
+
+
+def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_loader, device, progress):
+    """(pruned model, prune.json record, resumed?): read back when both artifacts are there."""
+    from .pipeline import prune
+    from .surgery import load_pruned, save_pruned
+    from .train import evaluate
+
+    pruned_path, prune_path = out / "pruned.pt", out / "prune.json"
+    if pruned_path.is_file() and prune_path.is_file():
+        pruning = _read_json(prune_path, _PRUNE_KEYS)
+        try:
+            pruned = load_pruned(pruned_path).to(device)
+        except PaperpruneError as e:
+            raise PaperpruneError(f"{e}; delete {pruned_path} and rerun the same command to recompute it") from None
+        return pruned, pruning, True
+    seed_everything(config.seed)
+    pruned, report = prune(base, _calibration_loader(config, device), method=config.method,
+                           flops_reduction=config.flops_reduction, input_size=input_size,
+                           num_classes=info.num_classes, samples_per_class=config.samples_per_class,
+                           omega=config.omega, gamma_ratio=config.gamma_ratio, nonnegative=config.nonnegative,
+                           structure=config.structure, rho=config.rho, knn=config.knn, taxonomy=info.taxonomy,
+                           seed=config.seed, device=device, progress=progress)
+    before = evaluate(pruned, test_loader, device, topk=_topk(config))
+    pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],
+               "top5_before_finetune": before.get("top5")}
+    save_pruned(pruned, pruned_path, arch=config.arch, num_classes=info.num_classes,
+                in_channels=info.in_channels, input_size=input_size)
+    atomic_write_json(prune_path, pruning)
+    return pruned, pruning, False
+
+
+def _finetune(config: RunConfig, pruned, test_loader, folder: Path, device, progress: bool) -> bool:
+    """Fine-tune in place (resumable from folder/checkpoint.pt); True when it resumed."""
+    if config.finetune_epochs == 0:
+        return False
+    from .data import make_loaders
+    from .train import TrainConfig, train
+
+    train_loader, _, _ = make_loaders(config.dataset, root=config.data_root, batch_size=config.batch_size,
+                                      device=device, seed=config.seed, per_class=config.per_class)
+    tc = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, weight_decay=config.weight_decay,
+                     batch_size=config.batch_size, seed=config.seed, precision=config.precision)
+    resumed = (folder / "checkpoint.pt").is_file()
+    train(pruned, train_loader, test_loader, tc, folder, device=device, progress=progress)
+    return resumed

@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from .utils import PaperpruneError, as_number
+
 
 def _module_macs(module: nn.Module, inputs, output: torch.Tensor, bn: bool) -> int:
     if isinstance(module, _ConvNd):
@@ -40,6 +42,18 @@ def _counted(module: nn.Module, bn: bool) -> bool:
     return bn and isinstance(module, (_BatchNorm, nn.AdaptiveAvgPool2d))
 
 
+def check_input_size(input_size) -> tuple[int, int, int]:
+    """`input_size` as (C, H, W) of positive ints (numpy/torch ints accepted), else a clear error."""
+    try:
+        size = tuple(as_number(v, "input_size", int) for v in input_size)
+    except (TypeError, PaperpruneError):
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise PaperpruneError(f"input_size={input_size!r} must be (channels, height, width) of one image, "
+                              "e.g. (3, 32, 32)")
+    return size
+
+
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_size, *, bn: bool = False) -> dict[str, int]:
     """MACs of every counted module (conv, linear; BN and adaptive avg-pool if `bn`), keyed
@@ -55,13 +69,19 @@ def layer_macs(model: nn.Module, input_size, *, bn: bool = False) -> dict[str, i
                 counts[name] += _module_macs(mod, inputs, output, bn)
 
             handles.append(module.register_forward_hook(hook))
+    input_size = check_input_size(input_size)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros((1, *tuple(input_size)), device=device, dtype=dtype))
+        model(torch.zeros((1, *input_size), device=device, dtype=dtype))
+    except RuntimeError as e:
+        first = next((m for m in model.modules() if isinstance(m, _ConvNd)), None)
+        takes = f" (its first conv takes {first.in_channels} channels)" if first is not None else ""
+        raise PaperpruneError(f"input_size={input_size} does not fit {type(model).__name__}{takes}: "
+                              f"{str(e).splitlines()[0]}") from None
     finally:
         model.train(was_training)
         for h in handles:

@@ -39,6 +39,7 @@ class Profile:
     description: str
     runs: list[dict] = field(default_factory=list)
     latency_repeats: int = 10
+    deployed_latency: bool = True
 
 
 def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
@@ -117,10 +118,10 @@ def _execute(notebook: Path, final: Path, parameters: dict, *, failed: Path | No
 
 
 def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, threads: int,
-                latency_repeats: int = 10) -> None:
+                latency_repeats: int = 10, deployed_latency: bool = True) -> None:
     """Execute the experiment notebook for one run; on failure record error.json and re-raise."""
     parameters = dict(params, out=str(out), cache_dir=str(cache_dir), threads=threads, progress=False,
-                      latency_repeats=latency_repeats)
+                      latency_repeats=latency_repeats, deployed_latency=deployed_latency)
     try:
         _execute(notebook, out / "experiment.ipynb", parameters, failed=out / "experiment-failed.ipynb")
     except BaseException as e:
@@ -158,6 +159,25 @@ def main(argv=None) -> int:
         return 2
 
 
+def _devices(spec: str | None) -> list[str]:
+    """`--devices 0,1` as ["cuda:0", "cuda:1"], checked against this machine before anything runs."""
+    if spec is None:
+        return ["cpu"]
+    import torch
+
+    ids = [d.strip() for d in spec.split(",")]
+    if not all(d.isdigit() for d in ids):
+        raise PaperpruneError(f"--devices {spec!r}: give comma-separated CUDA device numbers, e.g. 0,1 "
+                              "(leave --devices out to run on the CPU)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [d for d in ids if int(d) >= count]
+    if missing:
+        have = f"devices 0-{count - 1}" if count else "no CUDA device"
+        raise PaperpruneError(f"--devices {spec!r}: this machine has {have}, so {', '.join(missing)} do(es) not "
+                              "exist; pass existing device numbers or leave --devices out to run on the CPU")
+    return [f"cuda:{d}" for d in ids]
+
+
 def _main(args) -> int:
     all_profiles = profiles()
     if args.profile not in all_profiles:
@@ -168,7 +188,7 @@ def _main(args) -> int:
     if not (notebooks / "experiment.ipynb").is_file():
         raise PaperpruneError(f"{notebooks / 'experiment.ipynb'} not found; pass --notebooks pointing at the "
                               "repository's notebooks/ folder")
-    devices = [f"cuda:{d.strip()}" for d in args.devices.split(",")] if args.devices else ["cpu"]
+    devices = _devices(args.devices)
     profile = all_profiles[args.profile]
     runs_root = Path(args.runs_root).resolve()
     figures = Path(args.figures or Path("figures") / profile.name).resolve()
@@ -198,7 +218,7 @@ def _main(args) -> int:
     def one(i, out, params):
         params = dict(params, device=devices[i % len(devices)])
         execute_run(notebooks / "experiment.ipynb", out, params, cache_dir=cache_dir, threads=threads,
-                    latency_repeats=profile.latency_repeats)
+                    latency_repeats=profile.latency_repeats, deployed_latency=profile.deployed_latency)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc=profile.name) as bar:
         futures = {pool.submit(one, i, out, params): out for i, (out, params) in enumerate(todo)}

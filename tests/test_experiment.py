@@ -61,6 +61,8 @@ def test_complete_run_json(tiny_run):
     assert "deployed" not in record["latency"]["cpu_bs1"]
     assert set(record["timings"]) == {"pretrain_s", "statistics_s", "selection_s", "surgery_s", "finetune_s",
                                       "evaluation_s"}
+    assert record["resumed"] == [] and record["baseline_cache"] == str(next((root / "_baselines").iterdir()))
+    assert record["data"]["root"] and len(record["data"]["fingerprint"]) == 16
     metrics = (root / "r56-stlp" / "finetune" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
 
@@ -102,10 +104,12 @@ def test_bad_input_writes_nothing(tmp_path, change, match, monkeypatch):
     monkeypatch.setenv("PAPERPRUNE_DATA", str(tmp_path / "no-data-here"))
     config = dict(TINY, **change)
     if config["dataset"] == "cifar10":
+        (tmp_path / "empty").mkdir()
         config["data_root"] = str(tmp_path / "empty")
     with pytest.raises(PaperpruneError, match=match):
         run_experiment(RunConfig(**config), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "_baselines").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["empty"] if config["dataset"] == "cifar10" else [])
 
 
 def test_missing_compiler_fails_before_writing(tmp_path, monkeypatch):
@@ -160,3 +164,10 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     assert epochs == [1, 2, 3, 4]
     assert record["status"] == "complete" and record["config"]["finetune_epochs"] == 4
     assert not list(Path(out).rglob("*.tmp"))
+    # timings are cumulative over the interrupted and the resumed invocation, and the resume is recorded
+    assert record["resumed"] == ["pretrain", "prune", "finetune"]
+    pretrain_rows = (Path(record["baseline_cache"]) / "metrics.jsonl").read_text().splitlines()
+    pretrain_s = sum(json.loads(line)["epoch_seconds"] for line in pretrain_rows)
+    assert record["timings"]["pretrain_s"] == pytest.approx(pretrain_s) and pretrain_s > 0.5
+    finetune_s = sum(json.loads(line)["epoch_seconds"] for line in metrics.read_text().splitlines())
+    assert record["timings"]["finetune_s"] == pytest.approx(finetune_s)
