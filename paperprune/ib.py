@@ -43,7 +43,7 @@ class-block sums for R; the output cross terms) in float64 accumulators.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -399,6 +399,17 @@ def _submodule(model: nn.Module, path: str, what: str) -> nn.Module:
         raise PaperpruneError(f"{what} module {path!r} not found in {type(model).__name__}") from err
 
 
+def _activation(model: nn.Module, layer) -> Callable[[Tensor], Tensor] | None:
+    """The layer's `activation` (PrunableLayer): a module of the model or a torch.nn.functional name."""
+    name = getattr(layer, "activation", None)
+    if name is None:
+        return None
+    prefix = "torch.nn.functional."
+    if name.startswith(prefix) and callable(getattr(nn.functional, name[len(prefix):], None)):
+        return getattr(nn.functional, name[len(prefix):])
+    return _submodule(model, name, f"activation ({layer.name})")
+
+
 def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: int,
              device: torch.device, dtype: torch.dtype, keep_outputs: bool
              ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, tuple[int, ...]]]:
@@ -412,6 +423,7 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
     n = images.shape[0]
     model_device, model_dtype = _model_device_dtype(model)
     modules = {layer.name: _submodule(model, layer.observe, f"observe ({layer.name})") for layer in layers}
+    activations = {layer.name: _activation(model, layer) for layer in layers}
     buffers: dict[str, Tensor] = {}
     spatial: dict[str, tuple[int, ...]] = {}
     seen: set[str] = set()
@@ -423,10 +435,14 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
                 raise PaperpruneError(f"observe module of {name!r} must return a (B, C, ...) tensor")
             if name in seen:
                 raise PaperpruneError(
-                    f"observe module of {name!r} ran twice in one forward pass; give each "
-                    "activation its own module (e.g. separate nn.ReLU instances)"
+                    f"observe module of {name!r} ran twice in one forward pass; observe a module "
+                    "that runs once, e.g. the BatchNorm before a reused ReLU with "
+                    "PrunableLayer(..., activation=<that ReLU's name>), or leave layers= out and let "
+                    "paperprune.prune find them"
                 )
             seen.add(name)
+            if activations[name] is not None:
+                output = activations[name](output.detach().clone())
             spatial[name] = tuple(output.shape[2:])
             feat = output.detach().reshape(output.shape[0], output.shape[1], -1)
             if name not in buffers:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -97,6 +98,52 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
     return resolved
 
 
+def model_parts(model: nn.Module, layers, classifier: str | None, data, input_size) -> tuple[list, str, object]:
+    """(layers, classifier, data) for `prune`: the model's own prunable layers and its `classifier`
+    (the six paper models), else what `paperprune.discover` finds through Torch-Pruning's
+    DependencyGraph (the inner widths, the last nn.Linear on the output path); `layers=` and
+    `classifier=` override either. Tracing needs an input shape: `input_size`, else the first
+    batch of `data`, which is put back when `data` is a one-shot iterator."""
+    from .discover import discover
+
+    own = hasattr(type(model), "prunable_layers")
+    if own and classifier is None:
+        classifier = "classifier"
+    if (own or layers is not None) and classifier is not None:
+        return resolve_layers(model, layers), classifier, data
+    if input_size is None:
+        input_size, data = _first_shape(data)
+    found = discover(model, input_size)
+    if layers is None and not own:
+        if not found.layers:
+            raise PaperpruneError(
+                f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
+                "tied to a residual add, a concatenation or a grouped conv, which the lineage keeps "
+                "(METHOD.md section 2); pass layers={conv: observe, ...} to choose layers yourself")
+        layers = found.layers
+    else:
+        layers = resolve_layers(model, layers)
+    if classifier is None:
+        if found.classifier is None:
+            raise PaperpruneError(f"found no nn.Linear on the output path of {type(model).__name__}; pass "
+                                  "classifier= naming its final layer (the class embeddings are that layer's input)")
+        classifier = found.classifier
+    return layers, classifier, data
+
+
+def _first_shape(data) -> tuple[tuple[int, ...], object]:
+    """The (C, H, W) of `data`'s first batch, and `data` ready to be read again from its start."""
+    iterator = iter(data)
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise PaperpruneError("data yielded no samples for calibration") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0])):
+        raise PaperpruneError("data must yield (images, labels) batches")
+    shape = tuple(batch[0].shape[1:])
+    return shape, (itertools.chain([batch], iterator) if iterator is data else data)
+
+
 def gather_calibration(data, num_classes: int, samples_per_class: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Take the first `samples_per_class` images of every class from an iterable of (images, labels)."""
     if samples_per_class < 2:
@@ -128,7 +175,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           samples_per_class: int = 20, omega: int = 4, gamma_ratio: float = 0.5,
           nonnegative: bool = False, structure: str = "embedding", rho: float = 0.5, knn: int | None = None,
           taxonomy: dict[str, list[int]] | None = None,
-          classifier: str = "classifier", seed: int = 0,
+          classifier: str | None = None, seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True,
           latency_reduction: float | None = None, latency_mode: str = "eager", latency_batch_size: int = 64,
           latency_rounding: bool = False) -> tuple[nn.Module, PruneReport]:
@@ -138,7 +185,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     calibration set of `samples_per_class` per class is drawn from it. The input model is not
     modified: a pruned deep copy is returned with a `PruneReport`. `layers` names the
     prunable layers of a user's own CNN (see `resolve_layers`) and `classifier` its final
-    nn.Linear (whose input is the class embedding); the six paper models know theirs.
+    nn.Linear (whose input is the class embedding); the six paper models know theirs, and for
+    any other CNN both are found through Torch-Pruning's DependencyGraph (`model_parts`).
 
     The lasso criteria solve the signed problem unless `nonnegative=True` (the B >= 0
     ablation, METHOD.md section 2); `structure` picks the class tree of sTLP-IB and the class
@@ -159,7 +207,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
-    layers = resolve_layers(model, layers)
+    layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
     if num_classes is None:
         try:
             num_classes = model.get_submodule(classifier).out_features

@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .discover import classify_group
 from .utils import PaperpruneError, atomic_torch_save
 
 __all__ = ["prune_channels", "MacsPredictor", "widths", "save_pruned", "load_pruned", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "paperprune-pruned-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _CONV = nn.modules.conv._ConvNd
 _BN = nn.modules.batchnorm._BatchNorm
@@ -120,30 +121,28 @@ class _Graph:
     def group(self, name: str, conv: nn.Module, idxs: Sequence[int]):
         """The dependency group of removing output channels `idxs` of `conv`, checked to stay inside the layer.
 
-        Allowed members: the conv's own output channels, BatchNorms and parameter-free ops
-        (ReLU, pooling, concatenation, flatten) carrying them, and the input channels of the
-        convs/linears that consume them. Another conv's or linear's OUTPUT channels, a
-        grouped conv, or a free nn.Parameter in the group mean the layer's width is tied to
-        other widths (a residual width): not a prunable layer by METHOD.md's convention.
+        Allowed members (`paperprune.discover.classify_group`): BatchNorms, element-wise ops,
+        concatenations, depthwise convs and squeeze-excitation gates carrying the channels,
+        and the input channels of their consumers. Refused: a width added to another conv's
+        output (a residual width, kept by METHOD.md section 2's convention) and channels read
+        by a grouped, non-depthwise conv (they could only be removed in equal numbers per group).
         """
         if conv not in self.dg.module2node:
             raise PaperpruneError(f"prunable layer {name!r}: its conv is not used in the model's forward pass")
         group = self.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(idxs))
-        for dep, _ in group:
-            target = dep.target.module
-            if target is conv:
-                continue
-            tied = (isinstance(target, _COUNTED) and dep.handler in (tp.prune_conv_out_channels,
-                                                                     tp.prune_linear_out_channels)
-                    or isinstance(target, _CONV) and target.groups != 1
-                    or isinstance(target, nn.Parameter)
-                    or dep.target.type == tp.ops.OPTYPE.PARAMETER)
-            if tied:
-                other = self.names.get(target, dep.target.name)
-                raise PaperpruneError(
-                    f"layer {name!r} is not prunable on its own: removing its output channels also changes "
-                    f"{other!r} ({dep.handler.__name__}), i.e. its width is tied to other layers (a residual "
-                    f"width). Only inner widths are prunable (METHOD.md section 2); drop it from the layers.")
+        kind, cause = classify_group(group, conv, self.names)
+        if kind == "residual":
+            raise PaperpruneError(
+                f"layer {name!r} is not prunable on its own: its output channels are added to those of {cause!r} "
+                f"(a residual connection), so removing them changes {cause!r} too. Residual widths are kept "
+                f"(METHOD.md section 2); drop it from layers, or leave layers= out to let paperprune find the "
+                f"prunable ones.")
+        if kind == "grouped":
+            raise PaperpruneError(
+                f"layer {name!r} is not prunable channel by channel: the grouped convolution {cause!r} "
+                f"(groups={self.model.get_submodule(cause).groups}) reads its channels, and can only lose the same "
+                f"number in each group. Drop it from layers, or prune this model with Torch-Pruning's MetaPruner "
+                f"and paperprune.tp.Importance, which keeps groups aligned.")
         return group
 
 
@@ -173,8 +172,10 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
 
     Kept channels keep their original order. Layers not in `keep` are untouched. All
     indices and all groups are validated before anything is cut. Parameters are replaced
-    by new tensors: build optimizers after surgery.
+    by new tensors: build optimizers after surgery. `input_size` is recorded on the model
+    (`paperprune_input_size`, which `save_pruned` stores).
     """
+    size = _check_input_size(input_size)
     convs = _layer_convs(model, layers)
     unknown = sorted(set(keep) - set(convs))
     if unknown:
@@ -182,6 +183,7 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
                               f"{' ...' if len(convs) > 8 else ''}")
     removed = {name: _removed_channels(name, convs[name], kept) for name, kept in keep.items()}
     removed = {name: idxs for name, idxs in removed.items() if idxs}
+    model.paperprune_input_size = size
     if not removed:
         return model
     graph = _Graph(model, input_size)
@@ -290,54 +292,175 @@ class MacsPredictor:
         return macs, params
 
 
-def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str, num_classes: int, in_channels: int,
-                input_size) -> Path:
-    """Write a pruned model (atomically) as plain tensors and ints: readable with weights_only=True.
+_SAFE = (int, float, bool, str, type(None))
 
-    Holds {format, version, arch, num_classes, in_channels, input_size, widths, state_dict};
-    `widths` are the prunable layers' widths, `load_pruned` rebuilds the architecture from them.
+
+def _attributes(model: nn.Module) -> dict[str, dict]:
+    """Torch-Pruning's `tp.state_dict` 'attributions' (every module's public plain attributes:
+    channel and feature counts, groups, ...), restricted to the values `weights_only` loads."""
+    out = {}
+    for name, module in model.named_modules():
+        out[name] = {key: value for key, value in vars(module).items()
+                     if not key.startswith("_") and key != "training"
+                     and (isinstance(value, _SAFE)
+                          or isinstance(value, (tuple, list)) and all(isinstance(v, _SAFE) for v in value))}
+    return out
+
+
+def _structure(model: nn.Module) -> dict[str, str]:
+    return {name: type(module).__name__ for name, module in model.named_modules()}
+
+
+def _first_difference(expected: dict[str, str], given: dict[str, str], where: str) -> str:
+    for name in list(expected) + list(given):
+        if expected.get(name) != given.get(name):
+            return (f"module {name or '(root)'!r} is {expected.get(name, 'absent')} in {where}, "
+                    f"{given.get(name, 'absent')} in the model given")
+    return "no difference"
+
+
+def _arch_record(model: nn.Module, arch, num_classes, in_channels) -> dict:
+    """arch/num_classes/in_channels: given, else carried by the model (create_model records them); a
+    named built-in architecture is checked against `model` (module names and types, classes, input channels)."""
+    from .models import create_model
+
+    carried = getattr(model, "paperprune_arch", None) or {}
+    arch = arch if arch is not None else carried.get("arch")
+    if arch is None:
+        return {"arch": None, "num_classes": num_classes, "in_channels": in_channels}
+    num_classes = num_classes if num_classes is not None else carried.get("num_classes")
+    in_channels = in_channels if in_channels is not None else carried.get("in_channels")
+    if num_classes is None or in_channels is None:
+        raise PaperpruneError(f"arch={arch!r} needs num_classes= and in_channels= (models from "
+                              f"paperprune.create_model carry them)")
+    reference = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    if _structure(reference) != _structure(model):
+        raise PaperpruneError(f"the model is not a {arch!r} ({_first_difference(_structure(reference), _structure(model), arch)}); "
+                              f"pass the arch it was built as, or leave arch= out")
+    head, first = model.get_submodule("classifier"), next(m for m in model.modules() if isinstance(m, _CONV))
+    if head.out_features != int(num_classes) or first.in_channels != int(in_channels):
+        raise PaperpruneError(f"num_classes={num_classes!r}, in_channels={in_channels!r} do not match the model "
+                              f"({head.out_features} classes, {first.in_channels} input channels)")
+    return {"arch": str(arch), "num_classes": int(num_classes), "in_channels": int(in_channels)}
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None = None,
+                num_classes: int | None = None, in_channels: int | None = None, input_size=None) -> Path:
+    """Write any pruned model (atomically) as plain tensors, ints and strings: readable with weights_only=True.
+
+    The pattern of Torch-Pruning's `tp.state_dict`: every module's attributes (`_attributes`)
+    and the state dict, plus the module names and types to check the model it is loaded into.
+    `arch`, `num_classes`, `in_channels` default to what the model carries (paperprune.create_model
+    records them; a built-in arch is checked against the model) and `input_size` to the size
+    `prune` recorded; a model from elsewhere needs none of them.
     """
-    from .models import prunable_layers
-
-    size = _check_input_size(input_size)
-    record = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "arch": str(arch),
-        "num_classes": int(num_classes),
-        "in_channels": int(in_channels),
-        "input_size": list(size),
-        "widths": widths(model, prunable_layers(model)),
+    path = Path(path)
+    if path.is_dir():
+        raise PaperpruneError(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'pruned.pt')!r}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise PaperpruneError(f"cannot write {str(path)!r}: {str(blocking)!r} is a file, not a directory; "
+                              f"choose a path in a directory")
+    record = {"format": FORMAT, "version": FORMAT_VERSION,
+              **_arch_record(model, arch, num_classes, in_channels)}
+    size = input_size if input_size is not None else getattr(model, "paperprune_input_size", None)
+    record.update({
+        "input_size": list(_check_input_size(size)) if size is not None else None,
+        "model_class": type(model).__name__,
+        "modules": _structure(model),
+        "attributes": _attributes(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    })
     return atomic_torch_save(record, path)
 
 
-def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model written by `save_pruned`: create_model, cut every prunable layer to its
-    saved width (first channels; the saved weights replace them), load the state dict strictly.
-
-    Returned on CPU, in eval mode, with the saved floating dtype.
-    """
-    from .models import create_model, prunable_layers
-
-    path = Path(path)
+def _read_record(path: Path) -> dict:
     if not path.is_file():
         raise PaperpruneError(f"no pruned model file at {str(path)!r}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: {e})") from None
+        raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: {e}); "
+                              f"the file is damaged or of another kind") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (no format={FORMAT!r} field); "
                               f"write one with paperprune.save_pruned")
-    if record.get("version") != FORMAT_VERSION:
+    if record.get("version") not in (1, FORMAT_VERSION):
         raise PaperpruneError(f"{str(path)!r} has format version {record.get('version')!r}; "
-                              f"this paperprune reads version {FORMAT_VERSION}")
-    missing = [k for k in ("arch", "num_classes", "in_channels", "input_size", "widths", "state_dict") if k not in record]
-    if missing or not (isinstance(record["widths"], dict) and isinstance(record["state_dict"], dict)):
-        raise PaperpruneError(f"{str(path)!r} is missing fields {missing} or has malformed widths/state_dict; "
-                              f"the file is damaged")
+                              f"this paperprune reads versions 1 and {FORMAT_VERSION}")
+    fields = ("arch", "num_classes", "in_channels", "input_size", "state_dict")
+    fields += ("widths",) if record["version"] == 1 else ("modules", "attributes")
+    missing = [k for k in fields if k not in record]
+    if missing or not all(isinstance(record[k], dict) for k in fields[4:]):
+        raise PaperpruneError(f"{str(path)!r} is missing fields {missing} or has malformed "
+                              f"{'/'.join(fields[4:])}; the file is damaged")
+    return record
+
+
+def _resize(model: nn.Module, state: dict) -> None:
+    """Give every parameter and buffer the saved shape (new tensors; load_state_dict fills them)."""
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        for table in (module._parameters, module._buffers):
+            old = table.get(leaf)
+            if old is not None and old.shape != value.shape:
+                new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+                table[leaf] = nn.Parameter(new, requires_grad=old.requires_grad) if table is module._parameters else new
+
+
+def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model written by `save_pruned`, returned on CPU, in eval mode, with the saved floating dtype.
+
+    The six built-in models are rebuilt by `create_model`; any other needs `model`: an unpruned
+    instance of the same architecture (restored in place, as `tp.load_state_dict` does) or a
+    function returning one. Its module names and types must be those saved.
+    """
+    from .models import create_model
+
+    path = Path(path)
+    record = _read_record(path)
+    if record["version"] == 1:
+        if model is not None:
+            raise PaperpruneError(f"{str(path)!r} is a version-1 file (built-in models only); load it without model=")
+        return _load_v1(path, record)
+    rebuilt = None
+    if model is None:
+        if record["arch"] is None:
+            raise PaperpruneError(f"{str(path)!r} holds a pruned {record.get('model_class')}, not one of paperprune's "
+                                  f"built-in models; pass model= an unpruned instance of it (or a function making one)")
+        rebuilt = record["arch"]
+        model = create_model(rebuilt, num_classes=record["num_classes"], in_channels=record["in_channels"])
+    elif not isinstance(model, nn.Module) and callable(model):
+        model = model()
+    if not isinstance(model, nn.Module):
+        raise PaperpruneError(f"model={model!r} is neither an nn.Module nor a function returning one")
+    if _structure(model) != record["modules"]:
+        given = "given" if rebuilt is None else f"rebuilt {rebuilt!r}"
+        raise PaperpruneError(f"{str(path)!r} holds a pruned {record.get('model_class')}, which the {given} "
+                              f"{type(model).__name__} is not: {_first_difference(record['modules'], _structure(model), 'the file')}")
+    dtypes = {v.dtype for v in record["state_dict"].values() if v.is_floating_point()}
+    model.to("cpu")
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    for name, attrs in record["attributes"].items():
+        module = model.get_submodule(name)
+        for key, value in attrs.items():
+            setattr(module, key, value)
+    try:
+        _resize(model, record["state_dict"])
+        model.load_state_dict(record["state_dict"], strict=True)
+    except (RuntimeError, AttributeError) as e:
+        raise PaperpruneError(f"{str(path)!r}: weights do not match the {type(model).__name__}: {e}") from None
+    if record["arch"] is not None:
+        model.paperprune_arch = {k: record[k] for k in ("arch", "num_classes", "in_channels")}
+    return model.eval()
+
+
+def _load_v1(path: Path, record: dict) -> nn.Module:
+    """Version 1 (widths of the prunable layers, built-in models only): create_model, cut every
+    prunable layer to its saved width (first channels; the saved weights replace them), load strictly."""
+    from .models import create_model, prunable_layers
 
     model = create_model(record["arch"], num_classes=record["num_classes"], in_channels=record["in_channels"])
     layers = prunable_layers(model)

@@ -140,10 +140,11 @@ def test_architecture_surgery_predictor_and_checkpoint(arch, tmp_path):
     pruned, out, x = check_surgery(model, layers, size, seed=sorted(ARCHS).index(arch))
 
     path = tmp_path / "pruned.pt"
-    save_pruned(pruned, path, arch=arch, num_classes=7, in_channels=3, input_size=size)
+    save_pruned(pruned, path)  # the model carries its arch, classes, input channels and input size
     record = torch.load(path, weights_only=True)
-    assert record["widths"] == widths(pruned, layers) and record["arch"] == arch
+    assert (record["arch"], record["num_classes"], record["in_channels"], record["input_size"]) == (arch, 7, 3, list(size))
     loaded = load_pruned(path)
+    assert widths(loaded, layers) == widths(pruned, layers)
     assert not loaded.training
     assert loaded.state_dict().keys() == pruned.state_dict().keys()
     for k, v in pruned.state_dict().items():
@@ -278,24 +279,25 @@ def test_load_rejects_other_files(tmp_path):
     layers = prunable_layers(model)
     prune_channels(model, layers, {"layer1.0.conv1": [0, 1, 2]}, CIFAR)
     good = tmp_path / "good.pt"
-    save_pruned(model, good, arch="resnet56", num_classes=5, in_channels=3, input_size=CIFAR)
+    save_pruned(model, good)
     record = torch.load(good, weights_only=True)
-    assert record["widths"]["layer1.0.conv1"] == 3 and record["input_size"] == list(CIFAR)
+    assert record["attributes"]["layer1.0.conv1"]["out_channels"] == 3 and record["input_size"] == list(CIFAR)
 
     def write(name, obj):
         atomic_torch_save(obj, tmp_path / name)
         return tmp_path / name
 
     (tmp_path / "text.pt").write_text("not a checkpoint")
+    state = record["state_dict"]
     cases = {
         tmp_path / "missing.pt": "no pruned model file",
         tmp_path / "text.pt": "not a paperprune pruned model",
         write("module.pt", {"model": nn.Linear(2, 2)}): "not a paperprune pruned model",
         write("plain.pt", model.state_dict()): "not a paperprune pruned model",
         write("version.pt", {**record, "version": 99}): "version",
-        write("arch.pt", {**record, "arch": "resnet110"}): "do not match",
-        write("width.pt", {**record, "widths": {**record["widths"], "layer1.0.conv1": 17}}): "widths outside",
-        write("weights.pt", {**record, "widths": {**record["widths"], "layer1.0.conv1": 4}}): "weights do not match",
+        write("arch.pt", {**record, "arch": "resnet110"}): "which the rebuilt 'resnet110' CifarResNet is not: module 'layer1.9'",
+        write("weights.pt", {**record, "state_dict": {k: v for k, v in state.items() if k != "classifier.bias"}}):
+            "weights do not match",
         write("fields.pt", {k: v for k, v in record.items() if k != "state_dict"}): "missing fields",
     }
     for path, match in cases.items():
@@ -304,3 +306,22 @@ def test_load_rejects_other_files(tmp_path):
     with pytest.raises(PaperpruneError, match="unknown model"):
         load_pruned(write("unknown.pt", {**record, "arch": "alexnet"}))
     assert widths(load_pruned(good), layers)["layer1.0.conv1"] == 3
+
+
+def test_version_1_files_still_load(tmp_path):
+    """Files written before any model could be saved (widths of the built-in layers) load as before."""
+    model = randomise(create_model("resnet56", num_classes=5), 3)
+    layers = prunable_layers(model)
+    prune_channels(model, layers, {"layer1.0.conv1": [0, 4, 9], "layer3.2.conv1": [1, 2]}, CIFAR)
+    old = {"format": "paperprune-pruned-model", "version": 1, "arch": "resnet56", "num_classes": 5, "in_channels": 3,
+           "input_size": list(CIFAR), "widths": widths(model, layers),
+           "state_dict": {k: v.detach() for k, v in model.state_dict().items()}}
+    path = atomic_torch_save(old, tmp_path / "v1.pt")
+    loaded = load_pruned(path)
+    x = torch.randn(2, *CIFAR, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(PaperpruneError, match="width 17|widths outside"):
+        load_pruned(atomic_torch_save({**old, "widths": {**old["widths"], "layer1.0.conv1": 17}}, tmp_path / "w.pt"))
+    with pytest.raises(PaperpruneError, match="version-1 file"):
+        load_pruned(path, model=create_model("resnet56", num_classes=5))

@@ -21,12 +21,16 @@ class PrunableLayer:
     `observe` the module whose forward output is those channels as the next layer consumes
     them (after BN and ReLU; the conv itself for DenseNet's pre-activation layers), and
     `consumer` the module that consumes them (the next conv, or the first linear layer):
-    its output is APIB's response kernel (METHOD.md section 2, "The APIB baseline")."""
+    its output is APIB's response kernel (METHOD.md section 2, "The APIB baseline").
+    `activation`, when set, is applied to `observe`'s output to give those channels: the name
+    of a module of the model (an activation module reused elsewhere, e.g. torchvision's
+    BasicBlock.relu) or of a torch.nn.functional function ('torch.nn.functional.relu')."""
 
     name: str
     conv: str
     observe: str
     consumer: str | None = None
+    activation: str | None = None
 
 
 def _builders() -> dict[str, Callable[..., nn.Module]]:
@@ -62,7 +66,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
         raise PaperpruneError(
             f"num_classes={num_classes!r} and in_channels={in_channels!r} must be positive integers"
         )
-    return builders[name](num_classes=int(num_classes), in_channels=int(in_channels))
+    model = builders[name](num_classes=int(num_classes), in_channels=int(in_channels))
+    model.paperprune_arch = {"arch": name, "num_classes": int(num_classes), "in_channels": int(in_channels)}
+    return model
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:

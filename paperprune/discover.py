@@ -1,0 +1,285 @@
+"""Prunable channel groups of any CNN, found through Torch-Pruning's DependencyGraph.
+
+METHOD.md section 2 ("Prunable layers") names the lineage's layers for the six paper
+models; this module finds the same kind of width in a network nobody listed. The coupling of
+channels (BatchNorms, depthwise convs, squeeze-excitation gates, consumers, concatenations,
+residual adds) comes from Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVPR
+2023); nothing here tracks dependencies itself. For every convolution with groups == 1 the
+group of removing its output channels is classified (`classify_group`):
+
+- `inner`: the channels reach only BatchNorms, element-wise ops, depthwise convs (pruned
+  with the conv that feeds them) and the input channels of their consumers; an output tie
+  through a multiplication (a squeeze-excitation gate) stays inside the group. Prunable by
+  default: these are the widths the lineage prunes.
+- `residual`: the width is added to another conv's output (a residual add): kept.
+- `concat`: the channels are concatenated with others (DenseNet, Inception outputs): kept
+  by default, as the lineage keeps them for torchvision-style Inception and DenseNet.
+- `grouped`: a grouped (not depthwise) conv consumes them; it can only lose the same number
+  of channels in each of its groups, which per-channel selection does not guarantee: kept.
+
+Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
+`activation`) the point where the channels are as the next layer consumes them (after BN,
+the non-linearity, a depthwise conv and a gate), `consumer` the first conv or linear layer
+that reads them there. The observation point follows the graph from the root conv through
+BatchNorms, activations, depthwise convs and gates; when the last tensor is made by a
+module that runs once per forward, that module is observed; when it is made by a reused
+module (torchvision's BasicBlock reuses `self.relu`) or by a functional call (`F.relu`), the
+module before it is observed and the activation re-applied (`PrunableLayer.activation`).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .models import PrunableLayer
+from .utils import PaperpruneError
+
+__all__ = ["discover", "Discovery", "classify_group", "KINDS", "FUNCTIONAL"]
+
+KINDS = ("inner", "concat", "grouped", "residual")
+
+_CONV = nn.modules.conv._ConvNd
+_BN = nn.modules.batchnorm._BatchNorm
+_OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+
+#: activations re-applied by name when they are functional calls (grad_fn name -> function)
+FUNCTIONAL = {"ReluBackward0": "relu", "SiluBackward0": "silu", "HardswishBackward0": "hardswish",
+              "GeluBackward0": "gelu", "SigmoidBackward0": "sigmoid", "TanhBackward0": "tanh",
+              "HardsigmoidBackward0": "hardsigmoid", "MishBackward0": "mish"}
+#: channel-wise unary ops the observation walk passes through (their parameters, if any, live in a module)
+_UNARY = set(FUNCTIONAL) | {"HardtanhBackward0", "LeakyReluBackward0", "EluBackward0", "PreluKernelBackward0",
+                             "SoftplusBackward0"}
+
+
+def _is_depthwise(module) -> bool:
+    return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def _op(node) -> str:
+    return node.grad_fn.name() if node.grad_fn is not None else ""
+
+
+def classify_group(group, root: nn.Module, names: dict) -> tuple[str, str | None]:
+    """(kind, the module that causes it) of a Torch-Pruning group rooted at conv `root`'s output channels.
+
+    Kinds, most binding first: 'residual' (another conv's or a parameter's output channels
+    are tied through an addition), 'grouped' (a grouped, non-depthwise conv consumes them),
+    'concat' (a concatenation carries them), else 'inner'.
+    """
+    ties, grouped, concat, adds = [], None, None, False
+    for dep, _ in group:
+        node, target = dep.target, dep.target.module
+        if target is root:
+            continue
+        if node.type == tp.ops.OPTYPE.PARAMETER or isinstance(target, nn.Parameter):
+            return "residual", names.get(target, node.name)
+        if node.type == tp.ops.OPTYPE.CONCAT:
+            concat = concat or node.name
+        if node.type == tp.ops.OPTYPE.ELEMENTWISE and _op(node).startswith(("AddBackward", "SubBackward")):
+            adds = True
+        if isinstance(target, (_CONV, nn.Linear)) and not _is_depthwise(target):
+            if dep.handler in _OUT_FNS:
+                ties.append(names.get(target, node.name))
+            elif isinstance(target, _CONV) and target.groups > 1:
+                grouped = grouped or names.get(target, node.name)
+    if ties and adds:
+        return "residual", ties[0]
+    if grouped:
+        return "grouped", grouped
+    if concat:
+        return "concat", concat
+    return "inner", None
+
+
+@dataclass
+class Discovery:
+    """What `discover` found: the prunable layers, the classifier, and every conv left out with its kind."""
+
+    layers: list[PrunableLayer]
+    classifier: str | None
+    skipped: dict[str, tuple[str, str | None]]
+
+    def describe(self) -> str:
+        counts = {k: sum(1 for kind, _ in self.skipped.values() if kind == k) for k in KINDS}
+        kept = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        return f"{len(self.layers)} prunable layers; left out: {kept or 'none'}; classifier {self.classifier!r}"
+
+
+class _Trace:
+    """One Torch-Pruning trace of `model`, plus which module produced each traced tensor and how often it ran."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.producers: dict = {}
+        self.calls: dict[nn.Module, int] = {}
+        self.order: list[nn.Module] = []
+
+        def record(module, inputs, output):
+            self.calls[module] = self.calls.get(module, 0) + 1
+            if module not in self.order:
+                self.order.append(module)
+            if torch.is_tensor(output) and output.grad_fn is not None:
+                self.producers.setdefault(output.grad_fn, []).append(module)
+
+        hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+        modes = {m: m.training for m in model.modules()}
+        try:
+            with torch.enable_grad():
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
+        except PaperpruneError:
+            raise
+        except Exception as e:
+            raise PaperpruneError(f"Torch-Pruning could not trace {type(model).__name__} on an input of shape "
+                                  f"{tuple(example.shape)} ({type(e).__name__}: {e}); check input_size, or pass "
+                                  "layers= explicitly") from None
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, training in modes.items():
+                m.train(training)
+        self.node_of = {node.grad_fn: node for node in self.dg.module2node.values() if node.grad_fn is not None}
+
+    def once(self, node) -> str | None:
+        """A module that returned `node`'s tensor and ran once per forward (innermost first)."""
+        if isinstance(node.module, nn.Module) and node.module in self.names and self.calls.get(node.module) == 1:
+            return self.names[node.module]
+        for module in self.producers.get(node.grad_fn, ()):
+            if self.calls.get(module) == 1:
+                return self.names[module]
+        return None
+
+
+def _channelwise(node, members) -> bool:
+    """Is `node` a channel-wise step of the group (BN, unary activation, depthwise conv, gate)?"""
+    if node not in members:
+        return False
+    module = node.module
+    if isinstance(module, _BN) or _is_depthwise(module):
+        return True
+    return node.type == tp.ops.OPTYPE.ELEMENTWISE and (_op(node) in _UNARY or _op(node).startswith("MulBackward"))
+
+
+def _reaches(start, goal, limit: int = 64) -> bool:
+    """Does a short path lead from `start` to `goal` (a gate's side branch back to its product)?"""
+    seen, todo = {start}, deque([start])
+    while todo and len(seen) < limit:
+        node = todo.popleft()
+        if node is goal:
+            return True
+        for out in node.outputs:
+            if out not in seen:
+                seen.add(out)
+                todo.append(out)
+    return False
+
+
+def _walk(root, members) -> list:
+    """The chain of channel-wise nodes from the root conv to where the channels are consumed."""
+    chain = [root]
+    while True:
+        outs = list(dict.fromkeys(chain[-1].outputs))
+        nxt = None
+        if len(outs) == 1 and _channelwise(outs[0], members):
+            nxt = outs[0]
+            if _op(nxt).startswith("MulBackward") and len(set(nxt.inputs)) > 1:
+                nxt = None  # a product with a tensor that is not gated by this chain
+        elif len(outs) == 2:  # a gate: x * g(x), e.g. squeeze-excitation
+            muls = [o for o in outs if _op(o).startswith("MulBackward") and o in members]
+            if len(muls) == 1:
+                side = outs[1 - outs.index(muls[0])]
+                if _reaches(side, muls[0]):
+                    nxt = muls[0]
+        if nxt is None or nxt in chain:
+            return chain
+        chain.append(nxt)
+
+
+def _observation(trace: _Trace, name: str, chain) -> tuple[str, str | None]:
+    """(observe, activation) for the last tensor of `chain` (see the module docstring)."""
+    last = chain[-1]
+    observe = trace.once(last)
+    if observe is not None:
+        return observe, None
+    before = trace.once(chain[-2]) if len(chain) > 1 else None
+    reused = [m for m in trace.producers.get(last.grad_fn, ()) if m in trace.names]
+    if before is not None and reused:
+        return before, trace.names[reused[0]]
+    if before is not None and _op(last) in FUNCTIONAL:
+        return before, "torch.nn.functional." + FUNCTIONAL[_op(last)]
+    raise PaperpruneError(
+        f"layer {name!r}: its channels are last transformed by {_op(last) or last.name}, which is neither a module "
+        "that runs once nor a functional activation paperprune can re-apply; make that activation an nn.Module "
+        "of its own, or pass layers={conv: observe, ...} to prune")
+
+
+def _consumer(trace: _Trace, start, consumers: set) -> str | None:
+    """The first conv/linear reading the group's channels, breadth-first from the observation point."""
+    seen, todo = {start}, deque([start])
+    while todo:
+        node = todo.popleft()
+        found = [o.module for o in node.outputs if o.module in consumers]
+        if found:
+            return trace.names[min(found, key=lambda m: trace.order.index(m) if m in trace.order else 1 << 30)]
+        for out in node.outputs:
+            if out not in seen:
+                seen.add(out)
+                todo.append(out)
+    return None
+
+
+def _classifier(trace: _Trace) -> str | None:
+    """The last nn.Linear on the output path: breadth-first back from the model's output."""
+    outputs = [n for n in trace.dg.module2node.values() if not n.outputs]
+    seen, todo = set(outputs), deque(outputs)
+    while todo:
+        node = todo.popleft()
+        if isinstance(node.module, nn.Linear) and node.module in trace.names:
+            return trace.names[node.module]
+        if isinstance(node.module, _CONV):
+            return None  # a fully convolutional head: name the classifier
+        for inp in node.inputs:
+            if inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    return None
+
+
+def discover(model: nn.Module, input_size, *, include=("inner",)) -> Discovery:
+    """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor) and its classifier.
+
+    `include` lists the group kinds to prune (module docstring): ('inner',) is the lineage's
+    convention; add 'concat' to prune concatenated widths too, 'grouped' to list the layers
+    feeding grouped convs (for Torch-Pruning's pruner, which keeps groups aligned;
+    `paperprune.prune` refuses them). Residual widths are never listed. Eval mode and a batch
+    of one are used for tracing; the model's modes are restored.
+    """
+    unknown = set(include) - set(KINDS[:3])
+    if unknown:
+        raise PaperpruneError(f"include={tuple(include)!r}: unknown kinds {sorted(unknown)}; choose from "
+                              f"{KINDS[:3]} (residual widths are never pruned, METHOD.md section 2)")
+    from .surgery import _example_input
+
+    trace = _Trace(model, _example_input(model, input_size))
+    layers, skipped, covered = [], {}, set()
+    for conv in [m for m in trace.order if isinstance(m, _CONV)]:
+        name = trace.names[conv]
+        if conv.groups != 1 or conv not in trace.dg.module2node or conv in covered:
+            continue  # depthwise/grouped convs and gates go with the group of the conv that feeds them
+        group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
+        kind, cause = classify_group(group, conv, trace.names)
+        if kind not in include:
+            skipped[name] = (kind, cause)
+            continue
+        members = {dep.target for dep, _ in group}
+        chain = _walk(trace.dg.module2node[conv], members)
+        observe, activation = _observation(trace, name, chain)
+        consumers = {dep.target.module for dep, _ in group if dep.handler not in _OUT_FNS
+                     and isinstance(dep.target.module, (_CONV, nn.Linear)) and not _is_depthwise(dep.target.module)}
+        layers.append(PrunableLayer(name=name, conv=name, observe=observe,
+                                    consumer=_consumer(trace, chain[-1], consumers), activation=activation))
+    return Discovery(layers=layers, classifier=_classifier(trace), skipped=skipped)

@@ -1,0 +1,385 @@
+"""Any CNN with one call (issue 14): discovery through Torch-Pruning's DependencyGraph finds the
+inner widths of nine torchvision networks nobody listed; `prune` then meets the FLOPs target
+and the pruned model equals the original with the removed channels masked where they are
+consumed; pruned models of any kind save and load; refusals name their cause. CPU, small
+inputs, random weights (BatchNorm statistics randomised so that masking matters)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch_pruning as tp
+import torchvision
+from torch import nn
+
+import paperprune
+from paperprune.discover import discover
+from paperprune.flops import count_flops_params
+from paperprune.ib import channel_features
+from paperprune.models import PrunableLayer
+from paperprune.surgery import prune_channels
+from paperprune.utils import PaperpruneError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+tv = torchvision.models
+SIZE = (3, 32, 32)
+CLASSES = 10
+
+
+def vgg11_bn(**kw):
+    """torchvision's vgg11_bn with a 1x1 average pool: the 7x7 one gives a 103M-parameter first
+    linear layer (0.8 GB in float64) and changes nothing that discovery or surgery sees."""
+    model = tv.vgg11_bn(**kw)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier[0] = nn.Linear(512, 4096)
+    return model
+
+
+BUILDERS = {
+    "resnet18": tv.resnet18,
+    "resnet50": tv.resnet50,
+    "vgg11_bn": vgg11_bn,
+    "googlenet": lambda **kw: tv.googlenet(aux_logits=False, init_weights=True, **kw),
+    "densenet121": tv.densenet121,
+    "mobilenet_v2": tv.mobilenet_v2,
+    "mobilenet_v3_small": tv.mobilenet_v3_small,
+    "efficientnet_b0": tv.efficientnet_b0,
+    "regnet_x_400mf": tv.regnet_x_400mf,
+}
+
+
+def build(name, seed=0):
+    torch.manual_seed(seed)
+    return BUILDERS[name](num_classes=CLASSES).eval()
+
+
+def stages(depths):
+    return [(s, b) for s, n in enumerate(depths, 1) for b in range(n)]
+
+
+def inception_convs():
+    mods = ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
+    return [f"inception{m}.branch{b}.0.conv" for m in mods for b in (2, 3)]
+
+
+#: the groups discovery must find: (exact conv names or a count, left-out group kinds, classifier)
+EXPECTED = {
+    "resnet18": ([f"layer{s}.{b}.conv1" for s, b in stages([2, 2, 2, 2])], {"residual": 4}, "fc"),
+    "resnet50": (["conv1"] + [f"layer{s}.{b}.conv{c}" for s, b in stages([3, 4, 6, 3]) for c in (1, 2)],
+                 {"residual": 4}, "fc"),
+    "vgg11_bn": ([f"features.{i}" for i in (0, 4, 8, 11, 15, 18, 22, 25)], {}, "classifier.6"),
+    "googlenet": (["conv1.conv", "conv2.conv", "conv3.conv"] + inception_convs(), {"concat": 36}, "fc"),
+    "densenet121": ([f"features.denseblock{s}.denselayer{b + 1}.conv1" for s, b in stages([6, 12, 24, 16])],
+                    {"concat": 62}, "classifier"),
+    # stem (with the first block's depthwise conv), 16 expansions, the 2 projections that meet no
+    # residual add, the last 1x1 conv; 5 residual widths
+    "mobilenet_v2": (20, {"residual": 5}, "classifier.1"),
+    # stem, 9 expansions, 9 squeeze-excitation squeezes, 2 free projections, the last conv
+    "mobilenet_v3_small": (22, {"residual": 4}, "classifier.3"),
+    # stem, 15 expansions, 16 squeezes, 2 free projections, the last conv
+    "efficientnet_b0": (35, {"residual": 5}, "classifier.1"),
+    # only the stem: every block's inner width feeds a grouped conv, every block output is residual
+    "regnet_x_400mf": (["stem.0"], {"grouped": 22, "residual": 4}, "fc"),
+}
+
+
+def randomise(model, seed=0):
+    """float64, eval, random BatchNorm statistics and affine parameters, random conv biases."""
+    g = torch.Generator().manual_seed(seed)
+    model.double().eval()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is not None:
+            m.bias.data.copy_(0.2 * torch.rand(m.out_channels, generator=g, dtype=torch.float64) - 0.1)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(0.2 * torch.rand(n, generator=g, dtype=torch.float64) - 0.1)
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g, dtype=torch.float64))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g, dtype=torch.float64))
+            m.bias.data.copy_(0.2 * torch.rand(n, generator=g, dtype=torch.float64) - 0.1)
+    return model
+
+
+def calibration(n_per_class=2, size=SIZE, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_per_class * CLASSES, *size, generator=g, dtype=dtype)
+    y = torch.arange(CLASSES).repeat(n_per_class)
+    return [(x, y)]
+
+
+def kept_channels(original, pruned, layers, x):
+    """Which output channels of each layer's conv survived, read off per-channel parameters that
+    input pruning leaves alone: those of the BatchNorm in the channels' group (randomised, so
+    unique), or the conv's bias. Kept channels are copies of original ones, in order."""
+    dg = tp.DependencyGraph().build_dependency(original, example_inputs=x[:1])
+    names = {m: n for n, m in original.named_modules()}
+    keep = {}
+    for layer in layers:
+        conv = original.get_submodule(layer.conv)
+        group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        bns = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.BatchNorm2d)]
+        owner = names[bns[0]] if bns else layer.conv
+        fields = ("weight", "bias", "running_mean", "running_var") if bns else ("bias",)
+
+        def signature(model):
+            module = model.get_submodule(owner)
+            return torch.stack([getattr(module, f).detach() for f in fields], 1)
+
+        match = (signature(pruned)[:, None, :] == signature(original)[None, :, :]).all(-1)
+        assert bool((match.sum(1) == 1).all()), layer.name
+        keep[layer.name] = match.float().argmax(1)
+    return keep
+
+
+def masked_output(model, layers, keep, x):
+    """The unpruned model's output with every removed channel zeroed at the input of each
+    conv/linear that consumes it (found from Torch-Pruning's group of the removal). Depthwise
+    convs, BatchNorms and gates in between act channel by channel, so this is what removal means."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    zero = {}
+    for layer in layers:
+        conv = model.get_submodule(layer.conv)
+        removed = sorted(set(range(conv.out_channels)) - set(keep[layer.name].tolist()))
+        if not removed:
+            continue
+        for dep, idxs in dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=removed):
+            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                zero.setdefault(dep.target.module, set()).update(idxs)
+
+    def hook(idx):
+        def pre(module, inputs):
+            x = inputs[0].clone()
+            x[:, idx] = 0
+            return (x,) + tuple(inputs[1:])
+        return pre
+
+    hooks = [m.register_forward_pre_hook(hook(sorted(idx))) for m, idx in zero.items()]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def check_pruned(model, pruned, report, layers, x, target=0.5):
+    """FLOPs within 1% of the target, and the pruned model equal to the masked original."""
+    base = count_flops_params(model, SIZE)[0]
+    macs = count_flops_params(pruned, SIZE)[0]
+    assert abs((1 - macs / base) - target) <= 0.01
+    assert (report.macs_before, report.macs_after) == (base, macs)
+    assert any(row["width_after"] < row["width_before"] for row in report.layers)
+    keep = kept_channels(model, pruned, layers, x)
+    expected = masked_output(copy.deepcopy(model), layers, keep, x)
+    with torch.no_grad():
+        got = pruned.eval()(x)
+        plain = model(x)
+    scale = max(1.0, expected.abs().max().item())
+    assert (plain - expected).abs().max() > 1e-6 * scale  # the mask matters
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9 * scale)
+
+
+# ---------------------------------------------------------------- discovery
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_discovery_finds_the_inner_widths(name):
+    model = build(name)
+    found = discover(model, SIZE)
+    names, left_out, classifier = EXPECTED[name]
+    convs = [layer.conv for layer in found.layers]
+    if isinstance(names, int):
+        assert len(convs) == names
+    else:
+        assert convs == names
+    assert len(set(convs)) == len(convs)
+    kinds = {}
+    for kind, _ in found.skipped.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert kinds == left_out
+    assert found.classifier == classifier
+    for layer in found.layers:
+        assert layer.name == layer.conv and model.get_submodule(layer.conv).groups == 1
+        assert layer.consumer is not None and isinstance(model.get_submodule(layer.consumer), (nn.Conv2d, nn.Linear))
+
+
+def test_discovery_observes_a_reused_relu_and_a_functional_one():
+    """resnet18's BasicBlock reuses self.relu (observe bn1, re-apply relu); googlenet's BasicConv2d
+    calls F.relu (observe the BasicConv2d, which returns it)."""
+    found = discover(build("resnet18"), SIZE)
+    assert found.layers[0] == PrunableLayer("layer1.0.conv1", "layer1.0.conv1", "layer1.0.bn1",
+                                            "layer1.0.conv2", "layer1.0.relu")
+    found = discover(build("googlenet"), SIZE)
+    layer = found.layers[3]
+    assert (layer.conv, layer.observe, layer.consumer, layer.activation) == (
+        "inception3a.branch2.0.conv", "inception3a.branch2.0", "inception3a.branch2.1.conv", None)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "googlenet", "densenet121", "mobilenet_v2",
+                                  "mobilenet_v3_small", "efficientnet_b0"])
+def test_observed_features_are_what_the_consumer_reads(name):
+    """Where nothing but the channels' own path lies between (no pooling), the observed features
+    equal the consumer's input exactly: after BN, the non-linearity, depthwise conv and gate."""
+    model = build(name)
+    layers = [layer for layer in discover(model, SIZE).layers if isinstance(model.get_submodule(layer.consumer),
+                                                                             nn.Conv2d)]
+    x = calibration(1, dtype=torch.float32)[0][0][:3]
+    inputs = {}
+    hooks = [model.get_submodule(layer.consumer).register_forward_pre_hook(
+        lambda m, i, name=layer.name: inputs.__setitem__(name, i[0].clone())) for layer in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    features = channel_features(model, layers, x, spatial=True)
+    compared = 0
+    for layer in layers:
+        if features[layer.name].shape == inputs[layer.name].shape:
+            torch.testing.assert_close(features[layer.name], inputs[layer.name], rtol=0, atol=0)
+            compared += 1
+    assert compared >= 0.8 * len(layers)
+
+
+# ---------------------------------------------------------------- prune any CNN, one call
+@pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"regnet_x_400mf"}))
+def test_prune_any_cnn_meets_the_target_and_equals_the_masked_original(name):
+    model = randomise(build(name))
+    data = calibration()
+    pruned, report = paperprune.prune(model, data, method="l1", flops_reduction=0.5, samples_per_class=2,
+                                      progress=False)
+    layers = discover(model, SIZE).layers
+    assert [row["name"] for row in report.layers] == [layer.name for layer in layers]
+    check_pruned(model, pruned, report, layers, data[0][0][:4])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, method", [("resnet18", "stlp"), ("googlenet", "stlp"), ("resnet18", "hrank"),
+                                          ("mobilenet_v3_small", "apib")])
+def test_statistics_criteria_on_torchvision_models(name, method):
+    """The IB statistics read reused and functional activations (hooks on BN, activation re-applied)."""
+    model = randomise(build(name))
+    data = calibration(n_per_class=3)
+    pruned, report = paperprune.prune(model, data, method=method, flops_reduction=0.5, samples_per_class=3,
+                                      progress=False)
+    check_pruned(model, pruned, report, discover(model, SIZE).layers, data[0][0][:4])
+
+
+def test_layers_and_classifier_still_override_discovery():
+    model = randomise(build("resnet18"))
+    data = calibration()
+    layers = {"layer3.0.conv1": "layer3.0.bn1", "layer4.0.conv1": "layer4.0.bn1"}
+    pruned, report = paperprune.prune(model, data, method="l1", flops_reduction=0.1, samples_per_class=2,
+                                      layers=layers, classifier="fc", progress=False)
+    assert [row["name"] for row in report.layers] == list(layers)
+    assert pruned.layer1[0].conv1.out_channels == 64
+
+
+def test_concatenated_widths_on_request():
+    """include=('inner', 'concat') lists DenseNet's growth and transition convs too; surgery handles them."""
+    model = randomise(build("densenet121"))
+    found = discover(model, SIZE, include=("inner", "concat"))
+    assert len(found.layers) == 58 + 62 and not found.skipped
+    layers = [layer for layer in found.layers if layer.conv.endswith(("denselayer1.conv2", "denselayer2.conv2"))]
+    keep = {layer.name: torch.arange(0, 32, 3) for layer in layers}
+    x = calibration()[0][0][:2]
+    expected = masked_output(copy.deepcopy(model), layers, keep, x)
+    prune_channels(model, layers, keep, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-9 * max(1.0, expected.abs().max().item()))
+
+
+# ---------------------------------------------------------------- refusals name the cause
+def test_refusals_name_the_cause():
+    resnet = build("resnet18")
+    with pytest.raises(PaperpruneError, match=r"'layer1.0.conv2'.*residual connection.*drop it from layers"):
+        prune_channels(resnet, [PrunableLayer("layer1.0.conv2", "layer1.0.conv2", "layer1.0.bn2")],
+                       {"layer1.0.conv2": [0]}, SIZE)
+    regnet = build("regnet_x_400mf")
+    conv = "trunk_output.block1.block1-0.f.a.0"
+    with pytest.raises(PaperpruneError, match=r"grouped convolution 'trunk_output.block1.block1-0.f.b.0' "
+                                              r"\(groups=2\).*paperprune.tp.Importance"):
+        prune_channels(regnet, [PrunableLayer(conv, conv, conv)], {conv: [0]}, SIZE)
+    with pytest.raises(PaperpruneError, match="unknown kinds"):
+        discover(resnet, SIZE, include=("inner", "residual"))
+
+    class AllResidual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.a(x)
+            x = x + self.b(x)
+            return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(PaperpruneError, match=r"found no prunable layer.*1 residual.*layers="):
+        paperprune.prune(AllResidual(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
+
+    class NoHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 10, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))).mean((2, 3))
+
+    with pytest.raises(PaperpruneError, match="found no nn.Linear on the output path.*classifier="):
+        paperprune.prune(NoHead(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
+
+
+# ---------------------------------------------------------------- save and load any pruned model
+def test_save_and_load_a_builtin_and_a_torchvision_model(tmp_path):
+    data = calibration(dtype=torch.float32)
+    x = data[0][0][:4]
+    base = paperprune.create_model("resnet56", num_classes=CLASSES)
+    pruned, _ = paperprune.prune(base, data, method="l1", flops_reduction=0.4, samples_per_class=2, progress=False)
+    path = paperprune.save_pruned(pruned, tmp_path / "r56.pt")
+    record = torch.load(path, weights_only=True)
+    assert (record["arch"], record["num_classes"], record["in_channels"], record["input_size"]) == \
+        ("resnet56", CLASSES, 3, list(SIZE))
+    loaded = paperprune.load_pruned(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+    assert paperprune.save_pruned(loaded, tmp_path / "again.pt")  # a loaded model carries its arch too
+
+    model = build("mobilenet_v3_small")
+    pruned, _ = paperprune.prune(model, data, method="l1", flops_reduction=0.5, samples_per_class=2, progress=False)
+    path = paperprune.save_pruned(pruned, tmp_path / "mnv3.pt")
+    torch.load(path, weights_only=True)
+    with torch.no_grad():
+        expected = pruned.eval()(x)
+        for spare in (build("mobilenet_v3_small", seed=1), lambda: build("mobilenet_v3_small", seed=2)):
+            loaded = paperprune.load_pruned(path, model=spare)
+            assert not loaded.training and torch.equal(loaded(x), expected)
+
+
+def test_save_and_load_refusals(tmp_path):
+    data = calibration(dtype=torch.float32)
+    pruned, _ = paperprune.prune(paperprune.create_model("resnet56", num_classes=CLASSES), data, method="l1",
+                                 flops_reduction=0.4, samples_per_class=2, progress=False)
+    with pytest.raises(PaperpruneError, match=r"not a 'resnet110' \(module 'layer1.9' is BasicBlock in resnet110"):
+        paperprune.save_pruned(pruned, tmp_path / "a.pt", arch="resnet110")
+    with pytest.raises(PaperpruneError, match="num_classes=7.*do not match"):
+        paperprune.save_pruned(pruned, tmp_path / "a.pt", num_classes=7)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PaperpruneError, match="'.*file' is a file, not a directory"):
+        paperprune.save_pruned(pruned, tmp_path / "file" / "a.pt")
+    with pytest.raises(PaperpruneError, match="is a directory"):
+        paperprune.save_pruned(pruned, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+    good = paperprune.save_pruned(pruned, tmp_path / "good.pt")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(PaperpruneError, match="torch.load failed.*damaged"):
+        paperprune.load_pruned(broken)
+    with pytest.raises(PaperpruneError, match=r"holds a pruned CifarResNet, which the given ResNet is not"):
+        paperprune.load_pruned(good, model=build("resnet18"))
+    with pytest.raises(PaperpruneError, match="neither an nn.Module"):
+        paperprune.load_pruned(good, model=3)
+
+    tv_pruned, _ = paperprune.prune(build("resnet18"), data, method="l1", flops_reduction=0.3, samples_per_class=2,
+                                    progress=False)
+    path = paperprune.save_pruned(tv_pruned, tmp_path / "r18.pt")
+    with pytest.raises(PaperpruneError, match="not one of paperprune's built-in models; pass model="):
+        paperprune.load_pruned(path)
+    with pytest.raises(PaperpruneError, match="'layer1.2' is absent in the file, BasicBlock in the model given"):
+        paperprune.load_pruned(path, model=tv.resnet34(num_classes=CLASSES))
