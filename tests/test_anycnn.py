@@ -383,3 +383,61 @@ def test_save_and_load_refusals(tmp_path):
         paperprune.load_pruned(path)
     with pytest.raises(PaperpruneError, match="'layer1.2' is absent in the file, BasicBlock in the model given"):
         paperprune.load_pruned(path, model=tv.resnet34(num_classes=CLASSES))
+
+
+# ---------------------------------------------------------------- the Torch-Pruning plug-in
+def metaprune(model, importance, x, ratio=0.5):
+    pruner = tp.pruner.MetaPruner(model, x[:1], importance=importance, pruning_ratio=ratio,
+                                  ignored_layers=[model.fc])
+    pruner.step()
+    return model
+
+
+@pytest.mark.slow
+def test_importance_plugs_into_metapruner_on_resnet18():
+    """sTLP-IB scores inside Torch-Pruning's own pruner: each block's inner width keeps its
+    top-scoring half, residual widths (no score: None) are left alone, and the result equals
+    the masked original."""
+    from paperprune.tp import Importance
+
+    model = randomise(build("resnet18"))
+    data = calibration(n_per_class=3)
+    x = data[0][0][:4]
+    importance = Importance(model, data, method="stlp", samples_per_class=3)
+    original = copy.deepcopy(model)
+    layers = discover(original, SIZE).layers
+    scores = {layer.name: importance.scores[model.get_submodule(layer.conv)] for layer in layers}
+    metaprune(model, importance, x)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and not name.endswith("conv1") or name == "conv1":
+            assert module.out_channels == original.get_submodule(name).out_channels, name
+    keep = kept_channels(original, model, layers, x)
+    for layer in layers:
+        width = scores[layer.name].numel()
+        assert keep[layer.name].tolist() == sorted(scores[layer.name].argsort()[width - width // 2:].tolist())
+    expected = masked_output(copy.deepcopy(original), layers, keep, x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-9 * max(1.0, expected.abs().max().item()))
+
+
+def test_importance_keeps_grouped_convs_aligned_on_regnet():
+    """regnet_x_400mf: the widths read by grouped convs, which paperprune.prune refuses, are pruned
+    by Torch-Pruning with the same channels in every group; the result equals the masked original."""
+    from paperprune.tp import Importance
+
+    model = randomise(build("regnet_x_400mf"))
+    data = calibration()
+    x = data[0][0][:4]
+    importance = Importance(model, data, method="l1", samples_per_class=2)
+    found = discover(model, SIZE, include=("inner", "grouped"))
+    assert {m for m in importance.scores} == {model.get_submodule(layer.conv) for layer in found.layers}
+    assert len(found.layers) == 1 + 22
+    original = copy.deepcopy(model)
+    metaprune(model, importance, x, ratio=0.25)
+    grouped = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert grouped and all(model.get_submodule(n).groups == original.get_submodule(n).groups for n in grouped)
+    assert any(model.get_submodule(n).in_channels < original.get_submodule(n).in_channels for n in grouped)
+    keep = kept_channels(original, model, found.layers, x)
+    expected = masked_output(copy.deepcopy(original), found.layers, keep, x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-9 * max(1.0, expected.abs().max().item()))

@@ -1,0 +1,96 @@
+"""paperprune's criteria as a Torch-Pruning importance: sGLP-IB and sTLP-IB inside a Torch-Pruning pipeline.
+
+`Importance(model, data, method=...)` is a `torch_pruning.importance.Importance`: prepared once
+on a class-balanced calibration set drawn from `data` (the statistics of METHOD.md section 2),
+it gives one score per channel of every group Torch-Pruning's pruner asks about:
+
+- the lasso criteria (`apib`, `classwise`, `sglp`, `stlp`): the row norms of B at the weakest
+  lam (lam_lo, METHOD.md section 2 "Automatic budget"), the channel scores of METHOD.md
+  section 2, with a 1e-12 multiple of the channel's relevance to order the rows the lasso zeroed;
+- `l1`, `hrank`, `random`: the criterion's scores, divided by their layer's maximum.
+
+Groups are matched by the conv whose output channels they remove. Which convs are scored:
+the model's own prunable layers, `layers=`, or those `paperprune.discover` finds (by default
+the inner widths and the widths read by grouped convs, which Torch-Pruning keeps aligned);
+every other group (residual widths above all) gets None, which Torch-Pruning's pruners skip.
+
+    import torch_pruning as tp
+    imp = paperprune.tp.Importance(model, loader, method="stlp", samples_per_class=10)
+    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5,
+                                  ignored_layers=[model.fc])
+    pruner.step()
+"""
+from __future__ import annotations
+
+import torch
+import torch_pruning
+from torch import nn
+
+from .utils import PaperpruneError
+
+__all__ = ["Importance"]
+
+
+class Importance(torch_pruning.importance.Importance):
+    """One score per channel of a Torch-Pruning group, from a paperprune criterion (module docstring).
+
+    `data` yields (images, labels) batches; `samples_per_class`, `num_classes`, `classifier`,
+    `layers` and `input_size` mean what they mean for `paperprune.prune`; `include` the group
+    kinds `paperprune.discover` scores when the model lists no layers; `level` the criterion's
+    level the scores are read at (lasso criteria: lam = lam_lo * exp(level)); `options` go to
+    the criterion (seed, gamma_ratio, structure, ...).
+    """
+
+    def __init__(self, model: nn.Module, data, method: str = "stlp", *, samples_per_class: int = 20,
+                 num_classes: int | None = None, classifier: str | None = None, layers=None, input_size=None,
+                 include=("inner", "grouped"), level: float = 0.0, **options):
+        from .criteria import Calibration, create_criterion
+        from .discover import discover
+        from .pipeline import _first_shape, gather_calibration, model_parts
+
+        criterion = create_criterion(method, **options)
+        if layers is None and not hasattr(type(model), "prunable_layers"):
+            if input_size is None:
+                input_size, data = _first_shape(data)
+            found = discover(model, input_size, include=include)
+            layers, classifier = found.layers, classifier or found.classifier
+            if not layers:
+                raise PaperpruneError(f"found no group to score in {type(model).__name__} ({found.describe()}); "
+                                      "pass layers= or include more kinds")
+        layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
+        if num_classes is None:
+            head = model.get_submodule(classifier)
+            if not isinstance(head, nn.Linear):
+                raise PaperpruneError(f"{classifier!r} is not an nn.Linear; pass num_classes= and classifier=")
+            num_classes = head.out_features
+        device = next(model.parameters()).device
+        images, labels = gather_calibration(data, num_classes, samples_per_class, device)
+        was_training = model.training
+        try:
+            criterion.prepare(model.eval(), layers, Calibration(images, labels, num_classes, {}, classifier))
+        finally:
+            model.train(was_training)
+        chosen = criterion.select(float(level))
+        self.method = method
+        self.scores = {model.get_submodule(layer.conv): chosen[layer.name][1].detach().float().cpu()
+                       for layer in layers}
+        self.names = {model.get_submodule(layer.conv): layer.name for layer in layers}
+
+    def __call__(self, group) -> torch.Tensor | None:
+        """Scores of the group's channels in the order of its root indices; None for a group not scored."""
+        root = group[0]
+        for item in group.items:
+            module = item.dep.target.module
+            if module not in self.scores or not group._DG.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            scores = self.scores[module]
+            if module.out_channels != scores.numel():
+                raise PaperpruneError(
+                    f"{self.names[module]!r} has {module.out_channels} channels but the importance was prepared "
+                    f"on {scores.numel()}; prepare it again after each pruning step (iterative_steps=1)")
+            position = {int(r): j for j, r in enumerate(root.root_idxs)}
+            out = torch.zeros(len(root.idxs))
+            for idx, r in zip(item.idxs, item.root_idxs):
+                out[position[int(r)]] = scores[int(idx)]
+            return out
+        return None
