@@ -115,11 +115,20 @@ def model_parts(model: nn.Module, layers, classifier: str | None, data, input_si
         input_size, data = _first_shape(data)
     found = discover(model, input_size)
     if layers is None and not own:
+        grouped = {conv: cause for conv, (kind, cause) in found.skipped.items() if kind == "grouped"}
+        if grouped:
+            conv, cause = next(iter(grouped.items()))
+            raise PaperpruneError(
+                f"{type(model).__name__}: {len(grouped)} widths are read by grouped convolutions (e.g. {conv!r} "
+                f"feeds {cause!r}), which can only lose the same number of channels in each group; paperprune's "
+                "per-channel selection does not keep groups aligned. Prune them with Torch-Pruning's MetaPruner "
+                "and paperprune.tp.Importance (which does), or pass layers=paperprune.discover.discover(model, "
+                "input_size).layers to prune only the other widths")
         if not found.layers:
             raise PaperpruneError(
                 f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
-                "tied to a residual add, a concatenation or a grouped conv, which the lineage keeps "
-                "(METHOD.md section 2); pass layers={conv: observe, ...} to choose layers yourself")
+                "tied to a residual add or a concatenation, which the lineage keeps (METHOD.md section 2); pass "
+                "layers={conv: observe, ...} to choose layers yourself")
         layers = found.layers
     else:
         layers = resolve_layers(model, layers)

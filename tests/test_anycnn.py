@@ -299,6 +299,13 @@ def test_refusals_name_the_cause():
         prune_channels(regnet, [PrunableLayer(conv, conv, conv)], {conv: [0]}, SIZE)
     with pytest.raises(PaperpruneError, match="unknown kinds"):
         discover(resnet, SIZE, include=("inner", "residual"))
+    with pytest.raises(PaperpruneError, match=r"22 widths are read by grouped convolutions.*MetaPruner.*"
+                                              r"paperprune.tp.Importance.*layers="):
+        paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", samples_per_class=2)
+    only_stem = discover(regnet, SIZE).layers
+    pruned, report = paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", flops_reduction=0.02,
+                                      samples_per_class=2, layers=only_stem, progress=False)
+    assert [row["name"] for row in report.layers] == ["stem.0"]
 
     class AllResidual(nn.Module):
         def __init__(self):
