@@ -390,6 +390,10 @@ def _check_images(images: Tensor, min_samples: int = 1) -> None:
             f"got {getattr(images, 'dtype', type(images).__name__)} "
             f"{tuple(getattr(images, 'shape', ()))}"
         )
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        raise PaperpruneError(f"images hold {bad} non-finite values (NaN or Inf); check the data and its "
+                              "normalisation (a zero std?)")
 
 
 def _submodule(model: nn.Module, path: str, what: str) -> nn.Module:

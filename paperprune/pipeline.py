@@ -11,7 +11,7 @@ from torch import nn
 
 from .criteria import Calibration, create_criterion
 from .select import select_channels
-from .utils import PaperpruneError, resolve_device
+from .utils import PaperpruneError, as_number, resolve_device
 
 
 @dataclass
@@ -153,8 +153,16 @@ def _first_shape(data) -> tuple[tuple[int, ...], object]:
     return shape, (itertools.chain([batch], iterator) if iterator is data else data)
 
 
-def gather_calibration(data, num_classes: int, samples_per_class: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take the first `samples_per_class` images of every class from an iterable of (images, labels)."""
+def gather_calibration(data, num_classes: int, samples_per_class: int, device, *, all_classes: bool = True,
+                       in_channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take the first `samples_per_class` images of every class from an iterable of (images, labels).
+
+    Every class of the model must contribute at least 2 samples (the Gaussian kernels of METHOD.md
+    section 2 need 2); with `all_classes=False` (criteria that ignore labels) classes may be absent.
+    Images must be finite float (B, C, H, W) batches with `in_channels` channels, labels 1-D class
+    indices in [0, num_classes).
+    """
+    samples_per_class = as_number(samples_per_class, "samples_per_class", int)
     if samples_per_class < 2:
         raise PaperpruneError(f"samples_per_class={samples_per_class!r}: need at least 2 per class for kernels")
     images, labels = [], []
@@ -162,9 +170,7 @@ def gather_calibration(data, num_classes: int, samples_per_class: int, device) -
     for batch in data:
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
             raise PaperpruneError("data must yield (images, labels) batches")
-        x, y = batch[0], batch[1].long().cpu()
-        if y.numel() and (y.min() < 0 or y.max() >= num_classes):
-            raise PaperpruneError(f"label {int(y.max())} outside the model's {num_classes} classes")
+        x, y = _checked_batch(batch[0], batch[1], num_classes, in_channels)
         onehot = torch.nn.functional.one_hot(y, num_classes)
         rank_in_class = (onehot.cumsum(0) * onehot).sum(1) - 1 + counts[y]
         take = rank_in_class < samples_per_class
@@ -176,7 +182,40 @@ def gather_calibration(data, num_classes: int, samples_per_class: int, device) -
             break
     if not images:
         raise PaperpruneError("data yielded no samples for calibration")
-    return torch.cat(images), torch.cat(labels).to(device)
+    few = [(c, int(n)) for c, n in enumerate(counts.tolist()) if n < 2]
+    if all_classes and few:
+        shown = ", ".join(f"class {c}: {n}" for c, n in few[:8]) + (", ..." if len(few) > 8 else "")
+        raise PaperpruneError(
+            f"{len(few)} of the model's {num_classes} classes have fewer than 2 calibration samples ({shown}); "
+            "the class-wise statistics need at least 2 of every class: pass data that covers every class "
+            f"(samples_per_class={samples_per_class} are taken from each)")
+    images = torch.cat(images)
+    if not bool(torch.isfinite(images).all()):
+        raise PaperpruneError("the calibration images hold non-finite values (NaN or Inf); check the data and "
+                              "its normalisation (a zero std?)")
+    return images, torch.cat(labels).to(device)
+
+
+def _checked_batch(x, y, num_classes: int, in_channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (images, labels) batch, checked: what is wrong is named, with the fix."""
+    if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():
+        raise PaperpruneError(f"images must be float tensors (B, C, H, W); got "
+                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise PaperpruneError(f"images have {x.shape[1]} channels but the model's first conv takes {in_channels}; "
+                              "pass data of the model's input format")
+    if not torch.is_tensor(y) or y.dim() != 1 or len(y) != len(x):
+        hint = " (one-hot labels? pass labels.argmax(1))" if torch.is_tensor(y) and y.dim() == 2 else ""
+        raise PaperpruneError(f"labels must be a 1-D tensor of class indices, one per image; got shape "
+                              f"{tuple(getattr(y, 'shape', ()))} for {len(x)} images{hint}")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise PaperpruneError(f"labels must be integer class indices, got non-integer {y.dtype} values")
+    y = y.long().cpu()
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.numel():
+        raise PaperpruneError(f"label {int(bad[0])} outside the model's {num_classes} classes; labels must lie "
+                              f"in [0, {num_classes - 1}]")
+    return x, y
 
 
 def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float | None = None,
@@ -211,6 +250,15 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     from .latency import LatencyModel, check_budget, latency_record
     from .surgery import MacsPredictor, prune_channels
 
+    samples_per_class, omega, seed = (as_number(v, n, int) for v, n in ((samples_per_class, "samples_per_class"),
+                                                                       (omega, "omega"), (seed, "seed")))
+    gamma_ratio, rho, tolerance = (as_number(v, n) for v, n in ((gamma_ratio, "gamma_ratio"), (rho, "rho"),
+                                                                (tolerance, "tolerance")))
+    knn = as_number(knn, "knn", int, optional=True)
+    nonfinite = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if nonfinite:
+        raise PaperpruneError(f"the model holds non-finite weights ({len(nonfinite)} tensor(s), e.g. {nonfinite[0]!r}); "
+                              "its training diverged: retrain it (e.g. with a smaller learning rate)")
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
                                  structure=structure, rho=rho, knn=knn)
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
@@ -228,7 +276,10 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     model = copy.deepcopy(model).to(device).eval()
 
     start = time.perf_counter()
-    images, labels = gather_calibration(data, num_classes, samples_per_class, device)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    images, labels = gather_calibration(data, num_classes, samples_per_class, device,
+                                        all_classes=method not in ("random", "l1", "hrank"),
+                                        in_channels=None if first_conv is None else first_conv.in_channels)
     input_size = tuple(input_size) if input_size is not None else tuple(images.shape[1:])
     criterion.prepare(model, layers, Calibration(images, labels, num_classes, taxonomy or {}, classifier))
     timings["statistics_s"] = time.perf_counter() - start
