@@ -14,6 +14,7 @@ results: no trained checkpoint is shipped yet), on this CPU at batch 64 in deplo
     python benchmarks/bench_latency.py [--archs resnet56 vgg16] [--targets 0.4 0.6] [--threads 1]
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -26,8 +27,7 @@ import torch
 import paperprune
 from paperprune.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
 from paperprune.deploy import DEPLOY_MODE, prepare_for_inference
-from paperprune.experiment import measure_latency
-from paperprune.latency import LatencyModel
+from paperprune.latency import LatencyModel, clock_name, time_forward
 from paperprune.models import prunable_layers
 from paperprune.train import TrainConfig, evaluate, train
 from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
@@ -84,13 +84,14 @@ def matched_macs_budget(model, calibration, latency, target_us, args, steps=10):
 
 
 def side_by_side(models, repeats, mode):
-    """Median latency (ms) of each model in `mode`, `repeats` rounds each timing every model in turn."""
+    """Latency (ms) of each model in `mode`: the median over `repeats` rounds, each timing every model in turn
+    by `paperprune.latency.time_forward` (the shortest of 5 forwards, on the clock the latency table uses)."""
     example = torch.randn(BATCH, *INPUT)
     prepared = {name: prepare_for_inference(m, example) if mode == "deployed" else m for name, m in models.items()}
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name, m in prepared.items():
-            times[name].append(measure_latency(m, INPUT, BATCH, torch.device("cpu"), repeats=3, warmup=1))
+            times[name].append(time_forward(m, example, repeats=5, warmup=1) / 1e3)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -144,20 +145,25 @@ def bench_arch(arch, args, loaders):
 
 def markdown(result, args):
     env = result["environment"]
+    runs = "; ".join(f"{e['date']} at commit {e['git_commit']}" for e in result.get("parts", [env]))
     lines = ["# Latency budget benchmark (benchmarks/bench_latency.py)", "",
-             f"Date {env['date']}, host {env['hostname']}, {env['processor']}, {env['cpu_count']} CPUs, torch "
-             f"{env['torch']} ({env['torch_threads']} thread(s)), commit {env['git_commit']}. Load average "
-             f"before/after: {[round(x, 2) for x in result['load_before']]} / "
-             f"{[round(x, 2) for x in result.get('load_after', [])]}. The 2 cores were shared with other jobs "
-             "during the run: timings are noisy.", "",
-             f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}, mode {args.mode} "
-             f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference). Models **briefly trained here** "
-             f"({args.epochs} epochs at lr {args.lr} on {10 * args.train_per_class} images; no trained checkpoint is shipped yet); "
-             f"top-1 on {10 * args.test_per_class} test images right after pruning, no fine-tuning.", ""]
+             f"Host {env['hostname']}, {env['processor']}, {env['cpu_count']} CPUs, torch {env['torch']}. "
+             f"Started {runs} (one process per model, run at the same time). Load average at the start: "
+             f"{[round(x, 2) for x in result['load_before']]}. The 2 cores were shared with other jobs "
+             "during the run (load average 8-14): times are the calling thread's CPU time "
+             f"(clock `{result.get('clock')}`, one torch thread), which other jobs' preemption does not inflate, "
+             "but they still disturb caches: timings are noisy. Each reduction is measured side by side, "
+             "interleaved, within one process.", "",
+             f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}, mode {args['mode']} "
+             f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference), {env['torch_threads']} torch "
+             "thread(s). Models **briefly trained here** (no trained checkpoint is shipped yet); "
+             f"top-1 on {10 * args['test_per_class']} test images right after pruning, no fine-tuning.", ""]
     for a in result["archs"]:
         rel = np.array([r["relative_error"] for r in a["errors"]])
+        t = a["training"]
         lines += [f"## {a['arch']}", "",
-                  f"Briefly trained top-1 {a['base_top1']:.2f}%. Latency table: {a['table_s']:.0f} s to measure, key "
+                  f"Briefly trained ({t['epochs']} epochs at lr {t['lr']} on {t['train_images']} images): top-1 "
+                  f"{a['base_top1']:.2f}%. Latency table: {a['table_s']:.0f} s to measure, key "
                   f"`{a['table_key_hash']}`; whole model {a['full_us'] / 1e3:.1f} ms, of which "
                   f"{a['rest_us'] / 1e3:.1f} ms outside the timed units. Predictor error over {len(rel)} random "
                   f"width assignments (each layer uniform in [C/8, C], each model compiled and timed once): mean "
@@ -166,15 +172,19 @@ def markdown(result, args):
                   f"{sorted(set(a['multiples'].values()))}.", "",
                   "| target | budget | MACs budget | MACs removed | predicted reduction | measured reduction | "
                   "base ms | pruned ms | top-1 after pruning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        repeats = a.get("repeats", args["repeats"])
         for r in a["rows"]:
             flops = "" if r["flops_reduction"] is None else f"{r['flops_reduction']:.3f}"
             lines.append(f"| {r['target']:.0%} | {r['budget']} | {flops} | {100 * r['macs_reduction']:.1f}% | "
                          f"{100 * r['predicted_reduction']:.1f}% | {100 * r['measured_reduction']:.1f}% | "
                          f"{r['base_ms']:.1f} | {r['pruned_ms']:.1f} | {r['top1_after_pruning']:.2f} |")
-        lines.append("")
-    lines += [f"Measured latencies: medians of {args.repeats} interleaved rounds (3 timed forwards each) over the "
-              "base and the pruned models of one target, all compiled the same way. `macs-matched` is the MACs "
-              "budget (bisected) whose model the latency model predicts as fast as the `latency` one."]
+        lines += ["", f"Measured latencies: medians of {repeats} interleaved rounds over the base and the pruned models "
+                  "of one target, all compiled the same way; each round's time is the shortest of 5 forwards.", ""]
+    lines += ["`latency`: `prune(latency_reduction=target)`; `latency+rounding`: the same with `latency_rounding=True`; "
+              "`macs-matched`: the MACs budget (bisected) whose model the latency model predicts as fast as the "
+              "`latency` one. The same criterion at the same global level keeps the same channels whichever cost "
+              "the level is bisected against, so `macs-matched` lands on the `latency` model or its neighbour: "
+              "its MACs budget is what a user would have had to ask for to get that latency."]
     return "\n".join(lines) + "\n"
 
 
@@ -193,18 +203,30 @@ def main(argv=None):
     parser.add_argument("--samples-per-class", type=int, default=10)
     parser.add_argument("--work", default="/tmp/paperprune-bench-latency", help="training runs and latency tables")
     parser.add_argument("--name", default="latency", help="results file stem")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="write NAME.{json,md} from the results files of earlier runs (one per arch) instead")
     args = parser.parse_args(argv)
+    if args.combine:
+        parts = [json.loads(path.read_text()) for path in args.combine]
+        for part in parts:
+            for a in part["archs"]:
+                a.setdefault("repeats", part["args"]["repeats"])
+        result = {**parts[0], "parts": [p["environment"] for p in parts], "archs": [a for p in parts for a in p["archs"]]}
+        atomic_write_json(RESULTS / f"{args.name}.json", result)
+        atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, result["args"]))
+        print(markdown(result, result["args"]))
+        return 0
     torch.set_num_threads(args.threads)
     os.environ["PAPERPRUNE_CACHE"] = str(Path(args.work) / "cache")
     loaders = data(args)
     result = {"environment": environment_info("cpu"), "load_before": os.getloadavg(), "args": vars(args),
-              "archs": []}
+              "clock": clock_name("cpu"), "archs": []}
     for arch in args.archs:
         result["archs"].append(bench_arch(arch, args, loaders))
         result["load_after"] = os.getloadavg()
         atomic_write_json(RESULTS / f"{args.name}.json", result)
-        atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, args))
-    print(markdown(result, args))
+        atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, vars(args)))
+    print(markdown(result, vars(args)))
     return 0
 
 

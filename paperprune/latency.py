@@ -25,9 +25,16 @@ the model (cache state, inductor's fusion across units), elementwise work outsid
 (residual adds, pools) counted at full width, and timing noise. `LatencyModel.errors`
 measures the result against whole-model latencies of models cut to given widths.
 
+Times are the shortest of 15 forwards after 3 warm-up ones. With one torch thread on CPU they are the
+calling thread's CPU time (`time.thread_time`), not wall time: on a shared machine other jobs
+preempt the thread for milliseconds at a time, which made 5-forward wall-time medians of
+millisecond units useless (errors of 50% on a 2-core machine at load 9); CPU time is what the
+forward costs on a core of its own. With more threads, or on CUDA, wall time (`clock_name`).
+In mode "deployed" a unit's input is channels_last, as it is inside the deployed model.
+
 Tables are cached as JSON under `cache_dir` (default `$PAPERPRUNE_CACHE/latency`, else
 `~/.cache/paperprune/latency`), one file per key: the model's structure, input size, device,
-batch size, mode, torch threads, library versions and the timing function.
+batch size, mode, torch threads, clock, library versions and the timing function.
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ MULTIPLES = (2, 4, 8, 16, 32, 64)
 #: Rounding up to a multiple is taken when the added channels cost at most this fraction of
 #: what channels cost on average in that layer.
 FREE_FRACTION = 0.25
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 
 
 def check_mode(mode) -> str:
@@ -76,27 +83,40 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PAPERPRUNE_CACHE", Path.home() / ".cache" / "paperprune")).expanduser() / "latency"
 
 
-def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time (microseconds) of `module(example)` under inference_mode, after
-    `prepare_for_inference` in mode "deployed". The default timing function of `LatencyModel`."""
-    from .deploy import prepare_for_inference
+def clock_name(device) -> str:
+    """The clock `time_forward` reads: the calling thread's CPU time for single-threaded CPU execution
+    (preemption by other jobs on a shared machine does not inflate it), else wall time."""
+    return "thread_cpu" if torch.device(device).type == "cpu" and torch.get_num_threads() == 1 else "wall"
 
-    module = module.to(example.device).eval()
-    if mode == "deployed":
-        module = prepare_for_inference(module, example)
+
+def time_forward(module, example: torch.Tensor, *, repeats: int = 15, warmup: int = 3) -> float:
+    """Shortest time (microseconds, on the `clock_name` clock) of `repeats` calls `module(example)` under
+    inference_mode, after `warmup` calls: other jobs only ever add time."""
     cuda = example.device.type == "cuda"
+    clock = time.thread_time if clock_name(example.device) == "thread_cpu" else time.perf_counter
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             module(example)
             if cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
-                times.append(1e6 * (time.perf_counter() - start))
-    return float(np.median(times))
+                times.append(1e6 * (clock() - start))
+    return float(min(times))
+
+
+def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: int = 15, warmup: int = 3) -> float:
+    """`time_forward` of `module` (after `prepare_for_inference` for `example` in mode "deployed").
+    The default timing function of `LatencyModel`."""
+    from .deploy import prepare_for_inference
+
+    module = module.to(example.device).eval()
+    if mode == "deployed":
+        module = prepare_for_inference(module, example)
+    return time_forward(module, example, repeats=repeats, warmup=warmup)
 
 
 def width_grid(full: int, paired: bool) -> list[int]:
@@ -133,8 +153,10 @@ class Unit:
         conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, bias=self.bias)
         return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
 
-    def example(self, batch_size: int, cin: int, device) -> torch.Tensor:
-        return torch.randn(batch_size, cin, *self.spatial, device=device)
+    def example(self, batch_size: int, cin: int, device, mode: str) -> torch.Tensor:
+        """A random input; channels_last in mode "deployed", as the unit's input is inside a deployed model."""
+        x = torch.randn(batch_size, cin, *self.spatial, device=device)
+        return x.contiguous(memory_format=torch.channels_last) if mode == "deployed" and x.dim() == 4 else x
 
 
 def _units(model: nn.Module, layers, input_size):
@@ -250,7 +272,8 @@ class LatencyModel:
                "device": _device_name(device), "batch_size": batch_size,
                "mode": DEPLOY_MODE if mode == "deployed" else "eager", "threads": torch.get_num_threads(),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "paperprune": __version__,
-               "timer": _timer_name(timer), "grid_points": GRID_POINTS, "table_version": TABLE_VERSION}
+               "timer": _timer_name(timer), "clock": clock_name(device), "grid_points": GRID_POINTS,
+               "table_version": TABLE_VERSION}
         key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key['model']}-{key_hash}.json"
         table = _read_table(path, key)
@@ -381,7 +404,7 @@ def _measure(model, units, input_size, batch_size, mode, device, timer, progress
             at = {}
             for cin, cout in sorted(job["points"]):
                 at[cin, cout] = float(timer(unit.module(cin, cout).to(device),
-                                            unit.example(batch_size, cin, device), mode))
+                                            unit.example(batch_size, cin, device, mode), mode))
                 bar.update(1)
             table["units"][key] = {"full": at[cin0, cout0], "in": [[w, at[w, cout0]] for w in sorted(job["in"])],
                                    "out": [[w, at[cin0, w]] for w in sorted(job["out"])]}

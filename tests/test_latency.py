@@ -5,6 +5,7 @@ period P in both widths, separable, so the table's prediction is exact) and each
 plus a fixed overhead for the whole model. No test asserts a real timing.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -200,3 +201,20 @@ def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, me
     with pytest.raises(PaperpruneError, match=message):
         paperprune.prune(Tiny().eval(), batches, method="l1", layers=LAYERS, progress=False, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latency-reduction", "1.5"], r"latency_reduction=1\.5 is not a fraction"),
+    (["--latency-reduction", "0.4", "--flops-reduction", "0.5"], r"flops_reduction=0\.5 and latency_reduction=0\.4"),
+    (["--latency-reduction", "0.4", "--latency-mode", "fast"], r"latency_mode='fast' is not one of"),
+    ([], r"no budget: pass --flops-reduction F or --latency-reduction L"),
+])
+def test_run_cli_validates_the_latency_budget_before_writing(tmp_path, capsys, flags, message):
+    from paperprune.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--dataset", "synthetic", "--arch", "resnet56", "--method", "l1", "--pretrain-epochs", "1",
+               "--device", "cpu", "--out", str(out), *flags])
+    assert rc == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
