@@ -3,11 +3,16 @@
 Reconstruction, not from the paper (its abstract says nothing about surgery): a prunable
 layer (METHOD.md section 2, "Which layers are prunable") loses output channels of its conv;
 everything coupled to them (its BatchNorm, the consumers' input channels, through
-concatenations for DenseNet) follows. The coupling is found by Torch-Pruning's
-DependencyGraph (Fang et al., DepGraph, CVPR 2023); this module does no dependency
-tracking of its own. It only checks that a group stays inside the layer: by the lineage's
-convention a prunable layer never changes another conv's output width (residual widths
-are kept), so a group that would do so is refused.
+concatenations for DenseNet, depthwise convs and squeeze-excitation gates) follows. The
+coupling is found by Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVPR 2023);
+this module does no dependency tracking of its own. It only checks the group
+(`paperprune.discover.classify_group`): by the lineage's convention a prunable layer never
+changes a width added to another conv's output (residual widths are kept), and channels read
+by a grouped, non-depthwise conv cannot be removed one by one; such groups are refused.
+
+Pruned-model files (`save_pruned`, format version 2) hold every module's attributes and the
+state dict, Torch-Pruning's `tp.state_dict` pattern restricted to what weights_only loads;
+version 1 files (the built-in models' widths) still load.
 
 The MACs/params convention is METHOD.md section 4, the one
 `paperprune.flops.count_flops_params` counts: conv + linear MACs and parameters; with

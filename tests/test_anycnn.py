@@ -345,7 +345,12 @@ def test_save_and_load_a_builtin_and_a_torchvision_model(tmp_path):
     loaded = paperprune.load_pruned(path)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned.eval()(x))
-    assert paperprune.save_pruned(loaded, tmp_path / "again.pt")  # a loaded model carries its arch too
+    again = paperprune.save_pruned(loaded, tmp_path / "again.pt")  # a loaded model carries its arch too
+    old_style = paperprune.save_pruned(pruned, tmp_path / "old.pt", arch="resnet56", num_classes=CLASSES,
+                                       in_channels=3, input_size=SIZE)  # the keywords of earlier callers
+    for p in (again, old_style):
+        with torch.no_grad():
+            assert torch.equal(paperprune.load_pruned(p)(x), pruned(x))
 
     model = build("mobilenet_v3_small")
     pruned, _ = paperprune.prune(model, data, method="l1", flops_reduction=0.5, samples_per_class=2, progress=False)
