@@ -42,7 +42,9 @@ def experiment():
             "batch_size = 64\nlr = 0.05\n"
             "finetune_lr = 0.01\nper_class = 20\ntest_per_class = 10\ndata_root = None\n"
             'device = "cpu"\nout = "runs/notebook-demo"\ncache_dir = None\nthreads = None\nprogress = True\n'
-            "latency_repeats = 10\ndeployed_latency = True"),
+            "latency_repeats = 10\ndeployed_latency = True\n"
+            "# a latency budget instead of the MACs one: set latency_reduction and flops_reduction = None\n"
+            'latency_reduction = None\nlatency_mode = "eager"\nlatency_batch_size = 64\nlatency_rounding = False'),
         new_code_cell(
             "from dataclasses import fields\n\nimport torch\n\nfrom paperprune.experiment import RunConfig, run_experiment\n\n"
             "if threads:\n    torch.set_num_threads(int(threads))\n"

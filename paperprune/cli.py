@@ -139,6 +139,11 @@ _RUN_HELP = {
     "arch": "vgg16, resnet56, resnet110, googlenet, densenet40, resnet50",
     "method": "random, l1, hrank, apib, classwise, sglp, stlp",
     "flops_reduction": "fraction of the MACs to remove, in (0, 1)",
+    "latency_reduction": "instead of --flops-reduction: fraction of the latency to remove, in (0, 1), measured on "
+                         "--device (paperprune.latency)",
+    "latency_mode": "what the latency budget times: eager, or deployed (paperprune.deploy.prepare_for_inference)",
+    "latency_batch_size": "the batch size the latency budget is measured at (default 64)",
+    "latency_rounding": "round kept widths up to the multiples the latency table shows to be nearly free",
     "pretrained": "a state_dict of the baseline to load instead of pretraining",
     "pretrain_epochs": "epochs to pretrain the baseline (shared by every method through the cache)",
     "samples_per_class": "calibration images per class for the statistics",
@@ -200,6 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{config.arch} on {config.dataset}, {config.method}: top-1 {b['top1']:.2f} -> {p['top1']:.2f}, "
           f"MACs -{100 * p['macs_reduction']:.1f}%, params -{100 * p['params_reduction']:.1f}% -> "
           f"{args.out / 'run.json'}")
+    if record.get("baseline_cache"):
+        print(f"baseline from the cache {record['baseline_cache']}")
     return 0
 
 

@@ -38,7 +38,7 @@ class RunConfig:
     dataset: str
     arch: str
     method: str
-    flops_reduction: float
+    flops_reduction: float | None = None
     pretrain_epochs: int = 0
     pretrained: str | None = None
     finetune_epochs: int = 1
@@ -59,6 +59,10 @@ class RunConfig:
     data_root: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    latency_reduction: float | None = None
+    latency_mode: str = "eager"
+    latency_batch_size: int = 64
+    latency_rounding: bool = False
 
     def validate(self) -> None:
         """Check (and normalise to plain Python values) every setting before anything is written.
@@ -67,8 +71,8 @@ class RunConfig:
         """
         from .criteria import check_method
         from .data import DATASETS
+        from .latency import check_budget
         from .models import list_models
-        from .select import validate_target
 
         for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES)):
             if getattr(self, name) not in known:
@@ -77,7 +81,15 @@ class RunConfig:
         check_method(self.method)
         for name, (kind, low, optional, meaning) in _NUMBERS.items():
             setattr(self, name, _checked_number(name, getattr(self, name), kind, low, optional, meaning))
-        validate_target(self.flops_reduction, self.omega)
+        if self.flops_reduction is None and self.latency_reduction is None:
+            raise PaperpruneError("no budget: pass --flops-reduction F or --latency-reduction L (flops_reduction= "
+                                  "or latency_reduction= in the API), e.g. 0.5")
+        if not isinstance(self.latency_rounding, (bool, np.bool_)):
+            raise PaperpruneError(f"latency_rounding={self.latency_rounding!r} must be True or False "
+                                  "(--latency-rounding)")
+        self.latency_rounding = bool(self.latency_rounding)
+        check_budget(self.flops_reduction, self.latency_reduction, self.latency_mode, self.latency_batch_size,
+                     self.omega, self.latency_rounding)
         if not 0.0 <= self.rho < 1.0:
             raise PaperpruneError(f"rho={self.rho!r} ({_flag('rho')}) must lie in [0, 1): sGLP-IB links classes "
                                   "whose embeddings correlate above rho; e.g. 0.5")
@@ -128,7 +140,9 @@ class RunConfig:
 
 # setting: (kind, lowest allowed, None allowed, what it is)
 _NUMBERS = {
-    "flops_reduction": (float, None, False, "the fraction of MACs to remove, e.g. 0.5"),
+    "flops_reduction": (float, None, True, "the fraction of MACs to remove, e.g. 0.5"),
+    "latency_reduction": (float, None, True, "the fraction of the measured latency to remove, e.g. 0.4"),
+    "latency_batch_size": (int, 1, False, "the batch size the latency budget is measured at, e.g. 64"),
     "pretrain_epochs": (int, 0, False, "epochs of baseline training"),
     "finetune_epochs": (int, 0, False, "epochs of fine-tuning (0 for none)"),
     "seed": (int, 0, False, "the random seed"),
@@ -397,7 +411,8 @@ def _check_model(config: RunConfig, info, input_size, device) -> None:
     model = create_model(config.arch, num_classes=info.num_classes, in_channels=info.in_channels)
     layers = prunable_layers(model)
     channels = {layer.name: model.get_submodule(layer.conv).out_channels for layer in layers}
-    check_floor(MacsPredictor(model, layers, input_size), channels, config.flops_reduction, config.omega)
+    if config.flops_reduction is not None:
+        check_floor(MacsPredictor(model, layers, input_size), channels, config.flops_reduction, config.omega)
     sizes = []
     hooks = [model.get_submodule(layer.observe).register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
              for layer in layers]
@@ -427,6 +442,8 @@ def _check_out(out: Path) -> None:
                               "choose a writable location")
 
 
+#: settings added after runs were recorded: a saved config without them ran with these values
+_ADDED = {"latency_reduction": None, "latency_mode": "eager", "latency_batch_size": 64, "latency_rounding": False}
 _STAGE_FILES = ("run.json", "config.json", "baseline.json", "pruned.pt", "prune.json", "error.json")
 
 
@@ -438,8 +455,8 @@ def _claim(out: Path, record_config: dict, data: dict, restart: bool) -> dict | 
     saved_path = out / "config.json"
     if saved_path.is_file():
         saved = _read_json(saved_path)
-        differ = {k: (saved.get(k), v) for k, v in {**record_config, "data": data}.items()
-                  if k not in ("device", "data_root") and saved.get(k) != v}
+        differ = {k: (saved.get(k, _ADDED.get(k)), v) for k, v in {**record_config, "data": data}.items()
+                  if k not in ("device", "data_root") and saved.get(k, _ADDED.get(k)) != v}
         if differ:
             failed = (out / "error.json").is_file() and not (out / "run.json").is_file()
             if not (restart or failed):
@@ -556,6 +573,7 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
         "criterion": report["criterion"],
         "layers": report["layers"],
         "latency": _latency(base, pruned, input_size, latency_repeats, deployed_latency) if latency_repeats else {},
+        "latency_budget": report.get("latency"),
         "timings": timings,
         "resumed": resumed,
     }
@@ -583,7 +601,9 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            num_classes=info.num_classes, samples_per_class=config.samples_per_class,
                            omega=config.omega, gamma_ratio=config.gamma_ratio, nonnegative=config.nonnegative,
                            structure=config.structure, rho=config.rho, knn=config.knn, taxonomy=info.taxonomy,
-                           seed=config.seed, device=device, progress=progress)
+                           seed=config.seed, device=device, progress=progress,
+                           latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
+                           latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding)
     before = evaluate(pruned, test_loader, device, topk=_topk(config))
     pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],
                "top5_before_finetune": before.get("top5")}
