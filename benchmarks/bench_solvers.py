@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paperprune.lasso import (class_graph_from_embeddings, class_tree_from_embeddings, solve_sglp,  # noqa: E402
+from paperprune.lasso import (solve_sglp,  # noqa: E402
                               solve_stlp)
 from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
 

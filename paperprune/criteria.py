@@ -10,8 +10,8 @@ Seven criteria share that one code path:
 - `random`: uniform scores (seeded); a sanity floor.
 - `l1`: filter L1 norm (Li et al., ICLR 2017).
 - `hrank`: average rank of the channel's feature maps (Lin et al., CVPR 2020).
-- `apib`: HSIC lasso with a single, class-agnostic response, the kernel of the network's
-  output (APIB, Guo et al., ICCV 2023; in this project's notation K = 1).
+- `apib`: HSIC lasso with a single, class-agnostic response, the kernel of the output of the
+  layer that consumes the channels (APIB, Guo et al., ICCV 2023; in this notation K = 1).
 - `classwise`: our class-wise statistics (one response per class) with a plain lasso, no
   graph and no tree: the ablation of the structure.
 - `sglp`: sGLP-IB, class-wise statistics + graph-guided fused lasso over classes.
@@ -19,12 +19,14 @@ Seven criteria share that one code path:
 
 The names sGLP-IB / sTLP-IB and the idea (structured lasso on class-wise IB statistics) are
 from the paper's abstract; the exact objectives and the budget rule are reconstruction
-(METHOD.md section 2).
+(METHOD.md section 2). The lasso criteria are signed by default, as APIB's code is;
+`nonnegative=True` is the B >= 0 ablation.
 """
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -133,29 +135,34 @@ class LassoCriterion(Criterion):
     """HSIC-lasso criteria: kept channels are B's non-zero rows at the global lam.
 
     Row norms of B are the channel scores (METHOD.md section 2); `row_tol` is the norm under
-    which a row counts as zero. The level u maps to lam = lam_lo * exp(u) for u >= 0, and
-    lam_lo = 1e-4 lam_hi is the weakest lasso (below it the support barely changes, measured on
-    trained CIFAR ResNets, while the solves get slower); lam_hi is the first doubling of max R
-    at which every B is zero.
+    which a row counts as zero. The level u maps to lam = lam_lo * exp(u) for u >= 0; lam_hi is
+    the first doubling of max |R| at which every B is zero and lam_lo = 1e-4 lam_hi the weakest
+    lasso. B is signed unless `nonnegative`: the signed support grows to every non-dead channel
+    as lam -> 0, so one global lam reaches any target between the floor and no pruning.
 
-    Top-up by relevance (a choice of this project, reported per run): with B >= 0 the lasso's
-    support cannot grow past the non-negative least-squares support, which on redundant layers
-    can already prune more than asked (e.g. 86% of an untrained VGG-16's MACs). For
-    u in [-1, 0) the kept set is the support at lam_lo plus every channel whose relevance
-    ||R_k|| (normalised by its layer's maximum) exceeds 1 + u: the lasso zeroed those channels
-    as redundant given the others, and among them the most relevant come next. APIB meets the
-    same limit with large per-layer floors (omega = 40 for VGG-16 in its README).
+    Top-up by relevance, under `nonnegative=True` only (a choice of this project, reported per
+    run): with B >= 0 the lasso's support cannot grow past the non-negative least-squares
+    support, which on redundant layers can already prune more than asked (e.g. 86% of an
+    untrained VGG-16's MACs). For u in [-1, 0) the kept set is the support at lam_lo plus every
+    channel whose relevance ||R_k|| (normalised by its layer's maximum) exceeds 1 + u: the lasso
+    zeroed those channels as redundant given the others, and among them the most relevant come
+    next. APIB meets the same limit with large per-layer floors (omega = 40 for VGG-16 in its
+    README).
     """
 
-    def __init__(self, *, gamma_ratio: float = 0.5, structure: str = "embedding", row_tol: float = 1e-7,
-                 solver_tol: float = 1e-7, max_iter: int = 3000) -> None:
+    def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
+                 row_tol: float = 1e-7, solver_tol: float = 1e-7, max_iter: int = 3000) -> None:
         super().__init__()
-        if gamma_ratio < 0:
-            raise PaperpruneError(f"gamma_ratio={gamma_ratio!r} must be >= 0 (gamma = gamma_ratio * lam)")
+        if not isinstance(gamma_ratio, numbers.Real) or not math.isfinite(gamma_ratio) or gamma_ratio < 0:
+            raise PaperpruneError(f"gamma_ratio={gamma_ratio!r} must be a finite number >= 0 "
+                                  "(gamma = gamma_ratio * lam)")
+        if not isinstance(nonnegative, bool):
+            raise PaperpruneError(f"nonnegative={nonnegative!r} must be True or False")
         if structure not in ("embedding", "taxonomy"):
             raise PaperpruneError(f"structure={structure!r}: use 'embedding' (built from the model's class "
                                   "embeddings) or 'taxonomy' (the dataset's known class hierarchy)")
-        self.gamma_ratio = gamma_ratio
+        self.gamma_ratio = float(gamma_ratio)
+        self.nonnegative = nonnegative
         self.structure = structure
         self.row_tol = row_tol
         self.solver_tol = solver_tol
@@ -163,11 +170,14 @@ class LassoCriterion(Criterion):
         self._warm: dict[str, torch.Tensor] = {}
         self._support: dict[float, int] = {}
 
+    #: the response kernel of `layer_statistics`: None (class kernels only), or "consumer"
+    response_source: str | None = None
+
     def prepare(self, model, layers, calibration):
         from .ib import class_embeddings, layer_statistics
 
         self.statistics = layer_statistics(model, layers, calibration.images, calibration.labels,
-                                           calibration.num_classes)
+                                           calibration.num_classes, response=self.response_source)
         self.embeddings = class_embeddings(model, calibration.images, calibration.labels, calibration.num_classes,
                                            classifier=calibration.classifier)
         self.calibration_taxonomy = calibration.taxonomy
@@ -191,11 +201,13 @@ class LassoCriterion(Criterion):
         return stats.relevance
 
     def solve(self, Q, R, lam, B0):
-        from .lasso import ClassGraph, solve_sglp
+        from .lasso import solve_sglp
+        from .structure import ClassGraph
 
         empty = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=Q.dtype),
                            torch.zeros(0, dtype=Q.dtype))
-        return solve_sglp(Q, R, empty, lam, 0.0, tol=self.solver_tol, max_iter=self.max_iter, B0=B0)
+        return solve_sglp(Q, R, empty, lam, 0.0, nonnegative=self.nonnegative, tol=self.solver_tol,
+                          max_iter=self.max_iter, B0=B0)
 
     def solutions(self, lam: float) -> dict[str, torch.Tensor]:
         out = {}
@@ -206,7 +218,7 @@ class LassoCriterion(Criterion):
         return out
 
     def _empty_lam(self) -> float:
-        hi = max(max(float(R.max()) for _, R in self.problems.values()), 1e-12)
+        hi = max(max(float(R.abs().max()) for _, R in self.problems.values()), 1e-12)
         for _ in range(64):
             if all(not bool((B.norm(dim=1) > self.row_tol).any()) for B in self.solutions(hi).values()):
                 return hi
@@ -220,7 +232,7 @@ class LassoCriterion(Criterion):
         """lam at `level`, the channels the lasso itself kept there, and the top-up threshold if used."""
         if level not in self._support:
             self.select(level)
-        return {"lam": self.lam(level), "gamma": None,
+        return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
                 "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
 
     def select(self, level):
@@ -236,13 +248,23 @@ class LassoCriterion(Criterion):
         return chosen
 
     def bounds(self):
-        return -1.0, math.log(self.lam_hi / self.lam_lo)
+        return (-1.0 if self.nonnegative else 0.0), math.log(self.lam_hi / self.lam_lo)
 
 
 class APIBCriterion(LassoCriterion):
-    """HSIC lasso with one class-agnostic response: the kernel of the network output."""
+    """APIB as its code computes it (sunggo/APIB, `pruners/HSIClasso.py`): one class-agnostic
+    response, the normalised kernel of the output of the layer that consumes the candidate channels
+    (`PrunableLayer.consumer`: a ResNet block's conv2, the next VGG conv, the first linear layer
+    after VGG's last conv), a signed lasso by default, a channel kept iff its coefficient is non-zero.
+
+    Differences that remain (METHOD.md section 2): Gaussian kernels with the median bandwidth
+    instead of APIB's Laplace-like kernel with gamma = 1/HW; Frobenius-normalised kernels; the
+    calibration set is `samples_per_class` per class (APIB draws 128 images); the budget is this
+    project's bisection of one global lam.
+    """
 
     name = "apib"
+    response_source = "consumer"
 
     def response(self, stats):
         return stats.output_relevance.reshape(-1, 1)
@@ -255,20 +277,32 @@ class ClasswiseCriterion(LassoCriterion):
 
 
 class SGLPCriterion(LassoCriterion):
-    """sGLP-IB: graph-guided fused lasso over the class graph (gamma = gamma_ratio * lam)."""
+    """sGLP-IB: graph-guided fused lasso over the class graph (gamma = gamma_ratio * lam).
+
+    The graph comes from the class embeddings (edges where |corr| > rho, or each class's knn most
+    correlated classes) or, with structure='taxonomy', from the dataset's superclasses."""
 
     name = "sglp"
 
-    def build_structure(self):
-        from .lasso import class_graph_from_embeddings
+    def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
+                 rho: float = 0.5, knn: int | None = None) -> None:
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure)
+        self.rho, self.knn = check_graph_options(rho, knn)
 
-        self.graph = class_graph_from_embeddings(self.embeddings).to(dtype=torch.float64)  # the problems' dtype
+    def build_structure(self):
+        from .structure import class_graph_from_embeddings, class_graph_from_taxonomy
+
+        if self.structure == "taxonomy":
+            graph = class_graph_from_taxonomy(_taxonomy(self), self.embeddings.shape[0])
+        else:
+            graph = class_graph_from_embeddings(self.embeddings, rho=self.rho, knn=self.knn)
+        self.graph = graph.to(dtype=torch.float64)  # the problems' dtype
 
     def solve(self, Q, R, lam, B0):
         from .lasso import solve_sglp
 
-        return solve_sglp(Q, R, self.graph, lam, self.gamma_ratio * lam, tol=self.solver_tol,
-                          max_iter=self.max_iter, B0=B0)
+        return solve_sglp(Q, R, self.graph, lam, self.gamma_ratio * lam, nonnegative=self.nonnegative,
+                          tol=self.solver_tol, max_iter=self.max_iter, B0=B0)
 
     def describe(self, level):
         return dict(super().describe(level), gamma=self.gamma_ratio * self.lam(level))
@@ -280,20 +314,18 @@ class STLPCriterion(LassoCriterion):
     name = "stlp"
 
     def build_structure(self):
-        from .lasso import class_tree_from_embeddings, class_tree_from_taxonomy
+        from .structure import class_tree_from_embeddings, class_tree_from_taxonomy
 
         if self.structure == "taxonomy":
-            if not self.calibration_taxonomy:
-                raise PaperpruneError("structure='taxonomy' but this dataset has no known class hierarchy; "
-                                      "use structure='embedding'")
-            self.tree = class_tree_from_taxonomy(self.calibration_taxonomy, self.embeddings.shape[0])
+            self.tree = class_tree_from_taxonomy(_taxonomy(self), self.embeddings.shape[0])
         else:
             self.tree = class_tree_from_embeddings(self.embeddings)
 
     def solve(self, Q, R, lam, B0):
         from .lasso import solve_stlp
 
-        return solve_stlp(Q, R, self.tree, lam, tol=self.solver_tol, max_iter=self.max_iter, B0=B0)
+        return solve_stlp(Q, R, self.tree, lam, nonnegative=self.nonnegative, tol=self.solver_tol,
+                          max_iter=self.max_iter, B0=B0)
 
 
 _CRITERIA = {c.name: c for c in (RandomCriterion, L1Criterion, HRankCriterion, APIBCriterion,
@@ -305,6 +337,17 @@ def check_method(method: str) -> None:
         raise PaperpruneError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
 
 
+def check_graph_options(rho, knn) -> tuple[float, int | None]:
+    """The class graph's edge rule (METHOD.md section 2): |corr| > rho, or knn neighbours per class."""
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0 <= rho < 1:
+        raise PaperpruneError(f"rho={rho!r} must be a number in [0, 1): the |correlation| above which two "
+                              "classes share a graph edge")
+    if knn is not None and (isinstance(knn, bool) or not isinstance(knn, numbers.Integral) or knn < 1):
+        raise PaperpruneError(f"knn={knn!r} must be a positive integer (each class's number of graph "
+                              "neighbours) or None to use rho")
+    return float(rho), None if knn is None else int(knn)
+
+
 def create_criterion(method: str, **options) -> Criterion:
     """The criterion named `method` (one of METHODS).
 
@@ -312,9 +355,17 @@ def create_criterion(method: str, **options) -> Criterion:
     takes the ones its constructor names (gamma_ratio means nothing to `l1`).
     """
     check_method(method)
+    check_graph_options(options.get("rho", 0.5), options.get("knn"))
     cls = _CRITERIA[method]
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted})
+
+
+def _taxonomy(criterion: LassoCriterion) -> dict[str, list[int]]:
+    if not criterion.calibration_taxonomy:
+        raise PaperpruneError("structure='taxonomy' but this dataset has no known class hierarchy; "
+                              "use structure='embedding'")
+    return criterion.calibration_taxonomy
 
 
 def _conv(model: nn.Module, layer) -> nn.Conv2d:

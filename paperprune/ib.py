@@ -8,8 +8,9 @@ of N samples with labels y_i in {0..K-1}:
 - class kernels     L^(c)_ij = 1[y_i=c] 1[y_j=c]  (one-vs-rest), Lbar^(c) likewise
 - redundancy        Q_km = <Kbar^(k), Kbar^(m)>_F                               (C, C)
 - relevance         R_kc = <Kbar^(k), Lbar^(c)>_F                               (C, K)
-- output relevance  <Kbar^(k), Kbar^(out)>_F with a Gaussian kernel of the model's logits
-                    (the class-agnostic response of APIB)                       (C,)
+- output relevance  <Kbar^(k), Kbar^(out)>_F with a Gaussian kernel of one response: the
+                    model's logits, or the output of the layer that consumes the
+                    channels (the class-agnostic response of APIB)              (C,)
 
 so that the multi-task HSIC regression f(B) = 1/2 tr(B^T Q B) - tr(R^T B) + const.
 
@@ -20,12 +21,16 @@ is reconstruction from the lineage (APIB, Guo et al. ICCV 2023; HSIC Lasso, Yama
 normalisation. Choices made here, not taken from any paper:
 
 - Bandwidth: median heuristic, s_k^2 = median of the non-zero squared pairwise distances
-  of channel k (torch.median: the lower middle value for an even count); the output kernel
-  uses the same rule on the logits. APIB uses the fixed gamma = 1/HW instead. The median
+  of channel k (torch.median: the lower middle value for an even count); the response kernel
+  uses the same rule. APIB uses the fixed gamma = 1/HW instead. The median
   is estimated on at most `MEDIAN_SAMPLES` samples, evenly spaced over the calibration order (a stratified
   subset when the calibration set is sorted by class). Zero distances are left out because
   a ReLU channel that is silent on most samples would otherwise get s_k = 0; when the
   subset has no non-zero distance, s_k^2 is the mean squared distance over all N samples.
+  "Zero" is exact: ||a||^2 + ||b||^2 - 2 a.b leaves rounding residue on identical maps (the
+  silent ones above all), so pairs whose maps are identical, recognised by equal squared norms
+  and equal projections on a fixed random direction, count as zero whatever the rounding
+  (METHOD.md section 2, "Bandwidth").
 - Dead channels: a channel whose feature maps are identical on every sample (relative
   spread below 100 machine epsilons of the features' dtype), or whose centred kernel has
   a Frobenius norm at rounding level, gets Kbar = 0: its rows of Q and R are zero and it is
@@ -132,17 +137,23 @@ class _GaussianKernels:
         self.grand_mean: Tensor | None = None
 
     def _bandwidth_sq(self, spread: Tensor, max_bytes: int) -> Tensor:
-        """s_k^2: median of the non-zero squared distances on an evenly spaced subset."""
+        """s_k^2: median of the non-zero squared distances on an evenly spaced subset; pairs of
+        identical maps (equal squared norm and equal projection on a fixed random direction,
+        computed row by row, so identical rows give identical keys) count as zero exactly."""
         m = min(self.n, MEDIAN_SAMPLES)
         idx = torch.linspace(0, self.n - 1, m, device=self.x.device).round().long()
         iu, ju = torch.triu_indices(m, m, offset=1, device=self.x.device)
         med = torch.empty(self.channels, dtype=self.dtype, device=self.x.device)
-        step = max(1, int(max_bytes) // (2 * m * m * self.x.element_size()))
+        probe = torch.randn(self.x.shape[2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        probe = probe.to(device=self.x.device, dtype=self.dtype)
+        step = max(1, int(max_bytes) // (2 * m * max(m, self.x.shape[2]) * self.x.element_size()))
         for c0 in range(0, self.channels, step):
             xs, sq = self.x[c0:c0 + step, idx], self.sq[c0:c0 + step, idx]
+            key = (xs * probe).sum(dim=2)
             d = torch.bmm(xs, xs.transpose(1, 2)).mul_(-2).add_(sq[:, :, None]).add_(sq[:, None, :])
             pairs = d[:, iu, ju].clamp_min_(0)
-            pairs[pairs == 0] = math.nan
+            same = (sq[:, iu] == sq[:, ju]) & (key[:, iu] == key[:, ju])
+            pairs[same | (pairs == 0)] = math.nan
             med[c0:c0 + step] = pairs.nanmedian(dim=1).values if pairs.shape[1] else math.nan
         fallback = 2.0 * spread / max(self.n - 1, 1)
         s2 = torch.where(torch.isnan(med) | (med <= 0), fallback, med)
@@ -508,11 +519,30 @@ def _groups(layers: Sequence, sizes: dict[str, int], max_bytes: int) -> list[lis
     return groups
 
 
+def _consumers(layers: Sequence) -> dict[str, object]:
+    """{layer name: a layer-like object observing the layer's consumer}, for APIB's response."""
+    from .models import PrunableLayer
+
+    out = {}
+    for layer in layers:
+        consumer = getattr(layer, "consumer", None)
+        if not consumer:
+            raise PaperpruneError(
+                f"layer {layer.name!r} names no consumer; the 'consumer' response (APIB's) needs the module "
+                "that consumes its channels: PrunableLayer(name, conv, observe, consumer=...)")
+        out[layer.name] = PrunableLayer(name=f"{layer.name} -> {consumer}", conv=consumer, observe=consumer)
+    return out
+
+
 def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels: Tensor,
-                     num_classes: int, *, batch_size: int = 64,
+                     num_classes: int, *, response: str | None = "logits", batch_size: int = 64,
                      max_bytes: int = DEFAULT_MAX_BYTES, device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None) -> dict[str, LayerStatistics]:
     """METHOD.md section 2 statistics (Q, R, output relevance) of every layer in `layers`.
+
+    `response` is the kernel behind `output_relevance`: "logits" (the model's output), "consumer"
+    (the output of each layer's `consumer` module: APIB's response, METHOD.md section 2) or None
+    (class kernels only; output_relevance is zero).
 
     `images` (N, C, H, W) float, normalised as the model expects (may live on the CPU; they
     are moved batch by batch); `labels` (N,) in [0, num_classes). Statistics are computed on
@@ -534,27 +564,39 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
     """
     if num_classes < 1:
         raise PaperpruneError(f"num_classes must be >= 1, got {num_classes}")
+    if response not in ("logits", "consumer", None):
+        raise PaperpruneError(f"response={response!r}: use 'logits', 'consumer' or None")
     _check_images(images, min_samples=2)
     labels = _check_labels(torch.as_tensor(labels), images.shape[0], num_classes)
     model_device, model_dtype = _model_device_dtype(model)
     device = resolve_device(device) if device is not None else model_device
     dtype = dtype or torch.float32
     itemsize = torch.empty((), dtype=dtype).element_size()
-    probe, _, _ = _forward(model, layers, images[:1], batch_size=1, device=device, dtype=dtype,
-                        keep_outputs=False)
+    consumers = _consumers(layers) if response == "consumer" else {}
+    observed = list(layers) + list(consumers.values())
+    probe, _, _ = _forward(model, observed, images[:1], batch_size=1, device=device, dtype=dtype,
+                           keep_outputs=False)
     sizes = {name: f.numel() * images.shape[0] * itemsize for name, f in probe.items()}
+    for name, consumer in consumers.items():
+        sizes[name] += sizes[consumer.name]
     del probe
     labels = labels.to(device)
     source_eps = _eps(model_dtype)
     results: dict[str, LayerStatistics] = {}
-    out = None
+    logits_kernel = None
     with tqdm(total=len(layers), desc="IB statistics", unit="layer", disable=None) as bar:
         for group in _groups(layers, sizes, max_bytes):
-            feats, logits, _ = _forward(model, group, images, batch_size=batch_size, device=device,
-                                     dtype=dtype, keep_outputs=out is None)
-            if out is None:
-                out = _GaussianKernels(logits[None], source_eps=source_eps, max_bytes=max_bytes)
+            watch = group + [consumers[layer.name] for layer in group if layer.name in consumers]
+            keep = response == "logits" and logits_kernel is None
+            feats, logits, _ = _forward(model, watch, images, batch_size=batch_size, device=device,
+                                        dtype=dtype, keep_outputs=keep)
+            if keep:
+                logits_kernel = _GaussianKernels(logits[None], source_eps=source_eps, max_bytes=max_bytes)
             for layer in group:
+                out = logits_kernel
+                if layer.name in consumers:  # (C', N, HW) -> one (1, N, C' HW) response stack
+                    out = _GaussianKernels(_as_stack(feats.pop(consumers[layer.name].name).transpose(0, 1), dtype),
+                                           source_eps=source_eps, max_bytes=max_bytes)
                 results[layer.name] = _statistics(layer.name, feats.pop(layer.name), labels,
                                                   num_classes, out, source_eps=source_eps,
                                                   max_bytes=max_bytes)

@@ -16,7 +16,8 @@ from .utils import PaperpruneError, as_number, resolve_device
 
 @dataclass
 class PruneReport:
-    """What `prune` did: per-layer widths, MACs and params before and after, lam, timings."""
+    """What `prune` did: per-layer widths (and the kept channel indices), MACs and params before and
+    after, lam, timings."""
 
     method: str
     flops_reduction_target: float | None
@@ -317,7 +318,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         method=method, flops_reduction_target=None if flops_reduction is None else float(flops_reduction),
         level=float(selection.level),
         criterion=criterion.describe(selection.level),
-        layers=[{"name": n, "width_before": before[n], "width_after": selection.widths[n]} for n in before],
+        layers=[{"name": n, "width_before": before[n], "width_after": selection.widths[n],
+                 "kept": [int(i) for i in selection.keep[n]]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
         timings=timings, latency=record)

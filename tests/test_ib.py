@@ -336,3 +336,64 @@ def test_class_embeddings_by_hand():
     for c in range(3):
         torch.testing.assert_close(emb[c], pooled[labels == c].mean(0))
     assert (emb[3] == 0).all() and torch.isfinite(emb).all()
+
+
+# --------------------------------------------------------------------------- ReLU-sparse channels
+
+
+def _exact_kbar(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Kbar (C, N, N), s^2 (C,)) with squared distances summed pair by pair, so identical maps are
+    exactly 0 apart, and the median (lower middle) of the non-zero ones; float64."""
+    n, c = x.shape[:2]
+    x = x.reshape(n, c, -1).transpose(0, 1).to(F64)
+    d2 = (x[:, :, None, :] - x[:, None, :, :]).square().sum(-1)
+    iu = torch.triu_indices(n, n, offset=1)
+    h = torch.eye(n, dtype=F64) - 1.0 / n
+    kbars, s2s = [], []
+    for k in range(c):
+        pairs = d2[k][iu[0], iu[1]]
+        pairs = pairs[pairs > 0]
+        s2 = float(pairs.sort().values[(pairs.numel() - 1) // 2]) if pairs.numel() else 1.0
+        kc = h @ torch.exp(-d2[k] / (2 * s2)) @ h
+        kbars.append(kc / kc.norm() if kc.norm() > 1e-9 else torch.zeros_like(kc))
+        s2s.append(s2)
+    return torch.stack(kbars), torch.tensor(s2s, dtype=F64)
+
+
+def _sparse_features(n=64, seed=0):
+    """ReLU maps with large activations, silent (all zero) on most samples: channel 0 on 48 of 64,
+    channel 1 on all but two, channel 2 on all (dead), channel 3 never, channel 4 on all but one."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    x = torch.relu(40.0 + 8.0 * torch.randn(n, 5, 16, generator=g, dtype=F64))
+    silent = torch.zeros(n, 5, dtype=torch.bool)
+    silent[torch.randperm(n, generator=g)[:48], 0] = True
+    silent[2:, 1] = True
+    silent[:, 2] = True
+    silent[1:, 4] = True
+    x[silent] = 0.0
+    x[:, 0] += 10.0 * (labels == 1).to(F64)[:, None] * (~silent[:, 0]).to(F64)[:, None]
+    return x, labels
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_channels_match_exact_distances(dtype):
+    """Identical (silent) maps are 0 apart whatever the rounding of ||a||^2 + ||b||^2 - 2 a.b, so the
+    bandwidth, Q and R match an implementation that sums squared differences pair by pair
+    (METHOD.md section 2, "Bandwidth")."""
+    x, labels = _sparse_features()
+    kbar, s2 = _exact_kbar(x)
+    lbar = _reference_lbar(labels, 4)
+    feats = x.to(dtype)
+    kern = ib._GaussianKernels(feats.reshape(64, 5, -1).transpose(0, 1).contiguous(),
+                               source_eps=torch.finfo(dtype).eps, max_bytes=ib.DEFAULT_MAX_BYTES)
+    live = torch.tensor([True, True, False, True, True])
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close((-0.5 / kern.scale.double())[live], s2[live], rtol=rtol, atol=0)
+    st = ib.feature_statistics(feats, labels, 4, dtype=dtype)
+    Q = torch.einsum("aij,bij->ab", kbar, kbar)
+    R = torch.einsum("aij,cij->ac", kbar, lbar)
+    atol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(st.redundancy.double(), Q, rtol=0, atol=atol)
+    torch.testing.assert_close(st.relevance.double(), R, rtol=0, atol=atol)
+    assert st.dead.tolist() == [False, False, True, False, False]

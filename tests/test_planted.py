@@ -15,7 +15,7 @@ from torch import nn
 import paperprune
 from paperprune.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.ib import class_embeddings
-from paperprune.lasso import class_tree_from_embeddings
+from paperprune.structure import class_tree_from_embeddings
 from paperprune.models import PrunableLayer
 
 PLANTED = [0, 1, 2]
