@@ -6,7 +6,7 @@ augmentation recipe (the CIFAR lineage's pad-4 crop + flip, ImageNet's standard 
 and the normalisation constants are reconstruction.
 
 Data is never downloaded silently. Each reader looks in, in order:
-- an explicit ``root`` (and nowhere else when it is given), or otherwise
+- an explicit ``root`` and its ``<name>`` subfolder (and nowhere else when it is given), or otherwise
 - ``$PAPERPRUNE_DATA/<name>`` and ``$PAPERPRUNE_DATA`` itself, then
 - for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist`` (Debian ``dataset-fashion-mnist``).
 Missing or malformed files raise :class:`~paperprune.utils.DataNotFoundError` naming every
@@ -92,9 +92,10 @@ def _check_split(split: str) -> str:
 
 
 def _bases(name: str, root) -> list[Path]:
-    """Folders to search, in order: the explicit root only, else $PAPERPRUNE_DATA, else system."""
+    """Folders to search, in order: the explicit root (and its <name> subfolder, the layout
+    $PAPERPRUNE_DATA has, so one root serves every dataset), else $PAPERPRUNE_DATA, else system."""
     if root is not None:
-        return [Path(root).expanduser()]
+        return [Path(root).expanduser(), Path(root).expanduser() / name]
     bases = []
     env = os.environ.get("PAPERPRUNE_DATA")
     if env:

@@ -159,6 +159,21 @@ def main(argv=None) -> int:
         return 2
 
 
+def plan(profile: Profile, runs_root: Path, *, data_root: str | None = None,
+         pretrained_dir: str | None = None) -> list[tuple[Path, dict]]:
+    """(run folder, notebook parameters) of every run of `profile`: the data root, and a baseline
+    `<dataset>-<arch>.pt` from `pretrained_dir` when there is one."""
+    planned = []
+    for params in profile.runs:
+        params = dict(params, data_root=data_root)
+        if pretrained_dir:
+            ckpt = Path(pretrained_dir) / f"{params['dataset']}-{params['arch']}.pt"
+            if ckpt.is_file():
+                params["pretrained"] = str(ckpt.resolve())
+        planned.append((run_dir(Path(runs_root), profile.name, params), params))
+    return planned
+
+
 def _devices(spec: str | None) -> list[str]:
     """`--devices 0,1` as ["cuda:0", "cuda:1"], checked against this machine before anything runs."""
     if spec is None:
@@ -193,18 +208,9 @@ def _main(args) -> int:
     runs_root = Path(args.runs_root).resolve()
     figures = Path(args.figures or Path("figures") / profile.name).resolve()
     cache_dir = runs_root / profile.name / "_baselines"
-    todo, done = [], 0
-    for params in profile.runs:
-        params = dict(params, data_root=args.data_root)
-        if args.pretrained_dir:
-            ckpt = Path(args.pretrained_dir) / f"{params['dataset']}-{params['arch']}.pt"
-            if ckpt.is_file():
-                params["pretrained"] = str(ckpt.resolve())
-        out = run_dir(runs_root, profile.name, params)
-        if (out / "run.json").is_file():
-            done += 1
-        else:
-            todo.append((out, params))
+    planned = plan(profile, runs_root, data_root=args.data_root, pretrained_dir=args.pretrained_dir)
+    todo = [(out, params) for out, params in planned if not (out / "run.json").is_file()]
+    done = len(planned) - len(todo)
     print(f"profile {profile.name}: {profile.description}\n{len(profile.runs)} runs, {done} already complete, "
           f"{len(todo)} to run with --jobs {args.jobs} on {', '.join(devices)}")
     if args.dry_run:
