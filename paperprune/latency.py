@@ -452,5 +452,6 @@ def latency_record(latency: LatencyModel, selection, target: float, base: nn.Mod
             "predicted_reduction": 1.0 - selection.cost / selection.base_cost,
             "measured_before_us": before_us, "measured_after_us": after_us,
             "measured_reduction": 1.0 - after_us / before_us,
+            "prediction_error": selection.cost / after_us - 1.0, "clock": latency.key["clock"],
             "macs_before": selection.base_macs, "macs_after": selection.macs,
             "macs_reduction": 1.0 - selection.macs / selection.base_macs, "multiples": multiples}

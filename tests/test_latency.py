@@ -183,6 +183,7 @@ def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, bat
     assert lat["target_reduction"] == 0.3 and lat["batch_size"] == 8 and lat["mode"] == "eager"
     assert abs(lat["predicted_reduction"] - 0.3) <= 0.05
     assert lat["macs_after"] == report.macs_after and lat["measured_after_us"] > 0
+    assert lat["prediction_error"] == pytest.approx(lat["predicted_after_us"] / lat["measured_after_us"] - 1)
     assert list(tmp_path.glob("latency/*.json"))[0].stem.endswith(lat["table_key"])
     assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert "latency (eager, batch 8)" in report.summary()
