@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .criteria import METHODS
-from .utils import PaperpruneError, atomic_write_json
+from .utils import DirLock, PaperpruneError, atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,8 +125,12 @@ def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, thr
     try:
         _execute(notebook, out / "experiment.ipynb", parameters, failed=out / "experiment-failed.ipynb")
     except BaseException as e:
-        atomic_write_json(out / "error.json", {"config": params, "error": error_message(e)[:4000],
-                                               "traceback": traceback.format_exc()[-8000:]})
+        record = {"config": params, "error": error_message(e)[:4000], "traceback": traceback.format_exc()[-8000:]}
+        try:
+            with DirLock(out, "run"):  # never into a folder another process's run owns
+                atomic_write_json(out / "error.json", record)
+        except PaperpruneError:
+            pass
         raise
     (out / "error.json").unlink(missing_ok=True)
 
@@ -204,6 +208,9 @@ def _main(args) -> int:
         raise PaperpruneError(f"{notebooks / 'experiment.ipynb'} not found; pass --notebooks pointing at the "
                               "repository's notebooks/ folder")
     devices = _devices(args.devices)
+    for flag, folder in (("--data-root", args.data_root), ("--pretrained-dir", args.pretrained_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise PaperpruneError(f"{flag} {folder!r} is not an existing directory")
     profile = all_profiles[args.profile]
     runs_root = Path(args.runs_root).resolve()
     figures = Path(args.figures or Path("figures") / profile.name).resolve()
@@ -217,7 +224,22 @@ def _main(args) -> int:
         for out, _ in todo:
             print(f"  todo {out}")
         return 0
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if devices == ["cpu"] else 4
+    # one batch per profile folder at a time: two would run the same folders' notebooks at once
+    with DirLock(runs_root / profile.name, "reproduce batch", fix=", or use another --runs-root"):
+        failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)
+        report = build_reports(runs_root / profile.name, figures, notebooks)
+    print(f"runs took {seconds:.0f} s; report: {report}")
+    if failures:
+        print(f"{len(failures)} run(s) failed (see error.json in each):", file=sys.stderr)
+        for out, msg in failures:
+            print(f"  {out}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_batch(profile: Profile, todo, devices, jobs: int, notebooks: Path, cache_dir: Path):
+    """Execute the runs `todo` with `jobs` at once; (failures as (folder, message), seconds)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if devices == ["cpu"] else 4
     failures = []
     start = time.perf_counter()
 
@@ -226,7 +248,7 @@ def _main(args) -> int:
         execute_run(notebooks / "experiment.ipynb", out, params, cache_dir=cache_dir, threads=threads,
                     latency_repeats=profile.latency_repeats, deployed_latency=profile.deployed_latency)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc=profile.name) as bar:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), desc=profile.name) as bar:
         futures = {pool.submit(one, i, out, params): out for i, (out, params) in enumerate(todo)}
         for future in as_completed(futures):
             try:
@@ -234,15 +256,7 @@ def _main(args) -> int:
             except Exception as e:  # noqa: BLE001 - a failed run is recorded and the batch goes on
                 failures.append((futures[future], error_message(e)[:300]))
             bar.update(1)
-    report = build_reports(runs_root / profile.name, figures, notebooks)
-    print(f"runs took {time.perf_counter() - start:.0f} s; report: {report}")
-    if failures:
-        print(f"{len(failures)} run(s) failed (see error.json in each):", file=sys.stderr)
-        for out, msg in failures:
-            print(f"  {out}: {msg}", file=sys.stderr)
-        return 1
-    return 0
-
+    return failures, time.perf_counter() - start
 
 if __name__ == "__main__":
     raise SystemExit(main())

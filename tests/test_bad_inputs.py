@@ -185,6 +185,8 @@ REPRODUCE_ROWS = [
     (["--jobs", "0"], "--jobs 0"),
     (["--jobs", "-3"], "--jobs -3"),
     (["--profile", "huge"], "unknown profile 'huge'"),
+    (["--data-root", "/nonexistent/data"], "--data-root '/nonexistent/data'"),
+    (["--pretrained-dir", "/nonexistent/ckpts"], "--pretrained-dir '/nonexistent/ckpts'"),
 ]
 
 

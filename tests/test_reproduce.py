@@ -83,3 +83,18 @@ def test_profiles_are_valid_configs(name):
     for params in profile.runs:
         config = RunConfig(**params)
         assert 0 < config.flops_reduction < 1
+
+
+def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys):
+    import os
+
+    from paperprune.utils import DirLock
+
+    monkeypatch.setattr(reproduce, "profiles", tiny_profile)
+    with DirLock(tmp_path / "runs" / "tiny", "reproduce batch"):
+        assert reproduce.main(["--profile", "tiny", "--runs-root", str(tmp_path / "runs"), "--figures",
+                               str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert f"reproduce batch folder {str(tmp_path / 'runs' / 'tiny')!r} is in use by pid {os.getpid()}" in err
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == [".lock"]
+    assert not (tmp_path / "figs").exists()
