@@ -61,10 +61,9 @@ class UserNet(nn.Module):
 def test_user_cnn_with_named_layers(fmnist_batches):
     torch.manual_seed(1)
     model = UserNet().eval()
-    with pytest.raises(PaperpruneError, match="layers="):
-        paperprune.prune(model, fmnist_batches, method="stlp", flops_reduction=0.4, num_classes=10)
-    with pytest.raises(PaperpruneError, match="no nn.Linear 'classifier'"):
-        paperprune.prune(model, fmnist_batches, layers={"features.0": "features.2"})
+    _, found = paperprune.prune(model, fmnist_batches, method="stlp", flops_reduction=0.4, samples_per_class=5,
+                                omega=2, progress=False)  # layers and classifier found (paperprune.discover)
+    assert [r["name"] for r in found.layers] == ["features.0", "features.3"]
     pruned, report = paperprune.prune(model, fmnist_batches, method="stlp", flops_reduction=0.4,
                                       layers={"features.0": "features.2", "features.3": "features.5"},
                                       classifier="head", samples_per_class=5, omega=2, progress=False)
