@@ -76,8 +76,11 @@ def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
             raise PaperpruneError(f"prunable layer {layer.name!r}: module {layer.conv!r} is a "
                                   f"{type(conv).__name__}, not a convolution")
         if conv.groups != 1:
-            raise PaperpruneError(f"prunable layer {layer.name!r}: grouped convolutions (groups={conv.groups}) "
-                                  f"are not supported")
+            kind = "a depthwise" if conv.groups == conv.in_channels == conv.out_channels else "a grouped"
+            raise PaperpruneError(
+                f"prunable layer {layer.name!r}: {layer.conv!r} is {kind} convolution (groups={conv.groups}); its "
+                f"channels are pruned together with the conv that feeds them, never on their own. Name that conv "
+                f"instead (paperprune.discover.discover(model, input_size) lists the groups)")
         if layer.name in convs:
             raise PaperpruneError(f"prunable layer name {layer.name!r} appears twice in layers")
         convs[layer.name] = conv

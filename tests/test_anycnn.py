@@ -297,6 +297,10 @@ def test_refusals_name_the_cause():
     with pytest.raises(PaperpruneError, match=r"grouped convolution 'trunk_output.block1.block1-0.f.b.0' "
                                               r"\(groups=2\).*paperprune.tp.Importance"):
         prune_channels(regnet, [PrunableLayer(conv, conv, conv)], {conv: [0]}, SIZE)
+    mobilenet = build("mobilenet_v2")
+    dw = "features.2.conv.1.0"
+    with pytest.raises(PaperpruneError, match=rf"'{dw}' is a depthwise convolution \(groups=96\).*conv that feeds"):
+        prune_channels(mobilenet, [PrunableLayer(dw, dw, dw)], {dw: [0]}, SIZE)
     with pytest.raises(PaperpruneError, match="unknown kinds"):
         discover(resnet, SIZE, include=("inner", "residual"))
     with pytest.raises(PaperpruneError, match=r"22 widths are read by grouped convolutions.*MetaPruner.*"
