@@ -421,3 +421,19 @@ def test_failed_run_never_blocks_the_corrected_rerun(tmp_path, finished, capsys)
     again = run_experiment(RunConfig(**dict(SMALL, method="l1")), tmp_path / "out", cache_dir=tmp_path / "cache",
                            progress=False, latency_repeats=1, deployed_latency=False, restart=True)
     assert again["config"]["method"] == "l1"
+
+
+def test_samples_per_class_beyond_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
+    import paperprune.experiment as experiment
+
+    monkeypatch.setattr(experiment, "_available_bytes", lambda device: 5 * 2**29)
+    config = RunConfig(**dict(SMALL, dataset="fashion-mnist", samples_per_class=1000))
+    with pytest.raises(PaperpruneError) as info:
+        run_experiment(config, tmp_path / "out", progress=False, deployed_latency=False)
+    # 10,000 images x (1x32x32 input + 16x32x32 of the largest layer) x 4 bytes + 2 GiB of tiles
+    need = (4 * 10_000 * (1024 + 16 * 1024) + 2 * 2**30) / 2**30
+    assert f"samples_per_class=1000 (--samples-per-class)" in str(info.value)
+    assert f"about {need:.1f} GiB" in str(info.value) and "2.5 GiB are available" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    config = RunConfig(**dict(SMALL, dataset="fashion-mnist", samples_per_class=20))
+    experiment._validated(config, tmp_path / "out", 1, False)  # the default calibration fits
