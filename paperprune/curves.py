@@ -1,0 +1,130 @@
+"""Pruning curves without fine-tuning: top-1 against FLOPs reduction for every criterion and seed.
+
+The cheapest discriminating measurement of a criterion is the accuracy of the pruned model
+before any fine-tuning, over several FLOPs targets (issue 12 item 4). For each (criterion,
+seed) the statistics are computed once, on that seed's calibration sample (`random` draws its
+scores from the seed), and every target reuses them: only the budget bisection and the surgery
+run per target. Each point records top-1 on the test loader raw and after adaptive BatchNorm
+(`adapt_batchnorm`: the BN running statistics re-estimated on a few hundred training images,
+as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per-image
+correctness of both, packed, for the paired bootstrap of `paperprune.stats`.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .criteria import METHODS, Calibration, check_method, create_criterion
+from .pipeline import gather_calibration, model_parts
+from .select import select_channels
+from .stats import pack_correct
+from .surgery import MacsPredictor, prune_channels
+from .utils import PaperpruneError, resolve_device
+
+__all__ = ["TARGETS", "adapt_batchnorm", "correct_per_image", "pruning_curves"]
+
+TARGETS = (0.30, 0.45, 0.60, 0.75)
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, data: Iterable, images: int, device) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on the first `images` images of
+    `data` (train-mode forwards, cumulative average, no gradient); weights are untouched. In place;
+    the model is returned in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if images < 1 or not bns:
+        raise PaperpruneError(f"adapt_batchnorm needs images >= 1 and a model with BatchNorm layers; got "
+                              f"images={images} and {len(bns)} BatchNorm layers")
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches seen
+    model.train()
+    seen = 0
+    for x, _ in data:
+        x = x[: images - seen].to(device)
+        model(x)
+        seen += len(x)
+        if seen >= images:
+            break
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    if seen < images:
+        raise PaperpruneError(f"adapt_batchnorm: the data held {seen} images, fewer than images={images}")
+    return model.eval()
+
+
+@torch.no_grad()
+def correct_per_image(model: nn.Module, loader: Iterable, device) -> np.ndarray:
+    """Boolean vector: is the top-1 prediction right, per test image in loader order (eval mode)."""
+    model.eval()
+    out = [model(x.to(device)).argmax(1).cpu() == y.cpu() for x, y in loader]
+    if not out:
+        raise PaperpruneError("correct_per_image: the test loader yielded no images")
+    return torch.cat(out).numpy()
+
+
+def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], test_loader: Iterable,
+                   bn_data: Iterable, *, methods: Sequence[str] = METHODS, targets: Sequence[float] = TARGETS,
+                   seeds: Sequence[int] = (0, 1, 2), samples_per_class: int = 20, omega: int = 4,
+                   bn_images: int = 256, tolerance: float = 0.01, taxonomy: dict | None = None,
+                   input_size: tuple[int, ...] | None = None, device=None, progress: bool = True,
+                   **criterion_options) -> list[dict]:
+    """Points of top-1 against FLOPs reduction for every method x seed x target, no fine-tuning.
+
+    `calibration(seed)` yields the (images, labels) batches that seed's calibration sample is
+    drawn from (`samples_per_class` per class); `bn_data` the training batches for adaptive BN.
+    `model` (one of the paper models, or one `prune` understands) is not modified. A target a
+    criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
+    seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
+    correct_bn (packed per-image correctness), statistics_s (the shared statistics' time).
+    """
+    for method in methods:
+        check_method(method)
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    base = copy.deepcopy(model).to(device).eval()
+    layers, classifier, _ = model_parts(base, None, None, None, input_size)
+    num_classes = base.get_submodule(classifier).out_features
+    first_conv = next(m for m in base.modules() if isinstance(m, nn.Conv2d))
+    points = []
+    bar = tqdm(total=len(methods) * len(seeds) * len(targets), desc="pruning curves", disable=not progress)
+    for method in methods:
+        for seed in seeds:
+            start = time.perf_counter()
+            images, labels = gather_calibration(calibration(seed), num_classes, samples_per_class, device,
+                                                all_classes=method not in ("random", "l1", "hrank"),
+                                                in_channels=first_conv.in_channels)
+            size = tuple(input_size) if input_size is not None else tuple(images.shape[1:])
+            criterion = create_criterion(method, seed=seed, **criterion_options)
+            criterion.prepare(base, layers, Calibration(images, labels, num_classes, taxonomy or {}, classifier))
+            statistics_s = time.perf_counter() - start
+            predictor = MacsPredictor(base, layers, size)
+            for target in targets:
+                point = {"method": method, "seed": seed, "target": float(target), "statistics_s": statistics_s}
+                points.append(point | _point(base, criterion, predictor, layers, size, target, omega, tolerance,
+                                             test_loader, bn_data, bn_images, device))
+                bar.update()
+    bar.close()
+    return points
+
+
+def _point(base, criterion, predictor, layers, size, target, omega, tolerance, test_loader, bn_data,
+           bn_images, device) -> dict:
+    """One target: select under the shared statistics, cut a copy, measure it raw and after adaptive BN."""
+    try:
+        sel = select_channels(criterion, predictor, target, omega=omega, tolerance=tolerance, progress=False)
+    except PaperpruneError as exc:
+        return {"error": str(exc)}
+    pruned = prune_channels(copy.deepcopy(base), layers, sel.keep, size)
+    raw = correct_per_image(pruned, test_loader, device)
+    adapted = correct_per_image(adapt_batchnorm(pruned, bn_data, bn_images, device), test_loader, device)
+    return {"level": float(sel.level), "macs_reduction": 1.0 - sel.macs / sel.base_macs,
+            "params_reduction": 1.0 - sel.params / sel.base_params, "widths": sel.widths,
+            "top1": 100.0 * float(raw.mean()), "top1_bn": 100.0 * float(adapted.mean()),
+            "correct": pack_correct(raw), "correct_bn": pack_correct(adapted)}

@@ -1,0 +1,101 @@
+"""Pruning curves on the synthetic dataset: statistics once per (criterion, seed), points equal to
+what `prune` gives alone, adaptive BN with a known answer, unreachable targets recorded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from paperprune import create_model, curves, prune
+from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.stats import unpack_correct
+from paperprune.utils import PaperpruneError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    info = dataset_info("synthetic")
+    x, y = load_tensors("synthetic", "train")
+    tx, ty = load_tensors("synthetic", "test")
+    mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
+
+    def norm(images):
+        return (images.float() / 255 - mean) / std
+
+    def calibration(seed):
+        cx, cy = class_balanced_batch(x, y, 3, seed)
+        return [(norm(cx), cy)]
+
+    test = [(norm(tx[i:i + 30]), ty[i:i + 30]) for i in range(0, 60, 30)]  # 60 test images
+    bn = [(norm(x[i:i + 16]), y[i:i + 16]) for i in range(0, 64, 16)]
+    torch.manual_seed(0)
+    model = create_model("resnet56", num_classes=info.num_classes, in_channels=info.in_channels).eval()
+    return model, calibration, test, bn
+
+
+def test_statistics_once_per_criterion_and_seed(setup, monkeypatch):
+    model, calibration, test, bn = setup
+    prepared = []
+    make = curves.create_criterion
+
+    def counting(method, **options):
+        criterion = make(method, **options)
+        prepare = criterion.prepare
+        criterion.prepare = lambda *a: (prepared.append((method, options["seed"])), prepare(*a))[1]
+        return criterion
+    monkeypatch.setattr(curves, "create_criterion", counting)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    points = curves.pruning_curves(model, calibration, test, bn, methods=("random", "l1"),
+                                   targets=(0.3, 0.6), seeds=(0, 1), bn_images=32, device="cpu", progress=False)
+
+    assert sorted(prepared) == sorted((m, s) for m in ("random", "l1") for s in (0, 1))
+    assert [(p["method"], p["seed"], p["target"]) for p in points] == [
+        (m, s, t) for m in ("random", "l1") for s in (0, 1) for t in (0.3, 0.6)]
+    for p in points:
+        assert abs(p["macs_reduction"] - p["target"]) <= 0.01
+        for key in ("correct", "correct_bn"):
+            assert unpack_correct(p[key]).size == 60
+        assert p["top1"] == pytest.approx(100 * unpack_correct(p["correct"]).mean())
+    # l1 ignores the calibration sample: both seeds select the same channels; random does not
+    by = {(p["method"], p["seed"], p["target"]): p for p in points}
+    assert by["l1", 0, 0.6]["widths"] == by["l1", 1, 0.6]["widths"]
+    assert by["random", 0, 0.6]["widths"] != by["random", 1, 0.6]["widths"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the input model is untouched
+
+
+@pytest.mark.slow
+def test_a_point_equals_prune_alone(setup):
+    model, calibration, test, bn = setup
+    (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("classwise",), targets=(0.45,),
+                                     seeds=(1,), bn_images=32, device="cpu", progress=False)
+    pruned, report = prune(model, calibration(1), method="classwise", flops_reduction=0.45, seed=1,
+                           samples_per_class=20, device="cpu", progress=False)
+    assert point["widths"] == {row["name"]: row["width_after"] for row in report.layers}
+    assert point["level"] == pytest.approx(report.level)
+    correct = curves.correct_per_image(pruned, test, "cpu")
+    assert np.array_equal(unpack_correct(point["correct"]), correct)
+
+
+def test_unreachable_target_is_recorded(setup):
+    model, calibration, test, bn = setup
+    (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("l1",), targets=(0.995,), seeds=(0,),
+                                     bn_images=32, device="cpu", progress=False)
+    assert "unreachable" in point["error"] and "top1" not in point
+
+
+def test_adapt_batchnorm_uses_exactly_the_first_images():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3))
+    x = torch.randn(40, 1, 4, 4)
+    data = [(x[i:i + 10], None) for i in range(0, 40, 10)] + [(1e6 * torch.ones(10, 1, 4, 4), None)]
+    curves.adapt_batchnorm(model, data, images=40, device="cpu")
+    with torch.no_grad():
+        feats = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, feats.mean(dim=(0, 2, 3)))
+    assert model[1].momentum == 0.1 and not model.training and int(model[1].num_batches_tracked) == 4
+    with pytest.raises(PaperpruneError, match="held 50 images, fewer than images=60"):
+        curves.adapt_batchnorm(model, data, images=60, device="cpu")
