@@ -1,0 +1,115 @@
+"""The lasso criteria as METHOD.md section 2 specifies them: signed by default (the relevance top-up
+only under nonnegative=True), the class graph's options reachable, and APIB's response taken at
+the layer that consumes the candidate channels, for each of the six models."""
+import pytest
+import torch
+
+import paperprune
+from paperprune.criteria import Calibration, create_criterion
+from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.ib import channel_features, feature_statistics, layer_statistics
+from paperprune.models import list_models, prunable_layers
+from paperprune.utils import PaperpruneError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _normalised(x, info):
+    return (x.float() / 255 - torch.tensor(info.mean).view(1, -1, 1, 1)) / torch.tensor(info.std).view(1, -1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    info = dataset_info("fashion-mnist")
+    x, y = load_tensors("fashion-mnist", "train")
+    return x, y, info
+
+
+@pytest.fixture(scope="module")
+def trained_resnet56(fmnist):
+    """ResNet-56 after 20 SGD steps on Fashion-MNIST: trained enough to have ReLU-sparse, redundant
+    channels (a random init has neither), cheap enough for CI."""
+    x, y, info = fmnist
+    torch.manual_seed(0)
+    model = paperprune.create_model("resnet56", num_classes=10, in_channels=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = torch.randint(0, len(y), (64,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(_normalised(x[idx], info)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    xc, yc = class_balanced_batch(x, y, 10, seed=0)
+    return model, Calibration(_normalised(xc, info), yc, 10, info.taxonomy, "classifier")
+
+
+def test_signed_support_reaches_full_width(trained_resnet56):
+    """At the weakest lam the signed lasso keeps every non-dead channel of every layer, so one global
+    lam reaches any target down to no pruning without a top-up; B >= 0 keeps fewer and needs it."""
+    model, calibration = trained_resnet56
+    layers = prunable_layers(model)
+    signed = create_criterion("classwise")
+    signed.prepare(model, layers, calibration)
+    assert signed.bounds()[0] == 0.0
+    chosen = signed.select(signed.bounds()[0])
+    for name, (mask, _) in chosen.items():
+        assert torch.equal(mask, ~signed.statistics[name].dead), name
+    assert signed.describe(0.0)["relevance_threshold"] is None
+    assert signed.describe(0.0)["nonnegative"] is False
+
+    nonneg = create_criterion("classwise", nonnegative=True)
+    nonneg.problems, nonneg.statistics, nonneg.channels = signed.problems, signed.statistics, signed.channels
+    nonneg.relevance = signed.relevance
+    nonneg.lam_hi, nonneg.lam_lo = signed.lam_hi, signed.lam_lo
+    assert nonneg.bounds()[0] == -1.0
+    support = sum(int(mask.sum()) for mask, _ in nonneg.select(0.0).values())
+    assert support < sum(int(mask.sum()) for mask, _ in chosen.values())
+    assert nonneg.describe(-0.5)["relevance_threshold"] == 0.5
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_apib_response_is_the_consumers_output(arch):
+    """APIB's response kernel is the output of the module consuming the channels: the statistics of
+    layer_statistics(response='consumer') equal those computed from the observed features with the
+    consumer's output as the response, on every model's first and last prunable layer."""
+    torch.manual_seed(0)
+    model = paperprune.create_model(arch, num_classes=4, in_channels=1).double().eval()
+    images = torch.randn(8, 1, 32, 32, dtype=torch.float64)
+    labels = torch.arange(8) % 4
+    layers = prunable_layers(model)
+    assert all(layer.consumer for layer in layers)
+    picked = [layers[0], layers[-1]]
+    stats = layer_statistics(model, picked, images, labels, 4, response="consumer", dtype=torch.float64)
+    for layer in picked:
+        feats = channel_features(model, [layer], images)[layer.name]
+        consumer = paperprune.models.PrunableLayer("c", layer.consumer, layer.consumer)
+        out = channel_features(model, [consumer], images)["c"]
+        ref = feature_statistics(feats, labels, 4, outputs=out, dtype=torch.float64)
+        torch.testing.assert_close(stats[layer.name].output_relevance, ref.output_relevance, rtol=1e-10, atol=1e-12)
+        assert stats[layer.name].output_relevance.abs().max() > 0
+    logits = layer_statistics(model, picked[:1], images, labels, 4, response="logits", dtype=torch.float64)
+    assert not torch.allclose(logits[layers[0].name].output_relevance, stats[layers[0].name].output_relevance)
+
+
+def test_graph_options_and_taxonomy_reach_sglp(trained_resnet56):
+    model, calibration = trained_resnet56
+    layers = prunable_layers(model)[-1:]
+    knn = create_criterion("sglp", knn=1)
+    knn.prepare(model, layers, calibration)
+    dense = create_criterion("sglp", rho=0.0)
+    dense.prepare(model, layers, calibration)
+    assert knn.graph.num_edges < dense.graph.num_edges
+    taxonomy = create_criterion("sglp", structure="taxonomy")
+    taxonomy.prepare(model, layers, calibration)
+    pairs = {tuple(e) for e in taxonomy.graph.edges.tolist()}
+    expected = {(c, d) for group in calibration.taxonomy.values() for c in group for d in group if c < d}
+    assert pairs == expected and bool((taxonomy.graph.signs == 1).all())
+    with pytest.raises(PaperpruneError, match="rho=1.5"):
+        paperprune.prune(model, [(calibration.images, calibration.labels)], method="sglp", rho=1.5)
+    with pytest.raises(PaperpruneError, match="knn=0"):
+        paperprune.prune(model, [(calibration.images, calibration.labels)], method="stlp", knn=0)
+    with pytest.raises(PaperpruneError, match="no known class hierarchy"):
+        bare = Calibration(calibration.images, calibration.labels, 10, {}, "classifier")
+        create_criterion("sglp", structure="taxonomy").prepare(model, layers, bare)
