@@ -55,8 +55,12 @@ def list_models() -> list[str]:
     return list(_builders())
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build an untrained model by name; `in_channels` changes only the first conv."""
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, pretrained: str | None = None) -> nn.Module:
+    """Build a model by name; `in_channels` changes only the first conv.
+
+    `pretrained` names shipped weights to load (e.g. "fashion-mnist" for resnet56; see
+    `paperprune.models.pretrained`), offline; None gives an untrained model.
+    """
     builders = _builders()
     if name not in builders:
         raise PaperpruneError(
@@ -67,6 +71,10 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
             f"num_classes={num_classes!r} and in_channels={in_channels!r} must be positive integers"
         )
     model = builders[name](num_classes=int(num_classes), in_channels=int(in_channels))
+    if pretrained is not None:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, name, pretrained, num_classes, in_channels)
     model.paperprune_arch = {"arch": name, "num_classes": int(num_classes), "in_channels": int(in_channels)}
     return model
 
