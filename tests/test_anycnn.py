@@ -239,7 +239,8 @@ def test_observed_features_are_what_the_consumer_reads(name):
 
 
 # ---------------------------------------------------------------- prune any CNN, one call
-@pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"regnet_x_400mf"}))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "densenet121" else n
+                                  for n in sorted(set(BUILDERS) - {"regnet_x_400mf"})])
 def test_prune_any_cnn_meets_the_target_and_equals_the_masked_original(name):
     model = randomise(build(name))
     data = calibration()
@@ -272,6 +273,7 @@ def test_layers_and_classifier_still_override_discovery():
     assert pruned.layer1[0].conv1.out_channels == 64
 
 
+@pytest.mark.slow
 def test_concatenated_widths_on_request():
     """include=('inner', 'concat') lists DenseNet's growth and transition convs too; surgery handles them."""
     model = randomise(build("densenet121"))
