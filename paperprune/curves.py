@@ -12,8 +12,10 @@ correctness of both, packed, for the paired bootstrap of `paperprune.stats`.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from .stats import pack_correct
 from .surgery import MacsPredictor, prune_channels
 from .utils import PaperpruneError, resolve_device
 
-__all__ = ["TARGETS", "adapt_batchnorm", "correct_per_image", "pruning_curves"]
+__all__ = ["TARGETS", "adapt_batchnorm", "correct_per_image", "pruning_curves", "run"]
 
 TARGETS = (0.30, 0.45, 0.60, 0.75)
 
@@ -128,3 +130,93 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
             "params_reduction": 1.0 - sel.params / sel.base_params, "widths": sel.widths,
             "top1": 100.0 * float(raw.mean()), "top1_bn": 100.0 * float(adapted.mean()),
             "correct": pack_correct(raw), "correct_bn": pack_correct(adapted)}
+
+
+def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = None, weights: str | None = None,
+        methods: Sequence[str] = METHODS, targets: Sequence[float] = TARGETS, seeds: Sequence[int] = (0, 1, 2),
+        samples_per_class: int = 20, bn_images: int = 256, test_per_class: int | None = None,
+        data_root: str | None = None, device="cpu", progress: bool = True) -> dict:
+    """Curves of a trained baseline on a tensor dataset, written to `out/curves.json`.
+
+    The baseline is `create_model(arch, pretrained=...)` or a state_dict file `weights`. Seed s
+    draws its calibration sample with `class_balanced_batch(..., seed=s)`; adaptive BN uses the
+    first `bn_images` of a fixed seed-0 shuffle of the training set; the test set is whole unless
+    `test_per_class`. No augmentation anywhere. Returns the record (config, environment, points,
+    and `summary`: mean/std over seeds of top1 and top1_bn per method and target).
+    """
+    from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
+    from .experiment import load_weights
+    from .models import create_model
+    from .stats import aggregate
+    from .utils import atomic_write_json, environment_info
+
+    if (pretrained is None) == (weights is None):
+        raise PaperpruneError("pass exactly one baseline: pretrained= (shipped weights) or weights= (a state_dict file)")
+    info = dataset_info(dataset, data_root)
+    model = create_model(arch, info.num_classes, info.in_channels, pretrained=pretrained)
+    if weights is not None:
+        load_weights(model, weights)
+    x, y = load_tensors(dataset, "train", data_root)
+    tx, ty = load_tensors(dataset, "test", data_root)
+    if test_per_class is not None:
+        tx, ty = class_balanced_batch(tx, ty, test_per_class, 0, setting="test_per_class")
+    plain = {"mean": info.mean, "std": info.std, "train": False, "device": device}
+    bx, by = class_balanced_batch(x, y, -(-bn_images // info.num_classes), 0)
+    mixed = torch.randperm(len(by), generator=torch.Generator().manual_seed(0))  # batches of mixed classes
+    bx, by = bx[mixed], by[mixed]
+
+    def calibration(seed: int):
+        cx, cy = class_balanced_batch(x, y, samples_per_class, seed, setting="samples_per_class")
+        return DeviceLoader(cx, cy, batch_size=256, **plain)
+
+    points = pruning_curves(model, calibration, DeviceLoader(tx, ty, batch_size=256, **plain),
+                            DeviceLoader(bx, by, batch_size=64, seed=0, **plain), methods=methods, targets=targets,
+                            seeds=seeds, samples_per_class=samples_per_class, bn_images=bn_images,
+                            taxonomy=info.taxonomy, device=device, progress=progress)
+    ok = [p for p in points if "error" not in p]
+    record = {"config": {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": weights,
+                         "methods": list(methods), "targets": list(targets), "seeds": list(seeds),
+                         "samples_per_class": samples_per_class, "bn_images": bn_images,
+                         "test_images": len(ty)},
+              "environment": environment_info(device), "points": points,
+              "summary": {key: aggregate(ok, by=("method", "target"), value=key) for key in ("top1", "top1_bn")}}
+    atomic_write_json(Path(out) / "curves.json", record)
+    return record
+
+
+def main(argv=None) -> int:
+    """python -m paperprune.curves --dataset fashion-mnist --arch resnet56 --pretrained fashion-mnist --out DIR"""
+    import argparse
+
+    p = argparse.ArgumentParser(description="pruning curves without fine-tuning (top-1 against FLOPs reduction)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--pretrained", default=None, help="shipped weights, e.g. fashion-mnist")
+    p.add_argument("--weights", default=None, help="a state_dict / final.pt of the baseline instead")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--targets", default=",".join(str(t) for t in TARGETS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--samples-per-class", type=int, default=20)
+    p.add_argument("--bn-images", type=int, default=256)
+    p.add_argument("--test-per-class", type=int, default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        record = run(args.dataset, args.arch, args.out, pretrained=args.pretrained, weights=args.weights,
+                     methods=args.methods.split(","), targets=[float(t) for t in args.targets.split(",")],
+                     seeds=[int(s) for s in args.seeds.split(",")], samples_per_class=args.samples_per_class,
+                     bn_images=args.bn_images, test_per_class=args.test_per_class, data_root=args.data_root,
+                     progress=not args.no_progress)
+    except PaperpruneError as exc:
+        print(f"paperprune.curves: error: {exc}", file=sys.stderr)
+        return 2
+    for row in record["summary"]["top1_bn"]:
+        print(f"{row['method']:>10} target {row['target']:.2f}: top-1 after adaptive BN {row['mean']:.2f} "
+              f"(std {row['std'] if row['std'] is None else round(row['std'], 2)}, n {row['n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

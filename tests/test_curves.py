@@ -99,3 +99,18 @@ def test_adapt_batchnorm_uses_exactly_the_first_images():
     assert model[1].momentum == 0.1 and not model.training and int(model[1].num_batches_tracked) == 4
     with pytest.raises(PaperpruneError, match="held 50 images, fewer than images=60"):
         curves.adapt_batchnorm(model, data, images=60, device="cpu")
+
+
+def test_run_writes_a_record_with_a_summary(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "base.pt"
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), weights)
+    record = curves.run("synthetic", "resnet56", tmp_path / "out", weights=str(weights), methods=("random", "l1"),
+                        targets=(0.3,), seeds=(0, 1), samples_per_class=3, bn_images=18, test_per_class=4,
+                        progress=False)
+    assert (tmp_path / "out" / "curves.json").is_file() and record["config"]["test_images"] == 36
+    summary = {(r["method"], r["target"]): r for r in record["summary"]["top1"]}
+    assert summary["random", 0.3]["n"] == 2 and summary["random", 0.3]["seeds"] == [0, 1]
+    assert summary["l1", 0.3]["std"] == 0.0  # l1 ignores the calibration sample: both seeds agree
+    with pytest.raises(PaperpruneError, match="exactly one baseline"):
+        curves.run("synthetic", "resnet56", tmp_path / "x", progress=False)
