@@ -22,6 +22,8 @@ from paperprune.utils import PaperpruneError
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_model(width: int = 4) -> nn.Module:
     torch.manual_seed(1)
