@@ -9,8 +9,10 @@ per class (target on this CPU: under 20 min and 12 GiB); smaller settings show w
 
     python benchmarks/bench_imagenet.py [--size 224] [--classes 1000] [--per-class 2] [--threads N]
                                         [--methods sglp stlp] [--name imagenet]
+    python benchmarks/bench_imagenet.py --summarise NAME [NAME ...]   # imagenet.{json,md} from runs
 """
 import argparse
+import json
 import os
 import threading
 import time
@@ -135,6 +137,32 @@ def run(method, args, calls):
     return row
 
 
+ISSUE = {"size": 224, "classes": 1000, "per_class": 2}
+
+
+def projection(result):
+    """Lines projecting this run to the issue's setting: statistics at this run's multiply-add rate per
+    CPU second; the solvers at least linear in K (each ADMM iteration costs C^2 K), with the same number
+    of iterations and bisection steps (a lower bound: larger K adds graph edges and tree nodes)."""
+    a, issue = result["args"], result.get("issue_setting_macs")
+    if issue is None:
+        return []
+    m = result["statistics_macs"]
+    lines = [f"**Projection to the issue's setting** (224x224, 1,000 classes, N = 2,000), from this run's CPU "
+             f"seconds: the statistics need {issue['forward_passes']} forward passes of "
+             f"{issue['forward_macs_per_pass'] / 1e12:.1f} T multiply-adds ({issue['forward_macs'] / 1e12:.0f} T) and "
+             f"{issue['kernel_macs'] / 1e12:.0f} T for the kernels; the largest layer's features take "
+             f"{issue['largest_layer_features_gib']:.2f} GiB.", ""]
+    for r in result["rows"]:
+        rate = (m["forward_macs"] + m["kernel_macs"]) / max(r["statistics_cpu_s"], 1e-9)
+        stats = (issue["forward_macs"] + issue["kernel_macs"]) / rate
+        solver = r["solver_cpu_s"] * ISSUE["classes"] / a["classes"]
+        lines.append(f"- {r['method']}: statistics at {rate / 1e9:.1f} G multiply-adds per CPU second -> about "
+                     f"{stats / 3600:.1f} CPU hours; solvers at least {solver / 3600:.1f} CPU hours "
+                     f"({r['solver_cpu_s']:.0f} CPU s here x {ISSUE['classes'] // a['classes']}).")
+    return lines
+
+
 def markdown(result):
     a, env, m = result["args"], result["environment"], result["statistics_macs"]
     n = a["classes"] * a["per_class"]
@@ -160,7 +188,7 @@ def markdown(result):
                      f"{r['solver_share']:.2f} | "
                      f"{r['peak_rss_statistics_gib']:.2f} | {r['peak_rss_selection_gib']:.2f} | {r['budget_steps']} | "
                      f"{r['macs_reduction']:.4f} |")
-    lines += ["", "Statistics multiply-adds (cost model of `paperprune.ib.feature_statistics`): "
+    lines += [""] + projection(result) + ["", "Statistics multiply-adds (cost model of `paperprune.ib.feature_statistics`): "
               f"{m['forward_passes']} forward passes of {m['forward_macs_per_pass'] / 1e12:.2f} T each "
               f"({m['forward_macs'] / 1e12:.2f} T; one pass per group of layers whose features fit 1 GiB, plus the "
               f"class embeddings'), kernels {m['kernel_macs'] / 1e12:.2f} T (N^2 C (2D + C) per layer); the largest "
@@ -168,8 +196,24 @@ def markdown(result):
     return "\n".join(lines)
 
 
+def summarise(names):
+    """benchmarks/results/imagenet.{json,md}: the recorded runs `names`, each with its projection."""
+    runs = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
+    head = ["# ImageNet-scale pruning cost: summary (benchmarks/bench_imagenet.py)", "",
+            "The issue's setting (torchvision ResNet-50, 224x224, 1,000 classes, 2 images per class) was not run "
+            "on this shared 2-core CPU: the smaller runs below show where its time would go. Target: under 20 min "
+            "and 12 GiB. Projections from each run (CPU seconds; see the run's section):", ""]
+    head += [f"- run {name}: {line}" for name, result in zip(names, runs) for line in
+             [ln[2:] for ln in projection(result) if ln.startswith("- ")]]
+    body = [markdown(result).replace("# ImageNet-scale pruning cost (benchmarks/bench_imagenet.py)",
+                                     f"## Run {name}") for name, result in zip(names, runs)]
+    atomic_write_json(RESULTS / "imagenet.json", {"runs": dict(zip(names, runs))})
+    atomic_write_text(RESULTS / "imagenet.md", "\n".join(head) + "\n\n" + "\n\n".join(body))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summarise", nargs="+", metavar="NAME", help="write imagenet.{json,md} from recorded runs")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--per-class", type=int, default=2)
@@ -177,15 +221,23 @@ def main():
     parser.add_argument("--methods", nargs="+", default=["sglp", "stlp"])
     parser.add_argument("--name", default="imagenet", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
+    if args.summarise:
+        return summarise(args.summarise)
     torch.set_num_threads(args.threads)
     load_before = [round(x, 2) for x in os.getloadavg()]
     model = torchvision.models.resnet50(num_classes=args.classes).eval()
     layers = discover(model, (3, args.size, args.size)).layers
     macs = statistics_macs(model, layers, args.size, args.classes * args.per_class)
+    issue = None
+    if {k: getattr(args, k) for k in ISSUE} != ISSUE:
+        full = torchvision.models.resnet50(num_classes=ISSUE["classes"]).eval()
+        issue = statistics_macs(full, discover(full, (3, 224, 224)).layers, 224, ISSUE["classes"] * ISSUE["per_class"])
+        del full
     del model
     calls = timed_solvers()
     rows = [run(method, args, calls) for method in args.methods]
-    result = {"args": vars(args), "environment": environment_info("cpu"), "statistics_macs": macs, "rows": rows,
+    result = {"args": vars(args), "environment": environment_info("cpu"), "statistics_macs": macs,
+              "issue_setting_macs": issue, "rows": rows,
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]}
     atomic_write_json(RESULTS / f"{args.name}.json", result)
     atomic_write_text(RESULTS / f"{args.name}.md", markdown(result))

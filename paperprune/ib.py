@@ -425,12 +425,18 @@ def _activation(model: nn.Module, layer) -> Callable[[Tensor], Tensor] | None:
     return _submodule(model, name, f"activation ({layer.name})")
 
 
+class _Observed(Exception):
+    """Raised by the last observation hook to end a forward pass early."""
+
+
 def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: int,
              device: torch.device, dtype: torch.dtype, keep_outputs: bool
              ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, tuple[int, ...]]]:
     """Run `images` through `model` (eval, no grad) and gather each layer's observed
     output as a (C, N, H*W) tensor on `device`; also the model outputs (N, K) if asked, and
     each layer's spatial shape (H, W).
+    Without `keep_outputs`, every batch after the first stops once each observed module has
+    run (the first runs whole, so that a module running twice is still caught).
     Training flags are restored and hooks removed whatever happens."""
     _check_images(images)
     if batch_size < 1:
@@ -463,6 +469,8 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
             if name not in buffers:
                 buffers[name] = torch.empty(feat.shape[1], n, feat.shape[2], dtype=dtype, device=device)
             buffers[name][:, span[0]:span[1]].copy_(feat.transpose(0, 1))
+            if not keep_outputs and span[0] > 0 and len(seen) == len(modules):
+                raise _Observed  # the rest of the network is not needed (the first batch runs whole)
         return hook
 
     flags = {m: m.training for m in model.modules()}
@@ -475,7 +483,10 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
                 span[:] = [start, min(n, start + batch_size)]
                 seen.clear()
                 batch = images[start:span[1]].to(device=model_device, dtype=model_dtype)
-                result = model(batch)
+                try:
+                    result = model(batch)
+                except _Observed:
+                    result = None
                 missed = set(modules) - seen
                 if missed:
                     raise PaperpruneError(f"observe modules of {sorted(missed)} did not run in the forward pass")

@@ -459,3 +459,19 @@ def test_importance_keeps_grouped_convs_aligned_on_regnet():
     expected = masked_output(copy.deepcopy(original), found.layers, keep, x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-9 * max(1.0, expected.abs().max().item()))
+
+
+def test_observation_stops_the_forward_once_every_layer_is_seen():
+    """After the first batch, a forward pass ends at the last observed module; the features are
+    those of whole forward passes."""
+    model = build("resnet18")
+    layers = discover(model, SIZE).layers[:2]
+    x = calibration(1, dtype=torch.float32)[0][0][:6]
+    calls = []
+    hook = model.fc.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    features = channel_features(model, layers, x, batch_size=2)
+    hook.remove()
+    assert calls == [2]  # only the first of three batches reached the classifier
+    whole = channel_features(model, layers, x, batch_size=6)
+    for name in whole:
+        torch.testing.assert_close(features[name], whole[name], rtol=0, atol=0)
