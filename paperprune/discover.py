@@ -38,7 +38,7 @@ from torch import nn
 from .models import PrunableLayer
 from .utils import PaperpruneError
 
-__all__ = ["discover", "Discovery", "classify_group", "KINDS", "FUNCTIONAL"]
+__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "classify_group", "discover"]
 
 KINDS = ("inner", "concat", "grouped", "residual")
 

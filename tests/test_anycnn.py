@@ -121,7 +121,7 @@ def kept_channels(original, pruned, layers, x):
         owner = names[bns[0]] if bns else layer.conv
         fields = ("weight", "bias", "running_mean", "running_var") if bns else ("bias",)
 
-        def signature(model):
+        def signature(model, owner=owner, fields=fields):
             module = model.get_submodule(owner)
             return torch.stack([getattr(module, f).detach() for f in fields], 1)
 
@@ -309,8 +309,8 @@ def test_refusals_name_the_cause():
                                               r"paperprune.tp.Importance.*layers="):
         paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", samples_per_class=2)
     only_stem = discover(regnet, SIZE).layers
-    pruned, report = paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", flops_reduction=0.02,
-                                      samples_per_class=2, layers=only_stem, progress=False)
+    _, report = paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", flops_reduction=0.02,
+                                 samples_per_class=2, layers=only_stem, progress=False)
     assert [row["name"] for row in report.layers] == ["stem.0"]
 
     class AllResidual(nn.Module):
