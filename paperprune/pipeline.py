@@ -256,10 +256,12 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     gamma_ratio, rho, tolerance = (as_number(v, n) for v, n in ((gamma_ratio, "gamma_ratio"), (rho, "rho"),
                                                                 (tolerance, "tolerance")))
     knn = as_number(knn, "knn", int, optional=True)
-    nonfinite = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    nonfinite = [n for n, t in model.state_dict().items()
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if nonfinite:
-        raise PaperpruneError(f"the model holds non-finite weights ({len(nonfinite)} tensor(s), e.g. {nonfinite[0]!r}); "
-                              "its training diverged: retrain it (e.g. with a smaller learning rate)")
+        raise PaperpruneError(f"the model holds non-finite weights ({len(nonfinite)} tensor(s), e.g. "
+                              f"{nonfinite[0]!r}); its training diverged: retrain it (e.g. with a smaller "
+                              "learning rate)")
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
                                  structure=structure, rho=rho, knn=knn)
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,

@@ -92,7 +92,8 @@ RUN_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("flags, names", RUN_ROWS, ids=[",".join(f"{k}={v}" for k, v in r[0].items()) for r in RUN_ROWS])
+@pytest.mark.parametrize("flags, names", RUN_ROWS,
+                         ids=[",".join(f"{k}={v}" for k, v in r[0].items()) for r in RUN_ROWS])
 def test_run_cli(tmp_path, capsys, flags, names):
     argv = _with(RUN, out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), **flags)
     assert cli.main(argv) == 2
@@ -432,7 +433,7 @@ def test_samples_per_class_beyond_memory_is_refused_with_the_estimate(tmp_path, 
         run_experiment(config, tmp_path / "out", progress=False, deployed_latency=False)
     # 10,000 images x (1x32x32 input + 16x32x32 of the largest layer) x 4 bytes + 2 GiB of tiles
     need = (4 * 10_000 * (1024 + 16 * 1024) + 2 * 2**30) / 2**30
-    assert f"samples_per_class=1000 (--samples-per-class)" in str(info.value)
+    assert "samples_per_class=1000 (--samples-per-class)" in str(info.value)
     assert f"about {need:.1f} GiB" in str(info.value) and "2.5 GiB are available" in str(info.value)
     assert list(tmp_path.iterdir()) == []
     config = RunConfig(**dict(SMALL, dataset="fashion-mnist", samples_per_class=20))

@@ -148,7 +148,8 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     metrics = out / "finetune" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1 and (out / "finetune" / "checkpoint.pt").is_file():
+        checkpoint = (out / "finetune" / "checkpoint.pt").is_file()
+        if checkpoint and metrics.is_file() and metrics.read_text().count("\n") >= 1:
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.stderr.read().decode()[-2000:]}"

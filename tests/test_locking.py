@@ -34,8 +34,9 @@ def _wait_for(predicate, proc, seconds=120):
 
 
 def test_second_holder_is_refused_naming_the_first(tmp_path):
-    child = _child(f"from paperprune.utils import DirLock\nimport time\n"
-                   f"with DirLock({str(tmp_path / 'run')!r}, 'run'):\n    print('held', flush=True)\n    time.sleep(60)")
+    folder = str(tmp_path / "run")
+    child = _child(f"from paperprune.utils import DirLock\nimport time\nwith DirLock({folder!r}, 'run'):\n"
+                   "    print('held', flush=True)\n    time.sleep(60)")
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(PaperpruneError, match=rf"run folder .* is in use by pid {child.pid} on "):
         with DirLock(tmp_path / "run", "run"):
