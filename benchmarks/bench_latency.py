@@ -30,7 +30,7 @@ from paperprune.deploy import DEPLOY_MODE, prepare_for_inference
 from paperprune.latency import LatencyModel, clock_name, time_forward
 from paperprune.models import prunable_layers
 from paperprune.train import TrainConfig, evaluate, train
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
+from paperprune.utils import PaperpruneError, atomic_write_json, atomic_write_text, environment_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD = "l1"
@@ -95,7 +95,7 @@ def side_by_side(models, repeats, mode):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def bench_arch(arch, args, loaders):
+def bench_arch(arch, args, loaders, save):
     mode = args.mode
     train_loader, test_loader, calibration = loaders
     start = time.perf_counter()
@@ -114,33 +114,48 @@ def bench_arch(arch, args, loaders):
     rel = np.array([r["relative_error"] for r in errors])
     print(f"{arch}: predictor error over {len(rel)} assignments: mean |e| {np.abs(rel).mean():.3f}, "
           f"max {np.abs(rel).max():.3f}", flush=True)
-    base_top1 = evaluate(model, test_loader, "cpu", topk=(1,))["top1"]
-    rows = []
+    entry = {"arch": arch, "mode": mode, "repeats": args.repeats, "training": training,
+             "base_top1": evaluate(model, test_loader, "cpu", topk=(1,))["top1"], "table_s": table_s,
+             "table_key": latency.key, "table_key_hash": latency.key_hash, "full_us": latency.full_us,
+             "rest_us": latency.rest_us, "multiples": latency.multiples(), "errors": errors, "rows": []}
+    save(entry)
     for target in args.targets:
-        variants = {}
-        for name, kw in (("latency", {}), ("latency+rounding", {"latency_rounding": True})):
-            pruned, report = prune(model, calibration, args, latency_reduction=target, latency_mode=mode,
-                                   latency_batch_size=BATCH, **kw)
-            variants[name] = (pruned, report, report.latency["predicted_after_us"])
-        pruned, report, predicted, flops = matched_macs_budget(model, calibration, latency,
-                                                               variants["latency"][2], args)
-        variants["macs-matched"] = (pruned, report, predicted)
-        measured = side_by_side({"base": model, **{k: v[0] for k, v in variants.items()}}, args.repeats, mode)
-        for name, (pruned, report, predicted) in variants.items():
-            row = {"arch": arch, "target": target, "budget": name, "flops_reduction": report.flops_reduction_target,
-                   "macs_reduction": report.macs_reduction, "params_reduction": report.params_reduction,
-                   "base_ms": measured["base"], "pruned_ms": measured[name],
-                   "measured_reduction": 1 - measured[name] / measured["base"],
-                   "predicted_reduction": 1 - predicted / latency.full_us,
-                   "top1_after_pruning": evaluate(pruned, test_loader, "cpu", topk=(1,))["top1"],
-                   "widths": widths_of(report), "latency_record": report.latency}
-            rows.append(row)
-            print(f"{arch} target {target}: {name}: measured -{100 * row['measured_reduction']:.1f}% "
-                  f"(predicted -{100 * row['predicted_reduction']:.1f}%), MACs -{100 * row['macs_reduction']:.1f}%, "
-                  f"top1 {row['top1_after_pruning']:.2f}", flush=True)
-    return {"arch": arch, "training": training, "base_top1": base_top1, "table_s": table_s,
-            "table_key": latency.key, "table_key_hash": latency.key_hash, "full_us": latency.full_us,
-            "rest_us": latency.rest_us, "multiples": latency.multiples(), "errors": errors, "rows": rows}
+        try:
+            entry["rows"] += target_rows(arch, target, model, latency, args, loaders)
+        except PaperpruneError as e:
+            if "unreachable" not in str(e):
+                raise
+            entry["rows"].append({"arch": arch, "target": target, "budget": "latency", "unreachable": str(e)})
+            print(f"{arch} target {target}: {e}", flush=True)
+        save(entry)
+    return entry
+
+
+def target_rows(arch, target, model, latency, args, loaders):
+    _, test_loader, calibration = loaders
+    mode = args.mode
+    variants = {}
+    for name, kw in (("latency", {}), ("latency+rounding", {"latency_rounding": True})):
+        pruned, report = prune(model, calibration, args, latency_reduction=target, latency_mode=mode,
+                               latency_batch_size=BATCH, **kw)
+        variants[name] = (pruned, report, report.latency["predicted_after_us"])
+    pruned, report, predicted, flops = matched_macs_budget(model, calibration, latency, variants["latency"][2], args)
+    variants["macs-matched"] = (pruned, report, predicted)
+    measured = side_by_side({"base": model, **{k: v[0] for k, v in variants.items()}}, args.repeats, mode)
+    rows = []
+    for name, (pruned, report, predicted) in variants.items():
+        row = {"arch": arch, "target": target, "budget": name, "flops_reduction": report.flops_reduction_target,
+               "macs_reduction": report.macs_reduction, "params_reduction": report.params_reduction,
+               "base_ms": measured["base"], "pruned_ms": measured[name],
+               "measured_reduction": 1 - measured[name] / measured["base"],
+               "predicted_reduction": 1 - predicted / latency.full_us,
+               "top1_after_pruning": evaluate(pruned, test_loader, "cpu", topk=(1,))["top1"],
+               "widths": widths_of(report), "latency_record": report.latency}
+        rows.append(row)
+        print(f"{arch} target {target}: {name}: measured -{100 * row['measured_reduction']:.1f}% "
+              f"(predicted -{100 * row['predicted_reduction']:.1f}%), MACs -{100 * row['macs_reduction']:.1f}%, "
+              f"top1 {row['top1_after_pruning']:.2f}", flush=True)
+    return rows
 
 
 def markdown(result, args):
@@ -154,14 +169,14 @@ def markdown(result, args):
              f"(clock `{result.get('clock')}`, one torch thread), which other jobs' preemption does not inflate, "
              "but they still disturb caches: timings are noisy. Each reduction is measured side by side, "
              "interleaved, within one process.", "",
-             f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}, mode {args['mode']} "
-             f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference), {env['torch_threads']} torch "
-             "thread(s). Models **briefly trained here** (no trained checkpoint is shipped yet); "
+             f"Criterion `{METHOD}` (filter L1 norms). Fashion-MNIST 32x32, batch {BATCH}; mode per model below "
+             f"(deployed: `{DEPLOY_MODE}`, paperprune.deploy.prepare_for_inference; eager: PyTorch eager), "
+             f"{env['torch_threads']} torch thread(s). Models **briefly trained here** (no trained checkpoint is shipped yet); "
              f"top-1 on {10 * args['test_per_class']} test images right after pruning, no fine-tuning.", ""]
     for a in result["archs"]:
         rel = np.array([r["relative_error"] for r in a["errors"]])
         t = a["training"]
-        lines += [f"## {a['arch']}", "",
+        lines += [f"## {a['arch']}, {a.get('mode', args['mode'])} mode", "",
                   f"Briefly trained ({t['epochs']} epochs at lr {t['lr']} on {t['train_images']} images): top-1 "
                   f"{a['base_top1']:.2f}%. Latency table: {a['table_s']:.0f} s to measure, key "
                   f"`{a['table_key_hash']}`; whole model {a['full_us'] / 1e3:.1f} ms, of which "
@@ -174,6 +189,9 @@ def markdown(result, args):
                   "base ms | pruned ms | top-1 after pruning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         repeats = a.get("repeats", args["repeats"])
         for r in a["rows"]:
+            if "unreachable" in r:
+                lines.append(f"| {r['target']:.0%} | latency | unreachable: {r['unreachable']} | | | | | | |")
+                continue
             flops = "" if r["flops_reduction"] is None else f"{r['flops_reduction']:.3f}"
             lines.append(f"| {r['target']:.0%} | {r['budget']} | {flops} | {100 * r['macs_reduction']:.1f}% | "
                          f"{100 * r['predicted_reduction']:.1f}% | {100 * r['measured_reduction']:.1f}% | "
@@ -211,6 +229,7 @@ def main(argv=None):
         for part in parts:
             for a in part["archs"]:
                 a.setdefault("repeats", part["args"]["repeats"])
+                a.setdefault("mode", part["args"]["mode"])
         result = {**parts[0], "parts": [p["environment"] for p in parts], "archs": [a for p in parts for a in p["archs"]]}
         atomic_write_json(RESULTS / f"{args.name}.json", result)
         atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, result["args"]))
@@ -222,10 +241,13 @@ def main(argv=None):
     result = {"environment": environment_info("cpu"), "load_before": os.getloadavg(), "args": vars(args),
               "clock": clock_name("cpu"), "archs": []}
     for arch in args.archs:
-        result["archs"].append(bench_arch(arch, args, loaders))
-        result["load_after"] = os.getloadavg()
-        atomic_write_json(RESULTS / f"{args.name}.json", result)
-        atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, vars(args)))
+        def save(entry):
+            result["archs"] = [a for a in result["archs"] if a["arch"] != arch] + [entry]
+            result["load_after"] = os.getloadavg()
+            atomic_write_json(RESULTS / f"{args.name}.json", result)
+            atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, vars(args)))
+
+        bench_arch(arch, args, loaders, save)
     print(markdown(result, vars(args)))
     return 0
 

@@ -114,9 +114,15 @@ def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: 
     from .deploy import prepare_for_inference
 
     module = module.to(example.device).eval()
-    if mode == "deployed":
-        module = prepare_for_inference(module, example)
-    return time_forward(module, example, repeats=repeats, warmup=warmup)
+    if mode != "deployed":
+        return time_forward(module, example, repeats=repeats, warmup=warmup)
+    try:
+        return time_forward(prepare_for_inference(module, example), example, repeats=repeats, warmup=warmup)
+    finally:
+        # a table compiles hundreds of modules with the same forward code; dynamo counts them against
+        # accumulated_recompile_limit (256), so its caches are cleared after each (other compiled
+        # models of the process recompile on their next call)
+        torch._dynamo.reset()
 
 
 def width_grid(full: int, paired: bool) -> list[int]:
