@@ -87,7 +87,10 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
     except OSError as e:
         raise PaperpruneError(f"cannot write {path}: {e.strerror or e}; choose a writable location") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: the name (pid@host) still protects it here
+            pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -141,6 +144,10 @@ class DirLock:
                                       f"wait for it to finish{self.fix}") from None
             print(f"waiting for {self.holder()}, which holds {self.folder}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            raise PaperpruneError(f"cannot lock {self.what} folder {str(self.folder)!r} ({e.strerror or e}): its "
+                                  "filesystem does not support locks; choose a folder on a local disk") from None
         info = {"pid": os.getpid(), "host": _HOST, "command": " ".join(sys.argv)[:300],
                 "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
