@@ -264,7 +264,8 @@ IB = [
 
     The abstract says the two schemes are structured lassos "guided by Information Bottleneck
     theory". This notebook follows the chain of ideas this project uses to make that concrete
-    (METHOD.md section 2), and checks every step numerically:
+    (METHOD.md section 2). The algebra is checked numerically; the step from the IB to HSIC is a
+    heuristic (the HSIC bottleneck), which no number can check:
 
     1. the IB objective, and why HSIC stands in for mutual information (the HSIC bottleneck);
     2. the HSIC estimator on dependent and independent data;
@@ -276,7 +277,8 @@ IB = [
     md(PROVENANCE),
     code(SMALL_CNN_IMPORTS, """
     from paperprune.ib import channel_kernels, feature_statistics, hsic, layer_statistics, normalized_hsic
-    from paperprune.lasso import ClassGraph, sglp_objective
+    from paperprune.lasso import sglp_objective
+    from paperprune.structure import ClassGraph
     """),
     md("""
     ## 1. The Information Bottleneck and the HSIC bottleneck
@@ -353,12 +355,13 @@ IB = [
     * redundancy $Q_{km} = \\langle \\bar K_k, \\bar K_m\\rangle_F$ (normalised HSIC between channels),
     * relevance $R_{kc} = \\langle \\bar K_k, \\bar L_c\\rangle_F$ (normalised HSIC between channel $k$ and class $c$).
 
-    The multi-task HSIC regression asks, for every class, for a non-negative combination of
-    channel kernels that reproduces that class's kernel:
+    The multi-task HSIC regression asks, for every class, for a combination of channel kernels
+    that reproduces that class's kernel. Its coefficients are signed, as in APIB's code (HSIC
+    Lasso's $B \\ge 0$ is the package's `nonnegative=True` ablation):
 
     $$f(B) = \\tfrac12 \\sum_c \\big\\|\\mathrm{vec}\\,\\bar L_c - \\textstyle\\sum_k B_{kc}\\,\\mathrm{vec}\\,\\bar K_k\\big\\|^2
     = \\tfrac12\\,\\mathrm{tr}(B^\\top Q B) - \\mathrm{tr}(R^\\top B) + \\tfrac12 \\sum_c \\|\\bar L_c\\|_F^2,
-    \\qquad B \\in \\mathbb R_{\\ge 0}^{C\\times K}.$$
+    \\qquad B \\in \\mathbb R^{C\\times K}.$$
 
     We check it on a small random layer: $N = 40$ samples of $K = 3$ classes, $C = 6$ channels
     with 5 "pixels" each, the first three of which carry the label. The package computes Q and
@@ -406,17 +409,19 @@ IB = [
     print("agree to 1e-12:", abs(float(lhs) - rhs) < 1e-12)
     """),
     md("""
-    **The IB reading.** Expanding $f$,
+    **The IB reading (a heuristic).** Expanding $f$,
 
-    $$f(B) = -\\underbrace{\\textstyle\\sum_{k,c} B_{kc} R_{kc}}_{\\text{relevance: HSIC with each class, for } I(T;Y)}
-    + \\tfrac12 \\underbrace{\\textstyle\\sum_c \\sum_{k,m} B_{kc} Q_{km} B_{mc}}_{\\text{redundancy between kept channels, for } I(X;T)} + \\text{const}.$$
+    $$f(B) = -\\underbrace{\\textstyle\\sum_{k,c} B_{kc} R_{kc}}_{\\text{relevance: HSIC with each class, a stand-in for } I(T;Y)}
+    + \\tfrac12 \\underbrace{\\textstyle\\sum_c \\big\\|\\sum_k B_{kc} \\bar K_k\\big\\|_F^2}_{\\text{HSIC}(T,T)\\text{ of the weighted combination}} + \\text{const}.$$
 
     Minimising $f$ rewards channels that depend on the classes and penalises keeping channels
-    that duplicate each other, the HSIC-bottleneck trade-off with $\\beta = 1$ after
-    normalisation. The lasso penalties of sGLP-IB and sTLP-IB (notebooks 02 and 03) then make
-    whole rows of $B$ zero: those channels are pruned. That this is *the* IB reading used by the
-    paper is our reconstruction (APIB, Guo et al. ICCV 2023, makes the same argument with a
-    single response kernel).
+    that duplicate each other. The quadratic term is HSIC$(T,T)$, not HSIC$(X,T)$: it relates to
+    the compression term $I(X;T)$ only loosely (by Cauchy-Schwarz, HSIC$(X,T)^2 \\le$
+    HSIC$(X,X)\\,$HSIC$(T,T)$, so a small HSIC$(T,T)$ bounds the dependence on the input). What
+    removes channels is not this term but the sparsity penalties of sGLP-IB and sTLP-IB
+    (notebooks 02 and 03), which make whole rows of $B$ zero: those channels are pruned. That
+    this is the IB reading the paper uses is our reconstruction (APIB, Guo et al. ICCV 2023,
+    makes the same argument with a single response kernel).
 
     ## 4. Redundancy and relevance of a trained layer
 
@@ -468,7 +473,8 @@ SGLP = [
 
     from paperprune import reporting
     from paperprune.ib import class_embeddings, feature_statistics, layer_statistics
-    from paperprune.lasso import class_graph_from_embeddings, lasso_path, solve_sglp
+    from paperprune.lasso import lasso_path, solve_sglp
+    from paperprune.structure import class_graph_from_embeddings
     """),
     code(SMALL_CNN),
     md("""
@@ -493,7 +499,9 @@ SGLP = [
     ## The objective
 
     With the layer's redundancy $Q$ and class-wise relevance $R$ (notebook 01), sGLP-IB solves,
-    over $B \\in \\mathbb R_{\\ge 0}^{C\\times K}$,
+    over signed $B \\in \\mathbb R^{C\\times K}$ (the package's default; `nonnegative=True` adds
+    $B \\ge 0$, under which a negative edge fuses nothing: $|B_{kc} + B_{kd}| = B_{kc} + B_{kd}$ is
+    plain extra shrinkage),
 
     $$F(B) = \\tfrac12\\,\\mathrm{tr}(B^\\top Q B) - \\mathrm{tr}(R^\\top B)
     + \\lambda \\sum_{k,c} |B_{kc}|
@@ -555,8 +563,8 @@ SGLP = [
         w, V = np.linalg.eigh(Q.numpy())
         root = np.sqrt(np.clip(w, 0, None))[:, None] * V.T          # Q = root^T root
         D = graph.incidence(K).numpy()                              # (B D^T)[k, e] = B[k, c_e] - s_e B[k, d_e]
-        B = cp.Variable((C, K), nonneg=True)
-        F = (0.5 * cp.sum_squares(root @ B) - cp.sum(cp.multiply(R.numpy(), B)) + lam * cp.sum(B)
+        B = cp.Variable((C, K))
+        F = (0.5 * cp.sum_squares(root @ B) - cp.sum(cp.multiply(R.numpy(), B)) + lam * cp.sum(cp.abs(B))
              + gamma * cp.sum(cp.abs(B @ D.T) @ graph.weights.numpy()))
         problem = cp.Problem(cp.Minimize(F))
         problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
@@ -591,7 +599,8 @@ SGLP = [
     scores = sol.B.norm(dim=1)
     order = torch.argsort(scores, descending=True)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.5), gridspec_kw={"width_ratios": [2, 1]})
-    im = axes[0].imshow(sol.B[order].numpy(), cmap="Blues", aspect="auto")
+    vmax = float(sol.B.abs().max())
+    im = axes[0].imshow(sol.B[order].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     axes[0].set_xticks(range(info.num_classes), info.class_names, rotation=90, fontsize=6)
     axes[0].set_ylabel("channel (by score)")
     axes[0].set_title("B (sGLP-IB)")
@@ -607,9 +616,10 @@ SGLP = [
     Larger $\\lambda$ empties more rows. `lasso_path` solves a decreasing sequence of
     $\\lambda$ with warm starts. In the pruning pipeline (`paperprune.prune(..., method="sglp")`)
     one such problem is solved per layer and the one shared $\\lambda$ is bisected until the
-    pruned model meets the requested MACs reduction (notebook 00). Note that even at
-    $\\lambda \\to 0$ not every channel is kept: the non-negative regression alone is sparse,
-    because the channels' kernels are strongly redundant.
+    pruned model meets the requested MACs reduction (notebook 00). With signed coefficients the
+    support grows to every non-dead channel as $\\lambda \\to 0$, so one $\\lambda$ reaches any
+    target; under `nonnegative=True` it stops at the non-negative least-squares support, which
+    on redundant layers is small.
     """),
     code("""
     fractions = [0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0]
@@ -644,8 +654,9 @@ STLP = [
 
     from paperprune import reporting
     from paperprune.ib import class_embeddings, layer_statistics
-    from paperprune.lasso import (ClassTree, class_graph_from_embeddings, class_tree_from_embeddings,
-                                  class_tree_from_taxonomy, solve_sglp, solve_stlp, tree_prox)
+    from paperprune.lasso import solve_sglp, solve_stlp, tree_prox
+    from paperprune.structure import (ClassTree, class_graph_from_embeddings, class_tree_from_embeddings,
+                                      class_tree_from_taxonomy)
     """),
     code(SMALL_CNN),
     md("""
@@ -691,12 +702,15 @@ STLP = [
     + \\lambda \\sum_k \\sum_{v} w_v\\, \\|B_{k, G_v}\\|_2 ,$$
 
     where $G_v$ is the set of classes under tree node $v$ (leaves and root included). A channel
-    can be switched off for a single class (leaf group), for a whole superclass (internal
-    node), or everywhere (root): the tree decides which classes share the decision.
+    can be switched off for a single class (leaf group) or for a whole superclass (internal
+    node); the tree decides which classes share the decision. The root's group would switch a
+    channel off everywhere, but under Kim & Xing's weights (and the taxonomy's) the root weighs
+    $w_{\\mathrm{root}} = 0$ (printed below): a channel goes when all its superclass groups go.
 
     The penalty's proximal operator is exact for a tree (Jenatton et al., JMLR 2011): group
     soft-thresholding $x_G \\leftarrow x_G \\max(0, 1 - t\\,w_G/\\|x_G\\|)$ applied from the leaves
-    to the root. With $B \\ge 0$ it is that operator applied to $\\max(x, 0)$. A two-level tree
+    to the root, on signed rows (the package's default). With $B \\ge 0$ (`nonnegative=True`) it
+    is that operator applied to $\\max(x, 0)$. A two-level tree
     over four classes:
     """),
     code("""
@@ -720,8 +734,8 @@ STLP = [
     code(f"""
     {CHECK}
     print("x                       ", np.round(x[0].numpy(), 6))
-    print("prox (signed)           ", np.round(signed[0].numpy(), 6))
-    print("prox (B >= 0, the solver's)", np.round(nonneg[0].numpy(), 6))
+    print("prox (signed, the default)", np.round(signed[0].numpy(), 6))
+    print("prox (B >= 0, nonnegative)", np.round(nonneg[0].numpy(), 6))
     print("matches cvxpy, signed:  ", bool(np.allclose(signed[0].numpy(), ref_signed, atol=1e-6)))
     print("matches cvxpy, B >= 0:  ", bool(np.allclose(nonneg[0].numpy(), ref_nonneg, atol=1e-6)))
     """),
