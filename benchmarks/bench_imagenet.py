@@ -170,7 +170,8 @@ def markdown(result):
         "# ImageNet-scale pruning cost (benchmarks/bench_imagenet.py)", "",
         f"Date {env['date']}, host {env['hostname']}, {env['processor']}, {env['cpu_count']} CPUs, torch "
         f"{env['torch']} ({env['torch_threads']} threads), commit {env['git_commit']}. Load average before/after: "
-        f"{result['load_before']} / {result['load_after']} (the machine is shared).", "",
+        f"{result['load_before']} / {result['load_after']} (the machine is shared)."
+        + (f" Note: {result['note']}." if result.get("note") else ""), "",
         f"torchvision ResNet-50, {a['size']}x{a['size']}, {a['classes']} classes, {a['per_class']} generated images "
         f"per class (N = {n}), 50% fewer MACs, `paperprune.prune` with the groups `paperprune.discover` finds "
         f"({m['layers']} layers, {m['channels']} channels). Target (issue 14, 224x224, 1,000 classes, 2 per class): "
@@ -205,6 +206,15 @@ def summarise(names):
             "and 12 GiB. Projections from each run (CPU seconds; see the run's section):", ""]
     head += [f"- run {name}: {line}" for name, result in zip(names, runs) for line in
              [ln[2:] for ln in projection(result) if ln.startswith("- ")]]
+    issue = next((r["issue_setting_macs"] for r in runs if r.get("issue_setting_macs")), None)
+    if issue:
+        largest = issue["largest_layer_features_gib"]
+        head += ["", f"Memory, by the cost model of `paperprune.ib.feature_statistics` (not measured at this size): the "
+                 f"largest layer's features (the stem's, 64 x 112 x 112 per image, which discovery lists for "
+                 f"torchvision's ResNet-50) take {largest:.2f} GiB at N = 2,000 and the kernels hold a copy, so the "
+                 f"statistics peak above {2 * largest:.0f} GiB plus the 1 GiB tiles and the "
+                 f"{2000 * 3 * 224 * 224 * 4 / GIB:.1f} GiB of images: over the 12 GiB target unless the stem is "
+                 "left out (the lineage's ResNet-50 layers, `create_model('resnet50')`, start at 56 x 56)."]
     body = [markdown(result).replace("# ImageNet-scale pruning cost (benchmarks/bench_imagenet.py)",
                                      f"## Run {name}") for name, result in zip(names, runs)]
     atomic_write_json(RESULTS / "imagenet.json", {"runs": dict(zip(names, runs))})
