@@ -493,10 +493,11 @@ def _class_counts(name: str, split: str, root, fingerprint: str) -> tuple[int, .
     return tuple(torch.bincount(labels, minlength=dataset_info(name, root).num_classes).tolist())
 
 
-def class_counts(name: str, split: str = "train", root=None) -> tuple[int, ...]:
-    """Images per class of a split (cached per data identity)."""
+def class_counts(name: str, split: str = "train", root=None, *, fingerprint: str | None = None) -> tuple[int, ...]:
+    """Images per class of a split (cached per data identity; pass `fingerprint` when it is known)."""
     _check_split(split)
-    return _class_counts(name, split, None if root is None else str(root), data_identity(name, root)["fingerprint"])
+    fingerprint = fingerprint or data_identity(name, root)["fingerprint"]
+    return _class_counts(name, split, None if root is None else str(root), fingerprint)
 
 
 def _check_loader_args(batch_size: int, rank: int, world_size: int) -> None:

@@ -492,8 +492,8 @@ def _validated(config: RunConfig, out: Path, latency_repeats, deployed_latency: 
     device = resolve_device(config.device, setting="--device")
     info = dataset_info(config.dataset, config.data_root)
     data = data_identity(config.dataset, config.data_root)
-    config.check_data(info, class_counts(config.dataset, "train", config.data_root),
-                      class_counts(config.dataset, "test", config.data_root))
+    config.check_data(info, *(class_counts(config.dataset, split, config.data_root, fingerprint=data["fingerprint"])
+                              for split in ("train", "test")))
     input_size = model_input_size(info)
     _check_model(config, info, input_size, device)
     return device, info, data, input_size, latency_repeats

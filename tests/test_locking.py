@@ -95,12 +95,13 @@ def test_two_runs_at_once(tmp_path):
     other = subprocess.Popen(_run_cmd(other_out, "l1", cache), env=ENV, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (first_out / "config.json").is_file(), first)
     saved = (first_out / "config.json").read_bytes()
-    for method in ("l1", "stlp"):  # another config, and the very same command
-        second = subprocess.run(_run_cmd(first_out, method, cache), env=ENV, capture_output=True, text=True,
-                                timeout=300)
-        assert second.returncode == 2, second.stderr
-        assert f"is in use by pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
-        assert first.poll() is None, "the first run ended before the second was refused"
+    seconds = [subprocess.Popen(_run_cmd(first_out, method, cache), env=ENV, stderr=subprocess.PIPE, text=True)
+               for method in ("l1", "stlp")]  # another config, and the very same command, at once
+    for second in seconds:
+        err = second.communicate(timeout=300)[1]
+        assert second.returncode == 2, err
+        assert f"is in use by pid {first.pid} on" in err and "Traceback" not in err
+    assert first.poll() is None, "the first run ended before the second ones were refused"
     assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
     assert other.wait(timeout=900) == 0, other.stderr.read()[-3000:]
     assert (first_out / "config.json").read_bytes() == saved
