@@ -218,10 +218,11 @@ def summarise(names):
                  f"statistics peak above {2 * largest:.0f} GiB plus the 1 GiB tiles and the "
                  f"{2000 * 3 * 224 * 224 * 4 / GIB:.1f} GiB of images: over the 12 GiB target unless the stem is "
                  "left out (the lineage's ResNet-50 layers, `create_model('resnet50')`, start at 56 x 56).", "",
-                 f"What would meet the time target: the statistics are {(issue['forward_macs'] + issue['kernel_macs']) / 1e12:.0f} T "
-                 "multiply-adds (the same torch code runs on CUDA: divide by the device's sustained rate), and the "
-                 "solvers take 83-98% of the measured time at every size here, so a GPU run or fewer solver "
-                 "iterations, not the statistics, decide whether 1,000 classes fit 20 minutes. Since d56cd0b every "
+                 "What would meet the time target: neither part fits 20 minutes on this CPU. The statistics are "
+                 f"{(issue['forward_macs'] + issue['kernel_macs']) / 1e12:.0f} T multiply-adds, hours at the rates "
+                 "measured here; the same torch code runs on CUDA (divide by the device's sustained rate). The solvers "
+                 "took 83-98% of the measured time at these small sizes; they too run on CUDA, and fewer iterations "
+                 "(warm starts across the bisection are already used) are the other lever. Since d56cd0b every "
                  "statistics pass after the first batch stops at its group's last observed layer, which these runs "
                  "predate."]
     body = [markdown(result).replace("# ImageNet-scale pruning cost (benchmarks/bench_imagenet.py)",
