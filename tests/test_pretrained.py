@@ -80,3 +80,19 @@ def test_export_refuses_an_unfinished_run(tmp_path, monkeypatch):
         pre.export(tmp_path, "resnet56", "synthetic-test", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+def test_shipped_resnet56_fashion_mnist():
+    """The shipped file is the recorded final epoch of a full-data run, and it still scores what its
+    record says on the first 500 test images (fp32; 2 images of slack for another CPU's rounding)."""
+    record = pre.pretrained_record("resnet56", "fashion-mnist")
+    weights = pre._resource(record["weights"])
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == record["sha256"]
+    epochs = record["command"]["train"]["epochs"]
+    assert record["weights_epoch"] == epochs == record["history"][-1]["epoch"] == len(record["history"])
+    assert record["command"]["dataset"] == "fashion-mnist" and record["command"]["per_class"] is None
+    assert record["history"][-1]["train_images"] == 60000 // 128 * 128 and record["test"]["images"] == 10000
+    model = create_model("resnet56", num_classes=10, in_channels=1, pretrained="fashion-mnist")
+    _, test_loader, _ = make_loaders("fashion-mnist", batch_size=250)
+    test_loader.images, test_loader.labels = test_loader.images[:500], test_loader.labels[:500]
+    assert record["check"]["first_test_images"] == 500
+    assert abs(evaluate(model, test_loader, "cpu")["top1"] - record["check"]["top1_fp32"]) <= 0.4
