@@ -178,7 +178,10 @@ def markdown(result, args):
         t = a["training"]
         lines += [f"## {a['arch']}, {a.get('mode', args['mode'])} mode", "",
                   f"Briefly trained ({t['epochs']} epochs at lr {t['lr']} on {t['train_images']} images): top-1 "
-                  f"{a['base_top1']:.2f}%. Latency table: {a['table_s']:.0f} s to measure, key "
+                  f"{a['base_top1']:.2f}%. Latency table: "
+                  + (f"{a['table_s']:.0f} s to measure" if a["table_s"] > 60 else
+                     f"loaded from the cache in {a['table_s']:.0f} s (measured by an earlier run of this benchmark)")
+                  + ", key "
                   f"`{a['table_key_hash']}`; whole model {a['full_us'] / 1e3:.1f} ms, of which "
                   f"{a['rest_us'] / 1e3:.1f} ms outside the timed units. Predictor error over {len(rel)} random "
                   f"width assignments (each layer uniform in [C/8, C], each model compiled and timed once): mean "
@@ -203,6 +206,8 @@ def markdown(result, args):
               "`latency` one. The same criterion at the same global level keeps the same channels whichever cost "
               "the level is bisected against, so `macs-matched` lands on the `latency` model or its neighbour: "
               "its MACs budget is what a user would have had to ask for to get that latency."]
+    if result.get("note"):
+        lines += ["", result["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -221,6 +226,7 @@ def main(argv=None):
     parser.add_argument("--samples-per-class", type=int, default=10)
     parser.add_argument("--work", default="/tmp/paperprune-bench-latency", help="training runs and latency tables")
     parser.add_argument("--name", default="latency", help="results file stem")
+    parser.add_argument("--note", default=None, help="with --combine: a sentence recorded with the results")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="write NAME.{json,md} from the results files of earlier runs (one per arch) instead")
     args = parser.parse_args(argv)
@@ -230,7 +236,8 @@ def main(argv=None):
             for a in part["archs"]:
                 a.setdefault("repeats", part["args"]["repeats"])
                 a.setdefault("mode", part["args"]["mode"])
-        result = {**parts[0], "parts": [p["environment"] for p in parts], "archs": [a for p in parts for a in p["archs"]]}
+        result = {**parts[0], "parts": [p["environment"] for p in parts], "archs": [a for p in parts for a in p["archs"]],
+                  "note": args.note or parts[0].get("note")}
         atomic_write_json(RESULTS / f"{args.name}.json", result)
         atomic_write_text(RESULTS / f"{args.name}.md", markdown(result, result["args"]))
         print(markdown(result, result["args"]))
