@@ -64,7 +64,11 @@ def run_until(monkeypatch, stop_epoch, *args, **kwargs):
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    """Every file of `folder` but its lock file (paperprune.utils.DirLock), which a refused run may
+    leave behind: it must then be empty, i.e. released and naming no holder."""
+    lock = folder / ".lock"
+    assert not lock.exists() or lock.read_bytes() == b"", "a finished or refused run left its lock held"
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.name != ".lock"}
 
 
 def test_resume_gives_identical_weights_and_consistent_metrics(tmp_path, loaders, monkeypatch):
