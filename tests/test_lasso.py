@@ -50,19 +50,6 @@ def degenerate(request):
     return _regression(Phi, Y)
 
 
-@pytest.fixture(scope="module")
-def graph():
-    edges = [[0, 1], [1, 2], [0, 3], [3, 4], [2, 4], [1, 3]]
-    return ClassGraph(torch.tensor(edges), torch.tensor([0.9, 0.5, 0.7, 0.3, 0.6, 0.8], dtype=torch.float64),
-                      torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64), num_classes=K)
-
-
-@pytest.fixture(scope="module")
-def tree():
-    groups = [[0], [1], [2], [3], [4], [0, 1], [0, 1, 2], [3, 4], [0, 1, 2, 3, 4]]
-    return ClassTree(groups, torch.tensor([0.4, 0.3, 0.6, 0.5, 0.2, 0.7, 0.5, 0.8, 0.3], dtype=torch.float64))
-
-
 def _cvx_value(Q, R, lam, *, nonnegative, graph=None, gamma=0.0, tree=None):
     """The optimal value by cvxpy (Clarabel), the fused terms built from the edge list and signs."""
     q, U = np.linalg.eigh(Q.numpy())

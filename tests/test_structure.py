@@ -13,19 +13,6 @@ from paperprune.utils import PaperpruneError
 K = 5
 
 
-@pytest.fixture(scope="module")
-def graph():
-    edges = [[0, 1], [1, 2], [0, 3], [3, 4], [2, 4], [1, 3]]
-    return ClassGraph(torch.tensor(edges), torch.tensor([0.9, 0.5, 0.7, 0.3, 0.6, 0.8], dtype=torch.float64),
-                      torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64), num_classes=K)
-
-
-@pytest.fixture(scope="module")
-def tree():
-    groups = [[0], [1], [2], [3], [4], [0, 1], [0, 1, 2], [3, 4], [0, 1, 2, 3, 4]]
-    return ClassTree(groups, torch.tensor([0.4, 0.3, 0.6, 0.5, 0.2, 0.7, 0.5, 0.8, 0.3], dtype=torch.float64))
-
-
 def test_validation():
     f = torch.float64
     with pytest.raises(PaperpruneError, match=r"\(E, 2\)"):
