@@ -1,6 +1,7 @@
 """End-to-end runs: pretrain (or load) -> statistics -> selection -> surgery -> fine-tune -> evaluate.
 
-`run_experiment(RunConfig, out)` writes `out/run.json` (schema in the README). Every setting
+`run_experiment(RunConfig, out)` writes `out/run.json` through `paperprune.record` (its one schema,
+also the README's table). Every setting
 is validated, and the data and a `--pretrained` checkpoint are checked, before anything is
 written. The run then owns `out` through an OS lock (`out/.lock`) for its whole life: a second
 run into the same folder is refused at once, naming the holder. Every stage leaves its
@@ -27,7 +28,6 @@ import torch
 from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, resolve_device,
                     seed_everything)
 
-SCHEMA = 1
 STRUCTURES = ("embedding", "taxonomy")
 
 
@@ -470,7 +470,9 @@ def _claim(out: Path, record_config: dict, data: dict, restart: bool) -> dict | 
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "finetune", ignore_errors=True)
     if (out / "run.json").is_file():
-        return _read_json(out / "run.json", ("config", "baseline", "pruned"))
+        from .record import read_run
+
+        return read_run(out / "run.json").to_dict()
     atomic_write_json(saved_path, {**record_config, "data": data})
     return None
 
@@ -535,6 +537,8 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
          latency_repeats, deployed_latency) -> dict:
     """The stages, each skipped when its artifact is there; timings are cumulative over resumes."""
     from .flops import count_flops_params
+    from .record import SCHEMA, DataIdentity, Evaluation, Layer, Packed, Pruned, RunRecord, Timings, write_run
+    from .stats import pack_correct
     from .train import evaluate, resolve_precision
 
     base, baseline, bdir, pretrain_resumed, pretrain_s = _baseline(config, data, info, cache_dir, device,
@@ -549,36 +553,26 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
         resumed.append("finetune")
 
     start = time.perf_counter()
-    final = evaluate(pruned, test_loader, device, topk=_topk(config))
+    final = evaluate(pruned, test_loader, device, topk=_topk(config), per_image=True)
     report = pruning["report"]
     timings = {"pretrain_s": pretrain_s, **{k: report["timings"][k] for k in ("statistics_s", "selection_s",
                                                                               "surgery_s")},
                "finetune_s": _epoch_seconds(out / "finetune"),
                "evaluation_s": baseline["evaluation_s"] + time.perf_counter() - start}
     macs, params = count_flops_params(pruned, input_size)
-    record = {
-        "schema": SCHEMA,
-        "status": "complete",
-        "config": asdict(config),
-        "data": data,
-        "baseline_cache": str(bdir) if bdir is not None else None,
-        "environment": environment_info(device),
-        "precision": resolve_precision(config.precision, device),
-        "baseline": {k: baseline[k] for k in ("top1", "top5", "params", "macs")},
-        "pruned": {"top1_before_finetune": pruning["top1_before_finetune"], "top1": final["top1"],
-                   "top5": final.get("top5"), "params": params, "macs": macs,
-                   "params_reduction": 1.0 - params / baseline["params"],
-                   "macs_reduction": 1.0 - macs / baseline["macs"]},
-        "lam": report["criterion"].get("lam"),
-        "criterion": report["criterion"],
-        "layers": report["layers"],
-        "latency": _latency(base, pruned, input_size, latency_repeats, deployed_latency) if latency_repeats else {},
-        "latency_budget": report.get("latency"),
-        "timings": timings,
-        "resumed": resumed,
-    }
-    atomic_write_json(out / "run.json", record)
-    return record
+    record = RunRecord(
+        schema=SCHEMA, status="complete", config=asdict(config), data=DataIdentity(**data),
+        baseline_cache=str(bdir) if bdir is not None else None, environment=environment_info(device),
+        precision=resolve_precision(config.precision, device),
+        baseline=Evaluation(**{k: baseline[k] for k in ("top1", "top5", "params", "macs")}),
+        pruned=Pruned(top1_before_finetune=pruning["top1_before_finetune"], top1=final["top1"], top5=final.get("top5"),
+                      params=params, macs=macs, params_reduction=1.0 - params / baseline["params"],
+                      macs_reduction=1.0 - macs / baseline["macs"], correct=Packed(**pack_correct(final["correct"]))),
+        lam=report["criterion"].get("lam"), criterion=report["criterion"],
+        layers=[Layer(**row) for row in report["layers"]],
+        latency=_latency(base, pruned, input_size, latency_repeats, deployed_latency) if latency_repeats else {},
+        latency_budget=report.get("latency"), timings=Timings(**timings), resumed=resumed)
+    return write_run(out / "run.json", record)
 
 
 def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_loader, device, progress):

@@ -206,7 +206,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, topk: tuple[int, ...] = (1, 5),
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", per_image: bool = False) -> dict:
     """Top-k accuracies (percentages) and mean cross-entropy of `model` over `loader`.
 
     Returns {"top1": ..., "top5": ..., "loss": ...} (one "top{k}" per k; a k above the number
@@ -214,6 +214,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
     group is initialised, so a rank-sharded test loader gives the whole test set's numbers.
     `precision` is one of `resolve_precision`'s results ("fp32", "bf16", "fp16"); under
     autocast the images are passed channels_last. The model's train/eval mode is restored.
+    `per_image` adds "correct": a numpy bool vector, top-1 right or not per image in loader
+    order (this process's images only under a process group).
     """
     if precision not in _AUTOCAST:
         raise PaperpruneError(f"evaluate: precision {precision!r} is not one of {', '.join(_AUTOCAST)}")
@@ -223,6 +225,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
     model.eval()
     ks = tuple(int(k) for k in topk)
     sums = torch.zeros(2 + len(ks), dtype=torch.float64, device=device)  # n, loss, correct@k...
+    correct = []
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -236,6 +239,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
         hit = top.eq(labels[:, None])
         for i, k in enumerate(ks):
             sums[2 + i] += hit[:, :k].any(dim=1).sum()
+        if per_image:
+            correct.append(hit[:, 0].cpu())
     model.train(was_training)
     sums = _all_reduce_sum(sums).cpu()
     n = sums[0].item()
@@ -243,6 +248,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
         raise PaperpruneError("evaluate: the loader yielded no samples")
     out = {f"top{k}": 100.0 * sums[2 + i].item() / n for i, k in enumerate(ks)}
     out["loss"] = sums[1].item() / n
+    if per_image:
+        out["correct"] = torch.cat(correct).numpy()
     return out
 
 

@@ -13,6 +13,8 @@ import torch
 from paperprune.deploy import DEPLOY_MODE
 from paperprune.experiment import RunConfig, run_experiment
 from paperprune.flops import count_flops_params
+from paperprune.record import SCHEMA, RunRecord
+from paperprune.stats import unpack_correct
 from paperprune.surgery import load_pruned
 from paperprune.utils import PaperpruneError
 
@@ -31,7 +33,8 @@ def test_complete_run_json(tiny_run):
     root, record = tiny_run
     on_disk = json.loads((root / "r56-stlp" / "run.json").read_text())
     assert on_disk == json.loads(json.dumps(record))
-    assert record["schema"] == 1 and record["status"] == "complete"
+    assert record["schema"] == SCHEMA and record["status"] == "complete"
+    assert RunRecord.from_dict(on_disk).to_dict() == on_disk  # the record follows its one schema
     assert record["config"]["method"] == "stlp" and record["config"]["seed"] == 0
     env = record["environment"]
     for key in ("paperprune", "torch", "torchvision", "python", "device", "git_commit", "date"):
@@ -49,6 +52,8 @@ def test_complete_run_json(tiny_run):
     for key in ("top1_before_finetune", "top1"):
         assert 0.0 <= record["pruned"][key] <= 100.0
     assert record["pruned"]["top5"] is None and record["baseline"]["top5"] is None
+    correct = unpack_correct(record["pruned"]["correct"])  # the final evaluation, image by image
+    assert correct.size == 100 and 100.0 * correct.mean() == pytest.approx(record["pruned"]["top1"])
     assert record["lam"] is not None and record["lam"] > 0
     assert len(record["layers"]) == 27
     assert [row["width_after"] for row in record["layers"]] == [

@@ -1,0 +1,296 @@
+"""One definition of `run.json`: the record a run writes (experiment), reads back and checks (reporting).
+
+`RunRecord` and the blocks it holds are the schema. `write_run` validates a record before it is
+written atomically; `read_run` / `RunRecord.from_dict` check every key against the field types
+declared here (and the few value rules in the `_check` hooks) and raise `RecordError` naming the
+key. The README's "What a run records" table is `markdown_table()` (tests/test_record.py fails
+when the two differ).
+
+Schema versions: 1 (until 2026-12-02) required only `schema`, `status`, `config`, `baseline`,
+`pruned`, `environment`, `lam`, `layers`, `latency`, `timings`; 2 adds `pruned.correct` (the
+per-image correctness of the final evaluation, for paired comparisons) and requires every field
+the writer fills. A field marked "since 2" reads as None from a version-1 record.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from .utils import PaperpruneError, _json_default, atomic_write_json
+
+__all__ = ["SCHEMA", "RecordError", "RunRecord", "Evaluation", "Pruned", "Layer", "Packed", "DataIdentity",
+           "Timings", "read_run", "write_run", "markdown_table"]
+
+SCHEMA = 2
+
+
+class RecordError(PaperpruneError):
+    """A run.json that does not follow the schema; the message names the key."""
+
+
+def _field(doc: str, since: int | None = None, optional: bool = False):
+    """A schema field: `doc` for the README table; `since` the version from which it is required
+    (absent before: None); `optional` True for a field a record may always leave out (None)."""
+    meta = {"doc": doc, "since": since}
+    return field(default=None, metadata=meta) if since is not None or optional else field(metadata=meta)
+
+
+@dataclass(kw_only=True)
+class Packed:
+    """Per-image top-1 correctness in test-loader order, as `paperprune.stats.pack_correct` packs it."""
+
+    n: int = _field("number of test images")
+    bits: str = _field("base64 of numpy.packbits of the booleans (`paperprune.stats.unpack_correct` reads it)")
+
+    def _check(self, where: str) -> None:
+        try:
+            size = len(base64.b64decode(self.bits, validate=True))
+        except ValueError:
+            raise RecordError(f"{where}bits is not base64") from None
+        if self.n < 1 or size != -(-self.n // 8):
+            raise RecordError(f"{where}bits holds {size} bytes, not the {-(-self.n // 8)} of n={self.n} images")
+
+
+def _check_size(block, where: str) -> None:
+    if block.params <= 0 or block.macs <= 0:
+        raise RecordError(f"{where}params/macs must be positive")
+
+
+@dataclass(kw_only=True)
+class Evaluation:
+    """The unpruned baseline on the test loader."""
+
+    top1: float = _field("top-1 accuracy (%)")
+    top5: float | None = _field("top-5 accuracy (%), ImageNet only (null elsewhere)", optional=True)
+    params: int = _field("parameters, conv + linear (METHOD.md section 4)")
+    macs: int = _field("multiply-accumulates of one image, conv + linear (\"FLOPs\")")
+
+    def _check(self, where: str) -> None:
+        _check_size(self, where)
+
+
+@dataclass(kw_only=True)
+class Pruned:
+    """The pruned model: right after surgery, and after fine-tuning (the final evaluation)."""
+
+    top1_before_finetune: float = _field("top-1 (%) right after pruning, before fine-tuning")
+    top1: float = _field("top-1 (%) after fine-tuning (the final evaluation)")
+    top5: float | None = _field("top-5 (%) after fine-tuning, ImageNet only", optional=True)
+    params: int = _field("parameters after pruning")
+    macs: int = _field("MACs after pruning")
+    params_reduction: float = _field("1 - params / baseline params")
+    macs_reduction: float = _field("1 - MACs / baseline MACs (the FLOPs reduction reached)")
+    correct: Packed | None = _field("per-image top-1 correctness of the final evaluation, packed "
+                                    "(`n`, `bits`): the input of paired bootstrap comparisons", since=2)
+
+    def _check(self, where: str) -> None:
+        _check_size(self, where)
+
+
+@dataclass(kw_only=True)
+class Layer:
+    """One prunable layer."""
+
+    name: str = _field("the conv's module name")
+    width_before: int = _field("output channels before pruning")
+    width_after: int = _field("output channels kept")
+    kept: list[int] | None = _field("indices of the kept channels", since=2)
+
+    def _check(self, where: str) -> None:
+        if not 0 <= self.width_after <= self.width_before or self.width_before <= 0:
+            raise RecordError(f"{where}width_before must be > 0 and width_after in 0..width_before, got "
+                              f"{self.width_before} and {self.width_after}")
+
+
+@dataclass(kw_only=True)
+class DataIdentity:
+    """The data a run read (`paperprune.data.data_identity`)."""
+
+    root: str = _field("the resolved folder read")
+    fingerprint: str = _field("hash of the files' names, sizes and dates")
+
+
+@dataclass(kw_only=True)
+class Timings:
+    """Seconds per stage, cumulative over interruptions."""
+
+    pretrain_s: float = _field("the completed epochs of the cached baseline's training (loading with --pretrained)")
+    statistics_s: float = _field("calibration statistics of the criterion")
+    selection_s: float = _field("the budget rule's selection")
+    surgery_s: float = _field("physical pruning")
+    finetune_s: float = _field("the completed fine-tuning epochs")
+    evaluation_s: float = _field("test evaluations (baseline and final)")
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """`OUT/run.json` of `python -m paperprune run` (and of each papermill run)."""
+
+    schema: int = _field(f"version of this schema ({SCHEMA} now; 1 still reads)")
+    status: str = _field("\"complete\" (a failed run leaves error.json instead)")
+    config: dict = _field("every setting of the run: `dataclasses.asdict(paperprune.experiment.RunConfig)`")
+    data: DataIdentity | None = _field("the data identity", since=2)
+    baseline_cache: str | None = _field("the cache folder of the baseline (null with `--pretrained`)", since=2,
+                                        optional=True)
+    environment: dict = _field("package versions, device, git commit, host, date (`utils.environment_info`)")
+    precision: str | None = _field("the precision training and evaluation used: fp32, bf16 or fp16", since=2)
+    baseline: Evaluation = _field("the baseline before pruning")
+    pruned: Pruned = _field("the pruned model")
+    lam: float | None = _field("the lasso's lam reached (null for criteria without one)", optional=True)
+    criterion: dict | None = _field("what the criterion reports: lam, `lasso_support`, `relevance_threshold`, ...",
+                                    since=2)
+    layers: list[Layer] | None = _field("per prunable layer, widths before and after", optional=True)
+    latency: dict = _field("base and pruned forward time (ms): `cpu_bs1`, `cpu_bs64` (and `cuda_bs64` on a GPU) "
+                           "with `base_ms`, `pruned_ms`, `repeats`; at batch 64 also `deployed_base_ms` / "
+                           "`deployed_pruned_ms` after `prepare_for_inference` (mode in `deployed`; "
+                           "`--no-deployed-latency` skips them); `{}` with `--latency-repeats 0`")
+    latency_budget: dict | None = _field("with `--latency-reduction`: target, predicted and measured latency "
+                                         "(`latency.latency_record`); else null", since=2, optional=True)
+    timings: Timings = _field("seconds per stage")
+    resumed: list[str] | None = _field("stages taken from earlier work instead of computed by this invocation: "
+                                       "`pretrain` (a cached or resumed baseline), `prune`, `finetune` (resumed "
+                                       "from its checkpoint); `[]` for a run done in one go", since=2)
+
+    def _check(self, where: str) -> None:
+        if not 1 <= self.schema <= SCHEMA:
+            raise RecordError(f"schema is {self.schema}; this paperprune reads versions 1 to {SCHEMA} (a newer "
+                              "paperprune wrote it: upgrade)")
+        if self.status != "complete":
+            raise RecordError(f"status is {self.status!r}, expected 'complete'")
+        for key in ("dataset", "arch", "method"):
+            if not isinstance(self.config.get(key), str):
+                raise RecordError(f"config.{key} missing or not a string")
+
+    @classmethod
+    def from_dict(cls, record: Any) -> RunRecord:
+        """The record, every key checked (RecordError naming the first bad one)."""
+        if not isinstance(record, dict):
+            raise RecordError(f"holds a {type(record).__name__}, not a JSON object")
+        schema = record.get("schema")
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise RecordError(f"schema is {schema!r}, not a version number")
+        return _build(cls, record, "", schema)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """`path` (a run.json) read and checked; RecordError naming the file, the problem and the fix."""
+    path = Path(path)
+    fix = "delete it and rerun the same command to recompute the run"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    try:
+        return RunRecord.from_dict(raw)
+    except RecordError as e:
+        raise RecordError(f"{path} is damaged ({e}); {fix}") from None
+
+
+def write_run(path: str | Path, record: RunRecord) -> dict:
+    """Check `record` as a reader would, then write it atomically; returns the dict written."""
+    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
+    RunRecord.from_dict(data)
+    atomic_write_json(path, data)
+    return data
+
+
+# --------------------------------------------------------------------------- checking
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, raw: dict, where: str, schema: int):
+    """An instance of dataclass `cls` from `raw`, each value checked against its declared type."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{where.rstrip('.') or 'the record'} is not an object")
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise RecordError(f"unknown key {where}{unknown[0]} (known: {', '.join(names)})")
+    values = {}
+    for f in fields(cls):
+        if f.name in raw:
+            values[f.name] = _value(hints[f.name], raw[f.name], f"{where}{f.name}", schema)
+        elif f.default is MISSING or (f.metadata["since"] is not None and schema >= f.metadata["since"]):
+            raise RecordError(f"{where}{f.name} missing")
+    obj = cls(**values)
+    if hasattr(obj, "_check"):
+        obj._check(where)
+    return obj
+
+
+def _value(hint, value, where: str, schema: int):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _value(hint, value, where, schema)
+    if is_dataclass(hint):
+        return _build(hint, value, where + ".", schema)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecordError(f"{where} is not a list")
+        return [_value(args[0], v, f"{where}[{i}]", schema) for i, v in enumerate(value)]
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str), dict: lambda v: isinstance(v, dict)}[hint]
+    if not ok(value):
+        raise RecordError(f"{where} missing or not {_TYPE_NAMES[hint]} (got {value!r:.60})")
+    return value
+
+
+# --------------------------------------------------------------------------- documentation
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", dict: "objects"}
+
+
+def _strip_none(hint):
+    """(the type without None, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def _type_text(hint) -> str:
+    hint, nullable = _strip_none(hint)
+    if is_dataclass(hint):
+        text = "object"
+    elif typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        text = "list of " + ("objects" if is_dataclass(item) else _PLURALS[item])
+    else:
+        text = _TYPE_NAMES[hint].split(" ", 1)[1]
+    return text + (" or null" if nullable else "")
+
+
+def _rows(cls, prefix: str = "") -> list[str]:
+    hints, rows = _hints(cls), []
+    for f in fields(cls):
+        since = f.metadata["since"]
+        note = f" (since schema {since}; null in older records)" if since else ""
+        rows.append(f"| `{prefix}{f.name}` | {_type_text(hints[f.name])} | {f.metadata['doc']}{note} |")
+        inner, _ = _strip_none(hints[f.name])
+        if typing.get_origin(inner) is list and is_dataclass(typing.get_args(inner)[0]):
+            rows += _rows(typing.get_args(inner)[0], f"{prefix}{f.name}[].")
+        elif is_dataclass(inner):
+            rows += _rows(inner, f"{prefix}{f.name}.")
+    return rows
+
+
+def markdown_table() -> str:
+    """The README's table of run.json keys, generated from the dataclasses above."""
+    return "\n".join(["| key | type | content |", "|---|---|---|", *_rows(RunRecord)]) + "\n"
