@@ -12,6 +12,8 @@ correctness of both, packed, for the paired bootstrap of `paperprune.stats`.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -85,7 +87,8 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     `model` (one of the paper models, or one `prune` understands) is not modified. A target a
     criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
     seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
-    correct_bn (packed per-image correctness), statistics_s (the shared statistics' time).
+    correct_bn (packed per-image correctness), kept (channel indices per layer), statistics_s (the
+    shared statistics' time), evaluate_s.
     """
     for method in methods:
         check_method(method)
@@ -124,34 +127,60 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
     except PaperpruneError as exc:
         return {"error": str(exc)}
     pruned = prune_channels(copy.deepcopy(base), layers, sel.keep, size)
+    start = time.perf_counter()
     raw = correct_per_image(pruned, test_loader, device)
     adapted = correct_per_image(adapt_batchnorm(pruned, bn_data, bn_images, device), test_loader, device)
     return {"level": float(sel.level), "macs_reduction": 1.0 - sel.macs / sel.base_macs,
             "params_reduction": 1.0 - sel.params / sel.base_params, "widths": sel.widths,
+            "kept": {name: [int(i) for i in idx] for name, idx in sel.keep.items()},
             "top1": 100.0 * float(raw.mean()), "top1_bn": 100.0 * float(adapted.mean()),
-            "correct": pack_correct(raw), "correct_bn": pack_correct(adapted)}
+            "correct": pack_correct(raw), "correct_bn": pack_correct(adapted),
+            "evaluate_s": time.perf_counter() - start}
+
+
+def _check_grid(methods, targets, seeds, samples_per_class, bn_images) -> None:
+    """Refuse a bad grid before anything is written, naming the value typed."""
+    for method in methods:
+        check_method(method)
+    bad = [t for t in targets if not 0.0 < float(t) < 1.0]
+    if not targets or bad:
+        raise PaperpruneError(f"targets {list(targets)}: each must be a FLOPs reduction in (0, 1), e.g. 0.3,0.55")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise PaperpruneError(f"seeds {list(seeds)}: give at least one seed, each once")
+    for name, value, low in (("samples_per_class", samples_per_class, 2), ("bn_images", bn_images, 1)):
+        if int(value) < low:
+            raise PaperpruneError(f"{name}={value}: need at least {low}")
+
+
+def _chunk_path(out: Path, method: str, seed: int) -> Path:
+    return out / "points" / f"{method}-s{seed}.json"
 
 
 def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = None, weights: str | None = None,
         methods: Sequence[str] = METHODS, targets: Sequence[float] = TARGETS, seeds: Sequence[int] = (0, 1, 2),
         samples_per_class: int = 20, bn_images: int = 256, test_per_class: int | None = None,
         data_root: str | None = None, device="cpu", progress: bool = True) -> dict:
-    """Curves of a trained baseline on a tensor dataset, written to `out/curves.json`.
+    """Curves of a trained baseline on a tensor dataset, written to `out/curves.json`; resumable.
 
     The baseline is `create_model(arch, pretrained=...)` or a state_dict file `weights`. Seed s
     draws its calibration sample with `class_balanced_batch(..., seed=s)`; adaptive BN uses the
     first `bn_images` of a fixed seed-0 shuffle of the training set; the test set is whole unless
-    `test_per_class`. No augmentation anywhere. Returns the record (config, environment, points,
-    and `summary`: mean/std over seeds of top1 and top1_bn per method and target).
+    `test_per_class`. No augmentation anywhere; evaluation in fp32 (the same numbers on CPUs with
+    and without bf16). Each (criterion, seed) is one chunk, `out/points/<method>-s<seed>.json`,
+    written atomically when done: a rerun of the same command skips finished chunks, and a folder
+    holding curves of another config is refused. Returns the record (config, environment,
+    points, timings, and `summary`: mean/std over seeds of top1 and top1_bn per method and target).
     """
     from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
     from .experiment import load_weights
     from .models import create_model
     from .stats import aggregate
-    from .utils import atomic_write_json, environment_info
+    from .utils import DirLock, atomic_write_json, environment_info
 
     if (pretrained is None) == (weights is None):
         raise PaperpruneError("pass exactly one baseline: pretrained= (shipped weights) or weights= (a state_dict file)")
+    methods, targets, seeds = list(methods), [float(t) for t in targets], [int(s) for s in seeds]
+    _check_grid(methods, targets, seeds, samples_per_class, bn_images)
     info = dataset_info(dataset, data_root)
     model = create_model(arch, info.num_classes, info.in_channels, pretrained=pretrained)
     if weights is not None:
@@ -160,6 +189,12 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     tx, ty = load_tensors(dataset, "test", data_root)
     if test_per_class is not None:
         tx, ty = class_balanced_batch(tx, ty, test_per_class, 0, setting="test_per_class")
+    state = model.state_dict()
+    digest = hashlib.sha256(b"".join(state[k].detach().cpu().contiguous().numpy().tobytes() for k in sorted(state)))
+    config = {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": weights,
+              "baseline_sha256": digest.hexdigest(), "methods": methods,
+              "targets": targets, "seeds": seeds, "samples_per_class": int(samples_per_class),
+              "bn_images": int(bn_images), "test_images": len(ty), "precision": "fp32"}
     plain = {"mean": info.mean, "std": info.std, "train": False, "device": device}
     bx, by = class_balanced_batch(x, y, -(-bn_images // info.num_classes), 0)
     mixed = torch.randperm(len(by), generator=torch.Generator().manual_seed(0))  # batches of mixed classes
@@ -169,19 +204,52 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
         cx, cy = class_balanced_batch(x, y, samples_per_class, seed, setting="samples_per_class")
         return DeviceLoader(cx, cy, batch_size=256, **plain)
 
-    points = pruning_curves(model, calibration, DeviceLoader(tx, ty, batch_size=256, **plain),
-                            DeviceLoader(bx, by, batch_size=64, seed=0, **plain), methods=methods, targets=targets,
-                            seeds=seeds, samples_per_class=samples_per_class, bn_images=bn_images,
-                            taxonomy=info.taxonomy, device=device, progress=progress)
-    ok = [p for p in points if "error" not in p]
-    record = {"config": {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": weights,
-                         "methods": list(methods), "targets": list(targets), "seeds": list(seeds),
-                         "samples_per_class": samples_per_class, "bn_images": bn_images,
-                         "test_images": len(ty)},
-              "environment": environment_info(device), "points": points,
-              "summary": {key: aggregate(ok, by=("method", "target"), value=key) for key in ("top1", "top1_bn")}}
-    atomic_write_json(Path(out) / "curves.json", record)
+    out = Path(out)
+    start = time.perf_counter()
+    with DirLock(out, "curves"):
+        _claim(out, config, atomic_write_json)
+        chunks = [(m, s) for m in methods for s in seeds]
+        bar = tqdm(chunks, desc=f"curves {arch}", disable=not progress)
+        points, resumed = [], []
+        for method, seed in bar:
+            path = _chunk_path(out, method, seed)
+            if path.is_file():
+                chunk = json.loads(path.read_text(encoding="utf-8"))
+                resumed.append(f"{method}-s{seed}")
+            else:
+                chunk = pruning_curves(model, calibration, DeviceLoader(tx, ty, batch_size=256, **plain),
+                                       DeviceLoader(bx, by, batch_size=64, seed=0, **plain), methods=[method],
+                                       targets=targets, seeds=[seed], samples_per_class=samples_per_class,
+                                       bn_images=bn_images, taxonomy=info.taxonomy, device=device, progress=False)
+                atomic_write_json(path, chunk)
+            points += chunk
+        ok = [p for p in points if "error" not in p]
+        record = {"config": config, "environment": environment_info(device), "points": points,
+                  "timings": {"wall_s": time.perf_counter() - start, "resumed_chunks": resumed},
+                  "summary": {key: aggregate(ok, by=("method", "target"), value=key) for key in ("top1", "top1_bn")}}
+        atomic_write_json(out / "curves.json", record)
     return record
+
+
+def _claim(out: Path, config: dict, write) -> None:
+    """Write out/config.json, or check that the folder's curves are of this very config."""
+    path = out / "config.json"
+    if path.is_file():
+        held = json.loads(path.read_text(encoding="utf-8"))
+        if held != json.loads(json.dumps(config)):
+            diff = {k: (held.get(k), v) for k, v in config.items() if held.get(k) != json.loads(json.dumps(v))}
+            raise PaperpruneError(f"{out} holds curves of another config (held, asked: {diff}); pass another "
+                                  "--out, or delete that folder to start over")
+    else:
+        write(path, config)
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise PaperpruneError(f"{flag} {text!r}: give comma-separated {kind.__name__} values, e.g. "
+                              f"{'0.3,0.55' if kind is float else '0,1,2'}") from None
 
 
 def main(argv=None) -> int:
@@ -204,9 +272,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
+        targets, seeds = _numbers(args.targets, float, "--targets"), _numbers(args.seeds, int, "--seeds")
         record = run(args.dataset, args.arch, args.out, pretrained=args.pretrained, weights=args.weights,
-                     methods=args.methods.split(","), targets=[float(t) for t in args.targets.split(",")],
-                     seeds=[int(s) for s in args.seeds.split(",")], samples_per_class=args.samples_per_class,
+                     methods=args.methods.split(","), targets=targets, seeds=seeds,
+                     samples_per_class=args.samples_per_class,
                      bn_images=args.bn_images, test_per_class=args.test_per_class, data_root=args.data_root,
                      progress=not args.no_progress)
     except PaperpruneError as exc:

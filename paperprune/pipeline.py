@@ -34,6 +34,8 @@ class PruneReport:
     timings: dict[str, float] = field(default_factory=dict)
     #: with a latency budget: paperprune.latency.latency_record (target, predicted, measured, table key, MACs)
     latency: dict | None = None
+    #: images the pruned model's BatchNorm statistics were re-estimated on (0: not re-estimated)
+    adapted_bn_images: int = 0
 
     @property
     def macs_reduction(self) -> float:
@@ -227,7 +229,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           classifier: str | None = None, seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True,
           latency_reduction: float | None = None, latency_mode: str = "eager", latency_batch_size: int = 64,
-          latency_rounding: bool = False) -> tuple[nn.Module, PruneReport]:
+          latency_rounding: bool = False, adapt_bn: int = 0) -> tuple[nn.Module, PruneReport]:
     """Prune `model` to remove `flops_reduction` of its MACs (default 0.5) with the criterion `method`.
 
     `data` is any iterable of (images, labels) batches (a DataLoader); a class-balanced
@@ -246,6 +248,11 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
     `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
     multiples the table shows to be nearly free.
+
+    `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
+    `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
+    adaptive BN, which EagleEye (Li et al., ECCV 2020) uses to score pruned candidates; it
+    recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.curves`).
     """
     from .flops import count_flops_params
     from .latency import LatencyModel, check_budget, latency_record
@@ -256,6 +263,13 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     gamma_ratio, rho, tolerance = (as_number(v, n) for v, n in ((gamma_ratio, "gamma_ratio"), (rho, "rho"),
                                                                 (tolerance, "tolerance")))
     knn = as_number(knn, "knn", int, optional=True)
+    adapt_bn = as_number(adapt_bn, "adapt_bn", int)
+    if adapt_bn < 0:
+        raise PaperpruneError(f"adapt_bn={adapt_bn}: give the number of images to re-estimate BatchNorm "
+                              "statistics on (e.g. 256), or 0 to leave them as trained")
+    if adapt_bn and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise PaperpruneError(f"adapt_bn={adapt_bn}: the model has no BatchNorm layer to re-estimate; "
+                              "leave adapt_bn at 0")
     nonfinite = [n for n, t in model.state_dict().items()
                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if nonfinite:
@@ -310,6 +324,12 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     if macs != selection.macs or params != selection.params:
         raise RuntimeError(f"internal error: the pruned model has {macs} MACs / {params} params but the budget "
                            f"rule predicted {selection.macs} / {selection.params}")
+    if adapt_bn:
+        from .curves import adapt_batchnorm
+
+        start = time.perf_counter()
+        adapt_batchnorm(pruned, data, adapt_bn, device)
+        timings["adapt_bn_s"] = time.perf_counter() - start
     record = None
     if latency is not None:
         start = time.perf_counter()
@@ -324,5 +344,5 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                  "kept": [int(i) for i in selection.keep[n]]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
-        timings=timings, latency=record)
+        timings=timings, latency=record, adapted_bn_images=adapt_bn)
     return pruned, report

@@ -114,3 +114,47 @@ def test_run_writes_a_record_with_a_summary(tmp_path):
     assert summary["l1", 0.3]["std"] == 0.0  # l1 ignores the calibration sample: both seeds agree
     with pytest.raises(PaperpruneError, match="exactly one baseline"):
         curves.run("synthetic", "resnet56", tmp_path / "x", progress=False)
+
+
+def test_run_resumes_finished_chunks_and_refuses_another_config(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    weights = tmp_path / "base.pt"
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), weights)
+    grid = dict(weights=str(weights), methods=("random", "l1"), targets=(0.3,), seeds=(0,), samples_per_class=3,
+                bn_images=18, test_per_class=2, progress=False)
+    first = curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+    assert sorted(p.name for p in (tmp_path / "out" / "points").iterdir()) == ["l1-s0.json", "random-s0.json"]
+    for point in first["points"]:  # kept indices agree with the widths
+        assert {k: len(v) for k, v in point["kept"].items()} == point["widths"]
+    (tmp_path / "out" / "points" / "l1-s0.json").unlink()  # as if killed before l1 finished
+    computed = []
+    real = curves.pruning_curves
+    monkeypatch.setattr(curves, "pruning_curves", lambda *a, **k: (computed.append(k["methods"]), real(*a, **k))[1])
+    second = curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+    assert computed == [["l1"]] and second["timings"]["resumed_chunks"] == ["random-s0"]
+    strip = lambda pts: [{k: v for k, v in p.items() if not k.endswith("_s")} for p in pts]  # noqa: E731
+    assert strip(second["points"]) == strip(first["points"])
+    with pytest.raises(PaperpruneError, match="holds curves of another config"):
+        curves.run("synthetic", "resnet56", tmp_path / "out", **dict(grid, targets=(0.4,)))
+    with pytest.raises(PaperpruneError, match=r"targets \[1.5\]"):
+        curves.run("synthetic", "resnet56", tmp_path / "new", **dict(grid, targets=(1.5,)))
+    assert not (tmp_path / "new").exists()
+    assert curves.main(["--dataset", "synthetic", "--arch", "resnet56", "--weights", str(weights),
+                        "--seeds", "a", "--out", str(tmp_path / "cli")]) == 2
+
+
+def test_prune_adapt_bn_equals_adapting_the_pruned_model(setup):
+    model, calibration, _, _ = setup
+    data = calibration(0)  # a list: iterated again for the BN statistics
+    plain, report0 = prune(model, data, method="l1", flops_reduction=0.4, device="cpu", progress=False)
+    adapted, report = prune(model, data, method="l1", flops_reduction=0.4, device="cpu", progress=False,
+                            adapt_bn=20)
+    curves.adapt_batchnorm(plain, data, 20, "cpu")
+    for (name, a), b in zip(adapted.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert report.adapted_bn_images == 20 and report0.adapted_bn_images == 0 and "adapt_bn_s" in report.timings
+    with pytest.raises(PaperpruneError, match="adapt_bn=-1"):
+        prune(model, data, method="l1", flops_reduction=0.4, adapt_bn=-1, progress=False)
+    with pytest.raises(PaperpruneError, match="no BatchNorm layer"):
+        prune(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(9)), data, method="l1",
+              flops_reduction=0.4, adapt_bn=8, progress=False)
