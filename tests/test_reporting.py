@@ -127,7 +127,7 @@ def test_missing_grid_cells_read_not_run(runs):
 
 def test_references_csv_and_rows(runs):
     refs = reporting.load_references()
-    path = Path(reporting.__file__).parent / "resources" / "reference_numbers.csv"
+    path = Path(reporting.__file__).parents[1] / "resources" / "reference_numbers.csv"
     with path.open(newline="", encoding="utf-8") as f:
         raw = list(csv.DictReader(f))
     assert len(refs) == len(raw) > 0
