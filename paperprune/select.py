@@ -16,6 +16,22 @@ The same bisection serves any cost that shrinks with the widths: `select_channel
 cost=LatencyModel)` budgets predicted latency instead of MACs (issue 15, paperprune.latency),
 and `round_to` rounds each layer's kept width up to a multiple (the device's efficient one,
 from the latency table), the criterion's ranking choosing the channels that fill it.
+
+Two additions of this project (reconstruction):
+
+- Layers whose channels a grouped conv reads (`predictor.channel_groups`, from
+  paperprune.discover.channel_groups) keep the same number of channels in each of their P
+  equal parts: the kept width is rounded up to a multiple of P and each part keeps its
+  criterion-selected channels first, then its best ranked, down to its share (`keep_in_parts`).
+- Ties. When many channels share one score (HRank's integer ranks, L1 on duplicated
+  filters), the kept set jumps at one level and no level lands within tolerance. The
+  bisection then ends with a bracket: the level below the target (set L) and above it (set
+  H). The channels of L not in H are removed from L one at a time in a fixed order until the
+  target is met (`_split_ties`): lowest criterion rank first; among equal ranks, layers lose
+  their tied channels at the same pace (the j-th of a layer's n tied channels at position
+  j/n), then earlier layers first, then higher channel index first. The order is
+  deterministic and independent of the target. Layers kept in parts or rounded to multiples
+  stay at L's set in this step.
 """
 from __future__ import annotations
 
@@ -41,6 +57,8 @@ class Selection:
     steps: int
     cost: float | None = None
     base_cost: float | None = None
+    #: channels removed beyond the level's set by splitting a tie (module docstring); 0 when none
+    tie_split: int = 0
 
 
 def apply_floor(mask: torch.Tensor, rank: torch.Tensor, omega: int) -> torch.Tensor:
@@ -53,6 +71,21 @@ def apply_floor(mask: torch.Tensor, rank: torch.Tensor, omega: int) -> torch.Ten
         return mask.nonzero().flatten()
     order = torch.argsort(-(rank.detach().double().cpu() + mask.double().cpu() * 1e300), stable=True)
     return order[:floor].sort().values
+
+
+def keep_in_parts(mask: torch.Tensor, rank: torch.Tensor, width: int, parts: int) -> torch.Tensor:
+    """Indices keeping ceil(width / parts) channels in each of `parts` contiguous equal parts of the
+    layer: in each part the channels in `mask` first, then the best ranked; ties by channel index."""
+    size = mask.numel() // parts
+    share = min(size, -(-width // parts))
+    rank, mask = rank.detach().double().cpu(), mask.cpu()
+    kept = []
+    for p in range(parts):
+        part = slice(p * size, (p + 1) * size)
+        by_rank = torch.argsort(-rank[part], stable=True)
+        order = by_rank[torch.argsort(~mask[part][by_rank], stable=True)]
+        kept.append(order[:share] + p * size)
+    return torch.cat(kept).sort().values
 
 
 def validate_target(flops_reduction: float, omega: int, name: str = "flops_reduction") -> None:
@@ -111,44 +144,91 @@ def select_channels(criterion, predictor, flops_reduction: float, *, cost=None, 
     base_cost = float(cost(dict(criterion.channels)))
     target = float(flops_reduction)
     round_to = round_to or {}
+    parts = getattr(predictor, "channel_groups", None) or {}
 
     def evaluate(level: float):
-        keep = {}
+        keep, ranks = {}, {}
         for name, (mask, rank) in criterion.select(level).items():
-            floor = max(omega, int(mask.sum()))
-            keep[name] = apply_floor(mask, rank, round_up(floor, round_to.get(name, 1), mask.numel()))
+            width = round_up(max(omega, int(mask.sum())), round_to.get(name, 1), mask.numel())
+            if parts.get(name, 1) > 1:
+                keep[name] = keep_in_parts(mask, rank, width, parts[name])
+            else:
+                keep[name] = apply_floor(mask, rank, width)
+            ranks[name] = rank
+        return _result(keep, ranks)
+
+    def _result(keep, ranks):
         widths = {name: int(idx.numel()) for name, idx in keep.items()}
         value = float(cost(widths))
-        return keep, widths, value, 1.0 - value / base_cost
+        return keep, widths, value, ranks, 1.0 - value / base_cost
 
     lo, hi = criterion.bounds()
     at_lo, at_hi = evaluate(lo), evaluate(hi)
-    if at_hi[3] < target - tolerance:
+    if at_hi[-1] < target - tolerance:
         raise PaperpruneError(
             f"{target_name}={target:.3f} is unreachable: keeping only the floor omega={omega} "
             f"channels per layer (or what {criterion.name} keeps at its strongest setting) removes "
-            f"{at_hi[3]:.3f} {what}; lower omega or ask for a smaller reduction")
-    if at_lo[3] > target + tolerance:
+            f"{at_hi[-1]:.3f} {what}; lower omega or ask for a smaller reduction")
+    if at_lo[-1] > target + tolerance:
         raise PaperpruneError(
             f"{target_name}={target:.3f} is unreachable for {criterion.name}: even at its weakest "
-            f"setting (level {lo:.3g}) it removes {at_lo[3]:.3f} {what}; ask for a larger "
+            f"setting (level {lo:.3g}) it removes {at_lo[-1]:.3f} {what}; ask for a larger "
             "reduction or use a larger calibration set")
-    best, best_level, steps = _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps,
-                                      f"budget {criterion.name}", progress)
-    if abs(best[3] - target) > tolerance:
+    best, best_level, steps, bracket = _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps,
+                                               f"budget {criterion.name}", progress)
+    split = 0
+    if abs(best[-1] - target) > tolerance:
+        (lo, below), (_, above) = bracket
+        fixed = {name for name in below[0] if parts.get(name, 1) > 1 or round_to.get(name, 1) > 1}
+        tied, count = _split_ties(below, above, _result, target, omega, fixed, list(criterion.channels))
+        if abs(tied[-1] - target) < abs(best[-1] - target):
+            best, best_level, split = tied, lo, count
+    if abs(best[-1] - target) > tolerance:
         raise PaperpruneError(
             f"{criterion.name} could not reach {target_name}={target:.3f} within {tolerance}: "
-            f"the closest level {best_level:.4g} removes {best[3]:.4f} (the kept set jumps there); "
-            "try a slightly different target or a larger calibration set")
-    keep, widths, value, _ = best
+            f"the closest level {best_level:.4g} removes {best[-1]:.4f} (the kept set jumps there, and splitting "
+            "the tie by rank could not close the gap); try a slightly different target or a larger calibration set")
+    keep, widths, value = best[:3]
     macs, params = predictor(widths)
     return Selection(keep=keep, widths=widths, level=best_level, macs=int(macs), params=int(params),
                      base_macs=int(base_macs), base_params=int(base_params), steps=steps, cost=value,
-                     base_cost=base_cost)
+                     base_cost=base_cost, tie_split=split)
+
+
+def _split_ties(below, above, result, target, omega, fixed, order):
+    """Remove the channels of `below`'s set that `above`'s lacks, one at a time in the module
+    docstring's order, until the reduction reaches `target`; returns the closest result and how
+    many channels it removed. `result(keep, ranks)` evaluates a kept set."""
+    keep, ranks = {n: idx.clone() for n, idx in below[0].items()}, below[3]
+    candidates = []
+    for li, name in enumerate(order):
+        if name in fixed:
+            continue
+        lost = sorted(set(keep[name].tolist()) - set(above[0][name].tolist()))
+        rank = ranks[name].detach().double().cpu()
+        lost.sort(key=lambda c: (float(rank[c]), -c))
+        candidates += [(float(rank[c]), (j + 1) / len(lost), li, -c, name, c) for j, c in enumerate(lost)]
+    candidates.sort(key=lambda t: t[:4])
+    floor = {n: min(omega, len(ranks[n])) for n in keep}
+    best, removed, count, split = below, {n: set() for n in keep}, 0, 0
+    for *_, name, channel in candidates:
+        if len(keep[name]) - len(removed[name]) <= floor[name]:
+            continue
+        removed[name].add(channel)
+        count += 1
+        now = result({n: idx[~torch.isin(idx, torch.tensor(sorted(removed[n]), dtype=idx.dtype))] if removed[n]
+                      else idx for n, idx in keep.items()}, ranks)
+        if abs(now[-1] - target) < abs(best[-1] - target):
+            best, split = now, count
+        if now[-1] >= target:
+            break
+    return best, split
 
 
 def _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps, desc, progress):
-    """Bisection on the level; results are (..., reduction) tuples; returns the closest, its level, steps."""
+    """Bisection on the level; results are (..., reduction) tuples; returns the closest, its level, steps,
+    and the final bracket ((level, result) below the target, (level, result) above it)."""
+    bracket = [(lo, at_lo), (hi, at_hi)]
     best = min((at_lo, at_hi), key=lambda r: abs(r[-1] - target))
     best_level = lo if best is at_lo else hi
     steps = 0
@@ -161,11 +241,11 @@ def _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps, desc, 
             if abs(result[-1] - target) < abs(best[-1] - target):
                 best, best_level = result, mid
             if result[-1] < target:
-                lo = mid
+                lo, bracket[0] = mid, (mid, result)
             else:
-                hi = mid
+                hi, bracket[1] = mid, (mid, result)
             bar.update(1)
             bar.set_postfix(reduction=f"{result[-1]:.4f}", target=f"{target:.4f}")
     finally:
         bar.close()
-    return best, best_level, steps
+    return best, best_level, steps, bracket

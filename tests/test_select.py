@@ -119,3 +119,55 @@ def test_round_to_keeps_multiples_filled_by_rank():
         assert idx.numel() % multiples[name] == 0 or idx.numel() == scores[name].numel()
         assert set(idx.tolist()) == set(torch.argsort(-scores[name])[:idx.numel()].tolist())
     assert [round_up(w, 8, 20) for w in (1, 8, 9, 17)] == [8, 8, 16, 20]
+
+
+def tied(levels=3, sizes=(64, 64, 128, 128), seed=0):
+    """Integer scores 1..levels (HRank's mean ranks on tiny maps are like this): after normalising by the
+    layer maximum most channels share one of a few values, so the kept set jumps between levels."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = {f"layer{i}": torch.randint(1, levels + 1, (c,), generator=gen).double() for i, c in enumerate(sizes)}
+    for s in scores.values():
+        s[0] = levels  # every layer's maximum is `levels`, so equal integers tie across layers too
+    crit = FixedScores(scores)
+    crit.prepare(None, None, None)
+    return crit, LinearCost({name: 40 for name in scores}, fixed=500), scores
+
+
+@pytest.mark.parametrize("target", [0.4, 0.5, 0.8])
+def test_tied_scores_land_within_tolerance_by_a_deterministic_split(target):
+    """Issue 11 (HRank on VGG-16): with tied scores no level meets the target; the tie is split by the
+    documented secondary key, and the result is within 1%, keeps the score order, and is reproducible."""
+    crit, cost, scores = tied()
+    reductions = set()
+    for level in torch.linspace(-1, 1, 401).tolist():  # what levels alone can reach: a few jumps
+        widths = {n: max(2, int(m.sum())) for n, (m, _) in crit.select(level).items()}
+        reductions.add(round(1 - cost(widths)[0] / cost(crit.channels)[0], 6))
+    assert all(abs(r - target) > 0.01 for r in reductions)
+    sel = select_channels(crit, cost, target, omega=2, progress=False)
+    assert abs(1 - sel.macs / sel.base_macs - target) <= 0.01
+    assert sel.tie_split > 0
+    boundary = set()
+    for name, idx in sel.keep.items():
+        dropped = torch.ones(scores[name].numel(), dtype=torch.bool)
+        dropped[idx] = False
+        if dropped.any():
+            assert scores[name][dropped].max() <= scores[name][idx].min()  # lower scores go first
+            boundary.add(float(scores[name][dropped].max()))
+    assert len(boundary) == 1  # every layer is cut inside the same tied value
+    value = boundary.pop()
+    fractions = []
+    for name, idx in sel.keep.items():  # tied channels leave every layer at the same pace
+        at = scores[name] == value
+        fractions.append(1 - int(at[idx].sum()) / int(at.sum()))
+    assert max(fractions) - min(fractions) <= 2 / min(int((s == value).sum()) for s in scores.values())
+    again = select_channels(crit, cost, target, omega=2, progress=False)
+    assert all(torch.equal(again.keep[n], sel.keep[n]) for n in sel.keep)
+
+
+def test_ties_split_no_further_than_the_bracket_allows():
+    """A target inside a tie that even the whole tie cannot reach is still a clear error."""
+    crit, cost, _ = tied(levels=1)  # every channel ties: only 'all' or the floor
+    with pytest.raises(PaperpruneError, match="unreachable"):
+        select_channels(crit, cost, 0.99, omega=8, progress=False)
+    sel = select_channels(crit, cost, 0.5, omega=2, progress=False)
+    assert abs(1 - sel.macs / sel.base_macs - 0.5) <= 0.01 and sel.tie_split > 0
