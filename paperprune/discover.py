@@ -14,8 +14,13 @@ group of removing its output channels is classified (`classify_group`):
 - `residual`: the width is added to another conv's output (a residual add): kept.
 - `concat`: the channels are concatenated with others (DenseNet, Inception outputs): kept
   by default, as the lineage keeps them for torchvision-style Inception and DenseNet.
-- `grouped`: a grouped (not depthwise) conv consumes them; it can only lose the same number
-  of channels in each of its groups, which per-channel selection does not guarantee: kept.
+- `grouped`: a grouped (not depthwise) conv (RegNet's, ResNeXt's) reads them. It can only
+  lose the same number of input channels in each of its groups, so the layer is kept in
+  `channel_groups` equal parts: the budget rule keeps as many channels in every part, the
+  criterion choosing which (`paperprune.select`), and the surgery cuts each part of the
+  grouped conv's weight by its own kept channels. Prunable by default when the grouped conv
+  reads exactly the layer's channels, in order; otherwise (it reads a concatenation, say) the
+  parts cannot be told and the layer is left out.
 
 Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
 `activation`) the point where the channels are as the next layer consumes them (after BN,
@@ -28,6 +33,7 @@ module before it is observed and the activation re-applied (`PrunableLayer.activ
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -38,7 +44,7 @@ from torch import nn
 from .models import PrunableLayer
 from .utils import PaperpruneError
 
-__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "classify_group", "discover"]
+__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_groups", "classify_group", "discover"]
 
 KINDS = ("inner", "concat", "grouped", "residual")
 
@@ -93,6 +99,31 @@ def classify_group(group, root: nn.Module, names: dict) -> tuple[str, str | None
     if concat:
         return "concat", concat
     return "inner", None
+
+
+def channel_groups(group, root: nn.Module, names: dict) -> int:
+    """In how many equal parts conv `root`'s output channels must be kept (1 if no grouped conv reads them).
+
+    A grouped, non-depthwise conv with G groups that reads exactly `root`'s channels, in order,
+    splits them into G contiguous parts; every part must keep as many channels (any of them:
+    each part of the conv's weight is cut by its own). Several such readers: the least common
+    multiple. A grouped conv reading the channels shifted or among others is refused: which of
+    its groups a channel falls in is then not this layer's to decide.
+    """
+    parts = 1
+    for item in group.items:
+        module = item.dep.target.module
+        if module is root or item.dep.handler in _OUT_FNS or not isinstance(module, _CONV) \
+                or module.groups == 1 or _is_depthwise(module):
+            continue
+        if module.in_channels != root.out_channels or list(item.idxs) != list(item.root_idxs):
+            raise PaperpruneError(
+                f"layer {names.get(root, '?')!r}: the grouped convolution {names.get(module, '?')!r} (groups="
+                f"{module.groups}) reads its {root.out_channels} channels among {module.in_channels} of its inputs, "
+                "so equal numbers per group cannot be kept by this layer alone. Drop it from layers, or prune this "
+                "model with Torch-Pruning's MetaPruner and paperprune.tp.Importance, which keeps groups aligned.")
+        parts = math.lcm(parts, module.groups)
+    return parts
 
 
 @dataclass
@@ -248,14 +279,13 @@ def _classifier(trace: _Trace) -> str | None:
     return None
 
 
-def discover(model: nn.Module, input_size, *, include=("inner",)) -> Discovery:
+def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> Discovery:
     """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor) and its classifier.
 
-    `include` lists the group kinds to prune (module docstring): ('inner',) is the lineage's
-    convention; add 'concat' to prune concatenated widths too, 'grouped' to list the layers
-    feeding grouped convs (for Torch-Pruning's pruner, which keeps groups aligned;
-    `paperprune.prune` refuses them). Residual widths are never listed. Eval mode and a batch
-    of one are used for tracing; the model's modes are restored.
+    `include` lists the group kinds to prune (module docstring): the default is the lineage's
+    convention, inner widths, those read by grouped convs included (kept in equal parts per
+    group, `channel_groups`); add 'concat' to prune concatenated widths too. Residual widths are
+    never listed. Eval mode and a batch of one are used for tracing; the model's modes are restored.
     """
     unknown = set(include) - set(KINDS[:3])
     if unknown:
@@ -272,6 +302,12 @@ def discover(model: nn.Module, input_size, *, include=("inner",)) -> Discovery:
         group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
         covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
         kind, cause = classify_group(group, conv, trace.names)
+        if kind == "grouped" and kind in include:
+            try:
+                channel_groups(group, conv, trace.names)
+            except PaperpruneError:  # read among other channels: the parts are not this layer's (channel_groups)
+                skipped[name] = (kind, cause)
+                continue
         if kind not in include:
             skipped[name] = (kind, cause)
             continue

@@ -8,7 +8,9 @@ coupling is found by Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVP
 this module does no dependency tracking of its own. It only checks the group
 (`paperprune.discover.classify_group`): by the lineage's convention a prunable layer never
 changes a width added to another conv's output (residual widths are kept), and channels read
-by a grouped, non-depthwise conv cannot be removed one by one; such groups are refused.
+by a grouped, non-depthwise conv are removed in equal numbers from each of its groups
+(`paperprune.discover.channel_groups`); each group's part of that conv's weight is then cut by
+its own kept channels (Torch-Pruning's handler assumes the same positions in every group).
 
 Pruned-model files (`save_pruned`, format version 2) hold every module's attributes and the
 state dict, Torch-Pruning's `tp.state_dict` pattern restricted to what weights_only loads;
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +34,11 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import classify_group
+from .discover import channel_groups, classify_group
 from .utils import PaperpruneError, atomic_torch_save
 
-__all__ = ["prune_channels", "MacsPredictor", "widths", "save_pruned", "load_pruned", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels", "save_pruned",
+           "widths"]
 
 FORMAT = "paperprune-pruned-model"
 FORMAT_VERSION = 2
@@ -132,8 +136,8 @@ class _Graph:
         Allowed members (`paperprune.discover.classify_group`): BatchNorms, element-wise ops,
         concatenations, depthwise convs and squeeze-excitation gates carrying the channels,
         and the input channels of their consumers. Refused: a width added to another conv's
-        output (a residual width, kept by METHOD.md section 2's convention) and channels read
-        by a grouped, non-depthwise conv (they could only be removed in equal numbers per group).
+        output (a residual width, kept by METHOD.md section 2's convention), and a removal that
+        is not the same number of channels in each part a grouped conv reads (`channel_groups`).
         """
         if conv not in self.dg.module2node:
             raise PaperpruneError(f"prunable layer {name!r}: its conv is not used in the model's forward pass")
@@ -146,12 +150,37 @@ class _Graph:
                 f"(METHOD.md section 2); drop it from layers, or leave layers= out to let paperprune find the "
                 f"prunable ones.")
         if kind == "grouped":
-            raise PaperpruneError(
-                f"layer {name!r} is not prunable channel by channel: the grouped convolution {cause!r} "
-                f"(groups={self.model.get_submodule(cause).groups}) reads its channels, and can only lose the same "
-                f"number in each group. Drop it from layers, or prune this model with Torch-Pruning's MetaPruner "
-                f"and paperprune.tp.Importance, which keeps groups aligned.")
+            parts = channel_groups(group, conv, self.names)
+            counts = np.bincount(np.asarray(list(idxs), dtype=np.int64) // (conv.out_channels // parts),
+                                 minlength=parts)
+            if len(set(counts.tolist())) > 1:
+                raise PaperpruneError(
+                    f"layer {name!r}: the grouped convolution {cause!r} (groups={self.model.get_submodule(cause).groups}"
+                    f") reads its channels in {parts} parts of {conv.out_channels // parts}, and each part must lose "
+                    f"as many; this removal takes {sorted(set(counts.tolist()))} from them. Keep the same number of "
+                    "channels in every part (paperprune.prune's budget rule does)")
         return group
+
+
+def _grouped_weights(group) -> list[tuple[nn.Module, torch.Tensor, list[int]]]:
+    """(conv, weight, kept inputs) of every grouped, non-depthwise conv whose input channels `group` removes."""
+    out = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if dep.handler == tp.prune_conv_in_channels and module.groups > 1 and module.groups != module.in_channels:
+            kept = sorted(set(range(module.in_channels)) - set(idxs))
+            out.append((module, module.weight.detach().clone(), kept))
+    return out
+
+
+def _cut_grouped(conv: nn.Module, weight: torch.Tensor, kept: list[int]) -> None:
+    """Set `conv`'s weight to the old `weight` with group g's outputs reading group g's own kept inputs."""
+    groups, per = conv.groups, weight.shape[1]
+    local = (torch.tensor(kept, device=weight.device) % per).view(groups, -1)
+    index = local.repeat_interleave(weight.shape[0] // groups, dim=0)
+    index = index.view(*index.shape, *[1] * (weight.dim() - 2)).expand(-1, -1, *weight.shape[2:])
+    cut = weight.gather(1, index)
+    conv.weight = nn.Parameter(cut, requires_grad=conv.weight.requires_grad)
 
 
 def _removed_channels(name: str, conv: nn.Module, kept) -> list[int]:
@@ -200,13 +229,32 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
         if not graph.dg.check_pruning_group(group):
             raise PaperpruneError(f"layer {name!r}: the removal would empty a coupled module; keep more channels")
     for name, idxs in removed.items():
-        graph.group(name, convs[name], idxs).prune(record_history=False)
+        group = graph.group(name, convs[name], idxs)
+        grouped = _grouped_weights(group)
+        group.prune(record_history=False)
+        for conv, weight, kept in grouped:
+            _cut_grouped(conv, weight, kept)
     return model
 
 
 def widths(model: nn.Module, layers) -> dict[str, int]:
     """Current output-channel count of every prunable layer's conv."""
     return {name: conv.out_channels for name, conv in _layer_convs(model, layers).items()}
+
+
+@dataclass(frozen=True)
+class CountedLayer:
+    """One conv/linear as `MacsPredictor` counts it: with r the removed channel counts of the
+    prunable layers (in `MacsPredictor.names` order), it reads (in_channels - a_in . r) / divisor
+    input channels per output and has out_channels - a_out . r outputs. `divisor` is the groups of a
+    grouped (not depthwise) conv, else 1, and then in_channels is already per group (depthwise: 1)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    divisor: int
+    a_in: np.ndarray
+    a_out: np.ndarray
 
 
 class MacsPredictor:
@@ -222,6 +270,11 @@ class MacsPredictor:
     otherwise, plus 2 affine parameters per channel) and adaptive average pools (1 MAC
     per input element) are added, their channel counts affine in r the same way: the
     `count_flops_params(..., bn=True)` convention. A call is a few small integer mat-vecs.
+    A grouped (not depthwise) conv with G groups has in_m = (in0_m - A_m . r) / G inputs per
+    output, exact for the widths the budget rule keeps (`channel_groups`: equal parts per group).
+
+    Public: `names`, `full_widths`, `channel_groups` ({layer: parts its width is kept in}) and
+    `counted()` (each conv/linear's widths as affine functions of r, e.g. for a latency model).
     """
 
     def __init__(self, model: nn.Module, layers, input_size, *, bn: bool = False):
@@ -233,6 +286,7 @@ class MacsPredictor:
 
         graph = _Graph(model, input_size)
         counted = [m for m in graph.positions if isinstance(m, _COUNTED)]
+        self._counted_names = [graph.names[m] for m in counted]
         norms = [m for m in graph.positions if isinstance(m, _BN)] if self.bn else []
         pools = [m for m in graph.positions if isinstance(m, nn.AdaptiveAvgPool2d)] if self.bn else []
         rows = {m: i for i, m in enumerate(counted)}
@@ -241,7 +295,9 @@ class MacsPredictor:
         def ints(values):
             return np.array(list(values), dtype=np.int64)
 
+        self._div = ints(m.groups if isinstance(m, _CONV) and 1 < m.groups < m.in_channels else 1 for m in counted)
         self._in0 = ints(m.in_channels // m.groups if isinstance(m, _CONV) else m.in_features for m in counted)
+        self._in0 *= self._div
         self._out0 = ints(m.out_channels if isinstance(m, _CONV) else m.out_features for m in counted)
         self._kernel = ints(math.prod(m.kernel_size) if isinstance(m, _CONV) else 1 for m in counted)
         self._macs_factor = ints(graph.positions[m] for m in counted) * self._kernel
@@ -255,9 +311,12 @@ class MacsPredictor:
         self._a_out = np.zeros_like(self._a_in)
         self._a_ch = np.zeros((len(norms) + len(pools), len(self.names)), dtype=np.int64)
         in_fns = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+        self.channel_groups = {}
         for j, (name, conv) in enumerate(convs.items()):
             width = conv.out_channels
-            for dep, idxs in graph.group(name, conv, range(width)):
+            group = graph.group(name, conv, range(width))
+            self.channel_groups[name] = channel_groups(group, conv, graph.names)
+            for dep, idxs in group:
                 target = graph.pools.get(dep.target, dep.target.module)
                 if target in rows:
                     coeff = self._a_in if dep.handler in in_fns else self._a_out
@@ -271,6 +330,11 @@ class MacsPredictor:
             raise PaperpruneError(f"layer {name!r}: its {width} channels map to {count} channels of "
                                   f"{graph.names.get(target)!r}, not a whole number each; cannot predict MACs exactly")
         return count // width
+
+    def counted(self) -> list[CountedLayer]:
+        """Every conv/linear this predictor counts, in the order of the traced forward (first call)."""
+        return [CountedLayer(name, int(self._in0[i]), int(self._out0[i]), int(self._div[i]),
+                             self._a_in[i].copy(), self._a_out[i].copy()) for i, name in enumerate(self._counted_names)]
 
     def removed(self, widths: Mapping[str, int]) -> np.ndarray:
         """Removed channel counts per layer; layers missing from `widths` keep their full width."""
@@ -290,7 +354,7 @@ class MacsPredictor:
         r = self.removed(widths)
         c_in = self._in0 - self._a_in @ r
         c_out = self._out0 - self._a_out @ r
-        weights = c_in * c_out
+        weights = c_in * c_out // self._div
         macs = int(self._macs_factor @ weights)
         params = int(self._kernel @ weights + self._bias @ c_out)
         if self.bn:

@@ -79,8 +79,8 @@ EXPECTED = {
     "mobilenet_v3_small": (22, {"residual": 4}, "classifier.3"),
     # stem, 15 expansions, 16 squeezes, 2 free projections, the last conv
     "efficientnet_b0": (35, {"residual": 5}, "classifier.1"),
-    # only the stem: every block's inner width feeds a grouped conv, every block output is residual
-    "regnet_x_400mf": (["stem.0"], {"grouped": 22, "residual": 4}, "fc"),
+    # the stem and every block's inner width (read by its grouped conv); every block output is residual
+    "regnet_x_400mf": (23, {"residual": 4}, "fc"),
 }
 
 
@@ -240,7 +240,7 @@ def test_observed_features_are_what_the_consumer_reads(name):
 
 # ---------------------------------------------------------------- prune any CNN, one call
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "densenet121" else n
-                                  for n in sorted(set(BUILDERS) - {"regnet_x_400mf"})])
+                                  for n in sorted(BUILDERS)])
 def test_prune_any_cnn_meets_the_target_and_equals_the_masked_original(name):
     model = randomise(build(name))
     data = calibration()
@@ -251,9 +251,37 @@ def test_prune_any_cnn_meets_the_target_and_equals_the_masked_original(name):
     check_pruned(model, pruned, report, layers, data[0][0][:4])
 
 
+def test_grouped_convs_keep_equal_parts_chosen_per_part(tmp_path):
+    """regnet_x_400mf: each layer read by a grouped conv keeps as many channels in every group, but not
+    the same positions (the criterion chooses within each part); the grouped convs keep their groups;
+    the pruned model saves and loads into a fresh instance."""
+    model = randomise(build("regnet_x_400mf"))
+    data = calibration()
+    pruned, _ = paperprune.prune(model, data, method="l1", flops_reduction=0.5, samples_per_class=2, progress=False)
+    layers = discover(model, SIZE).layers
+    keep = kept_channels(model, pruned, layers, data[0][0][:2])
+    unaligned = 0
+    for layer in layers:
+        reader = model.get_submodule(layer.consumer)
+        if reader.groups == 1:
+            continue
+        width = model.get_submodule(layer.conv).out_channels
+        size = width // reader.groups
+        parts = [sorted(i % size for i in keep[layer.name].tolist() if i // size == p) for p in range(reader.groups)]
+        assert len({len(part) for part in parts}) == 1, layer.name
+        unaligned += len({tuple(part) for part in parts}) > 1
+        assert pruned.get_submodule(layer.consumer).groups == reader.groups
+    assert unaligned > 0  # surgery cut each group's weights by its own channels
+    path = paperprune.save_pruned(pruned, tmp_path / "regnet.pt")
+    loaded = paperprune.load_pruned(path, model=lambda: build("regnet_x_400mf"))
+    x = data[0][0][:2]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, method", [("resnet18", "stlp"), ("googlenet", "stlp"), ("resnet18", "hrank"),
-                                          ("mobilenet_v3_small", "apib")])
+                                          ("mobilenet_v3_small", "apib"), ("regnet_x_400mf", "stlp")])
 def test_statistics_criteria_on_torchvision_models(name, method):
     """The IB statistics read reused and functional activations (hooks on BN, activation re-applied)."""
     model = randomise(build(name))
@@ -297,21 +325,33 @@ def test_refusals_name_the_cause():
     regnet = build("regnet_x_400mf")
     conv = "trunk_output.block1.block1-0.f.a.0"
     with pytest.raises(PaperpruneError, match=r"grouped convolution 'trunk_output.block1.block1-0.f.b.0' "
-                                              r"\(groups=2\).*paperprune.tp.Importance"):
-        prune_channels(regnet, [PrunableLayer(conv, conv, conv)], {conv: [0]}, SIZE)
+                                              r"\(groups=2\) reads its channels in 2 parts of 16, and each part must "
+                                              r"lose as many; this removal takes \[0, 1\]"):
+        prune_channels(regnet, [PrunableLayer(conv, conv, conv)], {conv: list(range(1, 32))}, SIZE)
     mobilenet = build("mobilenet_v2")
     dw = "features.2.conv.1.0"
     with pytest.raises(PaperpruneError, match=rf"'{dw}' is a depthwise convolution \(groups=96\).*conv that feeds"):
         prune_channels(mobilenet, [PrunableLayer(dw, dw, dw)], {dw: [0]}, SIZE)
     with pytest.raises(PaperpruneError, match="unknown kinds"):
         discover(resnet, SIZE, include=("inner", "residual"))
-    with pytest.raises(PaperpruneError, match=r"22 widths are read by grouped convolutions.*MetaPruner.*"
-                                              r"paperprune.tp.Importance.*layers="):
-        paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", samples_per_class=2)
-    only_stem = discover(regnet, SIZE).layers
-    _, report = paperprune.prune(regnet, calibration(dtype=torch.float32), method="l1", flops_reduction=0.02,
-                                 samples_per_class=2, layers=only_stem, progress=False)
-    assert [row["name"] for row in report.layers] == ["stem.0"]
+
+    class GroupedAfterConcat(nn.Module):
+        """A grouped conv reading two layers' channels concatenated: its groups are neither layer's to keep equal."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.g, self.fc = nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.g(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
+            return self.fc(torch.relu(x).mean((2, 3)))
+
+    found = discover(GroupedAfterConcat(), SIZE)
+    assert found.skipped == {"a": ("grouped", "g"), "b": ("grouped", "g")}
+    with pytest.raises(PaperpruneError, match=r"layer 'a': the grouped convolution 'g' \(groups=4\) reads its 8 "
+                                              r"channels among 16 of its inputs.*MetaPruner"):
+        prune_channels(GroupedAfterConcat(), [PrunableLayer("a", "a", "a")], {"a": [0, 4]}, SIZE)
 
     class AllResidual(nn.Module):
         def __init__(self):
@@ -439,8 +479,8 @@ def test_importance_plugs_into_metapruner_on_resnet18():
 
 
 def test_importance_keeps_grouped_convs_aligned_on_regnet():
-    """regnet_x_400mf: the widths read by grouped convs, which paperprune.prune refuses, are pruned
-    by Torch-Pruning with the same channels in every group; the result equals the masked original."""
+    """regnet_x_400mf: the widths read by grouped convs are pruned by Torch-Pruning with the same
+    channels in every group; the result equals the masked original."""
     from paperprune.tp import Importance
 
     model = randomise(build("regnet_x_400mf"))
@@ -475,3 +515,14 @@ def test_observation_stops_the_forward_once_every_layer_is_seen():
     whole = channel_features(model, layers, x, batch_size=6)
     for name in whole:
         torch.testing.assert_close(features[name], whole[name], rtol=0, atol=0)
+
+
+def test_plug_in_and_discovery_are_reachable_from_the_top_level():
+    """`import paperprune` alone gives paperprune.tp.Importance and paperprune.discover (lazily)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, paperprune; assert 'paperprune.tp' not in sys.modules; "
+            "print('tp' in dir(paperprune), paperprune.tp.Importance.__name__, paperprune.discover.discover.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "Importance", "discover"]
