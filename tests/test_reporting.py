@@ -308,3 +308,166 @@ def test_writes_are_atomic(runs, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         reporting.save_figure(fig, tmp_path / "figs", "w")
     assert not (tmp_path / "figs").exists()
+
+
+# --------------------------------------------------------------------------- curves and paired comparisons
+
+IMAGES = 200
+BEST_AGNOSTIC = 120  # hrank: images 0..119 (+ seed) right; l1 and random fewer
+
+
+def _right(first: int, seed: int, flip: int = 0) -> np.ndarray:
+    """Images 0..first+seed-1 right; with `flip`, images 0..flip-1 wrong and the next `flip` right."""
+    correct = np.arange(IMAGES) < first + seed
+    if flip:
+        correct[:flip] = False
+        correct[first + seed:first + seed + flip] = True
+    return correct
+
+
+# method -> (per-image correctness after adaptive BN for a seed, kept channels of layer "a")
+CURVE_METHODS = {
+    "l1": (lambda s: _right(100, s), range(8, 16)),
+    "hrank": (lambda s: _right(BEST_AGNOSTIC, s), range(0, 8)),
+    "random": (lambda s: _right(80, s), range(4, 12)),
+    "classwise": (lambda s: _right(BEST_AGNOSTIC, s, flip=10), range(0, 8)),  # same top-1 as hrank, other images
+    "sglp": (lambda s: _right(BEST_AGNOSTIC + 10, s), range(0, 8)),  # hrank's images + 10: exactly +5 points
+    "stlp": (lambda s: _right(BEST_AGNOSTIC, s), range(0, 8)),  # identical to hrank
+}
+
+
+def _curves_record(tmp_path=None) -> dict:
+    from paperprune.stats import pack_correct
+
+    points = []
+    for method, (correct, kept) in CURVE_METHODS.items():
+        for seed in (0, 1, 2):
+            for target in (0.3, 0.6):
+                point = {"method": method, "seed": seed, "target": target, "statistics_s": 1.0}
+                if method == "random" and seed == 2 and target == 0.6:
+                    points.append(point | {"error": "unreachable (fixture)"})
+                    continue
+                bn = correct(seed)
+                raw = bn & (np.arange(IMAGES) % 4 == 0)
+                points.append(point | {
+                    "level": 0.1, "macs_reduction": target + 0.001 * seed, "params_reduction": target,
+                    "widths": {"a": len(kept) + seed, "b": 16}, "kept": {"a": list(kept), "b": list(range(16))},
+                    "top1": 100.0 * raw.mean(), "top1_bn": 100.0 * bn.mean(),
+                    "correct": pack_correct(raw), "correct_bn": pack_correct(bn), "evaluate_s": 0.1})
+    record = {"config": {"dataset": "fashion-mnist", "arch": "resnet56", "seeds": [0, 1, 2], "targets": [0.3, 0.6],
+                         "test_images": IMAGES, "bn_images": 256}, "environment": {"hostname": "fixture"},
+              "points": points}
+    if tmp_path is not None:
+        (tmp_path / "curves.json").write_text(json.dumps(record))
+    return record
+
+
+def test_curves_table_mean_std_n():
+    record = _curves_record()
+    table = reporting.curves_table(record)
+    (row,) = _rows(table, Method="sGLP-IB", **{"Target FLOPs ↓ (%)": "30"})
+    values = [p["top1_bn"] for p in record["points"] if p["method"] == "sglp" and p["target"] == 0.3]
+    mean, std = _mean_std(values)
+    assert row["Top-1 adaptive BN (%)"] == f"{mean:.2f} ± {std:.2f}" and row["n"] == "3"
+    raw = [p["top1"] for p in record["points"] if p["method"] == "sglp" and p["target"] == 0.3]
+    assert row["Top-1 raw (%)"] == f"{statistics.mean(raw):.2f} ± {statistics.stdev(raw):.2f}"
+    (unreached,) = _rows(table, Method="random", **{"Target FLOPs ↓ (%)": "60"})
+    assert unreached["n"] == "2" and unreached["Unreached"] == "1"
+    assert len(table.rows) == 2 * len(CURVE_METHODS)
+    assert "Top-1 adaptive BN" in table.to_latex() and table.to_csv().count("\n") == len(table.rows) + 1
+
+
+def test_paired_curves_known_answers():
+    rows = reporting.paired_curves(_curves_record(), n_boot=2000)
+    assert {(r["target"], r["method"]) for r in rows} == {(t, m) for t in (0.3, 0.6) for m in reporting.CLASSWISE}
+    by = {(r["target"], r["method"]): r for r in rows}
+    for target in (0.3, 0.6):
+        assert all(by[target, m]["reference"] == "hrank" for m in reporting.CLASSWISE)
+        sglp, stlp, classwise = (by[target, m] for m in ("sglp", "stlp", "classwise"))
+        assert sglp["diff"] == pytest.approx(5.0) and sglp["low"] > 0  # 10 more of 200 images, every seed
+        assert sglp["mean"] - sglp["reference_mean"] == pytest.approx(sglp["diff"])
+        assert stlp["diff"] == stlp["low"] == stlp["high"] == 0.0  # identical criteria
+        assert classwise["diff"] == pytest.approx(0.0) and classwise["low"] < 0 < classwise["high"]
+        assert sglp["seeds"] == 3 and sglp["images"] == IMAGES
+    raw = reporting.paired_curves(_curves_record(), "top1", n_boot=1000)
+    assert all(r["metric"] == "top1" for r in raw)
+    with pytest.raises(PaperpruneError, match="metric 'top5' unknown"):
+        reporting.paired_curves(_curves_record(), "top5")
+    table = reporting.paired_table(rows, "paired")
+    (row,) = _rows(table, Method="sGLP-IB", **{"Target FLOPs ↓ (%)": "30"})
+    assert row["Against"] == "HRank" and row["Δ top-1"] == "+5.00" and row["CI"].startswith("[+")
+
+
+def _finetuned(tmp_path, method: str, seed: int, correct: np.ndarray | None) -> None:
+    from paperprune.stats import pack_correct
+
+    record = _fixture("fashion-mnist/resnet56/sglp-f50-spc32-s0")
+    record["config"].update(method=method, seed=seed)
+    record["pruned"]["top1"] = 100.0 * float(np.mean(correct)) if correct is not None else 90.0
+    if correct is not None:
+        record.update(schema=2, data={"root": "/data", "fingerprint": "0123456789abcdef"}, baseline_cache=None,
+                      precision="fp32", criterion={}, latency_budget=None, resumed=[])
+        record["pruned"]["correct"] = pack_correct(correct)
+        for layer in record["layers"]:
+            layer["kept"] = list(range(layer["width_after"]))
+    folder = tmp_path / f"{method}-s{seed}"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def test_paired_runs_known_answers(tmp_path):
+    for seed in (0, 1, 2):
+        for method, (correct, _) in CURVE_METHODS.items():
+            _finetuned(tmp_path, method, seed, correct(seed))
+    _finetuned(tmp_path, "apib", 0, None)  # schema 1, no per-image correctness: left out
+    runs = reporting.load_runs(tmp_path)
+    assert all(r["status"] == "complete" for r in runs), [r.get("error") for r in runs]
+    rows = reporting.paired_runs(runs, n_boot=2000)
+    by = {r["method"]: r for r in rows}
+    assert [r["method"] for r in rows] == list(reporting.CLASSWISE)
+    assert all(r["reference"] == "hrank" and r["target"] == 0.5 and r["seeds"] == 3 for r in rows)
+    assert by["sglp"]["diff"] == pytest.approx(5.0) and by["sglp"]["low"] > 0
+    assert by["stlp"]["low"] == by["stlp"]["high"] == 0.0
+    assert by["classwise"]["low"] < 0 < by["classwise"]["high"]
+
+
+def test_curves_figures_and_overlap(tmp_path):
+    from paperprune.compare import Comparison
+
+    record = _curves_record()
+    fig = reporting.plot_curves(record)
+    bn_panel = fig.axes[1]
+    sglp = [p["top1_bn"] for p in record["points"] if p["method"] == "sglp" and p["target"] == 0.3]
+    assert any(np.isclose(line.get_ydata()[0], np.mean(sglp)) for line in bn_panel.get_lines() if len(line.get_ydata()))
+    methods, matrix, seed = reporting.curve_overlap(record, 0.3)
+    assert seed == 0
+    i = {m: k for k, m in enumerate(methods)}
+    assert matrix[i["sglp"], i["stlp"]] == 1.0 and np.allclose(np.diag(matrix), 1.0)
+    assert matrix[i["l1"], i["hrank"]] == pytest.approx(16 / 32)  # layer b shared, layer a disjoint
+    comparison = Comparison(methods=["l1", "sglp"], kept={"l1": {"a": [0, 1]}, "sglp": {"a": [1, 2]}}, reports={})
+    figures = {"curves": fig, "curves_ci": reporting.plot_curves(record, errorbar=("ci", 95)),
+               "widths": reporting.plot_curve_widths(record, 0.6),
+               "overlap": reporting.plot_overlap(matrix, methods), "overlap_cmp": reporting.plot_overlap(comparison)}
+    for stem, figure in figures.items():
+        _assert_figure_files(reporting.save_figure(figure, tmp_path, stem))
+    with pytest.raises(PaperpruneError, match="errorbar"):
+        reporting.plot_curves(record, errorbar="se")
+    with pytest.raises(PaperpruneError, match="recorded targets: 0.3, 0.6"):
+        reporting.plot_curve_widths(record, 0.45)
+    with pytest.raises(PaperpruneError, match="one method name per row"):
+        reporting.plot_overlap(matrix, methods[:2])
+
+
+def test_curves_report_and_load(tmp_path):
+    _curves_record(tmp_path)
+    record = reporting.load_curves(tmp_path)
+    written = reporting.curves_report(record, tmp_path / "out", n_boot=500)
+    assert set(written) == {"table", "paired_top1", "paired_top1_bn", "curves", "widths", "overlap"}
+    for paths in written.values():
+        assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert "widths_60_fashion-mnist_resnet56.png" in {p.name for p in written["widths"]}  # nearest 55%
+    broken = json.loads((tmp_path / "curves.json").read_text())
+    del broken["points"][3]["correct_bn"]
+    (tmp_path / "curves.json").write_text(json.dumps(broken))
+    with pytest.raises(PaperpruneError, match=r"points\[3\] lacks correct_bn"):
+        reporting.load_curves(tmp_path / "curves.json")

@@ -86,7 +86,8 @@ def plot_layer_widths(runs: Sequence[dict], dataset: str, arch: str) -> Figure:
     for g, label in zip(groups, _group_labels([g[0]["config"] for g in groups])):
         lengths = {len(r["layers"]) for r in g}
         if len(lengths) != 1:
-            raise PaperpruneError(f"runs {[r['relpath'] for r in g]} record different numbers of layers {sorted(lengths)}")
+            raise PaperpruneError(f"runs {[r['relpath'] for r in g]} record different numbers of layers "
+                                  f"{sorted(lengths)}")
         kept = np.array([[l["width_after"] / l["width_before"] for l in r["layers"]] for r in g]).mean(axis=0)
         ax.plot(np.arange(kept.size), kept, marker="o", ms=2.5, lw=1, label=label)
     ax.set_ylim(0, 1.05)
@@ -149,7 +150,8 @@ def plot_class_graph(graph: Any, class_names: Sequence[str]) -> Figure:
     edges, weights, signs = _graph_arrays(graph)
     k = len(class_names)
     if not (len(weights) == len(signs) == len(edges)):
-        raise PaperpruneError(f"graph has {len(edges)} edges, {len(weights)} weights, {len(signs)} signs; they must match")
+        raise PaperpruneError(f"graph has {len(edges)} edges, {len(weights)} weights, {len(signs)} signs; "
+                              "they must match")
     if edges.size and (edges.min() < 0 or edges.max() >= k):
         raise PaperpruneError(f"graph edges name classes outside 0..{k - 1}; pass all {k} class names")
     angle = np.pi / 2 - 2 * np.pi * np.arange(k) / k
@@ -226,13 +228,15 @@ def _plot_tree_groups(groups: list[list[int]], weights: np.ndarray | None, class
         ax.add_patch(Rectangle((lo + 0.05, -depth[a] - 0.9), hi - lo + 0.9, 0.8, facecolor="tab:blue",
                                alpha=0.15 + 0.5 * len(s) / k, edgecolor="black", lw=0.5))
         if weights is not None:
-            ax.text((lo + hi + 1) / 2, -depth[a] - 0.5, f"{weights[order[a]]:.2g}", ha="center", va="center", fontsize=5)
+            ax.text((lo + hi + 1) / 2, -depth[a] - 0.5, f"{weights[order[a]]:.2g}", ha="center", va="center",
+                    fontsize=5)
     bottom = -max(depth, default=0) - 1
     for c, p in leaf_pos.items():
         ax.text(p + 0.5, bottom - 0.1, class_names[c], rotation=90, ha="center", va="top", fontsize=6)
     ax.set_xlim(0, k)
     ax.set_ylim(bottom - 1.9, 0.1)
     ax.axis("off")
-    ax.set_title(f"Class tree: {len(groups)} nodes" + (" (node weight inside)" if weights is not None else ""), fontsize=9)
+    ax.set_title(f"Class tree: {len(groups)} nodes" + (" (node weight inside)" if weights is not None else ""),
+                 fontsize=9)
     return fig
 

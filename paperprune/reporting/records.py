@@ -132,9 +132,10 @@ def load_runs(root: str | Path) -> list[dict]:
     """Every run directory under `root` (recursively), sorted by path.
 
     A directory with a run.json that `paperprune.record` accepts gives its record (`to_dict()`:
-    fields a schema-1 record lacks read as None) plus `path`, `relpath` and status "complete". A directory with error.json, or with a run.json that does not parse or
-    does not follow the schema, gives status "failed" with `error` (and `traceback` when
-    error.json has one) and whatever `config` could be read.
+    fields a schema-1 record lacks read as None) plus `path`, `relpath` and status "complete".
+    A directory with error.json, or with a run.json that does not parse or does not follow the
+    schema, gives status "failed" with `error` (and `traceback` when error.json has one) and
+    whatever `config` could be read.
     """
     root = Path(root)
     if not root.is_dir():

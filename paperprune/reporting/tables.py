@@ -12,7 +12,7 @@ from .records import (ABLATION_METHODS, GRID, MISSING, NOT_RUN, PAPER_METHODS, _
                       _failed, _group, _group_labels, _group_stats, _is_fixture, _Metric, _method_label, _method_rank,
                       _reference_stats, _run_source, _show, _sort_value, _sweeps, load_references)
 
-_TEXT_COLUMNS = {"Dataset", "Arch", "Method", "Source"}
+_TEXT_COLUMNS = {"Dataset", "Arch", "Method", "Against", "CI", "Source"}
 
 
 
@@ -101,7 +101,8 @@ def _common_notes(runs: Sequence[dict]) -> list[str]:
     notes = ["Rows of this project: mean ± sample std (ddof=1) over n seeds; reductions are "
              "1 − pruned/baseline of the recorded parameter and MAC counts (conv + linear, METHOD.md §4)."]
     if any(_is_fixture(r) for r in runs):
-        notes.append("WARNING: rows marked FIXTURE come from test fixtures with invented numbers, not from experiments.")
+        notes.append("WARNING: rows marked FIXTURE come from test fixtures with invented numbers, "
+                     "not from experiments.")
     return notes
 
 
@@ -129,7 +130,8 @@ def _method_table(title: str, runs: list[dict], refs: list[dict], grid: list[tup
                          if f["config"].get("arch") == arch and f["config"].get("method") == method]
                 specs.append({"lead": [arch, _method_label(method)], "not_run": True,
                               "source": f"failed: {', '.join(tried)}" if tried else MISSING})
-            for g, lab in sorted(chosen, key=lambda gl: (_sort_value(gl[0][0]["config"].get("flops_reduction")), gl[1])):
+            chosen.sort(key=lambda gl: (_sort_value(gl[0][0]["config"].get("flops_reduction")), gl[1]))
+            for g, lab in chosen:
                 specs.append({"lead": [arch, lab], "n": str(len(g)), "stats": _group_stats(g),
                               "source": _run_source(g)})
     notes = _common_notes(runs)

@@ -1,0 +1,347 @@
+"""The verdict's evidence (issue 12 item 8): pruning curves and the fine-tuned comparison as tables,
+figures and paired confidence intervals.
+
+Inputs: a curves record (`curves.json` of `paperprune.curves.run`: one point per criterion, seed
+and FLOPs target, with top-1 raw and after adaptive BN and the per-image correctness of both),
+and run records of fine-tuned runs (`run.json`, schema 2: `pruned.correct`). Seeds aggregate as
+mean +- sample std (ddof 1) with n. A class-wise criterion (CLASSWISE) is compared with the best
+class-agnostic one (AGNOSTIC, the highest mean top-1 at that target, so the comparison is
+against the strongest competitor the test set shows) by the paired bootstrap of
+`paperprune.stats.paired_bootstrap`: the same seeds and test images for both, resampled
+together; the interval is a percentile interval of the difference method - reference.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..compare import Comparison, jaccard
+from ..stats import paired_bootstrap, unpack_correct
+from ..utils import PaperpruneError
+from .figures import _figure, save_figure
+from .records import BOOKKEEPING_KEYS, _canon, _complete, _method_label, _method_rank, _stat
+from .tables import Table, write_table
+
+__all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "plot_curves",
+           "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
+           "curves_report"]
+
+CLASSWISE = ("classwise", "sglp", "stlp")
+AGNOSTIC = ("l1", "hrank", "apib", "random")
+#: curves metric -> (its per-image correctness key, what it measures)
+CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after adaptive BN")}
+_POINT_KEYS = ("method", "seed", "target", "macs_reduction", "top1", "top1_bn", "correct", "correct_bn", "widths")
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_curves(path: str | Path) -> dict:
+    """A curves record (`curves.json`, or the folder holding it), checked: every point names its
+    method, seed and target and has either an `error` or all of macs_reduction, top1, top1_bn,
+    correct, correct_bn and widths. Points with an error stay in `points` (tables count them)."""
+    path = Path(path)
+    path = path / "curves.json" if path.is_dir() else path
+    fix = "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PaperpruneError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
+            or not isinstance(record.get("points"), list):
+        raise PaperpruneError(f"{path} is not a curves record (needs 'config' and 'points'); {fix}")
+    for i, point in enumerate(record["points"]):
+        need = _POINT_KEYS[:3] if isinstance(point, dict) and "error" in point else _POINT_KEYS
+        missing = [k for k in need if not isinstance(point, dict) or k not in point]
+        if missing:
+            raise PaperpruneError(f"{path}: points[{i}] lacks {', '.join(missing)}; {fix}")
+    return record
+
+
+def _ok(record: dict, target: float | None = None) -> list[dict]:
+    return [p for p in record["points"] if "error" not in p and (target is None or np.isclose(p["target"], target))]
+
+
+def _targets(record: dict) -> list[float]:
+    return sorted({float(p["target"]) for p in record["points"]})
+
+
+def _methods(points: Sequence[dict]) -> list[str]:
+    return sorted({p["method"] for p in points}, key=_method_rank)
+
+
+def _what(record: dict) -> str:
+    c = record["config"]
+    return f"{c.get('arch', '?')} on {c.get('dataset', '?')}"
+
+
+# --------------------------------------------------------------------------- tables
+
+def _cell(values: Sequence[float], scale: float = 1.0, decimals: int = 2) -> str:
+    stat = _stat(values)
+    if stat is None:
+        return "—"
+    mean, std, n = stat
+    return f"{scale * mean:.{decimals}f}" + (f" ± {scale * std:.{decimals}f}" if n > 1 else "")
+
+
+def curves_table(record: dict) -> Table:
+    """One row per method and FLOPs target: n seeds, FLOPs reduction reached, top-1 raw and after
+    adaptive BN (mean ± std over seeds), and how many seeds could not reach the target."""
+    rows = []
+    for target in _targets(record):
+        at = [p for p in record["points"] if np.isclose(p["target"], target)]
+        for method in _methods(at):
+            ok = [p for p in at if p["method"] == method and "error" not in p]
+            failed = sum(1 for p in at if p["method"] == method and "error" in p)
+            rows.append([_method_label(method), f"{100 * target:g}", str(len(ok)),
+                         _cell([p["macs_reduction"] for p in ok], 100.0, 1), _cell([p["top1"] for p in ok]),
+                         _cell([p["top1_bn"] for p in ok]), str(failed)])
+    c = record["config"]
+    notes = [f"Pruned without fine-tuning; top-1 on {c.get('test_images', '?')} test images, mean ± sample std "
+             f"(ddof=1) over n calibration seeds ({', '.join(str(s) for s in c.get('seeds', []))}).",
+             f"Adaptive BN: BatchNorm statistics re-estimated on {c.get('bn_images', '?')} training images "
+             "(EagleEye, ECCV 2020); raw: the baseline's statistics.",
+             "Unreached: seeds whose criterion could not reach the target (recorded with an error)."]
+    return Table(f"Pruning curves: {_what(record)}",
+                 ["Method", "Target FLOPs ↓ (%)", "n", "FLOPs ↓ (%)", "Top-1 raw (%)", "Top-1 adaptive BN (%)",
+                  "Unreached"], rows, notes)
+
+
+def paired_table(rows: Sequence[dict], title: str) -> Table:
+    """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against the best
+    class-agnostic one, its difference in top-1 points and the 95% paired bootstrap interval."""
+    body = [[r["arch"], f"{100 * r['target']:g}", _method_label(r["method"]), _method_label(r["reference"]),
+             f"{r['mean']:.2f}", f"{r['reference_mean']:.2f}", f"{r['diff']:+.2f}",
+             f"[{r['low']:+.2f}, {r['high']:+.2f}]", str(r["seeds"]), str(r["images"]),
+             f"{100 * r['macs_reduction']:.1f} / {100 * r['reference_macs_reduction']:.1f}"] for r in rows]
+    confidence = {r["confidence"] for r in rows} or {0.95}
+    notes = ["Against: the class-agnostic criterion (l1, hrank, apib, random) with the highest mean top-1 at "
+             "that target. Δ = method − against, in top-1 points, over the same seeds and test images.",
+             f"CI: {100 * max(confidence):g}% percentile interval of a paired bootstrap (seeds and test images "
+             f"resampled together for both, {max((r['n_boot'] for r in rows), default=0)} draws; "
+             "paperprune.stats.paired_bootstrap). An interval that excludes 0 is a difference beyond seed and "
+             "test-set noise.",
+             "Means are over the seeds both criteria have; FLOPs ↓ is method / against."]
+    return Table(title, ["Arch", "Target FLOPs ↓ (%)", "Method", "Against", "Top-1 (%)", "Against top-1 (%)",
+                         "Δ top-1", "CI", "Seeds", "Images", "FLOPs ↓ (%)"], body, notes)
+
+
+# --------------------------------------------------------------------------- paired differences
+
+def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], context: dict, n_boot: int,
+             seed: int, confidence: float) -> list[dict]:
+    """by_method[method][seed] = (correct per image, top-1, macs_reduction): each class-wise method
+    against the class-agnostic one with the highest mean top-1."""
+    agnostic = [m for m in AGNOSTIC if by_method.get(m)]
+    if not agnostic:
+        return []
+    best = max(agnostic, key=lambda m: (np.mean([v[1] for v in by_method[m].values()]), -AGNOSTIC.index(m)))
+    rows = []
+    for method in (m for m in CLASSWISE if by_method.get(m)):
+        seeds = sorted(set(by_method[method]) & set(by_method[best]))
+        if not seeds:
+            continue
+        a = np.stack([by_method[best][s][0] for s in seeds])
+        b = np.stack([by_method[method][s][0] for s in seeds])
+        if a.shape != b.shape:
+            raise PaperpruneError(f"{context} {method} and {best} were scored on different numbers of test images "
+                                  f"({b.shape[1]} and {a.shape[1]}); compare runs on one test set")
+        ci = paired_bootstrap(a, b, n_boot=n_boot, seed=seed, confidence=confidence)
+        rows.append({**context, "method": method, "reference": best,
+                     "mean": float(np.mean([by_method[method][s][1] for s in seeds])),
+                     "reference_mean": float(np.mean([by_method[best][s][1] for s in seeds])),
+                     "macs_reduction": float(np.mean([by_method[method][s][2] for s in seeds])),
+                     "reference_macs_reduction": float(np.mean([by_method[best][s][2] for s in seeds])), **ci})
+    return rows
+
+
+def paired_curves(record: dict, metric: str = "top1_bn", *, n_boot: int = 10000, seed: int = 0,
+                  confidence: float = 0.95) -> list[dict]:
+    """At each target of a curves record: each class-wise criterion's paired difference in `metric`
+    ("top1_bn" or "top1") from the best class-agnostic one. Rows: dataset, arch, target, metric,
+    method, reference, mean, reference_mean, macs_reduction, reference_macs_reduction and
+    `paired_bootstrap`'s diff, low, high, confidence, n_boot, seeds, images."""
+    if metric not in CURVE_METRICS:
+        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    key = CURVE_METRICS[metric][0]
+    c = record["config"]
+    rows = []
+    for target in _targets(record):
+        by_method: dict[str, dict] = {}
+        for p in _ok(record, target):
+            by_method.setdefault(p["method"], {})[p["seed"]] = (unpack_correct(p[key]), p[metric],
+                                                                p["macs_reduction"])
+        context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": target, "metric": metric}
+        rows += _compare(by_method, context, n_boot, seed, confidence)
+    return rows
+
+
+def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, confidence: float = 0.95) -> list[dict]:
+    """The same comparison for fine-tuned runs (`load_runs` records with `pruned.correct`, schema 2):
+    runs whose configs agree on everything but the method and the seed form one comparison
+    (metric "top1": the final evaluation). Runs without per-image correctness are left out."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in _complete(runs):
+        if (run.get("pruned") or {}).get("correct") is None:
+            continue
+        key = tuple(sorted((k, _canon(v)) for k, v in run["config"].items()
+                           if k not in BOOKKEEPING_KEYS | {"method"}))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for group in groups.values():
+        data = {_canon(r.get("data")) for r in group}
+        c = group[0]["config"]
+        if len(data) > 1:
+            raise PaperpruneError(f"runs {[r['relpath'] for r in group]} read different data {sorted(data)}: "
+                                  "their per-image results cannot be paired")
+        by_method: dict[str, dict] = {}
+        for r in group:
+            by_method.setdefault(r["config"]["method"], {})[r["config"].get("seed")] = (
+                unpack_correct(r["pruned"]["correct"]), r["pruned"]["top1"], r["pruned"]["macs_reduction"])
+        context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": c.get("flops_reduction"),
+                   "metric": "top1"}
+        rows += _compare(by_method, context, n_boot, seed, confidence)
+    return sorted(rows, key=lambda r: (str(r["dataset"]), str(r["arch"]), r["target"] or 0.0,
+                                       CLASSWISE.index(r["method"])))
+
+
+# --------------------------------------------------------------------------- figures
+
+def _frame(points: Sequence[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame([{"method": p["method"], "Criterion": _method_label(p["method"]), "seed": p["seed"],
+                        "target": p["target"], "macs_reduction": p["macs_reduction"], "top1": p["top1"],
+                        "top1_bn": p["top1_bn"]} for p in points])
+    # x: the FLOPs reduction each (criterion, target) reached, averaged over seeds, so seeds share an x
+    df["flops"] = 100.0 * df.groupby(["method", "target"])["macs_reduction"].transform("mean")
+    return df
+
+
+def _band(errorbar) -> str:
+    if errorbar == "sd":
+        return "band: ± 1 sample std over seeds"
+    if isinstance(errorbar, tuple) and errorbar[0] == "ci":
+        return f"band: {errorbar[1]}% bootstrap CI of the mean over seeds"
+    raise PaperpruneError(f"errorbar={errorbar!r}: use 'sd' or ('ci', 95)")
+
+
+def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
+    """Top-1 against the FLOPs reduction reached, one line per criterion (mean over seeds) with a band
+    (seaborn `errorbar`: "sd", ± one sample std, the default; or ("ci", 95), seaborn's bootstrap
+    interval of the mean, seeded), raw and after adaptive BN side by side."""
+    import seaborn as sns
+
+    band = _band(errorbar)
+    points = _ok(record)
+    if not points:
+        raise PaperpruneError(f"the curves record of {_what(record)} has no point that reached its target")
+    df = _frame(points)
+    order = [_method_label(m) for m in _methods(points)]
+    fig = Figure(figsize=(8.4, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (metric, (_, what)) in zip(axes, CURVE_METRICS.items()):
+        sns.lineplot(data=df, x="flops", y=metric, hue="Criterion", hue_order=order, errorbar=errorbar,
+                     marker="o", markersize=4, linewidth=1, seed=0, ax=ax, legend=ax is axes[1])
+        ax.set_xlabel("FLOPs reduction reached (%)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{what}", fontsize=9)
+    axes[1].legend(fontsize=6, title=None)
+    n = len({p["seed"] for p in points})
+    fig.suptitle(f"Pruning curves without fine-tuning: {_what(record)} ({band}, {n} seeds)", fontsize=9)
+    return fig
+
+
+def plot_curve_widths(record: dict, target: float, errorbar: Any = "sd") -> Figure:
+    """Channels kept per prunable layer at one FLOPs `target`, one line per criterion (mean over
+    seeds, band as in `plot_curves`)."""
+    import pandas as pd
+    import seaborn as sns
+
+    band = _band(errorbar)
+    points = _ok(record, target)
+    if not points:
+        raise PaperpruneError(f"no point of {_what(record)} reached target {target}; recorded targets: "
+                              f"{', '.join(f'{t:g}' for t in _targets(record))}")
+    df = pd.DataFrame([{"Criterion": _method_label(p["method"]), "layer": i, "kept": w}
+                       for p in points for i, w in enumerate(p["widths"].values())])
+    fig, ax = _figure(6.4, 3.4)
+    sns.lineplot(data=df, x="layer", y="kept", hue="Criterion",
+                 hue_order=[_method_label(m) for m in _methods(points)], errorbar=errorbar, marker="o",
+                 markersize=3, linewidth=1, seed=0, ax=ax)
+    ax.set_xlabel("prunable layer (index, model order)")
+    ax.set_ylabel("channels kept")
+    ax.set_title(f"Kept widths at {100 * target:g}% fewer FLOPs: {_what(record)}\n({band})", fontsize=9)
+    ax.legend(fontsize=6)
+    return fig
+
+
+def curve_overlap(record: dict, target: float, seed: int | None = None) -> tuple[list[str], np.ndarray, int]:
+    """(methods, (M, M) Jaccard overlaps of their kept (layer, channel) sets, the seed) at one target
+    and seed (default: the smallest seed every method reached the target with)."""
+    points = _ok(record, target)
+    methods = _methods(points)
+    if seed is None:
+        common = set.intersection(*({p["seed"] for p in points if p["method"] == m} for m in methods)) \
+            if methods else set()
+        seed = min(common) if common else None
+    chosen = {p["method"]: p for p in points if p["seed"] == seed}
+    if len(chosen) < 2 or any("kept" not in p for p in chosen.values()):
+        raise PaperpruneError(f"need kept channel sets of at least two criteria at target {target} with one seed "
+                              f"(seed={seed}); curves records written since kept indices are recorded have them")
+    methods = [m for m in methods if m in chosen]
+    sets = [{(layer, c) for layer, kept in chosen[m]["kept"].items() for c in kept} for m in methods]
+    return methods, np.array([[jaccard(a, b) for b in sets] for a in sets]), seed
+
+
+def plot_overlap(overlap: Comparison | np.ndarray, methods: Sequence[str] | None = None,
+                 title: str = "Selection overlap (Jaccard of kept channels)") -> Figure:
+    """Heatmap of Jaccard overlaps: a `paperprune.compare.Comparison` (whole model) or a matrix with
+    its `methods` (e.g. from `curve_overlap`)."""
+    import seaborn as sns
+
+    if isinstance(overlap, Comparison):
+        methods, overlap = overlap.methods, overlap.overlap()
+    overlap = np.asarray(overlap, dtype=float)
+    if methods is None or overlap.shape != (len(methods), len(methods)):
+        raise PaperpruneError(f"overlap matrix of shape {overlap.shape} needs one method name per row and column, "
+                              f"got {methods!r}")
+    labels = [_method_label(m) for m in methods]
+    fig, ax = _figure(1.4 + 0.75 * len(labels), 1.0 + 0.6 * len(labels))
+    sns.heatmap(overlap, vmin=0.0, vmax=1.0, annot=True, fmt=".2f", annot_kws={"fontsize": 6}, cmap="viridis",
+                square=True, xticklabels=labels, yticklabels=labels, cbar_kws={"label": "Jaccard"}, ax=ax)
+    ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- the whole evidence
+
+def curves_report(record: dict, out_dir: str | Path, *, target: float | None = None, errorbar: Any = "sd",
+                  n_boot: int = 10000) -> dict[str, list[Path]]:
+    """Write a curves record's table, paired-difference tables (after adaptive BN and raw), curves
+    figure, kept widths and overlap heatmap at `target` (default: the recorded target nearest 55%,
+    ResNet-56's operating point) under out_dir/tables and out_dir/figures."""
+    out = Path(out_dir)
+    c = record["config"]
+    stem = f"{c.get('dataset', 'data')}_{c.get('arch', 'model')}".replace("/", "_")
+    targets = _targets(record)
+    target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
+    written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
+    for metric, (_, what) in CURVE_METRICS.items():
+        rows = paired_curves(record, metric, n_boot=n_boot)
+        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
+        written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
+                                                  f"paired_{metric}_{stem}")
+    written["curves"] = save_figure(plot_curves(record, errorbar), out / "figures", f"curves_{stem}")
+    written["widths"] = save_figure(plot_curve_widths(record, target, errorbar), out / "figures",
+                                    f"widths_{100 * target:g}_{stem}")
+    methods, matrix, seed = curve_overlap(record, target)
+    title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{_what(record)}, seed {seed}"
+    written["overlap"] = save_figure(plot_overlap(matrix, methods, title), out / "figures",
+                                     f"overlap_{100 * target:g}_{stem}")
+    return written
