@@ -267,7 +267,8 @@ def _fingerprint_diff(saved: list, current: list) -> str:
     parts = []
     missing = [n for n in saved_d if n not in cur_d]
     extra = [n for n in cur_d if n not in saved_d]
-    shapes = [f"{n}: checkpoint {saved_d[n]} vs model {cur_d[n]}" for n in saved_d if n in cur_d and saved_d[n] != cur_d[n]]
+    shapes = [f"{n}: checkpoint {saved_d[n]} vs model {cur_d[n]}"
+              for n in saved_d if n in cur_d and saved_d[n] != cur_d[n]]
     if missing:
         parts.append(f"{len(missing)} tensors only in the checkpoint (e.g. {', '.join(missing[:3])})")
     if extra:
@@ -330,15 +331,6 @@ def load_checkpoint(
     return ckpt
 
 
-def check_finite(state_dict: dict, what: str, fix: str) -> None:
-    """PaperpruneError naming the first tensors of `state_dict` that hold NaN or inf values."""
-    bad = [name for name, t in state_dict.items()
-           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise PaperpruneError(f"{what} has non-finite weights (NaN or inf) in {len(bad)} tensors "
-                              f"(e.g. {', '.join(bad[:3])}): it comes from a diverged training; {fix}")
-
-
 def save_checkpoint(run: _Run, epoch: int, rngs: list) -> None:
     """Write `out_dir/checkpoint.pt` atomically: everything `load_checkpoint` validates and resumes from."""
     atomic_torch_save({
@@ -355,6 +347,15 @@ def save_checkpoint(run: _Run, epoch: int, rngs: list) -> None:
         "steps_per_epoch": run.steps_per_epoch,
         "world_size": run.world_size,
     }, run.out_dir / CHECKPOINT)
+
+
+def check_finite(state_dict: dict, what: str, fix: str) -> None:
+    """PaperpruneError naming the first tensors of `state_dict` that hold NaN or inf values."""
+    bad = [name for name, t in state_dict.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise PaperpruneError(f"{what} has non-finite weights (NaN or inf) in {len(bad)} tensors "
+                              f"(e.g. {', '.join(bad[:3])}): it comes from a diverged training; {fix}")
 
 
 def _rng_state() -> dict:
@@ -589,27 +590,40 @@ def train(
     giving the same weights as an uninterrupted run. `resume=False` starts over. A non-finite
     loss stops training with a PaperpruneError; the last epoch's checkpoint stays.
 
+    Sections: `_set_up` (validate, place the model, build the optimizer, restore a checkpoint
+    through `load_checkpoint`), `_epoch` (the steps, the evaluation, the metrics line and
+    `save_checkpoint`) once per remaining epoch, `_finish` (final.pt, the result).
+
     The model is trained in place (moved to `device`). Returns {"top1", "top5", "loss" (test,
     last epoch), "epochs", "resumed_from_epoch", "history" (the metrics lines), "precision",
     "channels_last", "world_size", "out_dir"}.
     """
     run = _set_up(model, train_loader, config, Path(out_dir), resolve_device(device), resume, progress)
-
     for epoch in range(run.start_epoch + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        stats = _train_epoch(run, train_loader, epoch)
-        if run.world_size > 1:  # evaluate the weights and BN statistics that rank 0 checkpoints
-            for buf in _unwrap(model).buffers():
-                dist.broadcast(buf, src=0)
-        test = evaluate(model, test_loader, run.device, precision=run.precision)
-        _end_epoch(run, stats, test, time.perf_counter() - t0)
+        _epoch(run, train_loader, test_loader, epoch)
+    return _finish(run, test_loader)
 
+
+def _epoch(run: _Run, train_loader: Iterable, test_loader: Iterable, epoch: int) -> None:
+    """One epoch: the SGD steps, the test evaluation, its metrics line and the checkpoint."""
+    t0 = time.perf_counter()
+    stats = _train_epoch(run, train_loader, epoch)
+    if run.world_size > 1:  # evaluate the weights and BN statistics that rank 0 checkpoints
+        for buf in _unwrap(run.model).buffers():
+            dist.broadcast(buf, src=0)
+    test = evaluate(run.model, test_loader, run.device, precision=run.precision)
+    _end_epoch(run, stats, test, time.perf_counter() - t0)
+
+
+def _finish(run: _Run, test_loader: Iterable) -> dict:
+    """Write final.pt (rank 0) and return the result `train` documents."""
+    config = run.config
     if run.history and run.history[-1]["epoch"] == config.epochs:
         final = {k: run.history[-1][f"test_{k}"] for k in ("top1", "top5", "loss")}
     else:  # resumed from a finished checkpoint whose metrics lines were lost
-        final = evaluate(model, test_loader, run.device, precision=run.precision)
+        final = evaluate(run.model, test_loader, run.device, precision=run.precision)
     if run.rank == 0:
-        atomic_torch_save(_cpu_state_dict(model), run.out_dir / FINAL)
+        atomic_torch_save(_cpu_state_dict(run.model), run.out_dir / FINAL)
     if run.world_size > 1:
         dist.barrier()
     return {

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,9 @@ def test_evaluate_topk_and_loss():
     assert res["top3"] == pytest.approx(100.0 * (rank < 3).float().mean().item())
     assert res["top5"] == pytest.approx(100.0 * (rank < 5).float().mean().item())
     assert res["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert "correct" not in res
+    per_image = evaluate(model, batches, "cpu", topk=(1,), per_image=True)["correct"]  # in loader order
+    assert per_image.dtype == bool and np.array_equal(per_image, (rank < 1).numpy())
 
 
 @pytest.mark.parametrize("argv, message", [
