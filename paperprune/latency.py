@@ -32,6 +32,15 @@ millisecond units useless (errors of 50% on a 2-core machine at load 9); CPU tim
 forward costs on a core of its own. With more threads, or on CUDA, wall time (`clock_name`).
 In mode "deployed" a unit's input is channels_last, as it is inside the deployed model.
 
+Side effect of mode "deployed": every compile of the process runs through one dynamo frame
+(torch/_dynamo/external_utils.py `inner`), and dynamo refuses a frame's 257th compilation
+(`config.accumulated_recompile_limit`, 256; with `fullgraph=True` a FailOnRecompileLimitHit),
+even when the compiled modules are gone. A table compiles one module per grid point (about 300
+for VGG-16), so `measure_us` calls `torch._dynamo.reset()` after each: every torch.compile'd
+function of the process then recompiles on its next call (correct, slower once). Without the
+reset the table itself would fail, and so would every later torch.compile of the process
+(`tests/test_latency.py::test_deployed_measuring_leaves_torch_compile_usable`).
+
 Tables are cached as JSON under `cache_dir` (default `$PAPERPRUNE_CACHE/latency`, else
 `~/.cache/paperprune/latency`), one file per key: the model's structure, input size, device,
 batch size, mode, torch threads, clock, library versions and the timing function.
@@ -110,7 +119,8 @@ def time_forward(module, example: torch.Tensor, *, repeats: int = 15, warmup: in
 
 def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: int = 15, warmup: int = 3) -> float:
     """`time_forward` of `module` (after `prepare_for_inference` for `example` in mode "deployed").
-    The default timing function of `LatencyModel`."""
+    The default timing function of `LatencyModel`. In mode "deployed" it ends with
+    `torch._dynamo.reset()` (module docstring, "Side effect")."""
     from .deploy import prepare_for_inference
 
     module = module.to(example.device).eval()
@@ -119,10 +129,7 @@ def measure_us(module: nn.Module, example: torch.Tensor, mode: str, *, repeats: 
     try:
         return time_forward(prepare_for_inference(module, example), example, repeats=repeats, warmup=warmup)
     finally:
-        # a table compiles hundreds of modules with the same forward code; dynamo counts them against
-        # accumulated_recompile_limit (256), so its caches are cleared after each (other compiled
-        # models of the process recompile on their next call)
-        torch._dynamo.reset()
+        torch._dynamo.reset()  # needed, with a process-wide side effect: see the module docstring
 
 
 def width_grid(full: int, paired: bool) -> list[int]:
@@ -166,19 +173,17 @@ class Unit:
 
 
 def _units(model: nn.Module, layers, input_size):
-    """The varying units in MacsPredictor's row order, with its dependency rows."""
+    """The varying units (`MacsPredictor.counted()` rows whose widths depend on a prunable layer)."""
     from .surgery import _COUNTED, MacsPredictor
 
     predictor = MacsPredictor(model, layers, input_size)
-    order, shapes, calls = [], {}, {}
+    shapes, calls = {}, {}
+    names = {m: n for n, m in model.named_modules()}
 
     def record(module, inputs, output):
-        if module not in shapes:
-            order.append(module)
-            shapes[module] = tuple(inputs[0].shape[2:])
-        calls[module] = calls.get(module, 0) + 1
+        shapes.setdefault(names[module], tuple(inputs[0].shape[2:]))
+        calls[names[module]] = calls.get(names[module], 0) + 1
 
-    names = {m: n for n, m in model.named_modules()}
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
     modes = {m: m.training for m in model.modules()}
     p = next(model.parameters())
@@ -190,24 +195,22 @@ def _units(model: nn.Module, layers, input_size):
             h.remove()
         for m, training in modes.items():
             m.train(training)
-    if len(order) != len(predictor._in0):
-        raise RuntimeError(f"internal error: {len(order)} convs/linears ran, MacsPredictor counted "
-                           f"{len(predictor._in0)}")
     units = []
-    for row, m in enumerate(order):
-        a_in, a_out = predictor._a_in[row], predictor._a_out[row]
-        if not (a_in.any() or a_out.any()):
+    for row in predictor.counted():
+        if not (row.a_in.any() or row.a_out.any()):
             continue
+        m = model.get_submodule(row.name)
         if isinstance(m, nn.Linear):
             unit = Unit("linear", m.in_features, m.out_features, bias=m.bias is not None)
         elif isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(m.padding, tuple):
             unit = Unit("conv", m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
-                        tuple(m.padding), tuple(m.dilation), m.bias is not None, shapes[m])
+                        tuple(m.padding), tuple(m.dilation), m.bias is not None, shapes[row.name])
         else:
             raise PaperpruneError(f"the latency model times Conv2d (groups=1, numeric padding) and Linear units; "
-                                  f"{names[m]!r} is a {m!r} whose width depends on a prunable layer")
-        units.append({"name": names[m], "unit": unit, "calls": calls[m], "a_in": a_in, "a_out": a_out,
-                      "in0": int(predictor._in0[row]), "out0": int(predictor._out0[row])})
+                                  f"{row.name!r} is a {m!r} whose width depends on a prunable layer: budget MACs "
+                                  "(flops_reduction=) for this model")
+        units.append({"name": row.name, "unit": unit, "calls": calls[row.name], "a_in": row.a_in,
+                      "a_out": row.a_out, "in0": row.in_channels, "out0": row.out_channels})
     return predictor, units
 
 

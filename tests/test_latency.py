@@ -219,3 +219,34 @@ def test_run_cli_validates_the_latency_budget_before_writing(tmp_path, capsys, f
     assert rc == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_deployed_measuring_leaves_torch_compile_usable():
+    """Why measure_us resets dynamo (latency module docstring): every compile of the process counts against
+    one frame's accumulated_recompile_limit, even after the compiled modules are freed. Here the limit is 2:
+    three prepare_for_inference calls fail on the third; three deployed measurements do not, and a later
+    torch.compile of the process still works."""
+    import torch._dynamo
+
+    from paperprune.deploy import check_compiler, prepare_for_inference
+    from paperprune.latency import measure_us
+
+    try:
+        check_compiler()
+    except PaperpruneError as e:
+        pytest.skip(str(e))
+
+    def unit(c):
+        return nn.Sequential(nn.Conv2d(4, c, 3), nn.BatchNorm2d(c), nn.ReLU()).eval()
+
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(accumulated_recompile_limit=2):
+        with pytest.raises(PaperpruneError, match="FailOnRecompileLimitHit"):
+            for c in (4, 5, 6):
+                prepare_for_inference(unit(c), x)
+        torch._dynamo.reset()
+        assert all(measure_us(unit(c), x, "deployed", repeats=1, warmup=0) > 0 for c in (4, 5, 6))
+        prepare_for_inference(unit(7), x)
+    torch._dynamo.reset()
