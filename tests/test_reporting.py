@@ -271,6 +271,7 @@ def test_build_reports(tmp_path):
     assert "WARNING" in readme and "fixture" in readme
     assert "sensitivity to gamma_ratio: skipped" in readme
     assert "results on cifar100: skipped" in readme
+    assert "paired differences of fine-tuned runs: skipped" in readme and not written["paired"]  # schema 1
 
 
 def test_writes_are_atomic(runs, tmp_path, monkeypatch):
@@ -429,6 +430,9 @@ def test_paired_runs_known_answers(tmp_path):
     assert by["sglp"]["diff"] == pytest.approx(5.0) and by["sglp"]["low"] > 0
     assert by["stlp"]["low"] == by["stlp"]["high"] == 0.0
     assert by["classwise"]["low"] < 0 < by["classwise"]["high"]
+    written = reporting.build_reports(tmp_path, tmp_path / "report")
+    (table,) = [p for p in written["paired"] if p.suffix == ".md"]
+    assert "| resnet56 | 50 | sGLP-IB | HRank |" in table.read_text() and "+5.00" in table.read_text()
 
 
 def test_curves_figures_and_overlap(tmp_path):

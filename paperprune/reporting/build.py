@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from ..utils import atomic_write_text
+from .curves import paired_runs, paired_table
 from .figures import plot_layer_widths, plot_sensitivity, plot_tradeoff, save_figure
 from .records import (DATASET_ORDER, NOT_RUN, SENSITIVITY_PARAMS, _complete, _datasets, _datasets_rank, _is_fixture,
                       _sweeps, load_references, load_runs)
@@ -24,7 +25,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
     complete = _complete(runs)
     refs = load_references()
     written: dict[str, list[Path]] = {k: [] for k in (
-        "results", "ablation", "sensitivity", "tradeoff", "layer_widths", "sensitivity_figures",
+        "results", "ablation", "paired", "sensitivity", "tradeoff", "layer_widths", "sensitivity_figures",
         "failed_runs", "index")}
     index = ["# paperprune report", "",
              f"Built from `{runs_root}`: {len(complete)} complete run(s), "
@@ -56,6 +57,15 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
               f"ablation on {dataset}: sGLP-IB vs sTLP-IB vs unstructured class-wise lasso vs APIB vs L1/HRank/random.")
     if not ablations:
         index.append("- ablation: skipped (no completed runs of the ablation methods).")
+    paired = paired_runs(runs)
+    if paired:
+        title = "Fine-tuned: each class-wise criterion against the best class-agnostic one"
+        entry("paired", write_table(paired_table(paired, title), out / "tables", "paired_finetuned"),
+              "each class-wise criterion's top-1 difference from the best class-agnostic one, with a 95% "
+              "paired bootstrap interval over seeds and test images.")
+    else:
+        index.append("- paired differences of fine-tuned runs: skipped (no class-wise and class-agnostic runs of "
+                     "one configuration record per-image correctness, run.json schema 2).")
     for param in SENSITIVITY_PARAMS:
         if not any(param in r["config"] for r in complete):
             index.append(f"- sensitivity to {param}: skipped (no run records {param}).")

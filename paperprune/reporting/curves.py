@@ -183,7 +183,8 @@ def paired_curves(record: dict, metric: str = "top1_bn", *, n_boot: int = 10000,
 def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, confidence: float = 0.95) -> list[dict]:
     """The same comparison for fine-tuned runs (`load_runs` records with `pruned.correct`, schema 2):
     runs whose configs agree on everything but the method and the seed form one comparison
-    (metric "top1": the final evaluation). Runs without per-image correctness are left out."""
+    (metric "top1": the final evaluation). Runs without per-image correctness are left out, and a
+    configuration without both a class-wise and a class-agnostic run gives no row."""
     groups: dict[tuple, list[dict]] = {}
     for run in _complete(runs):
         if (run.get("pruned") or {}).get("correct") is None:
