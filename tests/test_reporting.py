@@ -470,6 +470,8 @@ def test_curves_report_and_load(tmp_path):
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert "widths_60_fashion-mnist_resnet56.png" in {p.name for p in written["widths"]}  # nearest 55%
+    agnostic_only = dict(record, points=[p for p in record["points"] if p["method"] == "l1"])
+    assert set(reporting.curves_report(agnostic_only, tmp_path / "l1", n_boot=500)) == {"table", "curves", "widths"}
     broken = json.loads((tmp_path / "curves.json").read_text())
     del broken["points"][3]["correct_bn"]
     (tmp_path / "curves.json").write_text(json.dumps(broken))

@@ -324,8 +324,9 @@ def plot_overlap(overlap: Comparison | np.ndarray, methods: Sequence[str] | None
 
 def curves_report(record: dict, out_dir: str | Path, *, target: float | None = None, errorbar: Any = "sd",
                   n_boot: int = 10000) -> dict[str, list[Path]]:
-    """Write a curves record's table, paired-difference tables (after adaptive BN and raw), curves
-    figure, kept widths and overlap heatmap at `target` (default: the recorded target nearest 55%,
+    """Write a curves record's table, paired-difference tables (after adaptive BN and raw; when it
+    holds a class-wise and a class-agnostic criterion), curves figure, kept widths and overlap
+    heatmap (two criteria or more) at `target` (default: the recorded target nearest 55%,
     ResNet-56's operating point) under out_dir/tables and out_dir/figures."""
     out = Path(out_dir)
     c = record["config"]
@@ -336,13 +337,15 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     for metric, (_, what) in CURVE_METRICS.items():
         rows = paired_curves(record, metric, n_boot=n_boot)
         title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
-        written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
-                                                  f"paired_{metric}_{stem}")
+        if rows:
+            written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
+                                                      f"paired_{metric}_{stem}")
     written["curves"] = save_figure(plot_curves(record, errorbar), out / "figures", f"curves_{stem}")
     written["widths"] = save_figure(plot_curve_widths(record, target, errorbar), out / "figures",
                                     f"widths_{100 * target:g}_{stem}")
-    methods, matrix, seed = curve_overlap(record, target)
-    title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{_what(record)}, seed {seed}"
-    written["overlap"] = save_figure(plot_overlap(matrix, methods, title), out / "figures",
-                                     f"overlap_{100 * target:g}_{stem}")
+    if len(_methods(_ok(record, target))) > 1:
+        methods, matrix, seed = curve_overlap(record, target)
+        title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{_what(record)}, seed {seed}"
+        written["overlap"] = save_figure(plot_overlap(matrix, methods, title), out / "figures",
+                                         f"overlap_{100 * target:g}_{stem}")
     return written
