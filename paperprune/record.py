@@ -158,9 +158,6 @@ class RunRecord:
                                        "from its checkpoint); `[]` for a run done in one go", since=2)
 
     def _check(self, where: str) -> None:
-        if not 1 <= self.schema <= SCHEMA:
-            raise RecordError(f"schema is {self.schema}; this paperprune reads versions 1 to {SCHEMA} (a newer "
-                              "paperprune wrote it: upgrade)")
         if self.status != "complete":
             raise RecordError(f"status is {self.status!r}, expected 'complete'")
         for key in ("dataset", "arch", "method"):
@@ -175,6 +172,9 @@ class RunRecord:
         schema = record.get("schema")
         if not isinstance(schema, int) or isinstance(schema, bool):
             raise RecordError(f"schema is {schema!r}, not a version number")
+        if not 1 <= schema <= SCHEMA:  # before the keys: a newer version may have keys this one lacks
+            raise RecordError(f"schema is {schema}; this paperprune reads versions 1 to {SCHEMA} (a newer "
+                              "paperprune wrote it: upgrade)")
         return _build(cls, record, "", schema)
 
     def to_dict(self) -> dict:

@@ -52,7 +52,7 @@ def test_version_1_reads_without_the_later_fields_and_version_2_requires_them():
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(status="running"), "status is 'running'"),
-    (lambda r: r.update(schema=SCHEMA + 1), "upgrade"),
+    (lambda r: r.update(schema=SCHEMA + 1, new_key=1), "upgrade"),
     (lambda r: r.update(schema="2"), "schema is '2'"),
     (lambda r: r["config"].pop("arch"), "config.arch missing"),
     (lambda r: r["pruned"].update(top1="high"), "pruned.top1 missing or not a number"),
