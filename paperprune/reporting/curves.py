@@ -114,7 +114,8 @@ def curves_table(record: dict) -> Table:
 def paired_table(rows: Sequence[dict], title: str) -> Table:
     """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against the best
     class-agnostic one, its difference in top-1 points and the 95% paired bootstrap interval."""
-    body = [[r["arch"], f"{100 * r['target']:g}", _method_label(r["method"]), _method_label(r["reference"]),
+    body = [[r["arch"], "—" if r["target"] is None else f"{100 * r['target']:g}", _method_label(r["method"]),
+             _method_label(r["reference"]),
              f"{r['mean']:.2f}", f"{r['reference_mean']:.2f}", f"{r['diff']:+.2f}",
              f"[{r['low']:+.2f}, {r['high']:+.2f}]", str(r["seeds"]), str(r["images"]),
              f"{100 * r['macs_reduction']:.1f} / {100 * r['reference_macs_reduction']:.1f}"] for r in rows]
