@@ -38,6 +38,8 @@ class Profile:
     name: str
     description: str
     runs: list[dict] = field(default_factory=list)
+    #: pruning-curve jobs (`paperprune.curves.run` arguments), run through notebooks/curves.ipynb
+    curves: list[dict] = field(default_factory=list)
     latency_repeats: int = 10
     deployed_latency: bool = True
 
@@ -50,19 +52,19 @@ def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
     return runs
 
 
+QUICK_SAMPLES = 10  # calibration images per class of the quick profile (ours: sized to its 15-minute budget)
+
+
 def profiles() -> dict[str, Profile]:
     """The three profiles. Schedules are ours unless a comment cites a source."""
     quick = Profile(
         "quick",
-        "Fashion-MNIST, ResNet-56 (55% FLOPs) and VGG-16 (61% FLOPs), all seven criteria, one seed; short "
-        "CPU schedules (2,000 / 1,000 training images, 8 pretraining + 3 fine-tuning epochs, 1,000 test "
-        "images). Shows the machinery end to end; its accuracies are NOT the paper's setting.",
-        _grid([("fashion-mnist", "resnet56")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=8,
-              finetune_epochs=3, per_class=200, test_per_class=100, samples_per_class=10, batch_size=64,
-              lr=0.05, finetune_lr=0.01)
-        + _grid([("fashion-mnist", "vgg16")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=8,
-                finetune_epochs=3, per_class=100, test_per_class=100, samples_per_class=10, batch_size=50,
-                lr=0.05, finetune_lr=0.01),
+        "Fashion-MNIST, the shipped ResNet-56 (create_model(..., pretrained='fashion-mnist')): pruning curves of "
+        "all seven criteria at 30/45/60/75% FLOPs, three calibration seeds, top-1 on all 10,000 test images "
+        "right after pruning, raw and after adaptive BN; no training, no fine-tuning.",
+        curves=[dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", methods=list(METHODS),
+                     targets=[0.30, 0.45, 0.60, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
+                     bn_images=256, test_per_class=None)],
         latency_repeats=3)
     fmnist = Profile(
         "fmnist",
@@ -135,6 +137,39 @@ def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, thr
     (out / "error.json").unlink(missing_ok=True)
 
 
+def curves_dir(runs_root: Path, profile: str, job: dict) -> Path:
+    return runs_root / profile / "curves" / f"{job['dataset']}-{job['arch']}"
+
+
+def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int) -> None:
+    """Execute the curves notebook for one job (resumable inside `paperprune.curves.run`); on
+    failure record error.json and re-raise."""
+    try:
+        _execute(notebook, out / "curves.ipynb", dict(job, out=str(out), threads=threads, progress=False),
+                 failed=out / "curves-failed.ipynb")
+    except BaseException as e:
+        atomic_write_json(out / "error.json", {"config": job, "error": error_message(e)[:4000],
+                                               "traceback": traceback.format_exc()[-8000:]})
+        raise
+    (out / "error.json").unlink(missing_ok=True)
+
+
+def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path, figures: Path):
+    """Run the profile's curve jobs one after another (each takes every CPU thread), then write each
+    record's tables and figures under `figures`; (failures, seconds)."""
+    from .reporting import curves_report, load_curves
+
+    failures, start = [], time.perf_counter()
+    for out, job in tqdm(jobs, desc=f"{profile.name} curves"):
+        try:
+            if not (out / "curves.json").is_file():
+                execute_curves(notebooks / "curves.ipynb", out, job, threads=os.cpu_count() or 1)
+            curves_report(load_curves(out / "curves.json"), figures)
+        except Exception as e:  # noqa: BLE001 - a failed job is recorded and the batch goes on
+            failures.append((out, error_message(e)[:300]))
+    return failures, time.perf_counter() - start
+
+
 def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
     """Execute notebooks/report.ipynb over all recorded runs; the executed copy goes to `figures`."""
     return _execute(notebooks / "report.ipynb", figures / "report.ipynb",
@@ -204,9 +239,10 @@ def _main(args) -> int:
     if args.jobs < 1:
         raise PaperpruneError(f"--jobs {args.jobs}: need at least 1")
     notebooks = Path(args.notebooks)
-    if not (notebooks / "experiment.ipynb").is_file():
-        raise PaperpruneError(f"{notebooks / 'experiment.ipynb'} not found; pass --notebooks pointing at the "
-                              "repository's notebooks/ folder")
+    for name in ("experiment.ipynb", "curves.ipynb"):
+        if not (notebooks / name).is_file():
+            raise PaperpruneError(f"{notebooks / name} not found; pass --notebooks pointing at the "
+                                  "repository's notebooks/ folder")
     devices = _devices(args.devices)
     for flag, folder in (("--data-root", args.data_root), ("--pretrained-dir", args.pretrained_dir)):
         if folder is not None and not Path(folder).is_dir():
@@ -217,18 +253,27 @@ def _main(args) -> int:
     cache_dir = runs_root / profile.name / "_baselines"
     planned = plan(profile, runs_root, data_root=args.data_root, pretrained_dir=args.pretrained_dir)
     todo = [(out, params) for out, params in planned if not (out / "run.json").is_file()]
+    curve_jobs = [(curves_dir(runs_root, profile.name, job), dict(job, data_root=args.data_root))
+                  for job in profile.curves]
+    curves_todo = [out for out, _ in curve_jobs if not (out / "curves.json").is_file()]
     done = len(planned) - len(todo)
     print(f"profile {profile.name}: {profile.description}\n{len(profile.runs)} runs, {done} already complete, "
-          f"{len(todo)} to run with --jobs {args.jobs} on {', '.join(devices)}")
+          f"{len(todo)} to run with --jobs {args.jobs} on {', '.join(devices)}; {len(curve_jobs)} curve job(s), "
+          f"{len(curves_todo)} to run")
     if args.dry_run:
-        for out, _ in todo:
+        for out in [out for out, _ in todo] + curves_todo:
             print(f"  todo {out}")
         return 0
     # one batch per profile folder at a time: two would run the same folders' notebooks at once
     with DirLock(runs_root / profile.name, "reproduce batch", fix=", or use another --runs-root"):
-        failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)
-        report = build_reports(runs_root / profile.name, figures, notebooks)
-    print(f"runs took {seconds:.0f} s; report: {report}")
+        failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures)
+        seconds, report = 0.0, None
+        if profile.runs:
+            run_failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)
+            failures += run_failures
+            report = build_reports(runs_root / profile.name, figures, notebooks)
+    print(f"curves took {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and figures under {figures}"
+          + (f"; report: {report}" if report else ""))
     if failures:
         print(f"{len(failures)} run(s) failed (see error.json in each):", file=sys.stderr)
         for out, msg in failures:

@@ -76,13 +76,51 @@ def test_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["quick", "fmnist", "paper"])
 def test_profiles_are_valid_configs(name):
+    from paperprune.curves import _check_grid
     from paperprune.experiment import RunConfig
+    from paperprune.models.pretrained import list_pretrained
 
     profile = reproduce.profiles()[name]
-    assert profile.runs
+    assert profile.runs or profile.curves
     for params in profile.runs:
         config = RunConfig(**params)
         assert 0 < config.flops_reduction < 1
+    for job in profile.curves:
+        _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"])
+        assert f"{job['arch']}:{job['pretrained']}" in list_pretrained()
+
+
+def test_quick_profile_is_the_shipped_resnet56_curves():
+    (job,) = reproduce.profiles()["quick"].curves
+    assert not reproduce.profiles()["quick"].runs
+    assert (job["dataset"], job["arch"], job["pretrained"]) == ("fashion-mnist", "resnet56", "fashion-mnist")
+    assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(reproduce.METHODS) and job["test_per_class"] is None
+
+
+def test_curve_jobs_run_report_and_are_skipped_when_done(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from paperprune import create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), tmp_path / "base.pt")
+    job = dict(dataset="synthetic", arch="resnet56", pretrained=None, weights=str(tmp_path / "base.pt"),
+               methods=["random", "l1"], targets=[0.3, 0.5], seeds=[0, 1], samples_per_class=3, bn_images=18,
+               test_per_class=2)
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": reproduce.Profile("tiny", "test", curves=[job])})
+    args = ["--profile", "tiny", "--runs-root", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs")]
+    assert reproduce.main(args) == 0
+    out = tmp_path / "runs" / "tiny" / "curves" / "synthetic-resnet56"
+    assert (out / "curves.json").is_file() and (out / "curves.ipynb").is_file()
+    assert (tmp_path / "figs" / "tables" / "curves_synthetic_resnet56.md").is_file()
+    assert (tmp_path / "figs" / "figures" / "curves_synthetic_resnet56.png").is_file()
+    stamp = (out / "curves.json").stat().st_mtime_ns
+    assert reproduce.main(args + ["--dry-run"]) == 0 and "1 curve job(s), 0 to run" in capsys.readouterr().out
+    assert reproduce.main(args) == 0 and (out / "curves.json").stat().st_mtime_ns == stamp
+    job["targets"] = [2.0]  # a failing job: recorded, reported, exit code 1
+    assert reproduce.main(["--profile", "tiny", "--runs-root", str(tmp_path / "bad")]) == 1
+    assert "targets [2.0]" in json.loads((tmp_path / "bad" / "tiny" / "curves" / "synthetic-resnet56" /
+                                         "error.json").read_text())["error"]
 
 
 def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys):

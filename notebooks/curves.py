@@ -1,0 +1,60 @@
+# %% [markdown]
+# # Pruning curves: top-1 against FLOPs reduction, no fine-tuning
+#
+# Every criterion prunes the same trained baseline to several FLOPs targets, for several
+# calibration seeds, and the pruned model is scored on the test set at once: raw, and after
+# re-estimating its BatchNorm statistics on a few hundred training images (adaptive BN, as
+# EagleEye, ECCV 2020, uses it). This is the cheapest measurement that tells criteria apart:
+# fine-tuning hides much of a bad selection. Statistics are computed once per (criterion, seed)
+# and reused for every target. Done by `paperprune.curves.run` (resumable: a rerun skips the
+# finished (criterion, seed) chunks); `python -m paperprune.reproduce` runs this notebook
+# through papermill and leaves the executed copy next to `curves.json`.
+
+# %% tags=["parameters"]
+dataset = "synthetic"
+arch = "resnet56"
+pretrained = None
+weights = None
+methods = ["random", "l1"]
+targets = [0.3, 0.6]
+seeds = [0, 1]
+samples_per_class = 3
+bn_images = 36
+test_per_class = 4
+data_root = None
+out = "runs/curves-demo"
+threads = None
+progress = True
+
+# %%
+import torch
+
+from paperprune import create_model, curves
+from paperprune.data import dataset_info
+
+if threads:
+    torch.set_num_threads(int(threads))
+if pretrained is None and weights is None:  # the demo: an untrained model saved as the "baseline"
+    from pathlib import Path
+
+    info = dataset_info(dataset, data_root)
+    torch.manual_seed(0)
+    weights = str(Path(out) / "untrained-baseline.pt")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    torch.save(create_model(arch, info.num_classes, info.in_channels).state_dict(), weights)
+record = curves.run(dataset, arch, out, pretrained=pretrained, weights=weights, methods=methods, targets=targets,
+                    seeds=seeds, samples_per_class=samples_per_class, bn_images=bn_images,
+                    test_per_class=test_per_class, data_root=data_root, device="cpu", progress=progress)
+print(f"{len(record['points'])} points on {record['config']['test_images']} test images in "
+      f"{record['timings']['wall_s']:.0f} s")
+
+# %% [markdown]
+# Mean and standard deviation over the calibration seeds (n per cell), top-1 in percent, raw
+# and after adaptive BN.
+
+# %%
+import pandas as pd
+
+rows = {key: pd.DataFrame(record["summary"][key]) for key in ("top1", "top1_bn")}
+table = pd.concat({key: df.pivot(index="method", columns="target", values="mean") for key, df in rows.items()}, axis=1)
+table.round(2)
