@@ -19,8 +19,8 @@ group of removing its output channels is classified (`classify_group`):
   `channel_groups` equal parts: the budget rule keeps as many channels in every part, the
   criterion choosing which (`paperprune.select`), and the surgery cuts each part of the
   grouped conv's weight by its own kept channels. Prunable by default when the grouped conv
-  reads exactly the layer's channels, in order; otherwise (it reads a concatenation, say) the
-  parts cannot be told and the layer is left out.
+  reads exactly the layer's channels, in order; otherwise the layer is left out (a grouped conv
+  after a concatenation makes the group 'concat', and surgery refuses it by `channel_groups`).
 
 Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
 `activation`) the point where the channels are as the next layer consumes them (after BN,
@@ -73,8 +73,8 @@ def classify_group(group, root: nn.Module, names: dict) -> tuple[str, str | None
     """(kind, the module that causes it) of a Torch-Pruning group rooted at conv `root`'s output channels.
 
     Kinds, most binding first: 'residual' (another conv's or a parameter's output channels
-    are tied through an addition), 'grouped' (a grouped, non-depthwise conv consumes them),
-    'concat' (a concatenation carries them), else 'inner'.
+    are tied through an addition), 'concat' (a concatenation carries them), 'grouped' (a
+    grouped, non-depthwise conv consumes them), else 'inner'.
     """
     ties, grouped, concat, adds = [], None, None, False
     for dep, _ in group:
@@ -94,10 +94,10 @@ def classify_group(group, root: nn.Module, names: dict) -> tuple[str, str | None
                 grouped = grouped or names.get(target, node.name)
     if ties and adds:
         return "residual", ties[0]
-    if grouped:
-        return "grouped", grouped
     if concat:
         return "concat", concat
+    if grouped:
+        return "grouped", grouped
     return "inner", None
 
 
@@ -302,10 +302,10 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
         group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
         covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
         kind, cause = classify_group(group, conv, trace.names)
-        if kind == "grouped" and kind in include:
+        if kind in include:
             try:
                 channel_groups(group, conv, trace.names)
-            except PaperpruneError:  # read among other channels: the parts are not this layer's (channel_groups)
+            except PaperpruneError:  # a grouped conv reads them among others: the parts are not this layer's
                 skipped[name] = (kind, cause)
                 continue
         if kind not in include:

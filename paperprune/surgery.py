@@ -149,8 +149,8 @@ class _Graph:
                 f"(a residual connection), so removing them changes {cause!r} too. Residual widths are kept "
                 f"(METHOD.md section 2); drop it from layers, or leave layers= out to let paperprune find the "
                 f"prunable ones.")
-        if kind == "grouped":
-            parts = channel_groups(group, conv, self.names)
+        parts = channel_groups(group, conv, self.names)  # refuses a grouped conv reading them among others
+        if parts > 1:
             counts = np.bincount(np.asarray(list(idxs), dtype=np.int64) // (conv.out_channels // parts),
                                  minlength=parts)
             if len(set(counts.tolist())) > 1:

@@ -347,11 +347,13 @@ def test_refusals_name_the_cause():
             x = self.g(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
             return self.fc(torch.relu(x).mean((2, 3)))
 
-    found = discover(GroupedAfterConcat(), SIZE)
-    assert found.skipped == {"a": ("grouped", "g"), "b": ("grouped", "g")}
+    found = discover(GroupedAfterConcat(), SIZE, include=("inner", "grouped", "concat"))
+    assert not found.layers and {kind for kind, _ in found.skipped.values()} == {"concat"}
     with pytest.raises(PaperpruneError, match=r"layer 'a': the grouped convolution 'g' \(groups=4\) reads its 8 "
                                               r"channels among 16 of its inputs.*MetaPruner"):
         prune_channels(GroupedAfterConcat(), [PrunableLayer("a", "a", "a")], {"a": [0, 4]}, SIZE)
+    with pytest.raises(PaperpruneError, match=r"found no prunable layer.*2 concat"):
+        paperprune.prune(GroupedAfterConcat(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
 
     class AllResidual(nn.Module):
         def __init__(self):
