@@ -250,3 +250,16 @@ def test_deployed_measuring_leaves_torch_compile_usable():
         assert all(measure_us(unit(c), x, "deployed", repeats=1, warmup=0) > 0 for c in (4, 5, 6))
         prepare_for_inference(unit(7), x)
     torch._dynamo.reset()
+
+
+def test_latency_model_refuses_widths_that_reach_grouped_convs(tmp_path):
+    """MobileNet's pruned widths reach its depthwise convs, which the table does not time: a clear refusal
+    pointing to the MACs budget (README, "Which networks")."""
+    import torchvision
+
+    from paperprune.discover import discover
+
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    layers = discover(model, (3, 32, 32)).layers
+    with pytest.raises(PaperpruneError, match=r"times Conv2d \(groups=1.*'features\.1\.conv\.0\.0'.*flops_reduction="):
+        LatencyModel.build(model, layers, (3, 32, 32), timer=lambda *a: 1.0, cache_dir=tmp_path, progress=False)
