@@ -171,3 +171,16 @@ def test_ties_split_no_further_than_the_bracket_allows():
         select_channels(crit, cost, 0.99, omega=8, progress=False)
     sel = select_channels(crit, cost, 0.5, omega=2, progress=False)
     assert abs(1 - sel.macs / sel.base_macs - 0.5) <= 0.01 and sel.tie_split > 0
+
+
+def test_keep_in_parts_keeps_equal_counts_chosen_per_part():
+    """Layers read by a grouped conv (issue 14): each of the P contiguous parts keeps ceil(width / P)
+    channels, the criterion's own (mask) first, then by rank; positions differ between parts."""
+    from paperprune.select import keep_in_parts
+
+    rank = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.2, 0.8, 0.3, 0.6])
+    mask = torch.tensor([True, False, False, False, False, True, True, True])
+    kept = keep_in_parts(mask, rank, 4, 2)  # parts [0..3] and [4..7], 2 each
+    assert kept.tolist() == [0, 3, 5, 7]  # part 0: the masked 0, then rank 0.7; part 1: three masked, best two
+    assert keep_in_parts(mask, rank, 5, 2).tolist() == [0, 2, 3, 5, 6, 7]  # 5 rounds up to 3 per part
+    assert keep_in_parts(torch.zeros(8, dtype=torch.bool), torch.zeros(8), 2, 4).tolist() == [0, 2, 4, 6]
