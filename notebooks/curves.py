@@ -21,6 +21,8 @@ seeds = [0, 1]
 samples_per_class = 3
 bn_images = 36
 test_per_class = 4
+criterion_options = {}  # e.g. {"nonnegative": True}: an ablation variant (paperprune.curves.check_options)
+precision = "fp32"  # of the test evaluations; "auto": bf16 autocast where the CPU has it
 data_root = None
 out = "runs/curves-demo"
 threads = None
@@ -44,8 +46,10 @@ if pretrained is None and weights is None:  # the demo: an untrained model saved
     torch.save(create_model(arch, info.num_classes, info.in_channels).state_dict(), weights)
 record = curves.run(dataset, arch, out, pretrained=pretrained, weights=weights, methods=methods, targets=targets,
                     seeds=seeds, samples_per_class=samples_per_class, bn_images=bn_images,
-                    test_per_class=test_per_class, data_root=data_root, device="cpu", progress=progress)
-print(f"{len(record['points'])} points on {record['config']['test_images']} test images in "
+                    test_per_class=test_per_class, criterion_options=criterion_options, precision=precision,
+                    data_root=data_root, device="cpu", progress=progress)
+variant = curves.variant_name(record["config"]["criterion_options"]) or "no options"
+print(f"{len(record['points'])} points ({variant}) on {record['config']['test_images']} test images in "
       f"{record['timings']['wall_s']:.0f} s")
 
 # %% [markdown]

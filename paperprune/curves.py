@@ -8,6 +8,12 @@ run per target. Each point records top-1 on the test loader raw and after adapti
 (`adapt_batchnorm`: the BN running statistics re-estimated on a few hundred training images,
 as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per-image
 correctness of both, packed, for the paired bootstrap of `paperprune.stats`.
+
+`criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`) go to every
+criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12
+item 6), its options part of the record's config and of its folder's identity. `curves.json` has
+one schema, `paperprune.record.CurvesRecord`: written through `write_curves`, read through
+`read_curves`.
 """
 from __future__ import annotations
 
@@ -29,9 +35,10 @@ from .pipeline import gather_calibration, model_parts
 from .select import select_channels
 from .stats import pack_correct
 from .surgery import MacsPredictor, prune_channels
-from .utils import PaperpruneError, resolve_device
+from .utils import PaperpruneError, _json_default, resolve_device
 
-__all__ = ["TARGETS", "adapt_batchnorm", "correct_per_image", "pruning_curves", "run"]
+__all__ = ["TARGETS", "adapt_batchnorm", "check_options", "correct_per_image", "pruning_curves", "run",
+           "variant_name"]
 
 TARGETS = (0.30, 0.45, 0.60, 0.75)
 
@@ -65,10 +72,21 @@ def adapt_batchnorm(model: nn.Module, data: Iterable, images: int, device) -> nn
 
 
 @torch.no_grad()
-def correct_per_image(model: nn.Module, loader: Iterable, device) -> np.ndarray:
-    """Boolean vector: is the top-1 prediction right, per test image in loader order (eval mode)."""
+def correct_per_image(model: nn.Module, loader: Iterable, device, precision: str = "fp32") -> np.ndarray:
+    """Boolean vector: is the top-1 prediction right, per test image in loader order (eval mode).
+    `precision` "bf16" (or "fp16") evaluates under autocast with channels_last images, as
+    `paperprune.train.evaluate` does; "fp32" without."""
+    from .train import _autocast
+
     model.eval()
-    out = [model(x.to(device)).argmax(1).cpu() == y.cpu() for x, y in loader]
+    device = torch.device(device)
+    out = []
+    for x, y in loader:
+        x = x.to(device)
+        if precision != "fp32":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            out.append(model(x).argmax(1).cpu() == y.cpu())
     if not out:
         raise PaperpruneError("correct_per_image: the test loader yielded no images")
     return torch.cat(out).numpy()
@@ -79,7 +97,7 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
                    seeds: Sequence[int] = (0, 1, 2), samples_per_class: int = 20, omega: int = 4,
                    bn_images: int = 256, tolerance: float = 0.01, taxonomy: dict | None = None,
                    input_size: tuple[int, ...] | None = None, device=None, progress: bool = True,
-                   **criterion_options) -> list[dict]:
+                   precision: str = "fp32", **criterion_options) -> list[dict]:
     """Points of top-1 against FLOPs reduction for every method x seed x target, no fine-tuning.
 
     `calibration(seed)` yields the (images, labels) batches that seed's calibration sample is
@@ -88,7 +106,8 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
     seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
     correct_bn (packed per-image correctness), kept (channel indices per layer), statistics_s (the
-    shared statistics' time), evaluate_s.
+    shared statistics' time), evaluate_s. `precision` is that of the test evaluations (a
+    `paperprune.train.resolve_precision` result; BN statistics are always re-estimated in fp32).
     """
     for method in methods:
         check_method(method)
@@ -113,23 +132,25 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
             for target in targets:
                 point = {"method": method, "seed": seed, "target": float(target), "statistics_s": statistics_s}
                 points.append(point | _point(base, criterion, predictor, layers, size, target, omega, tolerance,
-                                             test_loader, bn_data, bn_images, device))
+                                             test_loader, bn_data, bn_images, device, precision))
                 bar.update()
     bar.close()
     return points
 
 
 def _point(base, criterion, predictor, layers, size, target, omega, tolerance, test_loader, bn_data,
-           bn_images, device) -> dict:
+           bn_images, device, precision) -> dict:
     """One target: select under the shared statistics, cut a copy, measure it raw and after adaptive BN."""
     try:
         sel = select_channels(criterion, predictor, target, omega=omega, tolerance=tolerance, progress=False)
     except PaperpruneError as exc:
         return {"error": str(exc)}
     pruned = prune_channels(copy.deepcopy(base), layers, sel.keep, size)
+    if precision != "fp32":
+        pruned = pruned.to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    raw = correct_per_image(pruned, test_loader, device)
-    adapted = correct_per_image(adapt_batchnorm(pruned, bn_data, bn_images, device), test_loader, device)
+    raw = correct_per_image(pruned, test_loader, device, precision)
+    adapted = correct_per_image(adapt_batchnorm(pruned, bn_data, bn_images, device), test_loader, device, precision)
     return {"level": float(sel.level), "macs_reduction": 1.0 - sel.macs / sel.base_macs,
             "params_reduction": 1.0 - sel.params / sel.base_params, "widths": sel.widths,
             "kept": {name: [int(i) for i in idx] for name, idx in sel.keep.items()},
@@ -138,10 +159,42 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
             "evaluate_s": time.perf_counter() - start}
 
 
-def _check_grid(methods, targets, seeds, samples_per_class, bn_images) -> None:
+def _option_names() -> set[str]:
+    """The criterion options a curves record can vary: every criterion constructor's keywords but `seed`
+    (which the curves set per chunk)."""
+    import inspect
+
+    from .criteria import _CRITERIA
+
+    return {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters
+            if name not in ("self", "seed")}
+
+
+def check_options(methods: Sequence[str], options: dict | None) -> dict:
+    """`criterion_options` as a plain dict, refused (naming the option) when a criterion does not know
+    it or refuses its value; {} for None."""
+    options = dict(options or {})
+    known = _option_names()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise PaperpruneError(f"criterion_options {options!r}: unknown option(s) {', '.join(unknown)}; the criteria "
+                              f"take {', '.join(sorted(known))} (the seed is set per chunk)")
+    for method in methods:
+        create_criterion(method, seed=0, **options)
+    return options
+
+
+def variant_name(options: dict | None) -> str:
+    """A short name of an ablation variant for folders and file names: "" for none, "nonnegative",
+    "structure-taxonomy", ..."""
+    return "_".join(k if v is True else f"{k}-{v}" for k, v in sorted((options or {}).items()))
+
+
+def _check_grid(methods, targets, seeds, samples_per_class, bn_images, criterion_options=None) -> None:
     """Refuse a bad grid before anything is written, naming the value typed."""
     for method in methods:
         check_method(method)
+    check_options(methods, criterion_options)
     bad = [t for t in targets if not 0.0 < float(t) < 1.0]
     if not targets or bad:
         raise PaperpruneError(f"targets {list(targets)}: each must be a FLOPs reduction in (0, 1), e.g. 0.3,0.55")
@@ -159,28 +212,37 @@ def _chunk_path(out: Path, method: str, seed: int) -> Path:
 def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = None, weights: str | None = None,
         methods: Sequence[str] = METHODS, targets: Sequence[float] = TARGETS, seeds: Sequence[int] = (0, 1, 2),
         samples_per_class: int = 20, bn_images: int = 256, test_per_class: int | None = None,
-        data_root: str | None = None, device="cpu", progress: bool = True) -> dict:
+        criterion_options: dict | None = None, precision: str = "fp32", data_root: str | None = None,
+        device="cpu", progress: bool = True) -> dict:
     """Curves of a trained baseline on a tensor dataset, written to `out/curves.json`; resumable.
 
     The baseline is `create_model(arch, pretrained=...)` or a state_dict file `weights`. Seed s
     draws its calibration sample with `class_balanced_batch(..., seed=s)`; adaptive BN uses the
     first `bn_images` of a fixed seed-0 shuffle of the training set; the test set is whole unless
-    `test_per_class`. No augmentation anywhere; evaluation in fp32 (the same numbers on CPUs with
-    and without bf16). Each (criterion, seed) is one chunk, `out/points/<method>-s<seed>.json`,
-    written atomically when done: a rerun of the same command skips finished chunks, and a folder
-    holding curves of another config is refused. Returns the record (config, environment,
+    `test_per_class`. `criterion_options` go to every criterion (an ablation variant; see
+    `check_options`). No augmentation anywhere. The test evaluations run in fp32 by default (the
+    same numbers on CPUs with and without bf16); precision "auto" runs them in bf16 autocast with
+    channels_last where the hardware has bf16 (about half the time on this project's CPU), as
+    training does; the precision used is recorded (`config.precision`). Each (criterion, seed)
+    is one chunk, `out/points/<method>-s<seed>.json`, written atomically when done: a rerun of
+    the same command skips finished chunks, and a folder holding curves of another config is
+    refused. Returns the record (config, environment,
     points, timings, and `summary`: mean/std over seeds of top1 and top1_bn per method and target).
     """
     from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
     from .experiment import load_weights
     from .models import create_model
+    from .record import CURVES_SCHEMA, CurvePoint, CurvesConfig, CurvesRecord, CurvesTimings, write_curves
     from .stats import aggregate
+    from .train import resolve_precision
     from .utils import DirLock, atomic_write_json, environment_info
 
     if (pretrained is None) == (weights is None):
         raise PaperpruneError("pass exactly one baseline: pretrained= (shipped weights) or weights= (a state_dict file)")
     methods, targets, seeds = list(methods), [float(t) for t in targets], [int(s) for s in seeds]
-    _check_grid(methods, targets, seeds, samples_per_class, bn_images)
+    _check_grid(methods, targets, seeds, samples_per_class, bn_images, criterion_options)
+    criterion_options = check_options(methods, criterion_options)
+    precision = resolve_precision(precision, device)
     info = dataset_info(dataset, data_root)
     model = create_model(arch, info.num_classes, info.in_channels, pretrained=pretrained)
     if weights is not None:
@@ -194,7 +256,8 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     config = {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": weights,
               "baseline_sha256": digest.hexdigest(), "methods": methods,
               "targets": targets, "seeds": seeds, "samples_per_class": int(samples_per_class),
-              "bn_images": int(bn_images), "test_images": len(ty), "precision": "fp32"}
+              "bn_images": int(bn_images), "test_images": len(ty), "precision": precision,
+              "criterion_options": criterion_options}
     plain = {"mean": info.mean, "std": info.std, "train": False, "device": device}
     bx, by = class_balanced_batch(x, y, -(-bn_images // info.num_classes), 0)
     mixed = torch.randperm(len(by), generator=torch.Generator().manual_seed(0))  # batches of mixed classes
@@ -214,28 +277,50 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
         for method, seed in bar:
             path = _chunk_path(out, method, seed)
             if path.is_file():
-                chunk = json.loads(path.read_text(encoding="utf-8"))
+                chunk = _read_chunk(path)
                 resumed.append(f"{method}-s{seed}")
             else:
                 chunk = pruning_curves(model, calibration, DeviceLoader(tx, ty, batch_size=256, **plain),
                                        DeviceLoader(bx, by, batch_size=64, seed=0, **plain), methods=[method],
                                        targets=targets, seeds=[seed], samples_per_class=samples_per_class,
-                                       bn_images=bn_images, taxonomy=info.taxonomy, device=device, progress=False)
-                atomic_write_json(path, chunk)
+                                       bn_images=bn_images, taxonomy=info.taxonomy, device=device, progress=False,
+                                       precision=precision, **criterion_options)
+                chunk = [CurvePoint.from_dict(json.loads(json.dumps(p, default=_json_default)), f"{method}-s{seed}")
+                         for p in chunk]
+                atomic_write_json(path, [p.to_dict() for p in chunk])
             points += chunk
-        ok = [p for p in points if "error" not in p]
-        record = {"config": config, "environment": environment_info(device), "points": points,
-                  "timings": {"wall_s": time.perf_counter() - start, "resumed_chunks": resumed},
-                  "summary": {key: aggregate(ok, by=("method", "target"), value=key) for key in ("top1", "top1_bn")}}
-        atomic_write_json(out / "curves.json", record)
-    return record
+        ok = [p.to_dict() for p in points if p.error is None]
+        record = CurvesRecord(schema=CURVES_SCHEMA, config=CurvesConfig(**config), environment=environment_info(device),
+                              points=points, timings=CurvesTimings(wall_s=time.perf_counter() - start,
+                                                                   resumed_chunks=resumed),
+                              summary={key: aggregate(ok, by=("method", "target"), value=key)
+                                       for key in ("top1", "top1_bn")})
+        return write_curves(out / "curves.json", record)
+
+
+def _read_chunk(path: Path) -> list:
+    """A finished chunk's points, each checked against `CurvePoint`; a damaged file names itself and the fix."""
+    from .record import CurvePoint, RecordError
+
+    fix = f"delete {path} and rerun the same command to recompute that (criterion, seed)"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, list):
+            raise RecordError(f"holds a {type(raw).__name__}, not a list of points")
+        return [CurvePoint.from_dict(p, f"points[{i}]") for i, p in enumerate(raw)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError) as e:
+        raise PaperpruneError(f"{path} is damaged ({e}); {fix}") from None
+
+
+#: config keys added after curves were recorded: a folder's config.json without one holds that value
+_ADDED = {"criterion_options": {}}
 
 
 def _claim(out: Path, config: dict, write) -> None:
     """Write out/config.json, or check that the folder's curves are of this very config."""
     path = out / "config.json"
     if path.is_file():
-        held = json.loads(path.read_text(encoding="utf-8"))
+        held = {**_ADDED, **json.loads(path.read_text(encoding="utf-8"))}
         if held != json.loads(json.dumps(config)):
             diff = {k: (held.get(k), v) for k, v in config.items() if held.get(k) != json.loads(json.dumps(v))}
             raise PaperpruneError(f"{out} holds curves of another config (held, asked: {diff}); pass another "
@@ -250,6 +335,16 @@ def _numbers(text: str, kind, flag: str) -> list:
     except ValueError:
         raise PaperpruneError(f"{flag} {text!r}: give comma-separated {kind.__name__} values, e.g. "
                               f"{'0.3,0.55' if kind is float else '0,1,2'}") from None
+
+
+def _options(text: str | None) -> dict:
+    try:
+        options = json.loads(text) if text is not None else {}
+    except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, dict):
+        raise PaperpruneError(f"--criterion-options {text!r}: give a JSON object, e.g. '{{\"nonnegative\": true}}'")
+    return options
 
 
 def main(argv=None) -> int:
@@ -267,16 +362,22 @@ def main(argv=None) -> int:
     p.add_argument("--samples-per-class", type=int, default=20)
     p.add_argument("--bn-images", type=int, default=256)
     p.add_argument("--test-per-class", type=int, default=None)
+    p.add_argument("--criterion-options", default=None,
+                   help='options of every criterion as JSON, e.g. \'{"nonnegative": true}\' (an ablation variant)')
+    p.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
+                   help="of the test evaluations: fp32 (default), or bf16 autocast where the hardware has it")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
         targets, seeds = _numbers(args.targets, float, "--targets"), _numbers(args.seeds, int, "--seeds")
+        options = _options(args.criterion_options)
         record = run(args.dataset, args.arch, args.out, pretrained=args.pretrained, weights=args.weights,
                      methods=args.methods.split(","), targets=targets, seeds=seeds,
                      samples_per_class=args.samples_per_class,
-                     bn_images=args.bn_images, test_per_class=args.test_per_class, data_root=args.data_root,
+                     bn_images=args.bn_images, test_per_class=args.test_per_class, criterion_options=options,
+                     precision=args.precision, data_root=args.data_root,
                      progress=not args.no_progress)
     except PaperpruneError as exc:
         print(f"paperprune.curves: error: {exc}", file=sys.stderr)

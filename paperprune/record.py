@@ -1,4 +1,5 @@
-"""One definition of `run.json`: the record a run writes (experiment), reads back and checks (reporting).
+"""One definition of `run.json`: the record a run writes (experiment), reads back and checks (reporting);
+and of `curves.json`, the record of `paperprune.curves.run` (`CurvesRecord`, `read_curves`, `write_curves`).
 
 `RunRecord` and the blocks it holds are the schema. `write_run` validates a record before it is
 written atomically; `read_run` / `RunRecord.from_dict` check every key against the field types
@@ -25,9 +26,13 @@ from typing import Any
 from .utils import PaperpruneError, _json_default, atomic_write_json
 
 __all__ = ["SCHEMA", "RecordError", "RunRecord", "Evaluation", "Pruned", "Layer", "Packed", "DataIdentity",
-           "Timings", "read_run", "write_run", "markdown_table"]
+           "Timings", "read_run", "write_run", "markdown_table", "CURVES_SCHEMA", "CurvePoint", "CurvesConfig",
+           "CurvesTimings", "CurvesRecord", "read_curves", "write_curves"]
 
 SCHEMA = 2
+#: curves.json: 1 until 2026-12-02 (no `schema` key; it reads as 1), 2 adds `config.criterion_options`
+#: and requires every field the writer fills
+CURVES_SCHEMA = 2
 
 
 class RecordError(PaperpruneError):
@@ -203,6 +208,146 @@ def write_run(path: str | Path, record: RunRecord) -> dict:
     return data
 
 
+# --------------------------------------------------------------------------- curves.json
+
+@dataclass(kw_only=True)
+class CurvePoint:
+    """One (criterion, seed, FLOPs target) of a pruning curve, no fine-tuning. A target the criterion
+    could not reach has `error` and no measurement."""
+
+    method: str = _field("the criterion")
+    seed: int = _field("the calibration seed (random: the seed of its scores)")
+    target: float = _field("the FLOPs (MACs) reduction asked for")
+    statistics_s: float | None = _field("seconds of the criterion's statistics, shared by the seed's targets",
+                                        optional=True)
+    error: str | None = _field("why the target could not be reached (only then: no measurement)", optional=True)
+    level: float | None = _field("the budget rule's level reached", optional=True)
+    macs_reduction: float | None = _field("1 - MACs / baseline MACs reached", optional=True)
+    params_reduction: float | None = _field("1 - params / baseline params", optional=True)
+    widths: dict[str, int] | None = _field("kept channels per prunable layer", optional=True)
+    kept: dict[str, list[int]] | None = _field("indices of the kept channels per prunable layer", optional=True)
+    top1: float | None = _field("top-1 (%) right after pruning, the baseline's BN statistics", optional=True)
+    top1_bn: float | None = _field("top-1 (%) after adaptive BN (statistics re-estimated on `bn_images`)",
+                                   optional=True)
+    correct: Packed | None = _field("per-image correctness behind `top1`, packed", optional=True)
+    correct_bn: Packed | None = _field("per-image correctness behind `top1_bn`, packed", optional=True)
+    evaluate_s: float | None = _field("seconds of the two test evaluations and the BN re-estimation", optional=True)
+
+    #: what a measured point always had (the readers need them); the rest is required since schema 2
+    MEASURED = ("macs_reduction", "top1", "top1_bn", "correct", "correct_bn", "widths")
+    MEASURED_SINCE_2 = ("statistics_s", "level", "params_reduction", "kept", "evaluate_s")
+
+    def _check(self, where: str) -> None:
+        if self.error is None:
+            self._require(self.MEASURED, where)
+        elif any(getattr(self, k) is not None for k in self.MEASURED):
+            raise RecordError(f"{where.rstrip('.')} has both an error and a measurement")
+
+    def _require(self, names, where: str) -> None:
+        missing = [k for k in names if getattr(self, k) is None]
+        if missing:
+            raise RecordError(f"{where.rstrip('.')} lacks {', '.join(missing)}")
+
+    @classmethod
+    def from_dict(cls, point: Any, where: str = "point") -> CurvePoint:
+        """One point as `paperprune.curves` writes it (all fields of the current schema), checked."""
+        obj = _build(cls, point, f"{where}.", CURVES_SCHEMA)
+        if obj.error is None:
+            obj._require(cls.MEASURED_SINCE_2, where)
+        return obj
+
+    def to_dict(self) -> dict:
+        """The point as curves.json holds it: absent fields left out (a point has `error` or a measurement)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(kw_only=True)
+class CurvesConfig:
+    """What defines a curves record (`paperprune.curves.run`); `out/config.json` holds the same."""
+
+    dataset: str = _field("the dataset")
+    arch: str = _field("the architecture")
+    seeds: list[int] = _field("calibration seeds")
+    targets: list[float] = _field("FLOPs reductions asked for")
+    test_images: int = _field("test images each point is scored on")
+    bn_images: int = _field("training images of adaptive BN")
+    pretrained: str | None = _field("shipped weights' tag (`create_model(pretrained=)`), or null", since=2)
+    weights: str | None = _field("the baseline's state_dict file, or null", since=2)
+    baseline_sha256: str | None = _field("hash of the baseline's state_dict", since=2)
+    methods: list[str] | None = _field("the criteria", since=2)
+    samples_per_class: int | None = _field("calibration images per class", since=2)
+    precision: str | None = _field("precision of the evaluations (fp32)", since=2)
+    criterion_options: dict | None = _field("options given to every criterion (`create_criterion`), e.g. "
+                                            "`{\"nonnegative\": true}`: an ablation variant; `{}` for none",
+                                            since=2)
+
+
+@dataclass(kw_only=True)
+class CurvesTimings:
+    """Wall time of the last invocation."""
+
+    wall_s: float = _field("seconds of the invocation that wrote the record")
+    resumed_chunks: list[str] = _field("(criterion, seed) chunks read back instead of computed, `<method>-s<seed>`")
+
+
+@dataclass(kw_only=True)
+class CurvesRecord:
+    """`OUT/curves.json` of `python -m paperprune.curves` (and of notebooks/curves.ipynb)."""
+
+    schema: int = _field(f"version of this schema ({CURVES_SCHEMA} now; a record without it is version 1)")
+    config: CurvesConfig = _field("the curves' settings")
+    environment: dict = _field("package versions, device, git commit, host, date (`utils.environment_info`)")
+    points: list[CurvePoint] = _field("one per criterion, seed and target")
+    timings: CurvesTimings | None = _field("wall time", since=2)
+    summary: dict | None = _field("`top1` and `top1_bn`: mean, std and n over seeds per method and target "
+                                  "(`paperprune.stats.aggregate`)", since=2)
+
+    def _check(self, where: str) -> None:
+        if self.schema >= 2:
+            for i, point in enumerate(self.points):
+                if point.error is None:
+                    point._require(CurvePoint.MEASURED_SINCE_2, f"points[{i}]")
+
+    @classmethod
+    def from_dict(cls, record: Any) -> CurvesRecord:
+        """The record, every key checked (RecordError naming the first bad one)."""
+        if not isinstance(record, dict):
+            raise RecordError(f"holds a {type(record).__name__}, not a JSON object")
+        schema = record.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise RecordError(f"schema is {schema!r}, not a version number")
+        if not 1 <= schema <= CURVES_SCHEMA:
+            raise RecordError(f"schema is {schema}; this paperprune reads curves versions 1 to {CURVES_SCHEMA} "
+                              "(a newer paperprune wrote it: upgrade)")
+        return _build(cls, {**record, "schema": schema}, "", schema)
+
+    def to_dict(self) -> dict:
+        """As curves.json holds it (each point's absent fields left out)."""
+        return {**asdict(self), "points": [p.to_dict() for p in self.points]}
+
+
+def read_curves(path: str | Path) -> CurvesRecord:
+    """`path` (a curves.json) read and checked; RecordError naming the file, the problem and the fix."""
+    path = Path(path)
+    fix = "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    try:
+        return CurvesRecord.from_dict(raw)
+    except RecordError as e:
+        raise RecordError(f"{path}: {e}; {fix}") from None
+
+
+def write_curves(path: str | Path, record: CurvesRecord) -> dict:
+    """Check `record` as a reader would, then write it atomically; returns the dict written."""
+    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
+    CurvesRecord.from_dict(data)
+    atomic_write_json(path, data)
+    return data
+
+
 # --------------------------------------------------------------------------- checking
 
 def _hints(cls) -> dict:
@@ -243,6 +388,10 @@ def _value(hint, value, where: str, schema: int):
         if not isinstance(value, list):
             raise RecordError(f"{where} is not a list")
         return [_value(args[0], v, f"{where}[{i}]", schema) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RecordError(f"{where} is not an object")
+        return {k: _value(args[1], v, f"{where}.{k}", schema) for k, v in value.items()}
     ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
           str: lambda v: isinstance(v, str), dict: lambda v: isinstance(v, dict)}[hint]
@@ -265,13 +414,23 @@ def _strip_none(hint):
     return hint, False
 
 
+def _plural(hint) -> str:
+    """"integers", "objects", "lists of integers": the values of a list or object of `hint`."""
+    if is_dataclass(hint):
+        return "objects"
+    if typing.get_origin(hint) is list:
+        return "lists of " + _plural(typing.get_args(hint)[0])
+    return _PLURALS[hint]
+
+
 def _type_text(hint) -> str:
     hint, nullable = _strip_none(hint)
     if is_dataclass(hint):
         text = "object"
     elif typing.get_origin(hint) is list:
-        item = typing.get_args(hint)[0]
-        text = "list of " + ("objects" if is_dataclass(item) else _PLURALS[item])
+        text = "list of " + _plural(typing.get_args(hint)[0])
+    elif typing.get_origin(hint) is dict:
+        text = "object of " + _plural(typing.get_args(hint)[1])
     else:
         text = _TYPE_NAMES[hint].split(" ", 1)[1]
     return text + (" or null" if nullable else "")
@@ -291,6 +450,7 @@ def _rows(cls, prefix: str = "") -> list[str]:
     return rows
 
 
-def markdown_table() -> str:
-    """The README's table of run.json keys, generated from the dataclasses above."""
-    return "\n".join(["| key | type | content |", "|---|---|---|", *_rows(RunRecord)]) + "\n"
+def markdown_table(record=None) -> str:
+    """The README's table of run.json keys (of `CurvesRecord`'s with record=CurvesRecord), generated from the
+    dataclasses."""
+    return "\n".join(["| key | type | content |", "|---|---|---|", *_rows(record or RunRecord)]) + "\n"

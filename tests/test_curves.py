@@ -158,3 +158,63 @@ def test_prune_adapt_bn_equals_adapting_the_pruned_model(setup):
     with pytest.raises(PaperpruneError, match="no BatchNorm layer"):
         prune(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(9)), data, method="l1",
               flops_reduction=0.4, adapt_bn=8, progress=False)
+
+
+def test_criterion_options_reach_every_criterion_and_key_the_folder(tmp_path, monkeypatch):
+    import json
+
+    torch.manual_seed(0)
+    weights = tmp_path / "base.pt"
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), weights)
+    grid = dict(weights=str(weights), methods=("l1",), targets=(0.3,), seeds=(0,), samples_per_class=3,
+                bn_images=18, test_per_class=2, progress=False)
+    seen = []
+    real = curves.create_criterion
+    monkeypatch.setattr(curves, "create_criterion", lambda method, **k: (seen.append(k), real(method, **k))[1])
+    record = curves.run("synthetic", "resnet56", tmp_path / "out", criterion_options={"nonnegative": True}, **grid)
+    assert record["config"]["criterion_options"] == {"nonnegative": True} and record["schema"] == 2
+    assert {"seed": 0, "nonnegative": True} in seen  # the chunk's criterion got the option
+    assert curves.variant_name(record["config"]["criterion_options"]) == "nonnegative"
+    with pytest.raises(PaperpruneError, match="holds curves of another config"):
+        curves.run("synthetic", "resnet56", tmp_path / "out", **grid)  # no options: another variant
+    with pytest.raises(PaperpruneError, match="unknown option"):
+        curves.run("synthetic", "resnet56", tmp_path / "x", criterion_options={"lam": 1.0}, **grid)
+    with pytest.raises(PaperpruneError, match="structure='tree'"):
+        curves.run("synthetic", "resnet56", tmp_path / "x", criterion_options={"structure": "tree"},
+                   **dict(grid, methods=("stlp",)))
+    assert not (tmp_path / "x").exists()
+    # a folder written before options existed (config.json without the key) resumes as "no options"
+    first = curves.run("synthetic", "resnet56", tmp_path / "old", **grid)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["criterion_options"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "old" / "curves.json").unlink()
+    again = curves.run("synthetic", "resnet56", tmp_path / "old", **grid)
+    assert again["timings"]["resumed_chunks"] == ["l1-s0"] and again["points"] == first["points"]
+
+
+def test_a_damaged_chunk_names_its_file(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "base.pt"
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), weights)
+    grid = dict(weights=str(weights), methods=("random",), targets=(0.3,), seeds=(0,), samples_per_class=3,
+                bn_images=18, test_per_class=2, progress=False)
+    curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+    chunk = tmp_path / "out" / "points" / "random-s0.json"
+    chunk.write_text(chunk.read_text().replace('"kept"', '"kept_"'))
+    with pytest.raises(PaperpruneError, match=r"random-s0.json is damaged \(unknown key points\[0\].kept_"):
+        curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+
+
+def test_precision_is_resolved_and_recorded(tmp_path):
+    from paperprune.train import resolve_precision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "base.pt"
+    torch.save(create_model("resnet56", num_classes=9, in_channels=3).state_dict(), weights)
+    record = curves.run("synthetic", "resnet56", tmp_path / "out", weights=str(weights), methods=("l1",),
+                        targets=(0.3,), seeds=(0,), samples_per_class=3, bn_images=18, test_per_class=2,
+                        precision="auto", progress=False)
+    assert record["config"]["precision"] == resolve_precision("auto", "cpu")
+    with pytest.raises(PaperpruneError, match="precision 'fp64'"):
+        curves.run("synthetic", "resnet56", tmp_path / "y", weights=str(weights), precision="fp64", progress=False)

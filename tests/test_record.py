@@ -99,3 +99,52 @@ def test_readme_table_is_the_schema():
     section = readme.split("## What a run records", 1)[1].split("\n## ", 1)[0]
     assert markdown_table() in section
     assert section.count("\n| `") == markdown_table().count("\n| `")  # no second, hand-typed row
+
+
+# --------------------------------------------------------------------------- curves.json
+
+def _curves(schema: int | None = 2) -> dict:
+    """A curves record as paperprune.curves writes it (schema None: as it wrote it before the key existed)."""
+    point = {"method": "sglp", "seed": 0, "target": 0.3, "statistics_s": 1.0, "level": 0.2, "macs_reduction": 0.31,
+             "params_reduction": 0.3, "widths": {"a": 2}, "kept": {"a": [0, 3]}, "top1": 50.0, "top1_bn": 60.0,
+             "correct": pack_correct([True, False]), "correct_bn": pack_correct([True, True]), "evaluate_s": 0.1}
+    config = {"dataset": "synthetic", "arch": "resnet56", "pretrained": None, "weights": "base.pt",
+              "baseline_sha256": "ab", "methods": ["sglp"], "targets": [0.3, 0.6], "seeds": [0],
+              "samples_per_class": 3, "bn_images": 18, "test_images": 2, "precision": "fp32"}
+    record = {"config": config, "environment": {}, "timings": {"wall_s": 1.0, "resumed_chunks": []},
+              "points": [point, {"method": "sglp", "seed": 0, "target": 0.6, "statistics_s": 1.0, "error": "no"}],
+              "summary": {"top1": [], "top1_bn": []}}
+    if schema is not None:
+        record.update(schema=schema)
+        config.update(criterion_options={})
+    return record
+
+
+def test_curves_record_reads_both_versions_and_writes_what_it_reads(tmp_path):
+    from paperprune.record import CURVES_SCHEMA, CurvesRecord, markdown_table, read_curves, write_curves
+
+    old = CurvesRecord.from_dict(_curves(None))  # curves.json as written until 2026-12-02
+    assert old.schema == 1 and old.config.criterion_options is None and old.points[1].error == "no"
+    record = CurvesRecord.from_dict(_curves())
+    assert record.schema == CURVES_SCHEMA and record.config.criterion_options == {}
+    assert write_curves(tmp_path / "curves.json", record) == _curves()  # absent point fields stay absent
+    assert read_curves(tmp_path / "curves.json").to_dict() == _curves()
+    assert "| `points[].kept` | object of lists of integers or null |" in markdown_table(CurvesRecord)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["points"][0].pop("kept"), r"points\[0\] lacks kept"),
+    (lambda r: r["points"][0].pop("correct_bn"), r"points\[0\] lacks correct_bn"),
+    (lambda r: r["points"][1].update(top1=3.0), r"points\[1\] has both an error and a measurement"),
+    (lambda r: r["points"][0]["widths"].update(a="2"), r"points\[0\].widths.a missing or not an integer"),
+    (lambda r: r["config"].pop("criterion_options"), r"config.criterion_options missing"),
+    (lambda r: r.update(schema=3), r"schema is 3; .* upgrade"),
+])
+def test_a_bad_curves_record_names_the_key(tmp_path, change, message):
+    from paperprune.record import read_curves
+
+    record = _curves()
+    change(record)
+    (tmp_path / "curves.json").write_text(json.dumps(record))
+    with pytest.raises(RecordError, match=message):
+        read_curves(tmp_path / "curves.json")

@@ -12,7 +12,6 @@ together; the interval is a percentile interval of the difference method - refer
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..compare import Comparison, jaccard
+from ..record import read_curves
 from ..stats import paired_bootstrap, unpack_correct
 from ..utils import PaperpruneError
 from .figures import _figure, save_figure
@@ -34,31 +34,18 @@ CLASSWISE = ("classwise", "sglp", "stlp")
 AGNOSTIC = ("l1", "hrank", "apib", "random")
 #: curves metric -> (its per-image correctness key, what it measures)
 CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after adaptive BN")}
-_POINT_KEYS = ("method", "seed", "target", "macs_reduction", "top1", "top1_bn", "correct", "correct_bn", "widths")
 
 
 # --------------------------------------------------------------------------- loading
 
 def load_curves(path: str | Path) -> dict:
-    """A curves record (`curves.json`, or the folder holding it), checked: every point names its
-    method, seed and target and has either an `error` or all of macs_reduction, top1, top1_bn,
-    correct, correct_bn and widths. Points with an error stay in `points` (tables count them)."""
+    """A curves record (`curves.json`, or the folder holding it) read through its one schema,
+    `paperprune.record.read_curves` (RecordError naming the key): every point names its method,
+    seed and target and has either an `error` or all of macs_reduction, top1, top1_bn, correct,
+    correct_bn and widths. Returned as the dict curves.json holds (a version-1 record's later
+    fields None); points with an error stay in `points` (tables count them)."""
     path = Path(path)
-    path = path / "curves.json" if path.is_dir() else path
-    fix = "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PaperpruneError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
-            or not isinstance(record.get("points"), list):
-        raise PaperpruneError(f"{path} is not a curves record (needs 'config' and 'points'); {fix}")
-    for i, point in enumerate(record["points"]):
-        need = _POINT_KEYS[:3] if isinstance(point, dict) and "error" in point else _POINT_KEYS
-        missing = [k for k in need if not isinstance(point, dict) or k not in point]
-        if missing:
-            raise PaperpruneError(f"{path}: points[{i}] lacks {', '.join(missing)}; {fix}")
-    return record
+    return read_curves(path / "curves.json" if path.is_dir() else path).to_dict()
 
 
 def _ok(record: dict, target: float | None = None) -> list[dict]:
@@ -73,9 +60,16 @@ def _methods(points: Sequence[dict]) -> list[str]:
     return sorted({p["method"] for p in points}, key=_method_rank)
 
 
+def _variant(record: dict) -> str:
+    from ..curves import variant_name
+
+    return variant_name(record["config"].get("criterion_options"))
+
+
 def _what(record: dict) -> str:
     c = record["config"]
-    return f"{c.get('arch', '?')} on {c.get('dataset', '?')}"
+    variant = _variant(record)
+    return f"{c.get('arch', '?')} on {c.get('dataset', '?')}" + (f" ({variant})" if variant else "")
 
 
 # --------------------------------------------------------------------------- tables
@@ -328,10 +322,12 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     """Write a curves record's table, paired-difference tables (after adaptive BN and raw; when it
     holds a class-wise and a class-agnostic criterion), curves figure, kept widths and overlap
     heatmap (two criteria or more) at `target` (default: the recorded target nearest 55%,
-    ResNet-56's operating point) under out_dir/tables and out_dir/figures."""
+    ResNet-56's operating point) under out_dir/tables and out_dir/figures; file names end in the
+    dataset, the arch and the variant (`paperprune.curves.variant_name` of its criterion options)."""
     out = Path(out_dir)
     c = record["config"]
-    stem = f"{c.get('dataset', 'data')}_{c.get('arch', 'model')}".replace("/", "_")
+    stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
+    stem = stem.replace("/", "_")
     targets = _targets(record)
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
