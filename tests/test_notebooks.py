@@ -1,12 +1,14 @@
 """The notebooks as code: every notebook under notebooks/ is a py:percent script paired with its
 executed .ipynb (jupytext.toml), and the pair holds the same cells; the experiment notebook's
-parameters are RunConfig's fields, listed only where they differ from RunConfig's defaults."""
+parameters are RunConfig's fields, listed only where they differ from RunConfig's defaults;
+and the tutorials' shared helpers (paperprune.tutorial) on known answers."""
 import ast
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 import jupytext
 import nbformat
+import numpy as np
 import pytest
 
 from paperprune.experiment import RunConfig
@@ -57,5 +59,25 @@ def test_experiment_parameters_are_runconfig_fields_not_a_copy_of_its_defaults()
     RunConfig(**{k: v for k, v in params.items() if k in defaults}).validate()
     # every setting reproduce injects reaches RunConfig or run_experiment: none is silently ignored
     injected = {key for profile in profiles().values() for run in profile.runs for key in run}
+    injected -= {"baseline"}  # reproduce.plan turns it into `pretrained` before the notebook runs
     injected |= {"data_root", "pretrained", "device"} | runner
     assert injected <= set(defaults) | runner
+
+
+def test_tutorial_accuracy_per_class_and_per_group_known_answers():
+    """A 'model' that predicts class (label + 1) % 3 on labels 0..5: wrong for every class, yet
+    right for group {0,1,2} -> group 0 and {3,4,5} -> 1 except where +1 leaves the group."""
+    import torch
+    from torch import nn
+
+    from paperprune.tutorial import per_class_accuracy
+
+    class Shift(nn.Module):
+        def forward(self, x):
+            return nn.functional.one_hot((x[:, 0].long() + 1) % 6, 6).float()
+
+    labels = torch.arange(6).repeat(2)
+    images = labels.float()[:, None]
+    assert per_class_accuracy(Shift(), images, labels, 6).tolist() == [0.0] * 6
+    by_group = per_class_accuracy(Shift(), images, labels, 6, group=[0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(by_group, [100 * 2 / 3, 100 * 2 / 3])
