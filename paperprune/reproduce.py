@@ -1,17 +1,30 @@
-"""Batch reproduction: run a profile's grid through papermill, then rebuild every table and figure.
+"""Batch reproduction: run a profile's stages, then rebuild every table and figure.
 
-    python -m paperprune.reproduce --profile quick|fmnist|paper [--jobs N] [--devices 0,1,...]
+    python -m paperprune.reproduce --profile quick|evidence|fmnist|paper [--jobs N] [--devices 0,1,...]
 
-Each run executes `notebooks/experiment.ipynb` with its parameters in its own kernel process
-and leaves the executed copy next to its `run.json`. Completed runs are skipped; a failed run
-leaves `error.json` (and `experiment-failed.ipynb`) and the batch goes on; failures are listed
-at the end. Finally `notebooks/report.ipynb` rebuilds the tables and figures from all runs.
+A profile has up to three stages, run in this order, each skipped where its record is there:
+1. baselines: `python -m paperprune train` into RUNS/PROFILE/baselines/<arch>/ (resumes from its
+   checkpoint; done when final.pt is there);
+2. pruning curves: `notebooks/curves.ipynb` (`paperprune.curves.run`, resumable per (criterion,
+   seed)) into RUNS/PROFILE/curves/<dataset>-<arch>[-<variant>]/; done when curves.json is there;
+3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
+   done when run.json is there.
+A curves job or run may name a stage-1 baseline (`baseline="<arch>"`): it then starts from that
+baseline's final.pt. A failed job leaves `error.json` (and the failed notebook) and the batch
+goes on; failures are listed at the end. Then the tables and figures are written under
+FIGURES (curves: `reporting.curves_report`; runs: `notebooks/report.ipynb`; baselines: a table),
+and the records (run.json, curves.json, executed notebooks, the baselines' config.json and
+metrics.jsonl; no checkpoints) are copied under FIGURES/records/. `--dry-run` lists what is left
+and, where the profile's costs are known, its estimated wall time.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -40,6 +53,9 @@ class Profile:
     runs: list[dict] = field(default_factory=list)
     #: pruning-curve jobs (`paperprune.curves.run` arguments), run through notebooks/curves.ipynb
     curves: list[dict] = field(default_factory=list)
+    #: baselines trained first (`python -m paperprune train` settings: dataset, arch, epochs, lr, weight_decay,
+    #: batch_size, seed, precision, optionally per_class); a curves job or run names one with `baseline="<arch>"`
+    baselines: list[dict] = field(default_factory=list)
     latency_repeats: int = 10
     deployed_latency: bool = True
 
@@ -57,6 +73,31 @@ def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
 # one thread for the unpruned model, measured; fp32 took 2.4 s), the whole test set would double that.
 QUICK_SAMPLES = 10  # calibration images per class of the quick profile
 
+# The evidence profile (issue 12 items 4-7): both baselines retrained on all 60,000 Fashion-MNIST
+# training images, then curves, ablation and the fine-tuned comparison from them, in <= 150 min
+# on this project's 2-core CPU. Sizes are ours, from the costs in COSTS (`estimate`; `python -m
+# paperprune.reproduce --profile evidence --dry-run` prints it): items 4 and 6 on both baselines
+# take ~96 min, the fine-tuned ResNet-56 runs ~25 min, which leaves ~45 min of training, e.g.
+# ResNet-56 8 epochs (469 steps of 0.31 s + the test set: 2.6 min each, 20 min) and VGG-16 5
+# (0.57 s steps: 4.7 min each, 24 min); the baselines keep that ratio of epochs, more for the
+# ResNet whose fine-tuned runs depend on it. VGG-16's 21 fine-tuned runs at -61% (~38 min more)
+# do not fit: item 5 allows "as many as fit"; EVIDENCE_FINETUNE_ARCHS adds them.
+EVIDENCE_EPOCHS = {"resnet56": 8, "vgg16": 5}
+EVIDENCE_FINETUNE_ARCHS = ["resnet56"]
+EVIDENCE_REDUCTIONS = {"resnet56": 0.55, "vgg16": 0.61}  # APIB's ResNet-56 target; the paper's VGG-16 figure
+EVIDENCE_SEEDS = [0, 1, 2]
+EVIDENCE_TARGETS = [0.30, 0.45, 0.60, 0.75]
+EVIDENCE_ABLATION_TARGETS = [0.45, 0.60]  # two of the curves' targets, so each variant pairs with the main curves
+EVIDENCE_SAMPLES = 10  # calibration images per class, as the quick profile
+#: the short fine-tune of item 5: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01;
+#: each run's fixed cost (three fp32 test evaluations, ~40 s) dominates it
+EVIDENCE_FINETUNE = dict(finetune_epochs=1, per_class=1000, batch_size=128, finetune_lr=0.01)
+#: the ablation variants of item 6, each a curves job of its own beside the main (signed, embedding) curves:
+#: signed vs B >= 0 (the three lasso criteria); structure: graph (sglp) vs tree from embeddings (stlp) vs tree
+#: from the taxonomy vs none (classwise) -- the taxonomy tree is the one not in the main curves
+EVIDENCE_ABLATIONS = [({"nonnegative": True}, ["classwise", "sglp", "stlp"]),
+                      ({"structure": "taxonomy"}, ["stlp"])]
+
 
 def profiles() -> dict[str, Profile]:
     """The three profiles. Schedules are ours unless a comment cites a source."""
@@ -70,6 +111,7 @@ def profiles() -> dict[str, Profile]:
                      targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
                      bn_images=256, test_per_class=500, precision="auto")],
         latency_repeats=3)
+    evidence = _evidence()
     fmnist = Profile(
         "fmnist",
         "Fashion-MNIST, all six architectures, all criteria at 50% FLOPs, three seeds; 100 epochs of "
@@ -88,7 +130,125 @@ def profiles() -> dict[str, Profile]:
               samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01)
         + _grid([("imagenet", "resnet50")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=0,
                 finetune_epochs=90, samples_per_class=5, batch_size=128, lr=0.01, finetune_lr=0.01))
-    return {p.name: p for p in (quick, fmnist, paper)}
+    return {p.name: p for p in (quick, evidence, fmnist, paper)}
+
+
+def _evidence() -> Profile:
+    """Issue 12 item 7's `evidence` profile; the sizes are the EVIDENCE_* constants above."""
+    archs = list(EVIDENCE_EPOCHS)
+    # the recipe of the shipped ResNet-56 (its recorded command: lr 0.1, weight decay 5e-4, batch 128, seed 0)
+    baselines = [dict(dataset="fashion-mnist", arch=a, epochs=EVIDENCE_EPOCHS[a], lr=0.1, weight_decay=5e-4,
+                      batch_size=128, seed=0, precision="auto") for a in archs]
+    # test evaluations in bf16 where the CPU has it (half the fp32 time; every point of a record alike)
+    grid = dict(dataset="fashion-mnist", seeds=EVIDENCE_SEEDS, samples_per_class=EVIDENCE_SAMPLES, bn_images=256,
+                test_per_class=None, precision="auto")
+    curves = [dict(grid, arch=a, baseline=a, methods=list(METHODS), targets=EVIDENCE_TARGETS) for a in archs]
+    curves += [dict(grid, arch=a, baseline=a, methods=methods, targets=EVIDENCE_ABLATION_TARGETS,
+                    criterion_options=options) for options, methods in EVIDENCE_ABLATIONS for a in archs]
+    runs = [dict(dataset="fashion-mnist", arch=a, baseline=a, method=m, seed=s, flops_reduction=EVIDENCE_REDUCTIONS[a],
+                 samples_per_class=EVIDENCE_SAMPLES, **EVIDENCE_FINETUNE)
+            for a in EVIDENCE_FINETUNE_ARCHS for m in METHODS for s in EVIDENCE_SEEDS]
+    epochs = ", ".join(f"{a} {e} epochs" for a, e in EVIDENCE_EPOCHS.items())
+    return Profile(
+        "evidence",
+        f"Fashion-MNIST, both baselines retrained on all 60,000 training images in bf16 ({epochs}; lr 0.1, "
+        "weight decay 5e-4, the final epoch's top-1 on all 10,000 test images); from them: pruning curves of all "
+        f"seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds, 30/45/60/75% FLOPs, raw and after adaptive BN "
+        "(item 4); the ablation as curves variants at 45/60% (B >= 0; the taxonomy tree) (item 6); the fine-tuned "
+        "comparison at ResNet-56 -55% (VGG-16's does not fit), all criteria, three seeds, one epoch over 10,000 "
+        "class-balanced training images at lr 0.01 (item 5). Epochs sized so that the whole profile fits 150 "
+        "minutes on 2 CPU cores (--dry-run prints the estimate).",
+        runs, curves, baselines, latency_repeats=0, deployed_latency=False)
+
+
+# --------------------------------------------------------------------------- wall-time estimate
+
+#: Costs on this project's 2-core CPU (2 threads, a quiet machine; Fashion-MNIST at 32x32), the basis of
+#: `estimate`. Measured: train_step_s, one bf16 autocast + channels_last training step at batch 128 (issue 12
+#: item 1); eval_fp32_s, one eager fp32 evaluation of the 10,000 test images by the unpruned model (the
+#: forward of a batch of 64 in benchmarks/results/pipeline.md, x 156.25); gap, that benchmark's eager
+#: MACs ratio / latency ratio at 60% fewer MACs (a pruned model costs min(1, kept MACs share x gap) of the
+#: base). Derived: eval_bf16_s, 79 test batches at the eval-batch / train-step ratio of
+#: benchmarks/results/train.md (0.28 ResNet-56, 0.30 VGG-16); statistics_s and select_s (selection and
+#: surgery, per target), lasso criteria (apib, classwise, sglp, stlp) and the others: ResNet-56 from the
+#: pipeline benchmark (1.5-3.4 s statistics, 0.7-3.3 s selection at 20 images per class), VGG-16 (4x the
+#: channels, up to 512 per layer) our guess. Not measured end to end here: the 2026-12-02 session's machine
+#: was saturated; the quick profile's curves.json (statistics_s, evaluate_s per point, wall_s) checks them.
+COSTS = {
+    "resnet56": dict(train_step_s=0.31, eval_fp32_s=13.0, eval_bf16_s=6.9, gap=1.76,
+                     statistics_s={"lasso": 2.5, "other": 1.0}, select_s={"lasso": 3.0, "other": 1.5}),
+    "vgg16": dict(train_step_s=0.57, eval_fp32_s=29.2, eval_bf16_s=13.5, gap=1.47,
+                  statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 7.0, "other": 2.0}),
+}
+KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
+TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
+_LASSO = ("apib", "classwise", "sglp", "stlp")
+
+
+def _steps(images: int, batch_size: int) -> int:
+    return -(-images // batch_size)
+
+
+def _kind(method: str) -> str:
+    return "lasso" if method in _LASSO else "other"
+
+
+def _pruned(cost: dict, reduction: float) -> float:
+    return min(1.0, (1.0 - reduction) * cost["gap"])
+
+
+def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[str, float] | None:
+    """Estimated seconds of each stage of `profile` on this project's 2-core CPU, from COSTS; only the
+    jobs given (default: all of the profile's); None when an arch or dataset has no known costs.
+
+    Baseline: epochs x (469 steps + a bf16 test evaluation). Curves point: selection and surgery, BN
+    re-estimation on 256 images, two test evaluations of the pruned model; per (criterion, seed) the
+    statistics once. Run: a kernel, statistics, selection, three fp32 test evaluations (baseline,
+    pruned, fine-tuned), the fine-tuning steps of the pruned model and its bf16 test evaluation."""
+    baselines = profile.baselines if baselines is None else baselines
+    curves = profile.curves if curves is None else curves
+    runs = profile.runs if runs is None else runs
+    if any(job["arch"] not in COSTS or job["dataset"] != "fashion-mnist" for job in [*baselines, *curves, *runs]):
+        return None
+    out = {"baselines": 0.0, "curves": 0.0, "runs": 0.0}
+    for job in baselines:
+        cost = COSTS[job["arch"]]
+        out["baselines"] += job["epochs"] * (_steps(TRAIN_IMAGES, job["batch_size"]) * cost["train_step_s"]
+                                             * job["batch_size"] / 128 + cost["eval_bf16_s"])
+    for job in curves:
+        cost = COSTS[job["arch"]]
+        evaluation = cost["eval_fp32_s" if job.get("precision", "fp32") == "fp32" else "eval_bf16_s"]
+        scale = 10 * job["test_per_class"] / TEST_IMAGES if job.get("test_per_class") else 1.0
+        bn = job["bn_images"] / TEST_IMAGES * cost["eval_fp32_s"]
+        out["curves"] += KERNEL_S + len(job["seeds"]) * sum(
+            cost["statistics_s"][_kind(m)] + sum(cost["select_s"][_kind(m)] + bn
+                                                 + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
+            for m in job["methods"])
+    for job in runs:
+        cost, kind = COSTS[job["arch"]], _kind(job["method"])
+        pruned = _pruned(cost, job["flops_reduction"])
+        images = 10 * job["per_class"] if job.get("per_class") else TRAIN_IMAGES
+        epochs = job.get("finetune_epochs", 1)
+        out["runs"] += (KERNEL_S + cost["statistics_s"][kind] + cost["select_s"][kind]
+                        + cost["eval_fp32_s"] * (1 + 2 * pruned)
+                        + epochs * pruned * (_steps(images, job["batch_size"]) * cost["train_step_s"]
+                                             + cost["eval_bf16_s"]))
+    return out
+
+
+def estimate_text(profile: Profile, baselines_todo, curves_todo, runs_todo, runs_root: Path) -> str:
+    """The dry run's estimate: the whole profile, and what is left of it."""
+    whole = estimate(profile)
+    if whole is None:
+        return "estimate: no measured costs for this profile's datasets and archs (COSTS)"
+    left_b = [b for b in profile.baselines if baseline_dir(runs_root, profile.name, b["arch"]) in baselines_todo]
+    left_c = [j for out, j in zip([o for o, _ in plan_curves(profile, runs_root)], profile.curves) if out in curves_todo]
+    left_r = [r for out, r in zip([o for o, _ in plan(profile, runs_root)], profile.runs) if out in runs_todo]
+    left = estimate(profile, left_b, left_c, left_r)
+    lines = [f"estimated wall time on 2 CPU cores (COSTS in paperprune/reproduce.py): "
+             f"{sum(whole.values()) / 60:.0f} min for the whole profile, {sum(left.values()) / 60:.0f} min left"]
+    lines += [f"  {stage}: {whole[stage] / 60:.0f} min ({left[stage] / 60:.0f} left)" for stage in whole]
+    return "\n".join(lines)
 
 
 def run_dir(runs_root: Path, profile: str, params: dict) -> Path:
@@ -142,7 +302,66 @@ def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, thr
 
 
 def curves_dir(runs_root: Path, profile: str, job: dict) -> Path:
-    return runs_root / profile / "curves" / f"{job['dataset']}-{job['arch']}"
+    from .curves import variant_name
+
+    variant = variant_name(job.get("criterion_options"))
+    return runs_root / profile / "curves" / "-".join(filter(None, (job["dataset"], job["arch"], variant)))
+
+
+def baseline_dir(runs_root: Path, profile: str, arch: str) -> Path:
+    return Path(runs_root) / profile / "baselines" / arch
+
+
+def train_command(job: dict, out: Path, data_root: str | None = None) -> list[str]:
+    """The `python -m paperprune train` command of a baseline job (rerunning it resumes)."""
+    cmd = [sys.executable, "-m", "paperprune", "train", "--dataset", job["dataset"], "--arch", job["arch"],
+           "--epochs", str(job["epochs"]), "--out", str(out), "--lr", str(job["lr"]),
+           "--weight-decay", str(job["weight_decay"]), "--batch-size", str(job["batch_size"]),
+           "--seed", str(job["seed"]), "--precision", job["precision"], "--no-progress"]
+    cmd += ["--per-class", str(job["per_class"])] if job.get("per_class") else []
+    return cmd + (["--data-root", data_root] if data_root else [])
+
+
+def _run_baselines(jobs: list[tuple[Path, dict]], data_root: str | None):
+    """Train each baseline not yet done (final.pt) in its own process, output in OUT/train.log;
+    (failures, seconds)."""
+    failures, start = [], time.perf_counter()
+    for out, job in jobs:
+        if (out / "final.pt").is_file():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = train_command(job, out, data_root)
+        print(f"training baseline {job['arch']}: {' '.join(cmd[1:])}", flush=True)
+        with open(out / "train.log", "a", encoding="utf-8") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
+        if done.returncode != 0 or not (out / "final.pt").is_file():
+            lines = (out / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            failures.append((out, f"train exited {done.returncode}: {lines[-1] if lines else ''}"[:300]))
+    return failures, time.perf_counter() - start
+
+
+def baseline_summary(out: Path) -> dict | None:
+    """A trained baseline's final epoch (never the best): from OUT/config.json and OUT/metrics.jsonl."""
+    if not (out / "final.pt").is_file():
+        return None
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    last = history[-1]
+    return {"arch": config["arch"], "dataset": config["dataset"], "epochs": last["epoch"],
+            "test_top1": last["test_top1"], "precision": last["precision"],
+            "train_images": last["train_images"], "hours": sum(h["epoch_seconds"] for h in history) / 3600}
+
+
+def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
+    from .reporting import Table, write_table
+
+    rows = [[b["arch"], str(b["epochs"]), f"{b['test_top1']:.2f}", b["precision"], f"{b['train_images']:,}",
+             f"{60 * b['hours']:.0f}"] for b in filter(None, (baseline_summary(out) for out, _ in jobs))]
+    if rows:
+        write_table(Table("Baselines (final epoch, never the best)",
+                          ["Arch", "Epochs", "Test top-1 (%)", "Precision", "Train images per epoch", "Minutes"],
+                          rows, ["Top-1 on the whole test set after the last epoch (`metrics.jsonl`)."]),
+                    figures / "tables", "baselines")
 
 
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int) -> None:
@@ -167,6 +386,7 @@ def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path
     for out, job in tqdm(jobs, desc=f"{profile.name} curves"):
         try:
             if not (out / "curves.json").is_file():
+                _need_baseline(job.get("weights"))
                 execute_curves(notebooks / "curves.ipynb", out, job, threads=os.cpu_count() or 1)
             curves_report(load_curves(out / "curves.json"), figures)
         except Exception as e:  # noqa: BLE001 - a failed job is recorded and the batch goes on
@@ -202,14 +422,51 @@ def main(argv=None) -> int:
         return 2
 
 
+def _need_baseline(weights: str | None) -> None:
+    if weights is not None and not Path(weights).is_file():
+        raise PaperpruneError(f"baseline {weights} is missing: its training failed or has not run (see train.log "
+                              "beside it); rerun the profile to train it")
+
+
+def _baseline_weights(profile: Profile, runs_root: Path, arch: str) -> str:
+    if arch not in {b["arch"] for b in profile.baselines}:
+        raise PaperpruneError(f"profile {profile.name}: baseline={arch!r} names no baseline of the profile "
+                              f"({', '.join(b['arch'] for b in profile.baselines) or 'none'})")
+    return str(baseline_dir(runs_root, profile.name, arch) / "final.pt")
+
+
+def plan_baselines(profile: Profile, runs_root: Path) -> list[tuple[Path, dict]]:
+    """(folder, train settings) of every baseline of `profile`; one per arch."""
+    archs = [b["arch"] for b in profile.baselines]
+    if len(set(archs)) != len(archs):
+        raise PaperpruneError(f"profile {profile.name}: two baselines of one arch ({archs}); one per arch")
+    return [(baseline_dir(Path(runs_root), profile.name, b["arch"]), b) for b in profile.baselines]
+
+
+def plan_curves(profile: Profile, runs_root: Path, *, data_root: str | None = None) -> list[tuple[Path, dict]]:
+    """(folder, notebook parameters) of every curves job of `profile`; a job naming a stage-1 baseline
+    gets its final.pt as `weights`."""
+    planned = []
+    for job in profile.curves:
+        job = dict(job, data_root=data_root)
+        if "baseline" in job:
+            job.update(weights=_baseline_weights(profile, Path(runs_root), job.pop("baseline")), pretrained=None)
+        planned.append((curves_dir(Path(runs_root), profile.name, job), job))
+    return planned
+
+
 def plan(profile: Profile, runs_root: Path, *, data_root: str | None = None,
          pretrained_dir: str | None = None) -> list[tuple[Path, dict]]:
-    """(run folder, notebook parameters) of every run of `profile`: the data root, and a baseline
+    """(run folder, notebook parameters) of every run of `profile`: the data root, and a baseline: a
+    stage-1 baseline the run names (`baseline="<arch>"`: its final.pt, no pretraining), or
     `<dataset>-<arch>.pt` from `pretrained_dir` when there is one."""
     planned = []
     for params in profile.runs:
         params = dict(params, data_root=data_root)
-        if pretrained_dir:
+        if "baseline" in params:
+            params.update(pretrained=_baseline_weights(profile, Path(runs_root), params.pop("baseline")),
+                          pretrain_epochs=0)
+        elif pretrained_dir:
             ckpt = Path(pretrained_dir) / f"{params['dataset']}-{params['arch']}.pt"
             if ckpt.is_file():
                 params["pretrained"] = str(ckpt.resolve())
@@ -255,35 +512,68 @@ def _main(args) -> int:
     runs_root = Path(args.runs_root).resolve()
     figures = Path(args.figures or Path("figures") / profile.name).resolve()
     cache_dir = runs_root / profile.name / "_baselines"
+    baselines = plan_baselines(profile, runs_root)
+    curve_jobs = plan_curves(profile, runs_root, data_root=args.data_root)
     planned = plan(profile, runs_root, data_root=args.data_root, pretrained_dir=args.pretrained_dir)
-    todo = [(out, params) for out, params in planned if not (out / "run.json").is_file()]
-    curve_jobs = [(curves_dir(runs_root, profile.name, job), dict(job, data_root=args.data_root))
-                  for job in profile.curves]
+    baselines_todo = [out for out, _ in baselines if not (out / "final.pt").is_file()]
     curves_todo = [out for out, _ in curve_jobs if not (out / "curves.json").is_file()]
+    todo = [(out, params) for out, params in planned if not (out / "run.json").is_file()]
     done = len(planned) - len(todo)
-    print(f"profile {profile.name}: {profile.description}\n{len(profile.runs)} runs, {done} already complete, "
-          f"{len(todo)} to run with --jobs {args.jobs} on {', '.join(devices)}; {len(curve_jobs)} curve job(s), "
-          f"{len(curves_todo)} to run")
+    trained = f"{len(baselines)} baseline(s), {len(baselines_todo)} to train; " if baselines else ""
+    print(f"profile {profile.name}: {profile.description}\n{trained}{len(profile.runs)} runs, {done} already "
+          f"complete, {len(todo)} to run with --jobs {args.jobs} on {', '.join(devices)}; {len(curve_jobs)} curve "
+          f"job(s), {len(curves_todo)} to run")
     if args.dry_run:
-        for out in [out for out, _ in todo] + curves_todo:
+        for out in baselines_todo + curves_todo + [out for out, _ in todo]:
             print(f"  todo {out}")
+        print(estimate_text(profile, baselines_todo, curves_todo, [out for out, _ in todo], runs_root))
         return 0
     # one batch per profile folder at a time: two would run the same folders' notebooks at once
     with DirLock(runs_root / profile.name, "reproduce batch", fix=", or use another --runs-root"):
-        failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures)
+        failures, train_seconds = _run_baselines(baselines, args.data_root)
+        _baselines_table(baselines, figures)
+        curve_failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures)
+        failures += curve_failures
         seconds, report = 0.0, None
         if profile.runs:
             run_failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)
             failures += run_failures
             report = build_reports(runs_root / profile.name, figures, notebooks)
-    print(f"curves took {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and figures under {figures}"
-          + (f"; report: {report}" if report else ""))
+        copied = collect_records(runs_root / profile.name, [out for out, _ in baselines + curve_jobs + planned],
+                                 figures / "records")
+    print(f"baselines took {train_seconds:.0f} s, curves {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and "
+          f"figures under {figures}" + (f"; report: {report}" if report else "")
+          + f"; {copied} record file(s) under {figures / 'records'}")
     if failures:
         print(f"{len(failures)} run(s) failed (see error.json in each):", file=sys.stderr)
         for out, msg in failures:
             print(f"  {out}: {msg}", file=sys.stderr)
         return 1
     return 0
+
+
+#: what `collect_records` copies: the records and executed notebooks of runs and curves, and a baseline's
+#: training command, metrics and log (never checkpoints: final.pt, pruned.pt, checkpoint.pt)
+RECORD_FILES = ("run.json", "experiment.ipynb", "curves.json", "curves.ipynb", "error.json")
+BASELINE_RECORD_FILES = ("config.json", "metrics.jsonl", "train.log")
+
+
+def collect_records(root: Path, folders: list[Path], dest: Path) -> int:
+    """Copy the record files of `folders` (each under `root`) to the same relative paths under `dest`;
+    the number of files copied (each replaced atomically)."""
+    copied = 0
+    for folder in folders:
+        names = RECORD_FILES + (BASELINE_RECORD_FILES if folder.parent.name == "baselines" else ())
+        for name in names:
+            source = folder / name
+            if source.is_file():
+                target = dest / folder.relative_to(root) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
+                copied += 1
+    return copied
 
 
 def _run_batch(profile: Profile, todo, devices, jobs: int, notebooks: Path, cache_dir: Path):
@@ -294,6 +584,7 @@ def _run_batch(profile: Profile, todo, devices, jobs: int, notebooks: Path, cach
 
     def one(i, out, params):
         params = dict(params, device=devices[i % len(devices)])
+        _need_baseline(params.get("pretrained"))
         execute_run(notebooks / "experiment.ipynb", out, params, cache_dir=cache_dir, threads=threads,
                     latency_repeats=profile.latency_repeats, deployed_latency=profile.deployed_latency)
 

@@ -69,7 +69,7 @@ def test_report_notebook_on_fixture_runs(tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     assert reproduce.main(["--profile", "huge"]) == 2
-    assert "unknown profile 'huge'; known profiles: quick, fmnist, paper" in capsys.readouterr().err
+    assert "unknown profile 'huge'; known profiles: quick, evidence, fmnist, paper" in capsys.readouterr().err
     assert reproduce.main(["--profile", "quick", "--notebooks", str(tmp_path)]) == 2
     assert "experiment.ipynb not found" in capsys.readouterr().err
 
@@ -136,3 +136,124 @@ def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys)
     assert f"reproduce batch folder {str(tmp_path / 'runs' / 'tiny')!r} is in use by pid {os.getpid()}" in err
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == [".lock"]
     assert not (tmp_path / "figs").exists()
+
+
+# --------------------------------------------------------------------------- the evidence profile (issue 12 item 7)
+
+def test_evidence_profile_plan(tmp_path):
+    """Stage 1 trains both baselines on the whole training set; every curves job and run starts from
+    their final.pt; items 4-6 are all there; the estimate fits 150 minutes."""
+    from paperprune.curves import _check_grid
+    from paperprune.experiment import RunConfig
+
+    profile = reproduce.profiles()["evidence"]
+    baselines = reproduce.plan_baselines(profile, tmp_path)
+    assert [(out.relative_to(tmp_path).as_posix(), b["dataset"], b.get("per_class"), b["precision"])
+            for out, b in baselines] == [("evidence/baselines/resnet56", "fashion-mnist", None, "auto"),
+                                         ("evidence/baselines/vgg16", "fashion-mnist", None, "auto")]
+    weights = {b["arch"]: str(out / "final.pt") for out, b in baselines}
+    curves = reproduce.plan_curves(profile, tmp_path)
+    assert len({out for out, _ in curves}) == len(curves)  # one folder per job
+    for out, job in curves:
+        assert job["weights"] == weights[job["arch"]] and job["pretrained"] is None and "baseline" not in job
+        assert job["test_per_class"] >= 500 and len(job["seeds"]) >= 3
+        _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
+                    job.get("criterion_options"))
+    main = {job["arch"]: job for _, job in curves if not job.get("criterion_options")}
+    assert set(main) == {"resnet56", "vgg16"}
+    for job in main.values():  # item 4
+        assert set(job["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(job["targets"])
+    variants = {(out.name, tuple(job["methods"]), tuple(job["targets"])) for out, job in curves
+                if job.get("criterion_options")}
+    assert {name for name, _, _ in variants} == {f"fashion-mnist-{a}-{v}" for a in ("resnet56", "vgg16")
+                                                 for v in ("nonnegative", "structure-taxonomy")}
+    for _, methods, targets in variants:  # item 6: two targets of the main curves, so each variant pairs with them
+        assert len(targets) == 2 and set(targets) <= set(main["resnet56"]["targets"])
+    runs = reproduce.plan(profile, tmp_path)
+    cells = {(p["arch"], p["method"], p["seed"]) for _, p in runs}
+    assert cells == {(a, m, s) for a in reproduce.EVIDENCE_FINETUNE_ARCHS for m in reproduce.METHODS for s in (0, 1, 2)}
+    assert "resnet56" in reproduce.EVIDENCE_FINETUNE_ARCHS
+    for out, params in runs:  # item 5
+        assert params["pretrained"] == weights[params["arch"]] and params["pretrain_epochs"] == 0
+        assert params["flops_reduction"] == {"resnet56": 0.55, "vgg16": 0.61}[params["arch"]]
+        config = RunConfig(**params)
+        assert config.test_per_class is None and config.finetune_epochs >= 1
+    assert profile.latency_repeats == 0
+    minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
+    assert sum(minutes.values()) <= 150 and min(minutes.values()) > 0
+
+
+def tiny_chain():
+    """The evidence profile's stage chain at tiny size: one baseline, curves and an ablation variant
+    from it, a fine-tuned run from it."""
+    grid = dict(dataset="synthetic", arch="resnet56", baseline="resnet56", seeds=[0], samples_per_class=3,
+                bn_images=18, test_per_class=2)
+    return reproduce.Profile(
+        "tiny", "test chain",
+        runs=[dict(TINY, method="l1", seed=0, flops_reduction=0.4, baseline="resnet56", finetune_epochs=1)],
+        curves=[dict(grid, methods=["random", "l1"], targets=[0.3]),
+                dict(grid, methods=["classwise"], targets=[0.3], criterion_options={"nonnegative": True})],
+        baselines=[dict(dataset="synthetic", arch="resnet56", epochs=1, lr=0.05, weight_decay=5e-4, batch_size=24,
+                        seed=0, precision="fp32", per_class=8)],
+        latency_repeats=0, deployed_latency=False)
+
+
+def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": tiny_chain()})
+    monkeypatch.setattr(reproduce, "estimate", lambda *a, **k: None)  # no measured costs for synthetic
+    root, figs = tmp_path / "runs" / "tiny", tmp_path / "figs"
+    args = ["--profile", "tiny", "--runs-root", str(tmp_path / "runs"), "--figures", str(figs)]
+    assert reproduce.main(args) == 0, capsys.readouterr().err
+    weights = root / "baselines" / "resnet56" / "final.pt"
+    assert weights.is_file() and "epoch" in (root / "baselines" / "resnet56" / "metrics.jsonl").read_text()
+    main = json.loads((root / "curves" / "synthetic-resnet56" / "curves.json").read_text())
+    variant = json.loads((root / "curves" / "synthetic-resnet56-nonnegative" / "curves.json").read_text())
+    assert main["config"]["weights"] == variant["config"]["weights"] == str(weights)
+    assert variant["config"]["criterion_options"] == {"nonnegative": True}
+    run = json.loads((root / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").read_text())
+    assert run["config"]["pretrained"] == str(weights) and run["config"]["pretrain_epochs"] == 0
+    assert run["pruned"]["correct"] is not None  # schema 2: paired_runs can use it
+    copied = {p.relative_to(figs / "records").as_posix() for p in (figs / "records").rglob("*") if p.is_file()}
+    assert {"baselines/resnet56/metrics.jsonl", "baselines/resnet56/config.json", "curves/synthetic-resnet56/curves.json",
+            "curves/synthetic-resnet56-nonnegative/curves.ipynb", "synthetic/resnet56/l1-fr0p40-s0/run.json",
+            "synthetic/resnet56/l1-fr0p40-s0/experiment.ipynb"} <= copied
+    assert not list(figs.rglob("*.pt"))  # no checkpoints among the records
+    assert (figs / "tables" / "baselines.md").is_file() and (figs / "report.ipynb").is_file()
+    assert (figs / "tables" / "curves_synthetic_resnet56_nonnegative.md").is_file()
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", refuse)
+    monkeypatch.setattr(reproduce, "execute_curves", refuse)
+    monkeypatch.setattr(reproduce, "execute_run", refuse)
+    assert reproduce.main(args + ["--dry-run"]) == 0
+    assert "1 baseline(s), 0 to train; 1 runs, 1 already complete, 0 to run" in capsys.readouterr().out
+    assert reproduce.main(args) == 0  # every stage skipped
+    (root / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").unlink()  # as if the last stage was cut short
+    again = []
+    monkeypatch.setattr(reproduce, "execute_run", lambda notebook, out, params, **k: again.append(params["pretrained"]))
+    reproduce.main(args)
+    assert again == [str(weights)]
+
+
+def test_a_failed_baseline_fails_its_dependents_with_its_cause(tmp_path, monkeypatch, capsys):
+    profile = tiny_chain()
+    profile.baselines[0]["epochs"] = 0  # train refuses it
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": profile})
+    assert reproduce.main(["--profile", "tiny", "--runs-root", str(tmp_path / "runs"), "--figures",
+                           str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err
+    assert "4 run(s) failed" in err and "train exited 2" in err and err.count("is missing: its training failed") == 3
+
+
+def test_estimate_counts_what_is_left(tmp_path):
+    profile = reproduce.profiles()["evidence"]
+    whole = reproduce.estimate(profile)
+    assert reproduce.estimate(profile, [], [], []) == {"baselines": 0.0, "curves": 0.0, "runs": 0.0}
+    one_epoch = reproduce.estimate(profile, [dict(profile.baselines[0], epochs=1)], [], [])["baselines"]
+    step = reproduce.COSTS[profile.baselines[0]["arch"]]["train_step_s"]
+    test = reproduce.COSTS[profile.baselines[0]["arch"]]["eval_bf16_s"]
+    assert one_epoch == pytest.approx(469 * step + test)  # 60,000 images at 128, then the 10,000 test images
+    assert whole["baselines"] > one_epoch
+    assert reproduce.estimate(reproduce.profiles()["paper"]) is None  # no measured costs for CIFAR
