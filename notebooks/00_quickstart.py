@@ -158,7 +158,7 @@ print(f"binomial standard error of one accuracy on {n} images near 85%: {noise:.
 
 # %% [markdown]
 # Read the table with its noise in mind: one accuracy on 500 images has a standard error of
-# about 1.6 points, so differences of a few points between the pruned models are not evidence.
+# 1.2 points at 92 % and 1.6 points at 85 %, so differences of a few points are not evidence.
 # Right after surgery every pruned model sits near chance (10 %): the stale BatchNorm
 # statistics, not the criterion, dominate there. After re-estimating them, and after the epoch,
 # the controls say how much of the pruned models' accuracy is owed to the criterion rather

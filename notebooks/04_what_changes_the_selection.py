@@ -226,13 +226,16 @@ for ax, (method, B) in zip(axes, solutions.items()):
 axes[0].set_yticks(range(12))
 axes[0].set_ylabel("channel")
 fig.colorbar(im, ax=axes, fraction=0.03, label="coefficient")
+plt.show()
 
 # %% [markdown]
 # What that costs: accuracy per superclass on the synthetic test images (50 per class; a
 # prediction counts as right when it falls in the true superclass, since the hand-set network
 # detects superclasses, not classes) of the network pruned by each criterion (calibration
 # seed 0, no fine-tuning, so the pruned model is exactly "the same network without those
-# channels"). `random` draws its channels from its own seed (0), not from the calibration
+# channels"). An image on which no kept channel fires gets equal logits but for the classifier's
+# hand-set bias, which sends it to class 3 (superclass 1), never into superclass 0 by a tie; the
+# unpruned network is right on superclass 0 only where channel 0 fires. `random` draws its channels from its own seed (0), not from the calibration
 # images, which is why it keeps the same three for every calibration draw above.
 
 # %%
@@ -266,7 +269,7 @@ for name, acc in accuracy.items():
 # what changes the selection most: APIB's single response and the class-wise lasso keep largely
 # different channels, while the graph and the tree move only a few channels away from the plain
 # class-wise lasso. On the planted layer only the tree keeps the vital channel, and not for
-# every calibration draw; the others keep copies of the strong detectors and lose superclass 0
-# entirely. One planted layer is an existence proof that the tree's groups can matter, not
+# every calibration draw; L1 and the other lasso criteria keep copies of the strong detectors
+# and lose superclass 0 entirely (random keeps channel 0 by the luck of its own seed). One planted layer is an existence proof that the tree's groups can matter, not
 # evidence that they do on real networks: that is what the accuracy experiments
 # (`python -m paperprune.reproduce`) are for.
