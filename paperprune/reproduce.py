@@ -182,8 +182,8 @@ COSTS = {
 }
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
 #: the reports: per curves record 15 s of figures and 1.4 s per paired bootstrap (10,000 draws over 3 seeds x
-#: 10,000 test images, measured: 1.4 CPU s) of each class-wise criterion against a class-agnostic one, per
-#: target and metric; the run report notebook 60 s
+#: 10,000 test images, measured: 1.4 CPU s) of each class-wise criterion against a class-agnostic one (and of
+#: each criterion of an ablation variant against the main curves), per target and metric; the run report 60 s
 FIGURES_S, BOOTSTRAP_S, RUN_REPORT_S = 15.0, 1.4, 60.0
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
 _LASSO = ("apib", "classwise", "sglp", "stlp")
@@ -231,6 +231,7 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
                                                  + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
             for m in job["methods"])
         paired = sum(m in _CLASSWISE for m in job["methods"]) if set(job["methods"]) - set(_CLASSWISE) else 0
+        paired += len(job["methods"]) if job.get("criterion_options") else 0  # a variant against the main curves
         out["reports"] += FIGURES_S + BOOTSTRAP_S * paired * len(job["targets"]) * 2
     for job in runs:
         cost, kind = COSTS[job["arch"]], _kind(job["method"])
@@ -402,6 +403,28 @@ def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path
     return failures, time.perf_counter() - start
 
 
+def ablation_tables(jobs: list[tuple[Path, dict]], figures: Path) -> list[Path]:
+    """Each ablation variant (a curves job with criterion options) against the main curves of its dataset and
+    arch (the job without options), raw and after adaptive BN, where both records are there
+    (`reporting.curves.variant_table`); the files written."""
+    from .curves import variant_name
+    from .reporting import load_curves, write_table
+    from .reporting.curves import CURVE_METRICS, variant_table
+
+    main = {(j["dataset"], j["arch"]): out for out, j in jobs if not j.get("criterion_options")}
+    written = []
+    for out, job in jobs:
+        base = main.get((job["dataset"], job["arch"]))
+        if not job.get("criterion_options") or base is None or not (out / "curves.json").is_file() \
+                or not (base / "curves.json").is_file():
+            continue
+        stem = f"{job['dataset']}_{job['arch']}_{variant_name(job['criterion_options'])}"
+        for metric in CURVE_METRICS:
+            table = variant_table(load_curves(base), load_curves(out), metric)
+            written += write_table(table, figures / "tables", f"ablation_{metric}_{stem}")
+    return written
+
+
 def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
     """Execute notebooks/report.ipynb over all recorded runs; the executed copy goes to `figures`."""
     return _execute(notebooks / "report.ipynb", figures / "report.ipynb",
@@ -542,6 +565,10 @@ def _main(args) -> int:
         _baselines_table(baselines, figures)
         curve_failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures)
         failures += curve_failures
+        try:
+            ablation_tables(curve_jobs, figures)
+        except Exception as e:  # noqa: BLE001 - recorded with the failures, the batch goes on
+            failures.append((figures / "tables", f"ablation tables: {error_message(e)[:300]}"))
         seconds, report = 0.0, None
         if profile.runs:
             run_failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)

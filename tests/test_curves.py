@@ -218,3 +218,27 @@ def test_precision_is_resolved_and_recorded(tmp_path):
     assert record["config"]["precision"] == resolve_precision("auto", "cpu")
     with pytest.raises(PaperpruneError, match="precision 'fp64'"):
         curves.run("synthetic", "resnet56", tmp_path / "y", weights=str(weights), precision="fp64", progress=False)
+
+
+def test_variant_table_pairs_a_variant_with_its_main_curves():
+    from paperprune.reporting.curves import variant_table
+    from paperprune.stats import pack_correct
+
+    def record(options, right):  # 20 test images; seed s gets the first right + s right
+        points = [{"method": "sglp", "seed": s, "target": 0.3, "macs_reduction": 0.3, "top1": 5.0 * (right + s),
+                   "top1_bn": 5.0 * (right + s), "correct": pack_correct(np.arange(20) < right + s),
+                   "correct_bn": pack_correct(np.arange(20) < right + s), "widths": {"a": 2}} for s in (0, 1)]
+        config = {"dataset": "synthetic", "arch": "resnet56", "seeds": [0, 1], "targets": [0.3], "test_images": 20,
+                  "bn_images": 18, "criterion_options": options}
+        return {"config": config, "points": points}
+
+    table = variant_table(record({}, 10), record({"nonnegative": True}, 12), n_boot=500)
+    (row,) = table.rows
+    assert row[:5] == ["sGLP-IB", "30", "2", "52.50 ± 3.54", "62.50 ± 3.54"] and row[5] == "+10.00"
+    low, high = (float(v) for v in row[6].strip("[]").split(", "))
+    assert low <= 10.0 <= high and "nonnegative" in table.title
+    (same,) = variant_table(record({}, 10), record({"nonnegative": True}, 10), n_boot=500).rows
+    assert same[5:7] == ["+0.00", "[+0.00, +0.00]"]  # identical selections: no difference at all
+    with pytest.raises(PaperpruneError, match="differ in test_images"):
+        variant_table(record({}, 10), dict(record({"nonnegative": True}, 12), config={
+            **record({}, 0)["config"], "test_images": 10}))

@@ -118,7 +118,8 @@ def test_curve_jobs_run_report_and_are_skipped_when_done(tmp_path, monkeypatch, 
     assert reproduce.main(args + ["--dry-run"]) == 0 and "1 curve job(s), 0 to run" in capsys.readouterr().out
     assert reproduce.main(args) == 0 and (out / "curves.json").stat().st_mtime_ns == stamp
     job["targets"] = [2.0]  # a failing job: recorded, reported, exit code 1
-    assert reproduce.main(["--profile", "tiny", "--runs-root", str(tmp_path / "bad")]) == 1
+    assert reproduce.main(["--profile", "tiny", "--runs-root", str(tmp_path / "bad"),
+                           "--figures", str(tmp_path / "badfigs")]) == 1
     assert "targets [2.0]" in json.loads((tmp_path / "bad" / "tiny" / "curves" / "synthetic-resnet56" /
                                          "error.json").read_text())["error"]
 
@@ -220,6 +221,8 @@ def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
     assert not list(figs.rglob("*.pt"))  # no checkpoints among the records
     assert (figs / "tables" / "baselines.md").is_file() and (figs / "report.ipynb").is_file()
     assert (figs / "tables" / "curves_synthetic_resnet56_nonnegative.md").is_file()
+    ablation = (figs / "tables" / "ablation_top1_bn_synthetic_resnet56_nonnegative.md").read_text()
+    assert "Ablation nonnegative vs main curves" in ablation  # no row: the variant's method is not in the main curves
 
     def refuse(*a, **k):
         raise AssertionError("a finished stage ran again")

@@ -26,7 +26,7 @@ from .figures import _figure, save_figure
 from .records import BOOKKEEPING_KEYS, _canon, _complete, _method_label, _method_rank, _stat
 from .tables import Table, write_table
 
-__all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "plot_curves",
+__all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
            "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
            "curves_report"]
 
@@ -203,6 +203,43 @@ def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, con
         rows += _compare(by_method, context, n_boot, seed, confidence)
     return sorted(rows, key=lambda r: (str(r["dataset"]), str(r["arch"]), r["target"] or 0.0,
                                        CLASSWISE.index(r["method"])))
+
+
+def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, n_boot: int = 10000,
+                  seed: int = 0, confidence: float = 0.95) -> Table:
+    """An ablation variant (a curves record with criterion options, e.g. B >= 0) against the main
+    curves of the same baseline, per method and target both hold: top-1 of each (mean ± std over the
+    seeds both have) and the paired bootstrap difference variant − main over those seeds and test
+    images (the same calibration samples: the seeds draw the same images in both)."""
+    if metric not in CURVE_METRICS:
+        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    keys = ("dataset", "arch", "baseline_sha256", "samples_per_class", "test_images")
+    differ = [k for k in keys if main["config"].get(k) != variant["config"].get(k)]
+    if differ:
+        raise PaperpruneError(f"the variant {_what(variant)} and the main curves {_what(main)} differ in "
+                              f"{', '.join(differ)}: pair a variant with the curves of its own baseline and grid")
+    key, rows = CURVE_METRICS[metric][0], []
+    for target in _targets(variant):
+        ours = {(p["method"], p["seed"]): p for p in _ok(variant, target)}
+        theirs = {(p["method"], p["seed"]): p for p in _ok(main, target)}
+        for method in _methods([p for p in ours.values()]):
+            seeds = sorted(s for m, s in ours if m == method and (m, s) in theirs)
+            if not seeds:
+                continue
+            a = np.stack([unpack_correct(theirs[method, s][key]) for s in seeds])
+            b = np.stack([unpack_correct(ours[method, s][key]) for s in seeds])
+            ci = paired_bootstrap(a, b, n_boot=n_boot, seed=seed, confidence=confidence)
+            rows.append([_method_label(method), f"{100 * target:g}", str(len(seeds)),
+                         _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
+                         f"{ci['diff']:+.2f}", f"[{ci['low']:+.2f}, {ci['high']:+.2f}]",
+                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}"])
+    what = CURVE_METRICS[metric][1]
+    return Table(f"Ablation {_variant(variant)} vs main curves, {what}, no fine-tuning: {_what(main)}",
+                 ["Method", "Target FLOPs ↓ (%)", "n", "Main top-1 (%)", "Variant top-1 (%)", "Δ top-1", "CI",
+                  "Variant FLOPs ↓ (%)"], rows,
+                 [f"Δ = variant − main in top-1 points over the same seeds (calibration samples) and test images; CI: "
+                  f"{100 * confidence:g}% percentile interval of a paired bootstrap ({n_boot} draws, "
+                  "paperprune.stats.paired_bootstrap)."])
 
 
 # --------------------------------------------------------------------------- figures
