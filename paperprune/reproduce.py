@@ -153,8 +153,8 @@ def _evidence() -> Profile:
     return Profile(
         "evidence",
         f"Fashion-MNIST, both baselines retrained on all 60,000 training images in bf16 ({epochs}; lr 0.1, "
-        "weight decay 1e-4 as the shipped ResNet-56, the final epoch's top-1 on all 10,000 test images); from them: pruning curves of all "
-        f"seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds, 30/45/60/75% FLOPs, raw and after adaptive BN "
+        "weight decay 1e-4 as the shipped ResNet-56, the final epoch's top-1 on all 10,000 test images); from "
+        f"them: pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds, 30/45/60/75% FLOPs, raw and after adaptive BN "
         "(item 4); the ablation as curves variants at 45/60% (B >= 0; the taxonomy tree) (item 6); the fine-tuned "
         "comparison at ResNet-56 -55% (VGG-16's does not fit), all criteria, three seeds, one epoch over 10,000 "
         "class-balanced training images at lr 0.01 (item 5). Epochs sized so that the whole profile fits 150 "
