@@ -186,26 +186,37 @@ class RunRecord:
         return asdict(self)
 
 
-def read_run(path: str | Path) -> RunRecord:
-    """`path` (a run.json) read and checked; RecordError naming the file, the problem and the fix."""
+def _read(path: str | Path, cls, fix: str, damaged: str):
+    """`path` read as JSON and checked by `cls.from_dict`; RecordError naming the file, the problem
+    (unreadable, or `damaged` formatted with path and the error) and the fix."""
     path = Path(path)
-    fix = "delete it and rerun the same command to recompute the run"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
     try:
-        return RunRecord.from_dict(raw)
+        return cls.from_dict(raw)
     except RecordError as e:
-        raise RecordError(f"{path} is damaged ({e}); {fix}") from None
+        raise RecordError(damaged.format(path=path, error=e) + f"; {fix}") from None
+
+
+def _write(path: str | Path, record) -> dict:
+    """Check `record` as a reader would (its class's from_dict), then write it atomically; returns the dict written."""
+    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
+    type(record).from_dict(data)
+    atomic_write_json(path, data)
+    return data
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """`path` (a run.json) read and checked; RecordError naming the file, the problem and the fix."""
+    return _read(path, RunRecord, "delete it and rerun the same command to recompute the run",
+                 "{path} is damaged ({error})")
 
 
 def write_run(path: str | Path, record: RunRecord) -> dict:
     """Check `record` as a reader would, then write it atomically; returns the dict written."""
-    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
-    RunRecord.from_dict(data)
-    atomic_write_json(path, data)
-    return data
+    return _write(path, record)
 
 
 # --------------------------------------------------------------------------- curves.json
@@ -328,24 +339,14 @@ class CurvesRecord:
 
 def read_curves(path: str | Path) -> CurvesRecord:
     """`path` (a curves.json) read and checked; RecordError naming the file, the problem and the fix."""
-    path = Path(path)
-    fix = "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
-    try:
-        return CurvesRecord.from_dict(raw)
-    except RecordError as e:
-        raise RecordError(f"{path}: {e}; {fix}") from None
+    return _read(path, CurvesRecord,
+                 "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)",
+                 "{path}: {error}")
 
 
 def write_curves(path: str | Path, record: CurvesRecord) -> dict:
     """Check `record` as a reader would, then write it atomically; returns the dict written."""
-    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
-    CurvesRecord.from_dict(data)
-    atomic_write_json(path, data)
-    return data
+    return _write(path, record)
 
 
 # --------------------------------------------------------------------------- checking
