@@ -298,12 +298,18 @@ def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, thr
     """Execute the experiment notebook for one run; on failure record error.json and re-raise."""
     parameters = dict(params, out=str(out), cache_dir=str(cache_dir), threads=threads, progress=False,
                       latency_repeats=latency_repeats, deployed_latency=deployed_latency)
+    _execute_recorded(notebook, out, "experiment", parameters, params)
+
+
+def _execute_recorded(notebook: Path, out: Path, stem: str, parameters: dict, config: dict) -> None:
+    """Execute `notebook` into out/<stem>.ipynb; on failure record out/error.json (config, error,
+    traceback; never into a folder another process holds) and re-raise; on success remove a stale one."""
     try:
-        _execute(notebook, out / "experiment.ipynb", parameters, failed=out / "experiment-failed.ipynb")
+        _execute(notebook, out / f"{stem}.ipynb", parameters, failed=out / f"{stem}-failed.ipynb")
     except BaseException as e:
-        record = {"config": params, "error": error_message(e)[:4000], "traceback": traceback.format_exc()[-8000:]}
+        record = {"config": config, "error": error_message(e)[:4000], "traceback": traceback.format_exc()[-8000:]}
         try:
-            with DirLock(out, "run"):  # never into a folder another process's run owns
+            with DirLock(out, stem):  # never into a folder another process's run owns
                 atomic_write_json(out / "error.json", record)
         except PaperpruneError:
             pass
@@ -377,14 +383,7 @@ def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int) -> None:
     """Execute the curves notebook for one job (resumable inside `paperprune.curves.run`); on
     failure record error.json and re-raise."""
-    try:
-        _execute(notebook, out / "curves.ipynb", dict(job, out=str(out), threads=threads, progress=False),
-                 failed=out / "curves-failed.ipynb")
-    except BaseException as e:
-        atomic_write_json(out / "error.json", {"config": job, "error": error_message(e)[:4000],
-                                               "traceback": traceback.format_exc()[-8000:]})
-        raise
-    (out / "error.json").unlink(missing_ok=True)
+    _execute_recorded(notebook, out, "curves", dict(job, out=str(out), threads=threads, progress=False), job)
 
 
 def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path, figures: Path):
