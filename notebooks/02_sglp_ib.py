@@ -33,7 +33,7 @@ from paperprune import reporting
 from paperprune.ib import class_embeddings, layer_statistics
 from paperprune.lasso import lasso_path, solve_sglp
 from paperprune.structure import ClassGraph, class_graph_from_embeddings
-from paperprune.tutorial import fashion_mnist, shipped_resnet56, tutorial_layer
+from paperprune.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 ROW_TOL = 1e-6   # a row of B with a smaller norm counts as zero (channel pruned)
@@ -145,16 +145,8 @@ print(f"both keep the same {int(kept.sum())} channels of {len(kept)}")
 # iteration budget (each run from zero) and plot the objective gap to the converged value.
 
 # %%
-budgets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
-runs = [solve_sglp(Q, R, graph, lam, gamma, tol=1e-12, max_iter=m) for m in budgets]
-fig, ax = plt.subplots(figsize=(5, 3.4))
-ax.loglog(budgets, [max(r.objective - sol.objective, 1e-16) for r in runs], "o-", label="F(B_t) - F*")
-ax.loglog(budgets, [r.residual for r in runs], "s--", label="max(primal, dual) residual")
-ax.set_xlabel("ADMM iterations (log scale)")
-ax.set_ylabel("gap or residual (log scale)")
-ax.set_title("sGLP-IB solver on one trained layer")
-ax.legend()
-fig.tight_layout()
+fig = plot_convergence(lambda m: solve_sglp(Q, R, graph, lam, gamma, tol=1e-12, max_iter=m), sol.objective,
+                       "sGLP-IB solver on one trained layer", "max(primal, dual) residual")
 
 # %% [markdown]
 # ## What the fusion does to classes joined by a positive edge

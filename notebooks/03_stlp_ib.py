@@ -36,7 +36,7 @@ from paperprune.ib import class_embeddings, layer_statistics
 from paperprune.lasso import solve_stlp, tree_prox
 from paperprune.structure import ClassTree, class_tree_from_embeddings, class_tree_from_taxonomy
 from paperprune.surgery import MacsPredictor
-from paperprune.tutorial import fashion_mnist, shipped_resnet56, tutorial_layer
+from paperprune.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 ROW_TOL = 1e-6   # a row of B with a smaller norm counts as zero (channel pruned)
@@ -194,16 +194,8 @@ for nonnegative, (objective, n_kept) in checks.items():
           f"both keep {n_kept} of {Q.shape[0]} channels")
 
 # %%
-budgets = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
-runs = [solve_stlp(Q, R, taxonomy_tree, lam, tol=1e-14, max_iter=m) for m in budgets]
-fig, ax = plt.subplots(figsize=(5, 3.4))
-ax.loglog(budgets, [max(r.objective - sol.objective, 1e-16) for r in runs], "o-", label="F(B_t) - F*")
-ax.loglog(budgets, [r.residual for r in runs], "s--", label="max(primal, dual, KKT) residual")
-ax.set_xlabel("ADMM iterations (log scale)")
-ax.set_ylabel("gap or residual (log scale)")
-ax.set_title("sTLP-IB solver on one trained layer")
-ax.legend()
-fig.tight_layout()
+fig = plot_convergence(lambda m: solve_stlp(Q, R, taxonomy_tree, lam, tol=1e-14, max_iter=m), sol.objective,
+                       "sTLP-IB solver on one trained layer", "max(primal, dual, KKT) residual")
 
 # %% [markdown]
 # ## Group norms per tree node

@@ -22,7 +22,7 @@ from .data import DatasetInfo, DeviceLoader, class_balanced_batch, dataset_info,
 from .models import PrunableLayer, create_model, prunable_layers
 from .utils import PaperpruneError
 
-__all__ = ["TutorialData", "fashion_mnist", "shipped_resnet56", "tutorial_layer", "PlantedNet", "planted_data",
+__all__ = ["TutorialData", "fashion_mnist", "plot_convergence", "shipped_resnet56", "tutorial_layer", "PlantedNet", "planted_data",
            "PLANTED_LAYER", "per_class_accuracy"]
 
 
@@ -141,3 +141,21 @@ def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     group = torch.as_tensor(group)
     right = group[predicted] == group[labels]
     return np.array([100 * float(right[group[labels] == g].double().mean()) for g in range(int(group.max()) + 1)])
+
+
+def plot_convergence(solve, optimum: float, title: str, residual_label: str,
+                     budgets: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)):
+    """Tutorials 02 and 03: the objective gap to `optimum` and the solver's stopping residual after
+    each iteration budget, `solve(max_iter)` (a LassoResult) run from zero each time; log-log axes."""
+    import matplotlib.pyplot as plt
+
+    runs = [solve(m) for m in budgets]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.loglog(budgets, [max(r.objective - optimum, 1e-16) for r in runs], "o-", label="F(B_t) - F*")
+    ax.loglog(budgets, [r.residual for r in runs], "s--", label=residual_label)
+    ax.set_xlabel("ADMM iterations (log scale)")
+    ax.set_ylabel("gap or residual (log scale)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
