@@ -303,12 +303,13 @@ def _baseline(config: RunConfig, data: dict, info, cache_dir: Path, device, prog
 def _evaluation(config: RunConfig, model, path: Path, device, input_size) -> dict:
     """The baseline's test metrics and size, read from `path` or computed and written there."""
     from .flops import count_flops_params
-    from .train import evaluate
+    from .train import evaluate, resolve_precision
 
     if path.is_file():
         return _read_json(path, _EVALUATION_KEYS)
     start = time.perf_counter()
-    metrics = evaluate(model, _test_loader(config, device), device, topk=_topk(config))
+    metrics = evaluate(model, _test_loader(config, device), device, topk=_topk(config),
+                       precision=resolve_precision(config.precision, device))
     macs, params = count_flops_params(model, input_size)
     baseline = {"top1": metrics["top1"], "top5": metrics.get("top5"), "params": params, "macs": macs,
                 "evaluation_s": time.perf_counter() - start}
@@ -553,7 +554,8 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
         resumed.append("finetune")
 
     start = time.perf_counter()
-    final = evaluate(pruned, test_loader, device, topk=_topk(config), per_image=True)
+    final = evaluate(pruned, test_loader, device, topk=_topk(config), per_image=True,
+                     precision=resolve_precision(config.precision, device))
     report = pruning["report"]
     timings = {"pretrain_s": pretrain_s, **{k: report["timings"][k] for k in ("statistics_s", "selection_s",
                                                                               "surgery_s")},
@@ -579,7 +581,7 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
     """(pruned model, prune.json record, resumed?): read back when both artifacts are there."""
     from .pipeline import prune
     from .surgery import load_pruned, save_pruned
-    from .train import evaluate
+    from .train import evaluate, resolve_precision
 
     pruned_path, prune_path = out / "pruned.pt", out / "prune.json"
     if pruned_path.is_file() and prune_path.is_file():
@@ -598,7 +600,8 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            seed=config.seed, device=device, progress=progress,
                            latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
                            latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding)
-    before = evaluate(pruned, test_loader, device, topk=_topk(config))
+    before = evaluate(pruned, test_loader, device, topk=_topk(config),
+                      precision=resolve_precision(config.precision, device))
     pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],
                "top5_before_finetune": before.get("top5")}
     save_pruned(pruned, pruned_path, arch=config.arch, num_classes=info.num_classes,

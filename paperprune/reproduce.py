@@ -1,6 +1,6 @@
 """Batch reproduction: run a profile's stages, then rebuild every table and figure.
 
-    python -m paperprune.reproduce --profile quick|evidence|fmnist|paper [--jobs N] [--devices 0,1,...]
+    python -m paperprune.reproduce --profile quick|evidence|evidence-vgg16|fmnist|paper [--jobs N] [--devices 0,1,...]
 
 A profile has up to three stages, run in this order, each skipped where its record is there:
 1. baselines: `python -m paperprune train` into RUNS/PROFILE/baselines/<arch>/ (resumes from its
@@ -10,7 +10,7 @@ A profile has up to three stages, run in this order, each skipped where its reco
 3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
    done when run.json is there.
 A curves job or run may name a stage-1 baseline (`baseline="<arch>"`): it then starts from that
-baseline's final.pt. A failed job leaves `error.json` (and the failed notebook) and the batch
+baseline's final.pt; or shipped weights (`pretrained="fashion-mnist"`, as `create_model` names them). A failed job leaves `error.json` (and the failed notebook) and the batch
 goes on; failures are listed at the end. Then the tables and figures are written under
 FIGURES (curves: `reporting.curves_report`; runs: `notebooks/report.ipynb`; baselines: a table),
 and the records (run.json, curves.json, executed notebooks, the baselines' config.json and
@@ -35,6 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .criteria import METHODS
+from .models.pretrained import PRETRAINED, pretrained_path
 from .utils import DirLock, PaperpruneError, atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,24 +74,23 @@ def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
 # one thread for the unpruned model, measured; fp32 took 2.4 s), the whole test set would double that.
 QUICK_SAMPLES = 10  # calibration images per class of the quick profile
 
-# The evidence profile (issue 12 items 4-7): both baselines retrained on all 60,000 Fashion-MNIST
-# training images, then curves, ablation and the fine-tuned comparison from them, in <= 150 min
-# on this project's 2-core CPU. Sizes are ours, from the costs in COSTS (`estimate`; `python -m
-# paperprune.reproduce --profile evidence --dry-run` prints it): items 4 and 6 on both baselines
-# take ~96 min, the fine-tuned ResNet-56 runs ~25 min, the reports ~4 min, which leaves ~25 min
-# of a 150-minute budget for training, less a margin: ResNet-56 8 epochs (469 steps of 0.31 s +
-# the test set: 2.6 min each, 20 min) and VGG-16 4 (0.57 s steps: 4.7 min each, 19 min), more
-# epochs for the ResNet, whose fine-tuned runs depend on it too. VGG-16's 21 fine-tuned runs at
-# -61% (~38 min more) do not fit: item 5 allows "as many as fit"; EVIDENCE_FINETUNE_ARCHS adds them.
-EVIDENCE_EPOCHS = {"resnet56": 8, "vgg16": 4}
-EVIDENCE_FINETUNE_ARCHS = ["resnet56"]
+# The evidence profiles (issue 12 items 4-7), sized by the measured costs in COSTS (`python -m
+# paperprune.reproduce --profile evidence --dry-run` prints the estimate). Items 4-6 on both baselines plus two
+# trainings do not fit one 150-minute run on this project's 2-core CPU: measured, one curves point of ResNet-56
+# (two bf16 evaluations of the 10,000 test images) costs ~30 s, VGG-16's about twice that, so the whole
+# design is ~270 minutes. It is split in two profiles of <= 150 minutes each:
+# - `evidence`: the shipped ResNet-56 (trained by `python -m paperprune train` with this recipe for 15 epochs,
+#   its record in paperprune/resources/pretrained/; retraining it costs ~70 minutes): curves (item 4), the
+#   ablation (item 6), the fine-tuned comparison at -55% (item 5);
+# - `evidence-vgg16`: VGG-16 retrained on all 60,000 images (EVIDENCE_VGG16_EPOCHS), its curves and ablation;
+#   its fine-tuned runs at -61% (~35 minutes more) do not fit.
+EVIDENCE_VGG16_EPOCHS = 4
 EVIDENCE_REDUCTIONS = {"resnet56": 0.55, "vgg16": 0.61}  # APIB's ResNet-56 target; the paper's VGG-16 figure
 EVIDENCE_SEEDS = [0, 1, 2]
 EVIDENCE_TARGETS = [0.30, 0.45, 0.60, 0.75]
 EVIDENCE_ABLATION_TARGETS = [0.45, 0.60]  # two of the curves' targets, so each variant pairs with the main curves
 EVIDENCE_SAMPLES = 10  # calibration images per class, as the quick profile
-#: the short fine-tune of item 5: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01;
-#: each run's fixed cost (three fp32 test evaluations, ~40 s) dominates it
+#: the short fine-tune of item 5: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01
 EVIDENCE_FINETUNE = dict(finetune_epochs=1, per_class=1000, batch_size=128, finetune_lr=0.01)
 #: the ablation variants of item 6, each a curves job of its own beside the main (signed, embedding) curves:
 #: signed vs B >= 0 (the three lasso criteria); structure: graph (sglp) vs tree from embeddings (stlp) vs tree
@@ -100,7 +100,7 @@ EVIDENCE_ABLATIONS = [({"nonnegative": True}, ["classwise", "sglp", "stlp"]),
 
 
 def profiles() -> dict[str, Profile]:
-    """The three profiles. Schedules are ours unless a comment cites a source."""
+    """The profiles. Schedules are ours unless a comment cites a source."""
     quick = Profile(
         "quick",
         "Fashion-MNIST, the shipped ResNet-56 (create_model(..., pretrained='fashion-mnist')): pruning curves of "
@@ -111,7 +111,7 @@ def profiles() -> dict[str, Profile]:
                      targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
                      bn_images=256, test_per_class=500, precision="auto")],
         latency_repeats=3)
-    evidence = _evidence()
+    evidence, evidence_vgg16 = _evidence()
     fmnist = Profile(
         "fmnist",
         "Fashion-MNIST, all six architectures, all criteria at 50% FLOPs, three seeds; 100 epochs of "
@@ -130,56 +130,65 @@ def profiles() -> dict[str, Profile]:
               samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01)
         + _grid([("imagenet", "resnet50")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=0,
                 finetune_epochs=90, samples_per_class=5, batch_size=128, lr=0.01, finetune_lr=0.01))
-    return {p.name: p for p in (quick, evidence, fmnist, paper)}
+    return {p.name: p for p in (quick, evidence, evidence_vgg16, fmnist, paper)}
 
 
-def _evidence() -> Profile:
-    """Issue 12 item 7's `evidence` profile; the sizes are the EVIDENCE_* constants above."""
-    archs = list(EVIDENCE_EPOCHS)
-    # the recipe of the shipped ResNet-56 (its recorded command: lr 0.1, weight decay 1e-4, batch 128, seed 0,
-    # 15 epochs, 93.14%), fewer epochs
-    baselines = [dict(dataset="fashion-mnist", arch=a, epochs=EVIDENCE_EPOCHS[a], lr=0.1, weight_decay=1e-4,
-                      batch_size=128, seed=0, precision="auto") for a in archs]
-    # test evaluations in bf16 where the CPU has it (half the fp32 time; every point of a record alike)
-    grid = dict(dataset="fashion-mnist", seeds=EVIDENCE_SEEDS, samples_per_class=EVIDENCE_SAMPLES, bn_images=256,
-                test_per_class=None, precision="auto")
-    curves = [dict(grid, arch=a, baseline=a, methods=list(METHODS), targets=EVIDENCE_TARGETS) for a in archs]
-    curves += [dict(grid, arch=a, baseline=a, methods=methods, targets=EVIDENCE_ABLATION_TARGETS,
-                    criterion_options=options) for options, methods in EVIDENCE_ABLATIONS for a in archs]
-    runs = [dict(dataset="fashion-mnist", arch=a, baseline=a, method=m, seed=s, flops_reduction=EVIDENCE_REDUCTIONS[a],
-                 samples_per_class=EVIDENCE_SAMPLES, **EVIDENCE_FINETUNE)
-            for a in EVIDENCE_FINETUNE_ARCHS for m in METHODS for s in EVIDENCE_SEEDS]
-    epochs = ", ".join(f"{a} {e} epochs" for a, e in EVIDENCE_EPOCHS.items())
-    return Profile(
+def _evidence_curves(arch: str, start: dict) -> list[dict]:
+    """Item 4's curves and item 6's ablation variants of one baseline (`start`: where it comes from)."""
+    grid = dict(dataset="fashion-mnist", arch=arch, seeds=EVIDENCE_SEEDS, samples_per_class=EVIDENCE_SAMPLES,
+                bn_images=256, test_per_class=None, precision="auto", **start)
+    return [dict(grid, methods=list(METHODS), targets=EVIDENCE_TARGETS)] + [
+        dict(grid, methods=methods, targets=EVIDENCE_ABLATION_TARGETS, criterion_options=options)
+        for options, methods in EVIDENCE_ABLATIONS]
+
+
+def _evidence() -> list[Profile]:
+    """Issue 12 item 7's evidence, in two profiles (see the EVIDENCE_* constants above)."""
+    what = (f"pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds (10 images per class), "
+            "30/45/60/75% FLOPs, top-1 on all 10,000 test images raw and after adaptive BN (item 4); the ablation as "
+            "curves variants at 45/60% (B >= 0; the taxonomy tree) (item 6)")
+    runs = [dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", method=m, seed=s,
+                 flops_reduction=EVIDENCE_REDUCTIONS["resnet56"], samples_per_class=EVIDENCE_SAMPLES,
+                 **EVIDENCE_FINETUNE) for m in METHODS for s in EVIDENCE_SEEDS]
+    resnet = Profile(
         "evidence",
-        f"Fashion-MNIST, both baselines retrained on all 60,000 training images in bf16 ({epochs}; lr 0.1, "
-        "weight decay 1e-4 as the shipped ResNet-56, the final epoch's top-1 on all 10,000 test images); from "
-        f"them: pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds, 30/45/60/75% FLOPs, raw and after adaptive BN "
-        "(item 4); the ablation as curves variants at 45/60% (B >= 0; the taxonomy tree) (item 6); the fine-tuned "
-        "comparison at ResNet-56 -55% (VGG-16's does not fit), all criteria, three seeds, one epoch over 10,000 "
-        "class-balanced training images at lr 0.01 (item 5). Epochs sized so that the whole profile fits 150 "
-        "minutes on 2 CPU cores (--dry-run prints the estimate).",
-        runs, curves, baselines, latency_repeats=0, deployed_latency=False)
+        "Fashion-MNIST, the shipped ResNet-56 (15 epochs on all 60,000 training images, lr 0.1, weight decay 1e-4, "
+        f"bf16; 93.14% final-epoch top-1): {what}; the fine-tuned comparison at -55% FLOPs, all criteria, three "
+        "seeds, one epoch over 10,000 class-balanced training images at lr 0.01 (item 5). Evaluations in bf16 "
+        "where the CPU runs it.",
+        runs, _evidence_curves("resnet56", dict(pretrained="fashion-mnist")), latency_repeats=0,
+        deployed_latency=False)
+    vgg = Profile(
+        "evidence-vgg16",
+        f"Fashion-MNIST, VGG-16 retrained on all 60,000 training images in bf16 ({EVIDENCE_VGG16_EPOCHS} epochs, "
+        "lr 0.1, weight decay 1e-4 as the shipped ResNet-56; the final epoch's top-1 on all 10,000 test images); "
+        f"from it: {what}. Its fine-tuned runs do not fit the 150 minutes.",
+        curves=_evidence_curves("vgg16", dict(baseline="vgg16")),
+        baselines=[dict(dataset="fashion-mnist", arch="vgg16", epochs=EVIDENCE_VGG16_EPOCHS, lr=0.1,
+                        weight_decay=1e-4, batch_size=128, seed=0, precision="auto")],
+        latency_repeats=0, deployed_latency=False)
+    return [resnet, vgg]
 
 
 # --------------------------------------------------------------------------- wall-time estimate
 
-#: Costs on this project's 2-core CPU (2 threads, a quiet machine; Fashion-MNIST at 32x32), the basis of
-#: `estimate`. Measured: train_step_s, one bf16 autocast + channels_last training step at batch 128 (issue 12
-#: item 1); eval_fp32_s, one eager fp32 evaluation of the 10,000 test images by the unpruned model (the
-#: forward of a batch of 64 in benchmarks/results/pipeline.md, x 156.25); gap, that benchmark's eager
-#: MACs ratio / latency ratio at 60% fewer MACs (a pruned model costs min(1, kept MACs share x gap) of the
-#: base). Derived: eval_bf16_s, 79 test batches at the eval-batch / train-step ratio of
-#: benchmarks/results/train.md (0.28 ResNet-56, 0.30 VGG-16); statistics_s and select_s (selection and
-#: surgery, per target), lasso criteria (apib, classwise, sglp, stlp) and the others: ResNet-56 from the
-#: pipeline benchmark (1.5-3.4 s statistics, 0.7-3.3 s selection at 20 images per class), VGG-16 (4x the
-#: channels, up to 512 per layer) our guess. Not measured end to end here: the 2026-12-02 session's machine
-#: was saturated; the quick profile's curves.json (statistics_s, evaluate_s per point, wall_s) checks them.
+#: Costs on this project's 2-core CPU (2 threads; Fashion-MNIST at 32x32), the basis of `estimate`.
+#: ResNet-56, measured: train_step_s, one bf16 autocast + channels_last training step at batch 128 on a quiet
+#: machine (issue 12 item 1; the shipped model's epochs took 240-340 s, 0.51-0.73 s a step, beside other jobs);
+#: eval_bf16_s, one bf16 evaluation of the 10,000 test images by the unpruned model, fitted to the quick
+#: profile's curves.json (figures/quick/records: evaluate_s of 60 points, two evaluations of 5,000 images
+#: each); statistics_s (once per criterion and seed) and select_s (selection, surgery and adaptive BN per
+#: point), lasso criteria (apib, classwise, sglp, stlp) and the others, from the same record (264 s of its
+#: 1,392 s outside statistics and evaluation); gap, benchmarks/results/pipeline.md's eager MACs ratio /
+#: latency ratio at 60% fewer MACs (a pruned model costs min(1, kept MACs share x gap) of the base).
+#: Derived: eval_fp32_s, eval_bf16_s x 2.67 (2.4 s against 0.9 s per 256 images on one thread, measured).
+#: VGG-16: train_step_s measured as ResNet-56's; its evaluations scaled from ResNet-56's by the train-step
+#: ratio (0.57 / 0.31); its statistics and selection our guess (up to 512 channels a layer, 32 for ResNet-56).
 COSTS = {
-    "resnet56": dict(train_step_s=0.31, eval_fp32_s=13.0, eval_bf16_s=6.9, gap=1.76,
-                     statistics_s={"lasso": 2.5, "other": 1.0}, select_s={"lasso": 3.0, "other": 1.5}),
-    "vgg16": dict(train_step_s=0.57, eval_fp32_s=29.2, eval_bf16_s=13.5, gap=1.47,
-                  statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 7.0, "other": 2.0}),
+    "resnet56": dict(train_step_s=0.31, eval_fp32_s=53.0, eval_bf16_s=19.9, gap=1.76,
+                     statistics_s={"lasso": 2.0, "other": 1.0}, select_s={"lasso": 6.0, "other": 2.0}),
+    "vgg16": dict(train_step_s=0.57, eval_fp32_s=97.7, eval_bf16_s=36.6, gap=1.47,
+                  statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 15.0, "other": 4.0}),
 }
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
 #: the reports: per curves record 15 s of figures and 1.4 s per paired bootstrap (10,000 draws over 3 seeds x
@@ -207,10 +216,11 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
     """Estimated seconds of each stage of `profile` on this project's 2-core CPU, from COSTS; only the
     jobs given (default: all of the profile's); None when an arch or dataset has no known costs.
 
-    Baseline: epochs x (469 steps + a bf16 test evaluation). Curves point: selection and surgery, BN
-    re-estimation on 256 images, two test evaluations of the pruned model; per (criterion, seed) the
-    statistics once. Run: a kernel, statistics, selection, three fp32 test evaluations (baseline,
-    pruned, fine-tuned), the fine-tuning steps of the pruned model and its bf16 test evaluation.
+    Baseline: epochs x (469 steps + a bf16 test evaluation). Curves point: selection, surgery and
+    BN re-estimation (select_s), two test evaluations of the pruned model; per (criterion, seed) the
+    statistics once. Run: a kernel, statistics, selection, three test evaluations in the run's
+    precision (baseline, pruned, fine-tuned), the fine-tuning steps of the pruned model and its bf16
+    test evaluation.
     Reports: figures and paired bootstraps per curves record, the run report (FIGURES_S)."""
     baselines = profile.baselines if baselines is None else baselines
     curves = profile.curves if curves is None else curves
@@ -226,10 +236,9 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
         cost = COSTS[job["arch"]]
         evaluation = cost["eval_fp32_s" if job.get("precision", "fp32") == "fp32" else "eval_bf16_s"]
         scale = 10 * job["test_per_class"] / TEST_IMAGES if job.get("test_per_class") else 1.0
-        bn = job["bn_images"] / TEST_IMAGES * cost["eval_fp32_s"]
         out["curves"] += KERNEL_S + len(job["seeds"]) * sum(
-            cost["statistics_s"][_kind(m)] + sum(cost["select_s"][_kind(m)] + bn
-                                                 + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
+            cost["statistics_s"][_kind(m)]
+            + sum(cost["select_s"][_kind(m)] + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
             for m in job["methods"])
         paired = sum(m in _CLASSWISE for m in job["methods"]) if set(job["methods"]) - set(_CLASSWISE) else 0
         paired += len(job["methods"]) if job.get("criterion_options") else 0  # a variant against the main curves
@@ -239,8 +248,9 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
         pruned = _pruned(cost, job["flops_reduction"])
         images = 10 * job["per_class"] if job.get("per_class") else TRAIN_IMAGES
         epochs = job.get("finetune_epochs", 1)
+        evaluation = cost["eval_fp32_s" if job.get("precision", "auto") == "fp32" else "eval_bf16_s"]
         out["runs"] += (KERNEL_S + cost["statistics_s"][kind] + cost["select_s"][kind]
-                        + cost["eval_fp32_s"] * (1 + 2 * pruned)
+                        + evaluation * (1 + 2 * pruned)
                         + epochs * pruned * (_steps(images, job["batch_size"]) * cost["train_step_s"]
                                              + cost["eval_bf16_s"]))
     return out
@@ -433,7 +443,7 @@ def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paperprune.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="quick | fmnist | paper")
+    parser.add_argument("--profile", default="quick", help="quick | evidence | evidence-vgg16 | fmnist | paper")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own kernel process)")
     parser.add_argument("--devices", default=None,
                         help="comma-separated CUDA device ids to spread runs over (default: cpu)")
@@ -489,7 +499,8 @@ def plan_curves(profile: Profile, runs_root: Path, *, data_root: str | None = No
 def plan(profile: Profile, runs_root: Path, *, data_root: str | None = None,
          pretrained_dir: str | None = None) -> list[tuple[Path, dict]]:
     """(run folder, notebook parameters) of every run of `profile`: the data root, and a baseline: a
-    stage-1 baseline the run names (`baseline="<arch>"`: its final.pt, no pretraining), or
+    stage-1 baseline the run names (`baseline="<arch>"`: its final.pt, no pretraining), shipped
+    weights it names (`pretrained="fashion-mnist"`: their file), or
     `<dataset>-<arch>.pt` from `pretrained_dir` when there is one."""
     planned = []
     for params in profile.runs:
@@ -497,6 +508,8 @@ def plan(profile: Profile, runs_root: Path, *, data_root: str | None = None,
         if "baseline" in params:
             params.update(pretrained=_baseline_weights(profile, Path(runs_root), params.pop("baseline")),
                           pretrain_epochs=0)
+        elif (params["arch"], params.get("pretrained")) in PRETRAINED:
+            params.update(pretrained=str(pretrained_path(params["arch"], params["pretrained"])), pretrain_epochs=0)
         elif pretrained_dir:
             ckpt = Path(pretrained_dir) / f"{params['dataset']}-{params['arch']}.pt"
             if ckpt.is_file():

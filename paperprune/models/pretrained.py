@@ -23,7 +23,8 @@ from torch import nn
 
 from ..utils import PaperpruneError, atomic_torch_save, atomic_write_json
 
-__all__ = ["PRETRAINED", "PretrainedWeights", "export", "list_pretrained", "load_pretrained", "pretrained_record"]
+__all__ = ["PRETRAINED", "PretrainedWeights", "export", "list_pretrained", "load_pretrained", "pretrained_path",
+           "pretrained_record"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ def _existing(entry: PretrainedWeights, suffix: str) -> Path:
                               "from this installation; reinstall paperprune with its package data (pip install .) "
                               f"or use one of: {', '.join(list_pretrained())}")
     return path
+
+
+def pretrained_path(arch: str, tag: str) -> Path:
+    """The file of the shipped weights `arch:tag` (a plain state_dict), for tools that take a path."""
+    return _existing(_entry(arch, tag), ".pt")
 
 
 def pretrained_record(arch: str, tag: str) -> dict:
