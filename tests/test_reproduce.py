@@ -69,7 +69,7 @@ def test_report_notebook_on_fixture_runs(tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     assert reproduce.main(["--profile", "huge"]) == 2
-    assert "unknown profile 'huge'; known profiles: quick, evidence, fmnist, paper" in capsys.readouterr().err
+    assert "unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, fmnist, paper" in capsys.readouterr().err
     assert reproduce.main(["--profile", "quick", "--notebooks", str(tmp_path)]) == 2
     assert "experiment.ipynb not found" in capsys.readouterr().err
 
@@ -141,47 +141,50 @@ def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys)
 
 # --------------------------------------------------------------------------- the evidence profile (issue 12 item 7)
 
-def test_evidence_profile_plan(tmp_path):
-    """Stage 1 trains both baselines on the whole training set; every curves job and run starts from
-    their final.pt; items 4-6 are all there; the estimate fits 150 minutes."""
+def test_evidence_profiles_plan(tmp_path):
+    """Items 4-6 on both baselines: the shipped ResNet-56 (`evidence`, with the fine-tuned runs) and a
+    VGG-16 trained on the whole training set (`evidence-vgg16`); every curves job and run starts from
+    its profile's baseline; each profile's estimate fits 150 minutes."""
     from paperprune.curves import _check_grid
     from paperprune.experiment import RunConfig
+    from paperprune.models.pretrained import pretrained_path
 
-    profile = reproduce.profiles()["evidence"]
-    baselines = reproduce.plan_baselines(profile, tmp_path)
+    resnet, vgg = reproduce.profiles()["evidence"], reproduce.profiles()["evidence-vgg16"]
+    assert resnet.baselines == [] and reproduce.plan_baselines(resnet, tmp_path) == []
+    baselines = reproduce.plan_baselines(vgg, tmp_path)
     assert [(out.relative_to(tmp_path).as_posix(), b["dataset"], b.get("per_class"), b["precision"])
-            for out, b in baselines] == [("evidence/baselines/resnet56", "fashion-mnist", None, "auto"),
-                                         ("evidence/baselines/vgg16", "fashion-mnist", None, "auto")]
-    weights = {b["arch"]: str(out / "final.pt") for out, b in baselines}
-    curves = reproduce.plan_curves(profile, tmp_path)
-    assert len({out for out, _ in curves}) == len(curves)  # one folder per job
-    for out, job in curves:
-        assert job["weights"] == weights[job["arch"]] and job["pretrained"] is None and "baseline" not in job
-        assert job["test_per_class"] is None and len(job["seeds"]) >= 3
-        _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
-                    job.get("criterion_options"))
-    main = {job["arch"]: job for _, job in curves if not job.get("criterion_options")}
-    assert set(main) == {"resnet56", "vgg16"}
-    for job in main.values():  # item 4
-        assert set(job["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(job["targets"])
-    variants = {(out.name, tuple(job["methods"]), tuple(job["targets"])) for out, job in curves
-                if job.get("criterion_options")}
-    assert {name for name, _, _ in variants} == {f"fashion-mnist-{a}-{v}" for a in ("resnet56", "vgg16")
-                                                 for v in ("nonnegative", "structure-taxonomy")}
-    for _, methods, targets in variants:  # item 6: two targets of the main curves, so each variant pairs with them
-        assert len(targets) == 2 and set(targets) <= set(main["resnet56"]["targets"])
-    runs = reproduce.plan(profile, tmp_path)
-    cells = {(p["arch"], p["method"], p["seed"]) for _, p in runs}
-    assert cells == {(a, m, s) for a in reproduce.EVIDENCE_FINETUNE_ARCHS for m in reproduce.METHODS for s in (0, 1, 2)}
-    assert "resnet56" in reproduce.EVIDENCE_FINETUNE_ARCHS
-    for out, params in runs:  # item 5
-        assert params["pretrained"] == weights[params["arch"]] and params["pretrain_epochs"] == 0
-        assert params["flops_reduction"] == {"resnet56": 0.55, "vgg16": 0.61}[params["arch"]]
+            for out, b in baselines] == [("evidence-vgg16/baselines/vgg16", "fashion-mnist", None, "auto")]
+    vgg_weights = str(baselines[0][0] / "final.pt")
+    for profile, arch in ((resnet, "resnet56"), (vgg, "vgg16")):
+        curves = reproduce.plan_curves(profile, tmp_path)
+        assert len({out for out, _ in curves}) == len(curves)  # one folder per job
+        for out, job in curves:
+            assert job["arch"] == arch and "baseline" not in job
+            start = (job.get("weights"), job["pretrained"])
+            assert start == ((None, "fashion-mnist") if arch == "resnet56" else (vgg_weights, None))
+            assert job["test_per_class"] is None and len(job["seeds"]) >= 3
+            _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
+                        job.get("criterion_options"))
+        main = [job for _, job in curves if not job.get("criterion_options")]
+        assert len(main) == 1  # item 4
+        assert set(main[0]["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
+        variants = {out.name: job for out, job in curves if job.get("criterion_options")}
+        assert set(variants) == {f"fashion-mnist-{arch}-{v}" for v in ("nonnegative", "structure-taxonomy")}
+        for job in variants.values():  # item 6: two targets of the main curves, so each variant pairs with them
+            assert len(job["targets"]) == 2 and set(job["targets"]) <= set(main[0]["targets"])
+        assert profile.latency_repeats == 0
+        minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
+        assert sum(minutes.values()) <= 150 and minutes["curves"] > 0
+    assert reproduce.plan(vgg, tmp_path) == []
+    runs = reproduce.plan(resnet, tmp_path)
+    assert {(p["arch"], p["method"], p["seed"]) for _, p in runs} == {
+        ("resnet56", m, s) for m in reproduce.METHODS for s in (0, 1, 2)}
+    for out, params in runs:  # item 5, from the shipped weights' file
+        assert params["pretrained"] == str(pretrained_path("resnet56", "fashion-mnist"))
+        assert params["pretrain_epochs"] == 0
+        assert params["flops_reduction"] == 0.55
         config = RunConfig(**params)
         assert config.test_per_class is None and config.finetune_epochs >= 1
-    assert profile.latency_repeats == 0
-    minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
-    assert sum(minutes.values()) <= 150 and min(minutes.values()) > 0
 
 
 def tiny_chain():
@@ -251,7 +254,7 @@ def test_a_failed_baseline_fails_its_dependents_with_its_cause(tmp_path, monkeyp
 
 
 def test_estimate_counts_what_is_left(tmp_path):
-    profile = reproduce.profiles()["evidence"]
+    profile = reproduce.profiles()["evidence-vgg16"]
     whole = reproduce.estimate(profile)
     assert reproduce.estimate(profile, [], [], []) == {"baselines": 0.0, "curves": 0.0, "runs": 0.0, "reports": 0.0}
     one_epoch = reproduce.estimate(profile, [dict(profile.baselines[0], epochs=1)], [], [])["baselines"]
