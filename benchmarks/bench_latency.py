@@ -162,7 +162,7 @@ def bench_arch(arch, args, loaders, save):
              "base_top1": evaluate(model, test_loader, "cpu", topk=(1,))["top1"], "table_s": table_s,
              "table_cached": Path(latency.table["path"]) in cached, "table_key": latency.key,
              "table_key_hash": latency.key_hash, "full_us": latency.full_us,
-             "rest_us": latency.rest_us, "multiples": latency.multiples(), "errors": errors, "rows": []}
+             "rest_us": latency.rest_us, "unit_scale": latency.unit_scale, "multiples": latency.multiples(), "errors": errors, "rows": []}
     save(entry)
     entry["floor"] = floor_entry(model, layers, latency, args)
     print(f"{arch}: floor (omega={args.omega}) measured -{100 * entry['floor']['measured_reduction']:.1f}%, "
@@ -246,7 +246,9 @@ def markdown(result, args):
                      f"loaded from the cache in {a['table_s']:.0f} s (measured by an earlier run of this benchmark)")
                   + ", key "
                   f"`{a['table_key_hash']}`; whole model {a['full_us'] / 1e3:.1f} ms, of which "
-                  f"{a['rest_us'] / 1e3:.1f} ms outside the timed units. Predictor error over {len(rel)} random "
+                  f"{a['rest_us'] / 1e3:.1f} ms outside the timed units"
+                  + (f", which count at {a['unit_scale']:.3f} of their times alone" if "unit_scale" in a else "")
+                  + f". Predictor error over {len(rel)} random "
                   f"width assignments (each layer uniform in [C/8, C], each model compiled and timed once): mean "
                   f"|error| {100 * np.abs(rel).mean():.1f}%, max {100 * np.abs(rel).max():.1f}%, mean (signed) "
                   f"{100 * rel.mean():+.1f}%. Multiples read from the table: "

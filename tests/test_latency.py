@@ -106,6 +106,27 @@ def test_prediction_matches_the_fake_whole_model_exactly(tmp_path, period):
         assert abs(row["relative_error"]) < 1e-9
 
 
+class FusingTimer(FakeTimer):
+    """FakeTimer, but the whole model costs 0.8 of its units alone (a compiler fusing across them)."""
+
+    def __call__(self, module, example, mode):
+        whole = isinstance(module, Tiny)
+        cost = super().__call__(module, example, mode) - (10.0 * example.shape[0] if whole else 0.0)
+        return 0.8 * cost if whole else cost
+
+
+def test_a_whole_model_faster_than_its_units_scales_them(tmp_path):
+    """No negative rest: the units count at the whole model's share of their sum, which is exact here
+    (an additive rest of -0.2 x the full units would under-predict every pruned model)."""
+    timer = FusingTimer(8)
+    model, layers, latency = build(tmp_path, timer)
+    assert latency.rest_us == 0.0 and latency.unit_scale == pytest.approx(0.8)
+    gen = np.random.default_rng(1)
+    assignments = [random_widths(gen, latency.full_widths) for _ in range(10)]
+    for row in latency.errors(model, layers, assignments, timer=timer, progress=False):
+        assert abs(row["relative_error"]) < 1e-9
+
+
 def test_bisection_meets_the_latency_target(tmp_path):
     timer = FakeTimer(1)
     model, layers, latency = build(tmp_path, timer)
