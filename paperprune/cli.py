@@ -151,6 +151,8 @@ _RUN_HELP = {
     "gamma_ratio": "sGLP-IB: gamma = gamma_ratio * lam",
     "structure": "class structure: embedding (from the model) or taxonomy (the dataset's)",
     "nonnegative": "lasso criteria: solve the B >= 0 ablation instead of the signed problem",
+    "response": "class-wise criteria: class (one response per class) or class+output (plus APIB's response, the "
+                "consuming layer's output)",
     "rho": "sGLP-IB: link classes whose embeddings correlate above rho, in [0, 1)",
     "knn": "sGLP-IB: link each class to its knn most correlated classes instead of the rho threshold",
     "per_class": "train on only N images per class (short runs)",

@@ -20,7 +20,9 @@ Seven criteria share that one code path:
 The names sGLP-IB / sTLP-IB and the idea (structured lasso on class-wise IB statistics) are
 from the paper's abstract; the exact objectives and the budget rule are reconstruction
 (METHOD.md section 2). The lasso criteria are signed by default, as APIB's code is;
-`nonnegative=True` is the B >= 0 ablation.
+`nonnegative=True` is the B >= 0 ablation, and `response="class+output"` gives the class-wise
+criteria APIB's response (the consuming layer's output kernel) as one more column beside the
+class kernels (the ablation "class-wise vs class-wise + APIB's response").
 """
 from __future__ import annotations
 
@@ -151,8 +153,12 @@ class LassoCriterion(Criterion):
     """
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
-                 row_tol: float = 1e-7, solver_tol: float = 1e-7, max_iter: int = 3000) -> None:
+                 response: str = "class", row_tol: float = 1e-7, solver_tol: float = 1e-7,
+                 max_iter: int = 3000) -> None:
         super().__init__()
+        if response not in RESPONSES:
+            raise PaperpruneError(f"response={response!r}: use 'class' (one response per class) or "
+                                  "'class+output' (those plus APIB's, the consuming layer's output)")
         if not isinstance(gamma_ratio, numbers.Real) or not math.isfinite(gamma_ratio) or gamma_ratio < 0:
             raise PaperpruneError(f"gamma_ratio={gamma_ratio!r} must be a finite number >= 0 "
                                   "(gamma = gamma_ratio * lam)")
@@ -164,6 +170,9 @@ class LassoCriterion(Criterion):
         self.gamma_ratio = float(gamma_ratio)
         self.nonnegative = nonnegative
         self.structure = structure
+        self.response_option = response
+        if response == "class+output":
+            self.response_source = "consumer"
         self.row_tol = row_tol
         self.solver_tol = solver_tol
         self.max_iter = max_iter
@@ -198,6 +207,9 @@ class LassoCriterion(Criterion):
         """Build the class graph or tree the penalty needs (nothing for the plain lasso)."""
 
     def response(self, stats) -> torch.Tensor:
+        """R (C, K), or (C, K + 1) with `response='class+output'`: the output relevance as a last column."""
+        if self.response_option == "class+output":
+            return torch.cat([stats.relevance, stats.output_relevance.reshape(-1, 1)], 1)
         return stats.relevance
 
     def solve(self, Q, R, lam, B0):
@@ -232,7 +244,7 @@ class LassoCriterion(Criterion):
         """lam at `level`, the channels the lasso itself kept there, and the top-up threshold if used."""
         if level not in self._support:
             self.select(level)
-        return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
+        return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative, "response": self.response_option,
                 "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
 
     def select(self, level):
@@ -266,8 +278,21 @@ class APIBCriterion(LassoCriterion):
     name = "apib"
     response_source = "consumer"
 
+    def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
+                 response: str = "class") -> None:
+        if response != "class":
+            raise PaperpruneError(f"response={response!r} applies to the class-wise criteria (classwise, sglp, "
+                                  "stlp); apib's response is the consuming layer's output alone")
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure)
+        self.response_option = "output"  # as reported by `describe`
+
     def response(self, stats):
         return stats.output_relevance.reshape(-1, 1)
+
+
+#: the responses of the class-wise criteria: the class kernels (METHOD.md section 2), or those plus APIB's
+#: response (the consuming layer's output kernel) as one more column (issue 12's ablation)
+RESPONSES = ("class", "class+output")
 
 
 class ClasswiseCriterion(LassoCriterion):
@@ -285,8 +310,8 @@ class SGLPCriterion(LassoCriterion):
     name = "sglp"
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
-                 rho: float = 0.5, knn: int | None = None) -> None:
-        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure)
+                 response: str = "class", rho: float = 0.5, knn: int | None = None) -> None:
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, response=response)
         self.rho, self.knn = check_graph_options(rho, knn)
 
     def build_structure(self):
@@ -314,12 +339,16 @@ class STLPCriterion(LassoCriterion):
     name = "stlp"
 
     def build_structure(self):
-        from .structure import class_tree_from_embeddings, class_tree_from_taxonomy
+        from .structure import ClassTree, class_tree_from_embeddings, class_tree_from_taxonomy
 
         if self.structure == "taxonomy":
-            self.tree = class_tree_from_taxonomy(_taxonomy(self), self.embeddings.shape[0])
+            tree = class_tree_from_taxonomy(_taxonomy(self), self.embeddings.shape[0])
         else:
-            self.tree = class_tree_from_embeddings(self.embeddings)
+            tree = class_tree_from_embeddings(self.embeddings)
+        if self.response_option == "class+output":  # the output column: a leaf under the root, weight 1 (a lasso)
+            K = tree.num_classes
+            tree = ClassTree(tree.groups + [[K]], torch.cat([tree.weights, tree.weights.new_ones(1)]), K + 1)
+        self.tree = tree
 
     def solve(self, Q, R, lam, B0):
         from .lasso import solve_stlp

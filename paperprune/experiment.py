@@ -48,6 +48,7 @@ class RunConfig:
     gamma_ratio: float = 0.5
     structure: str = "embedding"
     nonnegative: bool = False
+    response: str = "class"
     rho: float = 0.5
     knn: int | None = None
     batch_size: int = 128
@@ -69,16 +70,20 @@ class RunConfig:
 
         Messages name the setting as both the API and the CLI spell it, the value given and the fix.
         """
-        from .criteria import check_method
+        from .criteria import RESPONSES, check_method
         from .data import DATASETS
         from .latency import check_budget
         from .models import list_models
 
-        for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES)):
+        for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES),
+                            ("response", RESPONSES)):
             if getattr(self, name) not in known:
                 raise PaperpruneError(f"unknown {name} {getattr(self, name)!r} ({_flag(name)}); "
                                       f"choose one of: {', '.join(known)}")
         check_method(self.method)
+        if self.response != "class" and self.method not in ("classwise", "sglp", "stlp"):
+            raise PaperpruneError(f"response={self.response!r} ({_flag('response')}) applies to the class-wise "
+                                  f"criteria (classwise, sglp, stlp), not to --method {self.method}")
         for name, (kind, low, optional, meaning) in _NUMBERS.items():
             setattr(self, name, _checked_number(name, getattr(self, name), kind, low, optional, meaning))
         if self.flops_reduction is None and self.latency_reduction is None:
@@ -596,7 +601,8 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            flops_reduction=config.flops_reduction, input_size=input_size,
                            num_classes=info.num_classes, samples_per_class=config.samples_per_class,
                            omega=config.omega, gamma_ratio=config.gamma_ratio, nonnegative=config.nonnegative,
-                           structure=config.structure, rho=config.rho, knn=config.knn, taxonomy=info.taxonomy,
+                           structure=config.structure, response=config.response, rho=config.rho, knn=config.knn,
+                           taxonomy=info.taxonomy,
                            seed=config.seed, device=device, progress=progress,
                            latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
                            latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding)

@@ -224,7 +224,8 @@ def _checked_batch(x, y, num_classes: int, in_channels: int | None) -> tuple[tor
 def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float | None = None,
           input_size: tuple[int, ...] | None = None, *, layers=None, num_classes: int | None = None,
           samples_per_class: int = 20, omega: int = 4, gamma_ratio: float = 0.5,
-          nonnegative: bool = False, structure: str = "embedding", rho: float = 0.5, knn: int | None = None,
+          nonnegative: bool = False, structure: str = "embedding", response: str = "class", rho: float = 0.5,
+          knn: int | None = None,
           taxonomy: dict[str, list[int]] | None = None,
           classifier: str | None = None, seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True,
@@ -242,7 +243,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     The lasso criteria solve the signed problem unless `nonnegative=True` (the B >= 0
     ablation, METHOD.md section 2); `structure` picks the class tree of sTLP-IB and the class
     graph of sGLP-IB ('embedding' or the dataset's 'taxonomy'), `rho` and `knn` the graph's
-    edges (|corr| > rho, or each class's knn most correlated classes).
+    edges (|corr| > rho, or each class's knn most correlated classes); `response="class+output"`
+    adds APIB's response (the consuming layer's output) to the class-wise criteria's class kernels.
 
     `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
@@ -277,7 +279,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                               f"{nonfinite[0]!r}); its training diverged: retrain it (e.g. with a smaller "
                               "learning rate)")
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
-                                 structure=structure, rho=rho, knn=knn)
+                                 structure=structure, response=response, rho=rho, knn=knn)
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device

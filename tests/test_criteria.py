@@ -113,3 +113,42 @@ def test_graph_options_and_taxonomy_reach_sglp(trained_resnet56):
     with pytest.raises(PaperpruneError, match="no known class hierarchy"):
         bare = Calibration(calibration.images, calibration.labels, 10, {}, "classifier")
         create_criterion("sglp", structure="taxonomy").prepare(model, layers, bare)
+
+
+@pytest.mark.parametrize("method", ["classwise", "sglp", "stlp"])
+def test_class_plus_output_response_adds_apibs_column(trained_resnet56, method):
+    """response='class+output': R is the class kernels' relevance with APIB's (the consuming layer's
+    output) as one more column, for every class-wise criterion; the penalty takes the extra column
+    (sTLP-IB: one more leaf, weight 1; sGLP-IB: no edge to it), and it changes what is kept."""
+    model, calibration = trained_resnet56
+    layers = prunable_layers(model)[-2:]
+    plain, both = create_criterion(method), create_criterion(method, response="class+output")
+    plain.prepare(model, layers, calibration)
+    both.prepare(model, layers, calibration)
+    apib = create_criterion("apib")
+    apib.prepare(model, layers, calibration)
+    for layer in layers:
+        Q, R = both.problems[layer.name]
+        Qp, Rp = plain.problems[layer.name]
+        torch.testing.assert_close(Q, Qp)
+        torch.testing.assert_close(R, torch.cat([Rp, apib.problems[layer.name][1]], 1))
+    if method == "stlp":
+        assert both.tree.num_classes == 11 and both.tree.groups[-1] == [10] and float(both.tree.weights[-1]) == 1.0
+    if method == "sglp":
+        assert torch.equal(both.graph.edges, plain.graph.edges)
+    level = 0.5 * sum(both.bounds())
+    kept = [torch.equal(both.select(level)[n][0], plain.select(level)[n][0]) for n in both.problems]
+    assert not all(kept)
+    assert both.describe(level)["response"] == "class+output" and plain.describe(level)["response"] == "class"
+
+
+def test_response_option_is_refused_where_it_means_nothing():
+    with pytest.raises(PaperpruneError, match="response='output'"):
+        create_criterion("classwise", response="output")
+    with pytest.raises(PaperpruneError, match="applies to the class-wise criteria"):
+        create_criterion("apib", response="class+output")
+    from paperprune.experiment import RunConfig
+
+    with pytest.raises(PaperpruneError, match="not to --method l1"):
+        RunConfig(dataset="fashion-mnist", arch="resnet56", method="l1", flops_reduction=0.5, pretrain_epochs=1,
+                  response="class+output").validate()

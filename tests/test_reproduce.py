@@ -169,9 +169,11 @@ def test_evidence_profiles_plan(tmp_path):
         assert len(main) == 1  # item 4
         assert set(main[0]["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
         variants = {out.name: job for out, job in curves if job.get("criterion_options")}
-        assert set(variants) == {f"fashion-mnist-{arch}-{v}" for v in ("nonnegative", "structure-taxonomy")}
-        for job in variants.values():  # item 6: two targets of the main curves, so each variant pairs with them
-            assert len(job["targets"]) == 2 and set(job["targets"]) <= set(main[0]["targets"])
+        assert set(variants) == {f"fashion-mnist-{arch}-{v}"
+                                 for v in ("nonnegative", "structure-taxonomy", "response-class+output")}
+        for job in variants.values():  # item 6: targets of the main curves, so each variant pairs with them
+            assert len(job["targets"]) == (2 if arch == "resnet56" else 1)
+            assert set(job["targets"]) <= set(main[0]["targets"])
         assert profile.latency_repeats == 0
         minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
         assert sum(minutes.values()) <= 150 and minutes["curves"] > 0
