@@ -339,7 +339,11 @@ class STLPCriterion(LassoCriterion):
     name = "stlp"
 
     def build_structure(self):
-        from .structure import ClassTree, class_tree_from_embeddings, class_tree_from_taxonomy
+        from .structure import (
+            ClassTree,
+            class_tree_from_embeddings,
+            class_tree_from_taxonomy,
+        )
 
         if self.structure == "taxonomy":
             tree = class_tree_from_taxonomy(_taxonomy(self), self.embeddings.shape[0])
