@@ -178,6 +178,7 @@ class LassoCriterion(Criterion):
         self.max_iter = max_iter
         self._warm: dict[str, torch.Tensor] = {}
         self._support: dict[float, int] = {}
+        self._selected: dict[float, dict] = {}
 
     #: the response kernel of `layer_statistics`: None (class kernels only), or "consumer"
     response_source: str | None = None
@@ -200,6 +201,7 @@ class LassoCriterion(Criterion):
         self.channels = {name: Q.shape[0] for name, (Q, _) in self.problems.items()}
         self._warm.clear()
         self._support.clear()
+        self._selected.clear()
         self.lam_hi = self._empty_lam()
         self.lam_lo = 1e-4 * self.lam_hi
 
@@ -248,6 +250,10 @@ class LassoCriterion(Criterion):
                 "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
 
     def select(self, level):
+        """Kept masks and ranks at `level`, memoised: the budget rule of several targets on one prepared
+        criterion (the curves) asks again for the same levels (its bounds and first bisection steps)."""
+        if level in self._selected:
+            return self._selected[level]
         chosen, support = {}, 0
         for name, B in self.solutions(self.lam(level)).items():
             norms = B.norm(dim=1)
@@ -257,6 +263,7 @@ class LassoCriterion(Criterion):
                 mask = mask | (self.relevance[name] > 1.0 + level)
             chosen[name] = (mask, norms + 1e-12 * self.relevance[name])
         self._support[level] = support
+        self._selected[level] = chosen
         return chosen
 
     def bounds(self):

@@ -163,18 +163,23 @@ def select_channels(criterion, predictor, flops_reduction: float, *, cost=None, 
         return keep, widths, value, ranks, 1.0 - value / base_cost
 
     lo, hi = criterion.bounds()
-    at_lo, at_hi = evaluate(lo), evaluate(hi)
+    at_hi = evaluate(hi)
     if at_hi[-1] < target - tolerance:
         raise PaperpruneError(
             f"{target_name}={target:.3f} is unreachable: keeping only the floor omega={omega} "
             f"channels per layer (or what {criterion.name} keeps at its strongest setting) removes "
             f"{at_hi[-1]:.3f} {what}; lower omega or ask for a smaller reduction")
-    if at_lo[-1] > target + tolerance:
-        raise PaperpruneError(
-            f"{target_name}={target:.3f} is unreachable for {criterion.name}: even at its weakest "
-            f"setting (level {lo:.3g}) it removes {at_lo[-1]:.3f} {what}; ask for a larger "
-            "reduction or use a larger calibration set")
-    best, best_level, steps, bracket = _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps,
+
+    def weakest():  # evaluated only when the bisection needs it: the weakest lasso is the slowest to solve
+        at_lo = evaluate(lo)
+        if at_lo[-1] > target + tolerance:
+            raise PaperpruneError(
+                f"{target_name}={target:.3f} is unreachable for {criterion.name}: even at its weakest "
+                f"setting (level {lo:.3g}) it removes {at_lo[-1]:.3f} {what}; ask for a larger "
+                "reduction or use a larger calibration set")
+        return at_lo
+
+    best, best_level, steps, bracket = _bisect(evaluate, lo, hi, weakest, at_hi, target, tolerance, max_steps,
                                                f"budget {criterion.name}", progress)
     split = 0
     if abs(best[-1] - target) > tolerance:
@@ -225,12 +230,13 @@ def _split_ties(below, above, result, target, omega, fixed, order):
     return best, split
 
 
-def _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps, desc, progress):
+def _bisect(evaluate, lo, hi, weakest, at_hi, target, tolerance, max_steps, desc, progress):
     """Bisection on the level; results are (..., reduction) tuples; returns the closest, its level, steps,
-    and the final bracket ((level, result) below the target, (level, result) above it)."""
-    bracket = [(lo, at_lo), (hi, at_hi)]
-    best = min((at_lo, at_hi), key=lambda r: abs(r[-1] - target))
-    best_level = lo if best is at_lo else hi
+    and the final bracket ((level, result) below the target, (level, result) above it). The result at
+    `lo` comes from `weakest()`, called only if no level tried falls below the target and none is within
+    `tolerance` (then the bracket's lower end may stay (lo, None))."""
+    bracket = [(lo, None), (hi, at_hi)]
+    best, best_level = at_hi, hi
     steps = 0
     bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False)
     try:
@@ -248,4 +254,9 @@ def _bisect(evaluate, lo, hi, at_lo, at_hi, target, tolerance, max_steps, desc, 
             bar.set_postfix(reduction=f"{result[-1]:.4f}", target=f"{target:.4f}")
     finally:
         bar.close()
+    if bracket[0][1] is None and abs(best[-1] - target) > tolerance:
+        at_lo = weakest()
+        bracket[0] = (lo, at_lo)
+        if abs(at_lo[-1] - target) < abs(best[-1] - target):
+            best, best_level = at_lo, lo
     return best, best_level, steps, bracket

@@ -64,6 +64,37 @@ def test_bisection_hits_target_within_one_percent(target):
             assert scores[name][dropped].max() <= kept_min
 
 
+class Counting(FixedScores):
+    """FixedScores that records the levels asked for; `dead` leading channels of every layer are never kept."""
+
+    def __init__(self, scores, dead=0):
+        super().__init__(scores)
+        self.asked, self.dead = [], dead
+
+    def select(self, level):
+        self.asked.append(level)
+        chosen = super().select(level)
+        for mask, _ in chosen.values():
+            mask[:self.dead] = False
+        return chosen
+
+
+def test_the_weakest_level_is_evaluated_only_when_needed():
+    """The weakest setting (the slowest lasso to solve) is asked for only when no bisection step falls
+    below the target; it still refuses a target it overshoots even there."""
+    crit, cost, scores = make()
+    counting = Counting(scores)
+    counting.prepare(None, None, None)
+    lo, hi = counting.bounds()
+    sel = select_channels(counting, cost, 0.5, omega=2, progress=False)
+    assert lo not in counting.asked and counting.asked[0] == hi and sel.steps == len(counting.asked) - 1
+    dead = Counting(scores, dead=12)  # 12 of 16-64 channels never kept: even the weakest level removes > 0.3
+    dead.prepare(None, None, None)
+    with pytest.raises(PaperpruneError, match="unreachable for fixed: even at its weakest setting"):
+        select_channels(dead, cost, 0.05, omega=2, progress=False)
+    assert dead.asked[-1] == lo
+
+
 def test_unreachable_targets_are_clear_errors():
     crit, cost, _ = make()
     with pytest.raises(PaperpruneError, match="unreachable.*omega=60"):
