@@ -20,7 +20,8 @@ grid cell with no completed run reads "not run".
 """
 from .build import build_reports
 from .curves import (AGNOSTIC, CLASSWISE, CURVE_METRICS, curve_overlap, curves_report, curves_table, load_curves,
-                     paired_curves, paired_runs, paired_table, plot_curve_widths, plot_curves, plot_overlap)
+                     paired_curves, paired_runs, paired_table, plot_curve_widths, plot_curves, plot_overlap,
+                     variant_table)
 from .figures import (plot_class_graph, plot_class_tree, plot_layer_widths, plot_sensitivity, plot_tradeoff,
                       save_figure)
 from .records import (ABLATION_METHODS, BOOKKEEPING_KEYS, DATASET_ORDER, FIXTURE_HOSTNAME, GRID, METHOD_LABELS,
@@ -30,7 +31,8 @@ from .tables import Table, ablation_table, failed_runs_summary, results_table, s
 __all__ = [
     "AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "curve_overlap", "curves_report", "curves_table", "load_curves",
     "paired_curves", "paired_runs", "paired_table", "plot_curve_widths", "plot_curves", "plot_overlap",
-    "ABLATION_METHODS", "BOOKKEEPING_KEYS", "DATASET_ORDER", "FIXTURE_HOSTNAME", "GRID", "METHOD_LABELS", "MISSING",
+    "variant_table", "ABLATION_METHODS", "BOOKKEEPING_KEYS", "DATASET_ORDER", "FIXTURE_HOSTNAME", "GRID",
+    "METHOD_LABELS", "MISSING",
     "NOT_RUN", "PAPER_METHODS", "SENSITIVITY_PARAMS", "Table", "ablation_table", "build_reports",
     "failed_runs_summary", "load_references", "load_runs", "plot_class_graph", "plot_class_tree",
     "plot_layer_widths", "plot_sensitivity", "plot_tradeoff", "results_table", "save_figure",
