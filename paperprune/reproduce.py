@@ -308,11 +308,37 @@ def _execute(notebook: Path, final: Path, parameters: dict, *, failed: Path | No
     return final
 
 
+def _with_defaults(params: dict, defaults: dict) -> dict:
+    """`params` with every other setting at its API default, for papermill: a notebook's parameters
+    cell holds demo values (e.g. `test_per_class = 10`), which would otherwise apply to whatever a
+    job leaves out."""
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}, **params}
+
+
+def _run_defaults() -> dict:
+    from dataclasses import MISSING, fields
+
+    from .experiment import RunConfig
+
+    return {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+
+
+def _curves_defaults() -> dict:
+    import inspect
+
+    from .curves import run
+
+    return {name: p.default for name, p in inspect.signature(run).parameters.items()
+            if p.default is not inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY}
+
+
 def execute_run(notebook: Path, out: Path, params: dict, *, cache_dir: Path, threads: int,
                 latency_repeats: int = 10, deployed_latency: bool = True) -> None:
-    """Execute the experiment notebook for one run; on failure record error.json and re-raise."""
-    parameters = dict(params, out=str(out), cache_dir=str(cache_dir), threads=threads, progress=False,
-                      latency_repeats=latency_repeats, deployed_latency=deployed_latency)
+    """Execute the experiment notebook for one run (every RunConfig field injected: the ones `params`
+    leaves out at RunConfig's defaults); on failure record error.json and re-raise."""
+    parameters = dict(_with_defaults(params, _run_defaults()), out=str(out), cache_dir=str(cache_dir),
+                      threads=threads, progress=False, latency_repeats=latency_repeats,
+                      deployed_latency=deployed_latency)
     _execute_recorded(notebook, out, "experiment", parameters, params)
 
 
@@ -396,9 +422,10 @@ def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
 
 
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int) -> None:
-    """Execute the curves notebook for one job (resumable inside `paperprune.curves.run`); on
-    failure record error.json and re-raise."""
-    _execute_recorded(notebook, out, "curves", dict(job, out=str(out), threads=threads, progress=False), job)
+    """Execute the curves notebook for one job (resumable inside `paperprune.curves.run`; what the job
+    leaves out at `curves.run`'s defaults); on failure record error.json and re-raise."""
+    parameters = dict(_with_defaults(job, _curves_defaults()), out=str(out), threads=threads, progress=False)
+    _execute_recorded(notebook, out, "curves", parameters, job)
 
 
 def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path, figures: Path):

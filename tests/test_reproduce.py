@@ -245,6 +245,23 @@ def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
     assert again == [str(weights)]
 
 
+def test_a_setting_a_job_leaves_out_is_the_apis_default_not_the_notebooks_demo_value(tmp_path, monkeypatch):
+    """The notebooks' parameters cells hold demo values (experiment: test_per_class = 10, lr = 0.05;
+    curves: precision = "fp32", a 4-image test set); a job that leaves a setting out gets the API's default."""
+    seen = {}
+    monkeypatch.setattr(reproduce, "_execute", lambda notebook, final, parameters, **k: seen.update(parameters))
+    reproduce.execute_run(REPO / "notebooks" / "experiment.ipynb", tmp_path / "run",
+                          dict(dataset="fashion-mnist", arch="resnet56", method="l1", flops_reduction=0.5),
+                          cache_dir=tmp_path, threads=1)
+    assert seen["test_per_class"] is None and seen["lr"] == 0.1 and seen["per_class"] is None
+    assert seen["samples_per_class"] == 20 and seen["method"] == "l1" and seen["device"] == "auto"
+    seen.clear()
+    reproduce.execute_curves(REPO / "notebooks" / "curves.ipynb", tmp_path / "curves",
+                             dict(dataset="fashion-mnist", arch="resnet56", methods=["l1"]), threads=1)
+    assert seen["test_per_class"] is None and seen["targets"] == [0.3, 0.45, 0.6, 0.75] and seen["methods"] == ["l1"]
+    assert seen["bn_images"] == 256 and seen["samples_per_class"] == 20
+
+
 def test_a_failed_baseline_fails_its_dependents_with_its_cause(tmp_path, monkeypatch, capsys):
     profile = tiny_chain()
     profile.baselines[0]["epochs"] = 0  # train refuses it
