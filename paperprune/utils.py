@@ -253,8 +253,15 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+#: the commit of the code this process imported (a long run's records are written after the
+#: checkout may have moved on: HEAD at write time would name code that did not run)
+IMPORTED_COMMIT = git_commit()
+
+
 def environment_info(device: str | torch.device | None = None) -> dict:
-    """What a recorded result needs to be traced: versions, device, commit, host, date."""
+    """What a recorded result needs to be traced: versions, device, host, date, and `git_commit`,
+    the commit of the code this process imported (with `git_commit_now`, HEAD at the time of
+    writing, when the checkout changed since)."""
     import torchvision
 
     from . import __version__
@@ -265,9 +272,11 @@ def environment_info(device: str | torch.device | None = None) -> dict:
     except ImportError:
         tp_version = None
     dev = torch.device(device) if device is not None else None
+    now = git_commit()
     info = {
         "paperprune": __version__,
-        "git_commit": git_commit(),
+        "git_commit": IMPORTED_COMMIT,
+        **({"git_commit_now": now} if now != IMPORTED_COMMIT else {}),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -177,3 +177,16 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     assert record["timings"]["pretrain_s"] == pytest.approx(pretrain_s) and pretrain_s > 0.5
     finetune_s = sum(json.loads(line)["epoch_seconds"] for line in metrics.read_text().splitlines())
     assert record["timings"]["finetune_s"] == pytest.approx(finetune_s)
+
+
+def test_a_record_names_the_commit_the_process_imported(monkeypatch):
+    """A long run is written after the checkout may have moved on: the record names the code that
+    ran (the commit at import), and HEAD at writing beside it when they differ."""
+    from paperprune import utils
+
+    monkeypatch.setattr(utils, "IMPORTED_COMMIT", "a" * 40)
+    monkeypatch.setattr(utils, "git_commit", lambda path=None: "b" * 40)
+    env = utils.environment_info("cpu")
+    assert env["git_commit"] == "a" * 40 and env["git_commit_now"] == "b" * 40
+    monkeypatch.setattr(utils, "git_commit", lambda path=None: "a" * 40)
+    assert "git_commit_now" not in utils.environment_info("cpu")
