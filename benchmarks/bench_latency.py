@@ -162,7 +162,8 @@ def bench_arch(arch, args, loaders, save):
              "base_top1": evaluate(model, test_loader, "cpu", topk=(1,))["top1"], "table_s": table_s,
              "table_cached": Path(latency.table["path"]) in cached, "table_key": latency.key,
              "table_key_hash": latency.key_hash, "full_us": latency.full_us,
-             "rest_us": latency.rest_us, "unit_scale": latency.unit_scale, "multiples": latency.multiples(), "errors": errors, "rows": []}
+             "rest_us": latency.rest_us, "unit_scale": latency.unit_scale, "multiples": latency.multiples(),
+             "errors": errors, "rows": []}
     save(entry)
     entry["floor"] = floor_entry(model, layers, latency, args)
     print(f"{arch}: floor (omega={args.omega}) measured -{100 * entry['floor']['measured_reduction']:.1f}%, "

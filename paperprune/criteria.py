@@ -246,8 +246,8 @@ class LassoCriterion(Criterion):
         """lam at `level`, the channels the lasso itself kept there, and the top-up threshold if used."""
         if level not in self._support:
             self.select(level)
-        return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative, "response": self.response_option,
-                "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
+        return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
+                "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
 
     def select(self, level):
         """Kept masks and ranks at `level`, memoised: the budget rule of several targets on one prepared

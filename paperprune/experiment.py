@@ -558,9 +558,9 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
     if _finetune(config, pruned, test_loader, out / "finetune", device, progress):
         resumed.append("finetune")
 
+    precision = resolve_precision(config.precision, device)
     start = time.perf_counter()
-    final = evaluate(pruned, test_loader, device, topk=_topk(config), per_image=True,
-                     precision=resolve_precision(config.precision, device))
+    final = evaluate(pruned, test_loader, device, topk=_topk(config), per_image=True, precision=precision)
     report = pruning["report"]
     timings = {"pretrain_s": pretrain_s, **{k: report["timings"][k] for k in ("statistics_s", "selection_s",
                                                                               "surgery_s")},
@@ -570,7 +570,7 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
     record = RunRecord(
         schema=SCHEMA, status="complete", config=asdict(config), data=DataIdentity(**data),
         baseline_cache=str(bdir) if bdir is not None else None, environment=environment_info(device),
-        precision=resolve_precision(config.precision, device),
+        precision=precision,
         baseline=Evaluation(**{k: baseline[k] for k in ("top1", "top5", "params", "macs")}),
         pruned=Pruned(top1_before_finetune=pruning["top1_before_finetune"], top1=final["top1"], top5=final.get("top5"),
                       params=params, macs=macs, params_reduction=1.0 - params / baseline["params"],

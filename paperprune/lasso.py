@@ -213,24 +213,24 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     if classes_first and Dp is not None:
         base = base.T.contiguous()
 
-    def factors(rho):
+    def factors(rho):  # (P, P Rl) without fusion, else (1 / (q + rho p), None)
         if Dp is None:
             P = (Uq * (1 / (q + rho))) @ UqT
             return P, P @ Rl
         return 1 / ((q[None, :] + rho * shift.T) if classes_first else (q[:, None] + rho * shift)), None
 
-    dinv, b0 = factors(rho)
+    inverse, b0 = factors(rho)
     U = Y / rho
     r_rel = s_rel = float("inf")
     converged, it = False, 0
     for it in range(1, max_iter + 1):
         if Dp is None:
-            BD = torch.addmm(b0, dinv, S - U, alpha=rho)
+            BD = torch.addmm(b0, inverse, S - U, alpha=rho)
         elif classes_first:
-            M = torch.addmm(base, back @ (S - U).T, Uq, alpha=rho).mul_(dinv)
+            M = torch.addmm(base, back @ (S - U).T, Uq, alpha=rho).mul_(inverse)
             BD = (M @ UqT).T @ back
         else:
-            M = torch.addmm(base, UqT, (S - U) @ into, alpha=rho).mul_(dinv)
+            M = torch.addmm(base, UqT, (S - U) @ into, alpha=rho).mul_(inverse)
             BD = (Uq @ M) @ back
         S_prev = S
         S, U = split(torch.lerp(S, BD, relax).add_(U), rho)  # relax B Dp^T + (1 - relax) S_prev + U
@@ -248,7 +248,7 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
         if it % rebalance == 0 and max(r_rel, s_rel) > 10 * min(r_rel, s_rel):
             f = 2.0 if r_rel > s_rel else 0.5
             rho, U = rho * f, U / f
-            dinv, b0 = factors(rho)
+            inverse, b0 = factors(rho)
     return _AdmmRun(S[:, :K], rho * U, rho, it, converged, r_rel, s_rel)
 
 
@@ -274,7 +274,8 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
     restricted problem is solved by `_admm`, and rows whose zero does not satisfy the KKT condition
     (`violation(G, refine)`, G = Q B - R, a per-row norm, an upper bound that is 0 when B[k] = 0 is
     optimal given the other rows; `refine=False` allows a looser, cheaper bound, asked for where the
-    screen only picks rows, never certifies: the first screen of a small layer) join the set; repeat until no row outside violates it by more than tol ||R||. Pruned layers
+    screen only picks rows, never certifies: the first screen of a small layer) join the set; repeat
+    until no row outside violates it by more than tol ||R||. Pruned layers
     keep few channels, so the restricted problems are small and better conditioned. A round adds
     the max(_GROW_MIN, set size) worst violators; a layer of at most 2 _GROW_MIN rows takes every
     violator at once (its set would hold half the rows anyway, and each round costs a restart and an
@@ -284,8 +285,8 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
 
     `fusion` is `_fusion_basis(D)` for sGLP and None for sTLP (see `_admm`).
     Each round's ADMM stops at primal_factor times its tolerance on the primal residual (not below
-    10 eps of the dtype) and over-relaxes by `relax`. Returns a `LassoResult` without its objective (nan: the caller scores B
-    with its own penalty); residual is the largest of the primal, dual and screened residuals. Runs under torch.inference_mode (per-op overhead dominates
+    10 eps of the dtype) and over-relaxes by `relax`. Returns a `LassoResult` without its objective
+    (nan: the caller scores B with its own penalty); residual is the largest of the primal, dual and screened residuals. Runs under torch.inference_mode (per-op overhead dominates
     these small iterations); the returned B is an ordinary tensor.
     """
     with torch.inference_mode():  # no autograd bookkeeping per op (~5% here); B is cloned back out

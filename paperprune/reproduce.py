@@ -10,7 +10,8 @@ A profile has up to three stages, run in this order, each skipped where its reco
 3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
    done when run.json is there.
 A curves job or run may name a stage-1 baseline (`baseline="<arch>"`): it then starts from that
-baseline's final.pt; or shipped weights (`pretrained="fashion-mnist"`, as `create_model` names them). A failed job leaves `error.json` (and the failed notebook) and the batch
+baseline's final.pt; or shipped weights (`pretrained="fashion-mnist"`, as `create_model` names
+them). A failed job leaves `error.json` (and the failed notebook) and the batch
 goes on; failures are listed at the end. Then the tables and figures are written under
 FIGURES (curves: `reporting.curves_report`; runs: `notebooks/report.ipynb`; baselines: a table),
 and the records (run.json, curves.json, executed notebooks, the baselines' config.json and
@@ -158,7 +159,8 @@ def _evidence() -> list[Profile]:
     resnet = Profile(
         "evidence",
         "Fashion-MNIST, the shipped ResNet-56 (15 epochs on all 60,000 training images, lr 0.1, weight decay 1e-4, "
-        f"bf16; 93.14% final-epoch top-1): {what(EVIDENCE_ABLATION_TARGETS)}; the fine-tuned comparison at -55% FLOPs, all criteria, three "
+        f"bf16; 93.14% final-epoch top-1): {what(EVIDENCE_ABLATION_TARGETS)}; the fine-tuned comparison at -55% "
+        "FLOPs, all criteria, three "
         "seeds, one epoch over 10,000 class-balanced training images at lr 0.01 (item 5). Evaluations in bf16 "
         "where the CPU runs it.",
         runs, _evidence_curves("resnet56", dict(pretrained="fashion-mnist"), EVIDENCE_ABLATION_TARGETS),
