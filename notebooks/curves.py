@@ -26,6 +26,7 @@ precision = "fp32"  # of the test evaluations; "auto": bf16 autocast where the C
 data_root = None
 out = "runs/curves-demo"
 threads = None
+device = "cpu"  # of selection and evaluation: "cpu", "cuda", "cuda:N" or "auto"
 progress = True
 
 # %%
@@ -47,7 +48,7 @@ if pretrained is None and weights is None:  # the demo: an untrained model saved
 record = curves.run(dataset, arch, out, pretrained=pretrained, weights=weights, methods=methods, targets=targets,
                     seeds=seeds, samples_per_class=samples_per_class, bn_images=bn_images,
                     test_per_class=test_per_class, criterion_options=criterion_options, precision=precision,
-                    data_root=data_root, device="cpu", progress=progress)
+                    data_root=data_root, device=device, progress=progress)
 variant = curves.variant_name(record["config"]["criterion_options"]) or "no options"
 print(f"{len(record['points'])} points ({variant}) on {record['config']['test_images']} test images in "
       f"{record['timings']['wall_s']:.0f} s")

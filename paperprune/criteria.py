@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,9 @@ from torch import nn
 from .utils import PaperpruneError
 
 METHODS = ("random", "l1", "hrank", "apib", "classwise", "sglp", "stlp")
+#: the criteria with class-wise information (METHOD.md section 2), and the class-agnostic ones they are compared with
+CLASSWISE = ("classwise", "sglp", "stlp")
+AGNOSTIC = ("l1", "hrank", "apib", "random")
 
 
 @dataclass
@@ -177,6 +181,7 @@ class LassoCriterion(Criterion):
         self.solver_tol = solver_tol
         self.max_iter = max_iter
         self._warm: dict[str, torch.Tensor] = {}
+        self._unconverged: dict[float, list[str]] = {}
         self._support: dict[float, int] = {}
         self._selected: dict[float, dict] = {}
 
@@ -200,6 +205,7 @@ class LassoCriterion(Criterion):
             self.relevance[name] = norms / norms.max() if norms.max() > 0 else norms
         self.channels = {name: Q.shape[0] for name, (Q, _) in self.problems.items()}
         self._warm.clear()
+        self._unconverged.clear()
         self._support.clear()
         self._selected.clear()
         self.lam_hi = self._empty_lam()
@@ -224,11 +230,16 @@ class LassoCriterion(Criterion):
                           max_iter=self.max_iter, B0=B0)
 
     def solutions(self, lam: float) -> dict[str, torch.Tensor]:
-        out = {}
+        """B per layer at `lam`, warm-started from the last solve; layers whose solve stopped at max_iter
+        are remembered per lam (`describe` reports them)."""
+        out, stalled = {}, []
         for name, (Q, R) in self.problems.items():
             result = self.solve(Q, R, lam, self._warm.get(name))
             self._warm[name] = result.B
             out[name] = result.B
+            if not result.converged:
+                stalled.append(name)
+        self._unconverged[lam] = stalled
         return out
 
     def _empty_lam(self) -> float:
@@ -246,8 +257,16 @@ class LassoCriterion(Criterion):
         """lam at `level`, the channels the lasso itself kept there, and the top-up threshold if used."""
         if level not in self._support:
             self.select(level)
+        stalled = self._unconverged.get(self.lam(level), [])
+        if stalled:
+            warnings.warn(f"{self.name}: the solver stopped at max_iter={self.max_iter} before its tolerance on "
+                          f"{len(stalled)} layer(s) ({', '.join(stalled[:4])}{', ...' if len(stalled) > 4 else ''}) "
+                          "at the chosen lam, so their kept channels are approximate. The usual cause is a singular "
+                          "redundancy Q: a layer of more channels than the N(N-1)/2 dimensions N calibration "
+                          "samples span; use more samples per class.", stacklevel=2)
         return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
-                "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None, "lasso_support": self._support[level]}
+                "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None,
+                "lasso_support": self._support[level], "unconverged_layers": stalled}
 
     def select(self, level):
         """Kept masks and ranks at `level`, memoised: the budget rule of several targets on one prepared

@@ -148,7 +148,8 @@ class RunRecord:
     baseline: Evaluation = _field("the baseline before pruning")
     pruned: Pruned = _field("the pruned model")
     lam: float | None = _field("the lasso's lam reached (null for criteria without one)", optional=True)
-    criterion: dict | None = _field("what the criterion reports: lam, `lasso_support`, `relevance_threshold`, ...",
+    criterion: dict | None = _field("what the criterion reports: lam, `lasso_support`, `relevance_threshold`, "
+                                    "`unconverged_layers`, ...",
                                     since=2)
     layers: list[Layer] | None = _field("per prunable layer, widths before and after", optional=True)
     latency: dict = _field("base and pruned forward time (ms): `cpu_bs1`, `cpu_bs64` (and `cuda_bs64` on a GPU) "
@@ -243,6 +244,9 @@ class CurvePoint:
     correct: Packed | None = _field("per-image correctness behind `top1`, packed", optional=True)
     correct_bn: Packed | None = _field("per-image correctness behind `top1_bn`, packed", optional=True)
     evaluate_s: float | None = _field("seconds of the two test evaluations and the BN re-estimation", optional=True)
+    evaluated: str | None = _field("how the test evaluations ran: \"fold-bn\", BatchNorm folded into the layer before "
+                                   "it (`paperprune.deploy.fold_batchnorm`); absent in records before it: unfolded",
+                                   optional=True)
 
     #: what a measured point always had (the readers need them); the rest is required since schema 2
     MEASURED = ("macs_reduction", "top1", "top1_bn", "correct", "correct_bn", "widths")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .criteria import METHODS
+from .criteria import CLASSWISE, METHODS
 from .models.pretrained import PRETRAINED, pretrained_path
 from .utils import DirLock, PaperpruneError, atomic_write_json
 
@@ -71,9 +71,11 @@ def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
 
 
 # The quick profile's sizes are ours, chosen for its 15-minute budget on 2 CPU cores: 63 points of a ResNet-56
-# evaluated twice (raw, adaptive BN) cost ~11 s each on 5,000 test images in bf16 (0.9 s per 256 images on
-# one thread for the unpruned model, measured; fp32 took 2.4 s), the whole test set would double that.
+# evaluated twice (raw, adaptive BN). On 5,000 test images in bf16, unfolded, evaluation took 1,100 s of the
+# record's 1,392 s (figures/quick at fc7eadd); BatchNorm folded (EVAL_FOLD_SPEEDUP) cuts that. 3,000 images
+# would bring the estimate to 13 min; not taken until the README's quick table is rerun with it.
 QUICK_SAMPLES = 10  # calibration images per class of the quick profile
+QUICK_TEST_PER_CLASS = 500
 
 # The evidence profiles (issue 12 items 4-7), sized by the measured costs in COSTS (`python -m
 # paperprune.reproduce --profile evidence --dry-run` prints the estimate). Items 4-6 on both baselines plus two
@@ -98,9 +100,9 @@ EVIDENCE_FINETUNE = dict(finetune_epochs=1, per_class=1000, batch_size=128, fine
 #: signed vs B >= 0 (the three lasso criteria); structure: graph (sglp) vs tree from embeddings (stlp) vs tree
 #: from the taxonomy vs none (classwise) -- the taxonomy tree is the one not in the main curves; the class
 #: kernels vs those plus APIB's response (the consuming layer's output)
-EVIDENCE_ABLATIONS = [({"nonnegative": True}, ["classwise", "sglp", "stlp"]),
+EVIDENCE_ABLATIONS = [({"nonnegative": True}, list(CLASSWISE)),
                       ({"structure": "taxonomy"}, ["stlp"]),
-                      ({"response": "class+output"}, ["classwise", "sglp", "stlp"])]
+                      ({"response": "class+output"}, list(CLASSWISE))]
 
 
 def profiles() -> dict[str, Profile]:
@@ -113,7 +115,7 @@ def profiles() -> dict[str, Profile]:
         "evaluated in bf16 where the CPU runs it; no training, no fine-tuning.",
         curves=[dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", methods=list(METHODS),
                      targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
-                     bn_images=256, test_per_class=500, precision="auto")],
+                     bn_images=256, test_per_class=QUICK_TEST_PER_CLASS, precision="auto")],
         latency_repeats=3)
     evidence, evidence_vgg16 = _evidence()
     fmnist = Profile(
@@ -197,14 +199,16 @@ COSTS = {
     "vgg16": dict(train_step_s=0.57, eval_fp32_s=97.7, eval_bf16_s=36.6, gap=1.47,
                   statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 15.0, "other": 4.0}),
 }
+#: curves points are evaluated with BatchNorm folded (`paperprune.curves.EVALUATED`), COSTS' evaluations not:
+#: the folded one is this much faster (bf16, ResNet-56 pruned by 30-75%; benchmarks/results/eval.md)
+EVAL_FOLD_SPEEDUP = 1.34
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
 #: the reports: per curves record 15 s of figures and 1.4 s per paired bootstrap (10,000 draws over 3 seeds x
 #: 10,000 test images, measured: 1.4 CPU s) of each class-wise criterion against a class-agnostic one (and of
 #: each criterion of an ablation variant against the main curves), per target and metric; the run report 60 s
 FIGURES_S, BOOTSTRAP_S, RUN_REPORT_S = 15.0, 1.4, 60.0
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
-_LASSO = ("apib", "classwise", "sglp", "stlp")
-_CLASSWISE = ("classwise", "sglp", "stlp")
+_LASSO = ("apib", *CLASSWISE)
 
 
 def _steps(images: int, batch_size: int) -> int:
@@ -242,12 +246,13 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
     for job in curves:
         cost = COSTS[job["arch"]]
         evaluation = cost["eval_fp32_s" if job.get("precision", "fp32") == "fp32" else "eval_bf16_s"]
+        evaluation /= EVAL_FOLD_SPEEDUP
         scale = 10 * job["test_per_class"] / TEST_IMAGES if job.get("test_per_class") else 1.0
         out["curves"] += KERNEL_S + len(job["seeds"]) * sum(
             cost["statistics_s"][_kind(m)]
             + sum(cost["select_s"][_kind(m)] + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
             for m in job["methods"])
-        paired = sum(m in _CLASSWISE for m in job["methods"]) if set(job["methods"]) - set(_CLASSWISE) else 0
+        paired = sum(m in CLASSWISE for m in job["methods"]) if set(job["methods"]) - set(CLASSWISE) else 0
         paired += len(job["methods"]) if job.get("criterion_options") else 0  # a variant against the main curves
         out["reports"] += FIGURES_S + BOOTSTRAP_S * paired * len(job["targets"]) * 2
     for job in runs:
@@ -423,16 +428,17 @@ def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
                     figures / "tables", "baselines")
 
 
-def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int) -> None:
-    """Execute the curves notebook for one job (resumable inside `paperprune.curves.run`; what the job
-    leaves out at `curves.run`'s defaults); on failure record error.json and re-raise."""
-    parameters = dict(_with_defaults(job, _curves_defaults()), out=str(out), threads=threads, progress=False)
+def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int, device: str = "cpu") -> None:
+    """Execute the curves notebook for one job on `device` (resumable inside `paperprune.curves.run`; what
+    the job leaves out at `curves.run`'s defaults); on failure record error.json and re-raise."""
+    parameters = dict(_with_defaults(job, _curves_defaults()), out=str(out), threads=threads, device=device,
+                      progress=False)
     _execute_recorded(notebook, out, "curves", parameters, job)
 
 
-def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path, figures: Path):
-    """Run the profile's curve jobs one after another (each takes every CPU thread), then write each
-    record's tables and figures under `figures`; (failures, seconds)."""
+def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path, figures: Path, device: str):
+    """Run the profile's curve jobs one after another on `device` (each takes every CPU thread), then write
+    each record's tables and figures under `figures`; (failures, seconds)."""
     from .reporting import curves_report, load_curves
 
     failures, start = [], time.perf_counter()
@@ -440,7 +446,7 @@ def _run_curves(profile: Profile, jobs: list[tuple[Path, dict]], notebooks: Path
         try:
             if not (out / "curves.json").is_file():
                 _need_baseline(job.get("weights"))
-                execute_curves(notebooks / "curves.ipynb", out, job, threads=os.cpu_count() or 1)
+                execute_curves(notebooks / "curves.ipynb", out, job, threads=os.cpu_count() or 1, device=device)
             curves_report(load_curves(out / "curves.json"), figures)
         except Exception as e:  # noqa: BLE001 - a failed job is recorded and the batch goes on
             failures.append((out, error_message(e)[:300]))
@@ -480,7 +486,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="quick", help="quick | evidence | evidence-vgg16 | fmnist | paper")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own kernel process)")
     parser.add_argument("--devices", default=None,
-                        help="comma-separated CUDA device ids to spread runs over (default: cpu)")
+                        help="comma-separated CUDA device ids to spread runs over; curve jobs use the first "
+                             "(default: cpu)")
     parser.add_argument("--runs-root", default="runs", help="where run directories go (default runs/)")
     parser.add_argument("--figures", default=None,
                         help="where tables and figures go (default figures/PROFILE/)")
@@ -610,7 +617,7 @@ def _main(args) -> int:
     with DirLock(runs_root / profile.name, "reproduce batch", fix=", or use another --runs-root"):
         failures, train_seconds = _run_baselines(baselines, args.data_root)
         _baselines_table(baselines, figures)
-        curve_failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures)
+        curve_failures, curve_seconds = _run_curves(profile, curve_jobs, notebooks, figures, devices[0])
         failures += curve_failures
         try:
             ablation_tables(curve_jobs, figures)

@@ -1,6 +1,8 @@
 """The lasso criteria as METHOD.md section 2 specifies them: signed by default (the relevance top-up
 only under nonnegative=True), the class graph's options reachable, and APIB's response taken at
 the layer that consumes the candidate channels, for each of the six models."""
+import warnings
+
 import pytest
 import torch
 
@@ -67,6 +69,24 @@ def test_signed_support_reaches_full_width(trained_resnet56):
     support = sum(int(mask.sum()) for mask, _ in nonneg.select(0.0).values())
     assert support < sum(int(mask.sum()) for mask, _ in chosen.values())
     assert nonneg.describe(-0.5)["relevance_threshold"] == 0.5
+
+
+def test_a_solve_stopped_at_max_iter_is_reported(trained_resnet56):
+    """Layers whose solve hit max_iter at the chosen lam are named in `describe` and warned about."""
+    model, calibration = trained_resnet56
+    layers = prunable_layers(model)
+    full, short = create_criterion("classwise"), create_criterion("classwise")
+    short.max_iter = 10
+    full.prepare(model, layers, calibration)
+    short.prepare(model, layers, calibration)
+    level = 0.5 * sum(full.bounds())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert full.describe(level)["unconverged_layers"] == []
+    with pytest.warns(UserWarning, match="stopped at max_iter=10 before its tolerance") as caught:
+        stalled = short.describe(level)["unconverged_layers"]
+    assert stalled and set(stalled) <= {layer.name for layer in layers}
+    assert f"on {len(stalled)} layer(s)" in str(caught[0].message)
 
 
 @pytest.mark.parametrize("arch", list_models())

@@ -80,6 +80,20 @@ def test_a_point_equals_prune_alone(setup):
     assert np.array_equal(unpack_correct(point["correct"]), correct)
 
 
+def test_points_are_scored_with_batchnorm_folded(setup, monkeypatch):
+    model, calibration, test, bn = setup
+    scored, real = [], curves.correct_per_image
+    monkeypatch.setattr(curves, "correct_per_image", lambda m, *a: (scored.append(m), real(m, *a))[1])
+    (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("l1",), targets=(0.3,), seeds=(0,),
+                                     bn_images=32, device="cpu", progress=False)
+    assert len(scored) == 2 and point["evaluated"] == "fold-bn"
+    count = lambda m, kind: sum(isinstance(x, kind) for x in m.modules())  # noqa: E731
+    for m in scored:  # ResNet-56's 55 BatchNorms all follow a convolution: each became an Identity
+        assert count(m, nn.BatchNorm2d) == 0 and count(m, nn.Identity) == 55 + count(model, nn.Identity)
+    pruned, _ = prune(model, calibration(0), method="l1", flops_reduction=0.3, device="cpu", progress=False)
+    assert np.array_equal(unpack_correct(point["correct"]), real(pruned, test, "cpu"))
+
+
 def test_unreachable_target_is_recorded(setup):
     model, calibration, test, bn = setup
     (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("l1",), targets=(0.995,), seeds=(0,),

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parent.parent
 # a calibration set of 2 images per class is too small for APIB to stay below 62% of ResNet-50 MACs
 TINY = dict(pretrain_epochs=1, finetune_epochs=1, batch_size=16, per_class=1, test_per_class=1)
-SAMPLES = {"cifar10": 3, "cifar100": 3, "imagenet": 4}
+# calibration images per class: with N = K x n samples the channel kernels span at most N(N-1)/2
+# dimensions, so a layer of more channels (VGG-16's 512) gets a singular Q, on which ADMM stalls at
+# max_iter (measured: 3 per class on CIFAR-10's VGG-16, 12 of 117 solves, 23 s; 6 per class, none, 5 s)
+SAMPLES = {"cifar10": 6, "cifar100": 3, "imagenet": 4}
 
 
 def _pickle(path: Path, obj: dict) -> None:
@@ -32,7 +35,7 @@ def _pickle(path: Path, obj: dict) -> None:
         pickle.dump({k.encode(): v for k, v in obj.items()}, f, protocol=2)
 
 
-def write_cifar10(root: Path, rng, train_per_class_per_batch=1, test_per_class=1) -> None:
+def write_cifar10(root: Path, rng, train_per_class_per_batch=2, test_per_class=1) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     _pickle(folder / "batches.meta", {"label_names": [f"c{i}".encode() for i in range(10)], "num_vis": 3072})
@@ -104,16 +107,12 @@ def test_the_grid_is_the_papers(paper):
 
 
 GRID = [(run["dataset"], run["arch"], run["method"]) for run in reproduce.profiles()["paper"].runs]
-# `make test` runs every architecture of every dataset with the cheap criteria (random, l1: each
-# format, model, pretraining, surgery, fine-tuning and evaluation), every criterion on ResNet-56
-# (CIFAR-10) and ResNet-50 (ImageNet), and HRank, APIB and the class-wise lasso on CIFAR-100's
-# ResNet-56. The other lasso cells take minutes each on 2 CPU cores (measured here, under load:
-# classwise on VGG-16 197 s of selection; sGLP-IB on CIFAR-100's ResNet-56 over 12 minutes), so
-# they run with PAPERPRUNE_SMOKE=full.
+# `make test` runs 55 of the 56 cells (measured on 2 CPU cores, one thread, beside another job: 28.8 min
+# for this module, the lasso cells 2-85 s each). sGLP-IB on CIFAR-100's VGG-16 (100 classes, a fused pair
+# per graph edge on 512-channel layers) did not finish in 900 s; it runs with PAPERPRUNE_SMOKE=full.
 FULL = os.environ.get("PAPERPRUNE_SMOKE") == "full"
-DEFAULT = {("cifar10", "resnet56"): METHODS, ("imagenet", "resnet50"): METHODS,
-           ("cifar100", "resnet56"): ("random", "l1", "hrank", "apib", "classwise")}
-CELLS = [c for c in GRID if FULL or c[2] in ("random", "l1") or c[2] in DEFAULT.get(c[:2], ())]
+OPT_IN = {("cifar100", "vgg16", "sglp")}
+CELLS = [c for c in GRID if FULL or c not in OPT_IN]
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=["-".join(c) for c in CELLS])

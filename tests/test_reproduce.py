@@ -259,7 +259,33 @@ def test_a_setting_a_job_leaves_out_is_the_apis_default_not_the_notebooks_demo_v
     reproduce.execute_curves(REPO / "notebooks" / "curves.ipynb", tmp_path / "curves",
                              dict(dataset="fashion-mnist", arch="resnet56", methods=["l1"]), threads=1)
     assert seen["test_per_class"] is None and seen["targets"] == [0.3, 0.45, 0.6, 0.75] and seen["methods"] == ["l1"]
-    assert seen["bn_images"] == 256 and seen["samples_per_class"] == 20
+    assert seen["bn_images"] == 256 and seen["samples_per_class"] == 20 and seen["device"] == "cpu"
+
+
+@pytest.mark.parametrize("notebook", ["experiment", "curves"])
+def test_every_injected_parameter_is_declared_by_the_notebook(tmp_path, monkeypatch, notebook):
+    """papermill only warns of a parameter the notebook does not declare, which the notebook may then ignore.
+    The experiment notebook reads every RunConfig field from its globals, declared or not."""
+    from dataclasses import fields
+
+    import papermill
+
+    from paperprune.experiment import RunConfig
+
+    seen = {}
+    monkeypatch.setattr(reproduce, "_execute", lambda path, final, parameters, **k: seen.update(parameters))
+    path = REPO / "notebooks" / f"{notebook}.ipynb"
+    if notebook == "experiment":
+        reproduce.execute_run(path, tmp_path / "run", dict(dataset="fashion-mnist", arch="resnet56", method="l1",
+                                                           flops_reduction=0.5), cache_dir=tmp_path, threads=1)
+    else:
+        reproduce.execute_curves(path, tmp_path / "curves", dict(dataset="fashion-mnist", arch="resnet56"),
+                                 threads=1, device="cuda:1")
+        assert seen["device"] == "cuda:1"
+    declared = set(papermill.inspect_notebook(str(path)))
+    if notebook == "experiment":
+        declared |= {f.name for f in fields(RunConfig)}
+    assert set(seen) <= declared, sorted(set(seen) - declared)
 
 
 def test_a_failed_baseline_fails_its_dependents_with_its_cause(tmp_path, monkeypatch, capsys):

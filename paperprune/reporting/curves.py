@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..compare import Comparison, jaccard
+from ..criteria import AGNOSTIC, CLASSWISE
 from ..record import read_curves
 from ..stats import paired_bootstrap, unpack_correct
 from ..utils import PaperpruneError
@@ -30,8 +31,6 @@ __all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_tabl
            "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
            "curves_report"]
 
-CLASSWISE = ("classwise", "sglp", "stlp")
-AGNOSTIC = ("l1", "hrank", "apib", "random")
 #: curves metric -> (its per-image correctness key, what it measures)
 CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after adaptive BN")}
 
