@@ -137,6 +137,10 @@ class HRankCriterion(ScoreCriterion):
         return {name: torch.linalg.matrix_rank(fm.double()).double().mean(0) for name, fm in features.items()}
 
 
+#: the lasso solver's iteration budget per solve (the default of `paperprune.lasso`'s solvers)
+SOLVER_MAX_ITER = 20000
+
+
 class LassoCriterion(Criterion):
     """HSIC-lasso criteria: kept channels are B's non-zero rows at the global lam.
 
@@ -158,7 +162,7 @@ class LassoCriterion(Criterion):
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
                  response: str = "class", row_tol: float = 1e-7, solver_tol: float = 1e-7,
-                 max_iter: int = 3000) -> None:
+                 max_iter: int = SOLVER_MAX_ITER) -> None:
         super().__init__()
         if response not in RESPONSES:
             raise PaperpruneError(f"response={response!r}: use 'class' (one response per class) or "
@@ -168,6 +172,9 @@ class LassoCriterion(Criterion):
                                   "(gamma = gamma_ratio * lam)")
         if not isinstance(nonnegative, bool):
             raise PaperpruneError(f"nonnegative={nonnegative!r} must be True or False")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+            raise PaperpruneError(f"max_iter={max_iter!r} must be a positive integer: the lasso solver's "
+                                  f"iterations per solve (default {SOLVER_MAX_ITER})")
         if structure not in ("embedding", "taxonomy"):
             raise PaperpruneError(f"structure={structure!r}: use 'embedding' (built from the model's class "
                                   "embeddings) or 'taxonomy' (the dataset's known class hierarchy)")
@@ -179,7 +186,7 @@ class LassoCriterion(Criterion):
             self.response_source = "consumer"
         self.row_tol = row_tol
         self.solver_tol = solver_tol
-        self.max_iter = max_iter
+        self.max_iter = int(max_iter)
         self._warm: dict[str, torch.Tensor] = {}
         self._unconverged: dict[float, list[str]] = {}
         self._support: dict[float, int] = {}
@@ -260,13 +267,31 @@ class LassoCriterion(Criterion):
         stalled = self._unconverged.get(self.lam(level), [])
         if stalled:
             warnings.warn(f"{self.name}: the solver stopped at max_iter={self.max_iter} before its tolerance on "
-                          f"{len(stalled)} layer(s) ({', '.join(stalled[:4])}{', ...' if len(stalled) > 4 else ''}) "
-                          "at the chosen lam, so their kept channels are approximate. The usual cause is a singular "
-                          "redundancy Q: a layer of more channels than the N(N-1)/2 dimensions N calibration "
-                          "samples span; use more samples per class.", stacklevel=2)
+                          f"{len(stalled)} layer(s) at the chosen lam, so their kept channels are approximate: "
+                          f"{self._stall_causes(stalled)}. A rank-deficient or ill-conditioned Q leaves near-flat directions "
+                          "(e.g. weight shared between near-duplicate channels) along which ADMM moves slowly; raise "
+                          "max_iter, and where Q's rank is bounded by the samples, use more samples per class.",
+                          stacklevel=2)
         return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
                 "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None,
                 "lasso_support": self._support[level], "unconverged_layers": stalled}
+
+    def _stall_causes(self, stalled: list[str]) -> str:
+        """Each stalled layer with the numerical rank of its Q (eigenvalues above 1e-6 of the largest) and,
+        where it binds, the N(N-1)/2 bound N calibration samples put on that rank; a full-rank Q with its
+        condition number."""
+        n = self.statistics[stalled[0]].num_samples
+        bound = n * (n - 1) // 2
+        parts = []
+        for name in stalled[:4]:
+            q = torch.linalg.eigvalsh(self.problems[name][0])
+            rank, channels = int((q > 1e-6 * q[-1].clamp_min(1e-300)).sum()), q.numel()
+            if rank == channels:
+                parts.append(f"{name} (Q of full rank {rank}, condition number {float(q[-1] / q[0]):.1e})")
+            else:
+                parts.append(f"{name} (Q of rank {rank} for {channels} channels"
+                             + (f"; {n} samples bound it by {bound})" if bound < channels else ")"))
+        return ", ".join(parts) + (", ..." if len(stalled) > 4 else "")
 
     def select(self, level):
         """Kept masks and ranks at `level`, memoised: the budget rule of several targets on one prepared
@@ -305,11 +330,11 @@ class APIBCriterion(LassoCriterion):
     response_source = "consumer"
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
-                 response: str = "class") -> None:
+                 response: str = "class", max_iter: int = SOLVER_MAX_ITER) -> None:
         if response != "class":
             raise PaperpruneError(f"response={response!r} applies to the class-wise criteria (classwise, sglp, "
                                   "stlp); apib's response is the consuming layer's output alone")
-        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure)
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, max_iter=max_iter)
         self.response_option = "output"  # as reported by `describe`
 
     def response(self, stats):
@@ -336,8 +361,10 @@ class SGLPCriterion(LassoCriterion):
     name = "sglp"
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
-                 response: str = "class", rho: float = 0.5, knn: int | None = None) -> None:
-        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, response=response)
+                 response: str = "class", rho: float = 0.5, knn: int | None = None,
+                 max_iter: int = SOLVER_MAX_ITER) -> None:
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, response=response,
+                         max_iter=max_iter)
         self.rho, self.knn = check_graph_options(rho, knn)
 
     def build_structure(self):

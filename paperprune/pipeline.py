@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .criteria import Calibration, create_criterion
+from .criteria import SOLVER_MAX_ITER, Calibration, create_criterion
 from .select import select_channels
 from .utils import PaperpruneError, as_number, resolve_device
 
@@ -225,7 +225,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           input_size: tuple[int, ...] | None = None, *, layers=None, num_classes: int | None = None,
           samples_per_class: int = 20, omega: int = 4, gamma_ratio: float = 0.5,
           nonnegative: bool = False, structure: str = "embedding", response: str = "class", rho: float = 0.5,
-          knn: int | None = None,
+          knn: int | None = None, max_iter: int = SOLVER_MAX_ITER,
           taxonomy: dict[str, list[int]] | None = None,
           classifier: str | None = None, seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True,
@@ -245,6 +245,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     graph of sGLP-IB ('embedding' or the dataset's 'taxonomy'), `rho` and `knn` the graph's
     edges (|corr| > rho, or each class's knn most correlated classes); `response="class+output"`
     adds APIB's response (the consuming layer's output) to the class-wise criteria's class kernels.
+    `max_iter` bounds the lasso solver's iterations per solve; a solve that stops there is named in
+    the report's `criterion["unconverged_layers"]` and warned about.
 
     `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
@@ -265,6 +267,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     gamma_ratio, rho, tolerance = (as_number(v, n) for v, n in ((gamma_ratio, "gamma_ratio"), (rho, "rho"),
                                                                 (tolerance, "tolerance")))
     knn = as_number(knn, "knn", int, optional=True)
+    max_iter = as_number(max_iter, "max_iter", int)
     adapt_bn = as_number(adapt_bn, "adapt_bn", int)
     if adapt_bn < 0:
         raise PaperpruneError(f"adapt_bn={adapt_bn}: give the number of images to re-estimate BatchNorm "
@@ -279,7 +282,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                               f"{nonfinite[0]!r}); its training diverged: retrain it (e.g. with a smaller "
                               "learning rate)")
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
-                                 structure=structure, response=response, rho=rho, knn=knn)
+                                 structure=structure, response=response, rho=rho, knn=knn,
+                                 max_iter=max_iter)
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device

@@ -86,7 +86,15 @@ def test_a_solve_stopped_at_max_iter_is_reported(trained_resnet56):
     with pytest.warns(UserWarning, match="stopped at max_iter=10 before its tolerance") as caught:
         stalled = short.describe(level)["unconverged_layers"]
     assert stalled and set(stalled) <= {layer.name for layer in layers}
-    assert f"on {len(stalled)} layer(s)" in str(caught[0].message)
+    message = str(caught[0].message)
+    assert f"on {len(stalled)} layer(s)" in message and f"{stalled[0]} (Q of " in message
+
+
+@pytest.mark.parametrize("method", ["apib", "classwise", "sglp", "stlp"])
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_max_iter_must_be_a_positive_integer(method, bad):
+    with pytest.raises(PaperpruneError, match=f"max_iter={bad!r} must be a positive integer"):
+        create_criterion(method, max_iter=bad)
 
 
 @pytest.mark.parametrize("arch", list_models())
