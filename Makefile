@@ -46,6 +46,7 @@ benchmarks: install data
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_solvers.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_eval.py
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

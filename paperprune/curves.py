@@ -139,7 +139,8 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
 
 
 #: how `_point` evaluates a pruned model: BatchNorm folded into the convolution before it
-#: (`paperprune.deploy.fold_batchnorm`, exact up to rounding; 1.34x faster in bf16 on this project's CPU)
+#: (`paperprune.deploy.fold_batchnorm`, exact up to rounding; in bf16 on this project's CPU 1.27-1.35x faster
+#: for a pruned ResNet-56, 1.04-1.08x for a VGG-16: benchmarks/results/eval.md)
 EVALUATED = "fold-bn"
 
 
