@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .criteria import METHODS, Calibration, check_method, create_criterion
+from .criteria import METHODS, Calibration, LassoCriterion, check_method, create_criterion
 from .pipeline import gather_calibration, model_parts
 from .select import select_channels
 from .stats import pack_correct
@@ -106,7 +106,8 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
     seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
     correct_bn (packed per-image correctness), kept (channel indices per layer), statistics_s (the
-    shared statistics' time), evaluate_s. `precision` is that of the test evaluations (a
+    shared statistics' time), evaluate_s, evaluated, and for the lasso criteria unconverged_layers
+    (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test evaluations (a
     `paperprune.train.resolve_precision` result; BN statistics are always re-estimated in fp32).
     """
     for method in methods:
@@ -164,6 +165,8 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
     pruned = prune_channels(copy.deepcopy(base), layers, sel.keep, size)
     if precision != "fp32":
         pruned = pruned.to(memory_format=torch.channels_last)
+    stalled = {"unconverged_layers": criterion.describe(sel.level)["unconverged_layers"]} \
+        if isinstance(criterion, LassoCriterion) else {}
     start = time.perf_counter()
     raw = correct_per_image(_folded(pruned, precision), test_loader, device, precision)
     adapted = correct_per_image(_folded(adapt_batchnorm(pruned, bn_data, bn_images, device), precision), test_loader,
@@ -173,7 +176,7 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
             "kept": {name: [int(i) for i in idx] for name, idx in sel.keep.items()},
             "top1": 100.0 * float(raw.mean()), "top1_bn": 100.0 * float(adapted.mean()),
             "correct": pack_correct(raw), "correct_bn": pack_correct(adapted),
-            "evaluate_s": time.perf_counter() - start, "evaluated": EVALUATED}
+            "evaluate_s": time.perf_counter() - start, "evaluated": EVALUATED, **stalled}
 
 
 def _option_names() -> set[str]:

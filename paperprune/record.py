@@ -247,6 +247,9 @@ class CurvePoint:
     evaluated: str | None = _field("how the test evaluations ran: \"fold-bn\", BatchNorm folded into the layer before "
                                    "it (`paperprune.deploy.fold_batchnorm`); absent in records before it: unfolded",
                                    optional=True)
+    unconverged_layers: list[str] | None = _field("lasso criteria: layers whose solve stopped at max_iter at the "
+                                                  "reached level (`LassoCriterion.describe`); absent for the other "
+                                                  "criteria and in records before 2026-12-03", optional=True)
 
     #: what a measured point always had (the readers need them); the rest is required since schema 2
     MEASURED = ("macs_reduction", "top1", "top1_bn", "correct", "correct_bn", "widths")

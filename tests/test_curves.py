@@ -2,6 +2,8 @@
 what `prune` gives alone, adaptive BN with a known answer, unreachable targets recorded."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ from torch import nn
 
 from paperprune import create_model, curves, prune
 from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.models import prunable_layers
+from paperprune.record import CurvePoint
 from paperprune.stats import unpack_correct
-from paperprune.utils import PaperpruneError
+from paperprune.utils import PaperpruneError, _json_default
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,6 +80,7 @@ def test_a_point_equals_prune_alone(setup):
                            samples_per_class=20, device="cpu", progress=False)
     assert point["widths"] == {row["name"]: row["width_after"] for row in report.layers}
     assert point["level"] == pytest.approx(report.level)
+    assert point["unconverged_layers"] == report.criterion["unconverged_layers"]
     correct = curves.correct_per_image(pruned, test, "cpu")
     assert np.array_equal(unpack_correct(point["correct"]), correct)
 
@@ -86,12 +91,23 @@ def test_points_are_scored_with_batchnorm_folded(setup, monkeypatch):
     monkeypatch.setattr(curves, "correct_per_image", lambda m, *a: (scored.append(m), real(m, *a))[1])
     (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("l1",), targets=(0.3,), seeds=(0,),
                                      bn_images=32, device="cpu", progress=False)
-    assert len(scored) == 2 and point["evaluated"] == "fold-bn"
+    assert len(scored) == 2 and point["evaluated"] == "fold-bn" and "unconverged_layers" not in point
     count = lambda m, kind: sum(isinstance(x, kind) for x in m.modules())  # noqa: E731
     for m in scored:  # ResNet-56's 55 BatchNorms all follow a convolution: each became an Identity
         assert count(m, nn.BatchNorm2d) == 0 and count(m, nn.Identity) == 55 + count(model, nn.Identity)
     pruned, _ = prune(model, calibration(0), method="l1", flops_reduction=0.3, device="cpu", progress=False)
     assert np.array_equal(unpack_correct(point["correct"]), real(pruned, test, "cpu"))
+
+
+def test_a_stopped_solve_is_recorded_in_its_point(setup):
+    """A lasso solve stopped at max_iter (here 5, a criterion option) is named in the point and warned about."""
+    model, calibration, test, bn = setup
+    with pytest.warns(UserWarning, match="stopped at max_iter=5"):
+        (point,) = curves.pruning_curves(model, calibration, test, bn, methods=("classwise",), targets=(0.3,),
+                                         seeds=(0,), bn_images=32, device="cpu", progress=False, max_iter=5)
+    layers = {layer.name for layer in prunable_layers(model)}
+    assert point["unconverged_layers"] and set(point["unconverged_layers"]) <= layers
+    CurvePoint.from_dict(json.loads(json.dumps(point, default=_json_default)), "classwise-s0")
 
 
 def test_unreachable_target_is_recorded(setup):

@@ -376,6 +376,19 @@ def test_curves_table_mean_std_n():
     assert unreached["n"] == "2" and unreached["Unreached"] == "1"
     assert len(table.rows) == 2 * len(CURVE_METHODS)
     assert "Top-1 adaptive BN" in table.to_latex() and table.to_csv().count("\n") == len(table.rows) + 1
+    assert not any("max_iter" in note for note in table.notes)  # an older record: nothing said either way
+
+
+def test_curves_table_names_points_with_a_stopped_solve():
+    record = _curves_record()
+    for p in record["points"]:
+        if p["method"] in ("classwise", "sglp", "stlp") and "error" not in p:
+            p["unconverged_layers"] = ["a"] if (p["method"], p["seed"], p["target"]) == ("sglp", 1, 0.6) else []
+    (note,) = [n for n in reporting.curves_table(record).notes if "max_iter" in n]
+    assert note.startswith("Approximate: 1 point(s)") and "sglp s1 at 60%" in note
+    record["points"] = [p for p in record["points"] if p["method"] != "sglp"]
+    (note,) = [n for n in reporting.curves_table(record).notes if "max_iter" in n]
+    assert note.startswith("Every lasso solve behind these points converged")
 
 
 def test_paired_curves_known_answers():

@@ -99,6 +99,14 @@ def curves_table(record: dict) -> Table:
              f"Adaptive BN: BatchNorm statistics re-estimated on {c.get('bn_images', '?')} training images "
              "(EagleEye, ECCV 2020); raw: the baseline's statistics.",
              "Unreached: seeds whose criterion could not reach the target (recorded with an error)."]
+    stalled = [p for p in record["points"] if p.get("unconverged_layers")]
+    if stalled:
+        notes.append(f"Approximate: {len(stalled)} point(s) had a lasso solve stopped at max_iter before its "
+                     "tolerance (" + ", ".join(sorted({f"{p['method']} s{p['seed']} at {100 * p['target']:g}%"
+                                                         for p in stalled}))
+                     + "); their layers are named in the record's `unconverged_layers`.")
+    elif any("unconverged_layers" in p for p in record["points"]):
+        notes.append("Every lasso solve behind these points converged (none stopped at max_iter).")
     return Table(f"Pruning curves: {_what(record)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "FLOPs ↓ (%)", "Top-1 raw (%)", "Top-1 adaptive BN (%)",
                   "Unreached"], rows, notes)
