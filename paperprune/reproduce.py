@@ -111,9 +111,10 @@ def profiles() -> dict[str, Profile]:
     quick = Profile(
         "quick",
         "Fashion-MNIST, the shipped ResNet-56 (create_model(..., pretrained='fashion-mnist')): pruning curves of "
-        "all seven criteria at 30/55/75% FLOPs, three calibration seeds (10 images per class), top-1 on 5,000 "
-        "test images (500 per class) right after pruning, raw and after adaptive BN (256 training images), "
-        "evaluated in bf16 where the CPU runs it; no training, no fine-tuning.",
+        f"all seven criteria at 30/55/75% FLOPs, three calibration seeds ({QUICK_SAMPLES} images per class), top-1 "
+        f"on {10 * QUICK_TEST_PER_CLASS:,} test images ({QUICK_TEST_PER_CLASS} per class) right after pruning, raw "
+        "and after adaptive BN (256 training images), evaluated in bf16 where the CPU runs it, BatchNorm folded; "
+        "no training, no fine-tuning.",
         curves=[dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", methods=list(METHODS),
                      targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
                      bn_images=256, test_per_class=QUICK_TEST_PER_CLASS, precision="auto")],

@@ -95,6 +95,9 @@ def test_quick_profile_is_the_shipped_resnet56_curves():
     assert not reproduce.profiles()["quick"].runs
     assert (job["dataset"], job["arch"], job["pretrained"]) == ("fashion-mnist", "resnet56", "fashion-mnist")
     assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(reproduce.METHODS) and job["test_per_class"] >= 300
+    description = reproduce.profiles()["quick"].description  # printed by `make reproduce`: says what runs
+    assert f"{10 * job['test_per_class']:,} test images ({job['test_per_class']} per class)" in description
+    assert f"({job['samples_per_class']} images per class)" in description
 
 
 def test_quick_profile_fits_its_15_minutes():
