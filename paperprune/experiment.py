@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .criteria import SOLVER_MAX_ITER
 from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, resolve_device,
                     seed_everything)
 
@@ -51,6 +52,7 @@ class RunConfig:
     response: str = "class"
     rho: float = 0.5
     knn: int | None = None
+    max_iter: int = SOLVER_MAX_ITER
     batch_size: int = 128
     lr: float = 0.1
     finetune_lr: float = 0.01
@@ -156,6 +158,7 @@ _NUMBERS = {
     "gamma_ratio": (float, 0.0, False, "sGLP-IB's gamma / lam, e.g. 0.5"),
     "rho": (float, None, False, "sGLP-IB's correlation threshold in [0, 1), e.g. 0.5"),
     "knn": (int, 1, True, "sGLP-IB's neighbours per class, or None for the rho threshold"),
+    "max_iter": (int, 1, False, f"the lasso solver's iterations per solve, e.g. {SOLVER_MAX_ITER}"),
     "batch_size": (int, 1, False, "images per training batch, e.g. 128"),
     "lr": (float, 0.0, False, "the pretraining learning rate, > 0, e.g. 0.1"),
     "finetune_lr": (float, 0.0, False, "the fine-tuning learning rate, > 0, e.g. 0.01"),
@@ -449,7 +452,8 @@ def _check_out(out: Path) -> None:
 
 
 #: settings added after runs were recorded: a saved config without them ran with these values
-_ADDED = {"latency_reduction": None, "latency_mode": "eager", "latency_batch_size": 64, "latency_rounding": False}
+_ADDED = {"latency_reduction": None, "latency_mode": "eager", "latency_batch_size": 64, "latency_rounding": False,
+          "max_iter": 3000}
 _STAGE_FILES = ("run.json", "config.json", "baseline.json", "pruned.pt", "prune.json", "error.json")
 
 
@@ -602,7 +606,7 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            num_classes=info.num_classes, samples_per_class=config.samples_per_class,
                            omega=config.omega, gamma_ratio=config.gamma_ratio, nonnegative=config.nonnegative,
                            structure=config.structure, response=config.response, rho=config.rho, knn=config.knn,
-                           taxonomy=info.taxonomy,
+                           max_iter=config.max_iter, taxonomy=info.taxonomy,
                            seed=config.seed, device=device, progress=progress,
                            latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
                            latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding)

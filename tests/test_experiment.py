@@ -95,6 +95,24 @@ def test_same_dir_different_config_is_refused(tiny_run):
         run_experiment(RunConfig(**dict(TINY, flops_reduction=0.4)), root / "r56-stlp", progress=False)
 
 
+def test_a_run_recorded_before_max_iter_existed_ran_at_3000(tiny_run, tmp_path):
+    """A saved config without `max_iter` was solved at the old default of 3,000 iterations: the same
+    command at today's default is another config (refused while complete), at 3,000 the same run."""
+    import shutil
+
+    root, _ = tiny_run
+    out = tmp_path / "old"
+    shutil.copytree(root / "r56-stlp", out)
+    for name in ("config.json", "run.json"):  # as a run before the setting wrote them
+        saved = json.loads((out / name).read_text())
+        del (saved["config"] if name == "run.json" else saved)["max_iter"]
+        (out / name).write_text(json.dumps(saved))
+    with pytest.raises(PaperpruneError, match=r"different config \{'max_iter': \(3000, 20000\)\}"):
+        run_experiment(RunConfig(**TINY), out, progress=False)
+    record = run_experiment(RunConfig(**dict(TINY, max_iter=3000)), out, progress=False)
+    assert "max_iter" not in record["config"]  # the complete old run, returned as recorded
+
+
 @pytest.mark.parametrize("change, match", [
     (dict(flops_reduction=1.0), "flops_reduction=1.0"),
     (dict(flops_reduction=0.0), "flops_reduction=0.0"),
