@@ -155,7 +155,7 @@ _RUN_HELP = {
                 "consuming layer's output)",
     "rho": "sGLP-IB: link classes whose embeddings correlate above rho, in [0, 1)",
     "knn": "sGLP-IB: link each class to its knn most correlated classes instead of the rho threshold",
-    "max_iter": "lasso criteria: the solver's iterations per solve (default 20000); a solve stopped there is "
+    "max_iter": "lasso criteria: the solver's iterations per solve (default %(default)s); a solve stopped there is "
                 "named in run.json's criterion.unconverged_layers",
     "per_class": "train on only N images per class (short runs)",
     "test_per_class": "evaluate on a fixed class-balanced subset of N test images per class (short runs)",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .lasso import SOLVER_MAX_ITER
 from .utils import PaperpruneError
 
 METHODS = ("random", "l1", "hrank", "apib", "classwise", "sglp", "stlp")
@@ -135,10 +136,6 @@ class HRankCriterion(ScoreCriterion):
 
         features = channel_features(model, layers, calibration.images, spatial=True)
         return {name: torch.linalg.matrix_rank(fm.double()).double().mean(0) for name, fm in features.items()}
-
-
-#: the lasso solver's iteration budget per solve (the default of `paperprune.lasso`'s solvers)
-SOLVER_MAX_ITER = 20000
 
 
 class LassoCriterion(Criterion):
@@ -268,9 +265,10 @@ class LassoCriterion(Criterion):
         if stalled:
             warnings.warn(f"{self.name}: the solver stopped at max_iter={self.max_iter} before its tolerance on "
                           f"{len(stalled)} layer(s) at the chosen lam, so their kept channels are approximate: "
-                          f"{self._stall_causes(stalled)}. A rank-deficient or ill-conditioned Q leaves near-flat directions "
-                          "(e.g. weight shared between near-duplicate channels) along which ADMM moves slowly; raise "
-                          "max_iter, and where Q's rank is bounded by the samples, use more samples per class.",
+                          f"{self._stall_causes(stalled)}. A rank-deficient or ill-conditioned Q leaves near-flat "
+                          "directions (e.g. weight shared between near-duplicate channels) along which ADMM moves "
+                          "slowly; raise max_iter, and where Q's rank is bounded by the samples, use more samples "
+                          "per class.",
                           stacklevel=2)
         return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
                 "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None,

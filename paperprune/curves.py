@@ -107,8 +107,9 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
     correct_bn (packed per-image correctness), kept (channel indices per layer), statistics_s (the
     shared statistics' time), evaluate_s, evaluated, and for the lasso criteria unconverged_layers
-    (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test evaluations (a
-    `paperprune.train.resolve_precision` result; BN statistics are always re-estimated in fp32).
+    (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test
+    evaluations (a `paperprune.train.resolve_precision` result; BN statistics are always re-estimated
+    in fp32).
     """
     for method in methods:
         check_method(method)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .criteria import SOLVER_MAX_ITER
+from .lasso import SOLVER_MAX_ITER
 from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, resolve_device,
                     seed_everything)
 

@@ -45,7 +45,11 @@ __all__ = [
     "solve_sglp",
     "solve_stlp",
     "lasso_path",
+    "SOLVER_MAX_ITER",
 ]
+
+#: the solvers' default iteration budget per solve (also the lasso criteria's, `paperprune.criteria`)
+SOLVER_MAX_ITER = 20000
 
 
 # --------------------------------------------------------------------------- objectives and prox
@@ -371,7 +375,7 @@ def _moreau(T, S):
 
 
 def solve_stlp(Q, R, tree: ClassTree, lam: float, *, nonnegative: bool = False, tol: float = 1e-6,
-               max_iter: int = 20000, B0: torch.Tensor | None = None) -> LassoResult:
+               max_iter: int = SOLVER_MAX_ITER, B0: torch.Tensor | None = None) -> LassoResult:
     """sTLP-IB: minimise stlp_objective over signed B (over B >= 0 with `nonnegative`) by ADMM
     (B = X, g(X) = lam Omega(X) [+ the indicator of X >= 0], whose prox is the exact `tree_prox`)
     on a working set of rows (METHOD.md section 2).
@@ -397,7 +401,7 @@ def solve_stlp(Q, R, tree: ClassTree, lam: float, *, nonnegative: bool = False, 
 
 
 def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative: bool = False,
-               tol: float = 1e-6, max_iter: int = 20000, B0: torch.Tensor | None = None) -> LassoResult:
+               tol: float = 1e-6, max_iter: int = SOLVER_MAX_ITER, B0: torch.Tensor | None = None) -> LassoResult:
     """sGLP-IB: minimise sglp_objective over signed B (over B >= 0 with `nonnegative`) by ADMM on
     a working set of rows (METHOD.md section 2).
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .criteria import SOLVER_MAX_ITER, Calibration, create_criterion
+from .criteria import Calibration, create_criterion
+from .lasso import SOLVER_MAX_ITER
 from .select import select_channels
 from .utils import PaperpruneError, as_number, resolve_device
 

@@ -74,7 +74,7 @@ def tutorial_layer(model: nn.Module, name: str = "layer3.5.conv1") -> PrunableLa
 #: the lasso solver's iteration budget on PlantedNet. Its Q has rank 4 for 12 channels (five near-copies per
 #: strong detector): the objective is nearly flat along moving weight between copies, and ADMM needs up to
 #: ~1e5 iterations there (measured: 96,730 for APIB on calibration seed 0). Stopped early, at the default
-#: `criteria.SOLVER_MAX_ITER`, a solve shares weight between copies, which changes the kept set.
+#: `lasso.SOLVER_MAX_ITER`, a solve shares weight between copies, which changes the kept set.
 PLANTED_MAX_ITER = 300_000
 
 #: PlantedNet's one prunable layer: a 1x1 conv of 12 channels observed after BN + ReLU.
