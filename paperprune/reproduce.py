@@ -1,6 +1,6 @@
 """Batch reproduction: run a profile's stages, then rebuild every table and figure.
 
-    python -m paperprune.reproduce --profile quick|evidence|evidence-vgg16|fmnist|paper [--jobs N] [--devices 0,1,...]
+    python -m paperprune.reproduce --profile NAME [--jobs N] [--devices 0,1,...]   (NAME: see `profiles`)
 
 A profile has up to three stages, run in this order, each skipped where its record is there:
 1. baselines: `python -m paperprune train` into RUNS/PROFILE/baselines/<arch>/ (resumes from its
@@ -10,7 +10,8 @@ A profile has up to three stages, run in this order, each skipped where its reco
 3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
    done when run.json is there.
 A curves job or run may name a stage-1 baseline (`baseline="<arch>"`): it then starts from that
-baseline's final.pt; or shipped weights (`pretrained="fashion-mnist"`, as `create_model` names
+baseline's final.pt (a profile with `baselines_from` shares another profile's baselines folder); or
+shipped weights (`pretrained="fashion-mnist"`, as `create_model` names
 them). A failed job leaves `error.json` (and the failed notebook) and the batch
 goes on; failures are listed at the end. Then the tables and figures are written under
 FIGURES (curves: `reporting.curves_report`; runs: `notebooks/report.ipynb`; baselines: a table),
@@ -60,6 +61,13 @@ class Profile:
     baselines: list[dict] = field(default_factory=list)
     latency_repeats: int = 10
     deployed_latency: bool = True
+    #: the profile whose RUNS/<name>/baselines/ holds the baselines (trained there when absent), so two profiles
+    #: share one trained baseline; None: this profile's own folder
+    baselines_from: str | None = None
+
+    @property
+    def baselines_home(self) -> str:
+        return self.baselines_from or self.name
 
 
 def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
@@ -87,7 +95,9 @@ QUICK_TEST_PER_CLASS = 300
 #   its record in paperprune/resources/pretrained/; retraining it costs ~70 minutes): curves (item 4), the
 #   ablation (item 6), the fine-tuned comparison at -55% (item 5);
 # - `evidence-vgg16`: VGG-16 retrained on all 60,000 images (EVIDENCE_VGG16_EPOCHS), its curves and ablation
-#   (at 60% only); its fine-tuned runs at -61% (~35 minutes more) do not fit.
+#   (at 60% only);
+# - `evidence-vgg16-finetune`: the fine-tuned comparison at -61% (item 5) from evidence-vgg16's baseline (trained
+#   there, if it is not yet, by either profile), which does not fit beside its curves.
 EVIDENCE_VGG16_EPOCHS = 4
 EVIDENCE_REDUCTIONS = {"resnet56": 0.55, "vgg16": 0.61}  # APIB's ResNet-56 target; the paper's VGG-16 figure
 EVIDENCE_SEEDS = [0, 1, 2]
@@ -119,7 +129,7 @@ def profiles() -> dict[str, Profile]:
                      targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
                      bn_images=256, test_per_class=QUICK_TEST_PER_CLASS, precision="auto")],
         latency_repeats=3)
-    evidence, evidence_vgg16 = _evidence()
+    evidence, evidence_vgg16, evidence_vgg16_finetune = _evidence()
     fmnist = Profile(
         "fmnist",
         "Fashion-MNIST, all six architectures, all criteria at 50% FLOPs, three seeds; 100 epochs of "
@@ -138,7 +148,7 @@ def profiles() -> dict[str, Profile]:
               samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01)
         + _grid([("imagenet", "resnet50")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=0,
                 finetune_epochs=90, samples_per_class=5, batch_size=128, lr=0.01, finetune_lr=0.01))
-    return {p.name: p for p in (quick, evidence, evidence_vgg16, fmnist, paper)}
+    return {p.name: p for p in (quick, evidence, evidence_vgg16, evidence_vgg16_finetune, fmnist, paper)}
 
 
 def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> list[dict]:
@@ -151,34 +161,43 @@ def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> l
 
 
 def _evidence() -> list[Profile]:
-    """Issue 12 item 7's evidence, in two profiles (see the EVIDENCE_* constants above)."""
+    """Issue 12 item 7's evidence, in three profiles (see the EVIDENCE_* constants above)."""
+    vgg16 = [dict(dataset="fashion-mnist", arch="vgg16", epochs=EVIDENCE_VGG16_EPOCHS, lr=0.1, weight_decay=1e-4,
+                  batch_size=128, seed=0, precision="auto")]
     def what(ablation_targets):
         return (f"pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds (10 images per "
                 "class), 30/45/60/75% FLOPs, top-1 on all 10,000 test images raw and after adaptive BN (item 4); the "
                 f"ablation as curves variants at {'/'.join(f'{100 * t:.0f}' for t in ablation_targets)}% (B >= 0; "
                 "the taxonomy tree; APIB's response added) (item 6)")
-    runs = [dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", method=m, seed=s,
-                 flops_reduction=EVIDENCE_REDUCTIONS["resnet56"], samples_per_class=EVIDENCE_SAMPLES,
-                 **EVIDENCE_FINETUNE) for m in METHODS for s in EVIDENCE_SEEDS]
+    def finetuned(arch, start):
+        return [dict(dataset="fashion-mnist", arch=arch, method=m, seed=s, flops_reduction=EVIDENCE_REDUCTIONS[arch],
+                     samples_per_class=EVIDENCE_SAMPLES, **start, **EVIDENCE_FINETUNE)
+                for m in METHODS for s in EVIDENCE_SEEDS]
+
+    recipe = ("one epoch over 10,000 class-balanced training images at lr 0.01 (item 5). Evaluations in bf16 "
+              "where the CPU runs it.")
     resnet = Profile(
         "evidence",
         "Fashion-MNIST, the shipped ResNet-56 (15 epochs on all 60,000 training images, lr 0.1, weight decay 1e-4, "
         f"bf16; 93.14% final-epoch top-1): {what(EVIDENCE_ABLATION_TARGETS)}; the fine-tuned comparison at -55% "
-        "FLOPs, all criteria, three "
-        "seeds, one epoch over 10,000 class-balanced training images at lr 0.01 (item 5). Evaluations in bf16 "
-        "where the CPU runs it.",
-        runs, _evidence_curves("resnet56", dict(pretrained="fashion-mnist"), EVIDENCE_ABLATION_TARGETS),
+        f"FLOPs, all criteria, three seeds, {recipe}",
+        finetuned("resnet56", dict(pretrained="fashion-mnist")),
+        _evidence_curves("resnet56", dict(pretrained="fashion-mnist"), EVIDENCE_ABLATION_TARGETS),
         latency_repeats=0, deployed_latency=False)
     vgg = Profile(
         "evidence-vgg16",
         f"Fashion-MNIST, VGG-16 retrained on all 60,000 training images in bf16 ({EVIDENCE_VGG16_EPOCHS} epochs, "
         "lr 0.1, weight decay 1e-4 as the shipped ResNet-56; the final epoch's top-1 on all 10,000 test images); "
-        f"from it: {what(EVIDENCE_ABLATION_TARGETS[-1:])}. Its fine-tuned runs do not fit the 150 minutes.",
+        f"from it: {what(EVIDENCE_ABLATION_TARGETS[-1:])}. Its fine-tuned runs are evidence-vgg16-finetune.",
         curves=_evidence_curves("vgg16", dict(baseline="vgg16"), EVIDENCE_ABLATION_TARGETS[-1:]),
-        baselines=[dict(dataset="fashion-mnist", arch="vgg16", epochs=EVIDENCE_VGG16_EPOCHS, lr=0.1,
-                        weight_decay=1e-4, batch_size=128, seed=0, precision="auto")],
+        baselines=vgg16, latency_repeats=0, deployed_latency=False)
+    vgg_finetune = Profile(
+        "evidence-vgg16-finetune",
+        "Fashion-MNIST, evidence-vgg16's VGG-16 (trained in runs/evidence-vgg16/baselines/ if it is not yet): the "
+        f"fine-tuned comparison at -61% FLOPs, all criteria, three seeds, {recipe}",
+        finetuned("vgg16", dict(baseline="vgg16")), baselines=vgg16, baselines_from="evidence-vgg16",
         latency_repeats=0, deployed_latency=False)
-    return [resnet, vgg]
+    return [resnet, vgg, vgg_finetune]
 
 
 # --------------------------------------------------------------------------- wall-time estimate
@@ -276,7 +295,8 @@ def estimate_text(profile: Profile, baselines_todo, curves_todo, runs_todo, runs
     whole = estimate(profile)
     if whole is None:
         return "estimate: no measured costs for this profile's datasets and archs (COSTS)"
-    left_b = [b for b in profile.baselines if baseline_dir(runs_root, profile.name, b["arch"]) in baselines_todo]
+    left_b = [b for b in profile.baselines
+              if baseline_dir(runs_root, profile.baselines_home, b["arch"]) in baselines_todo]
     left_c = [j for out, j in zip([o for o, _ in plan_curves(profile, runs_root)], profile.curves) if out in curves_todo]
     left_r = [r for out, r in zip([o for o, _ in plan(profile, runs_root)], profile.runs) if out in runs_todo]
     left = estimate(profile, left_b, left_c, left_r)
@@ -486,7 +506,7 @@ def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paperprune.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="quick | evidence | evidence-vgg16 | fmnist | paper")
+    parser.add_argument("--profile", default="quick", help=" | ".join(profiles()))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own kernel process)")
     parser.add_argument("--devices", default=None,
                         help="comma-separated CUDA device ids to spread runs over; curve jobs use the first "
@@ -517,7 +537,7 @@ def _baseline_weights(profile: Profile, runs_root: Path, arch: str) -> str:
     if arch not in {b["arch"] for b in profile.baselines}:
         raise PaperpruneError(f"profile {profile.name}: baseline={arch!r} names no baseline of the profile "
                               f"({', '.join(b['arch'] for b in profile.baselines) or 'none'})")
-    return str(baseline_dir(runs_root, profile.name, arch) / "final.pt")
+    return str(baseline_dir(runs_root, profile.baselines_home, arch) / "final.pt")
 
 
 def plan_baselines(profile: Profile, runs_root: Path) -> list[tuple[Path, dict]]:
@@ -525,7 +545,7 @@ def plan_baselines(profile: Profile, runs_root: Path) -> list[tuple[Path, dict]]
     archs = [b["arch"] for b in profile.baselines]
     if len(set(archs)) != len(archs):
         raise PaperpruneError(f"profile {profile.name}: two baselines of one arch ({archs}); one per arch")
-    return [(baseline_dir(Path(runs_root), profile.name, b["arch"]), b) for b in profile.baselines]
+    return [(baseline_dir(Path(runs_root), profile.baselines_home, b["arch"]), b) for b in profile.baselines]
 
 
 def plan_curves(profile: Profile, runs_root: Path, *, data_root: str | None = None) -> list[tuple[Path, dict]]:
@@ -631,7 +651,8 @@ def _main(args) -> int:
             run_failures, seconds = _run_batch(profile, todo, devices, args.jobs, notebooks, cache_dir)
             failures += run_failures
             report = build_reports(runs_root / profile.name, figures, notebooks)
-        copied = collect_records(runs_root / profile.name, [out for out, _ in baselines + curve_jobs + planned],
+        own_baselines = baselines if profile.baselines_from is None else []  # else recorded with their profile's
+        copied = collect_records(runs_root / profile.name, [out for out, _ in own_baselines + curve_jobs + planned],
                                  figures / "records")
     print(f"baselines took {train_seconds:.0f} s, curves {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and "
           f"figures under {figures}" + (f"; report: {report}" if report else "")

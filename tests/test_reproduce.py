@@ -1,5 +1,6 @@
 """Papermill batches: the experiment notebook on tiny parameters, the report notebook, and a
 batch that keeps going past a failed run."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def test_report_notebook_on_fixture_runs(tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     assert reproduce.main(["--profile", "huge"]) == 2
-    assert "unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, fmnist, paper" in capsys.readouterr().err
+    assert ("unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, evidence-vgg16-finetune, fmnist, "
+            "paper") in capsys.readouterr().err
     assert reproduce.main(["--profile", "quick", "--notebooks", str(tmp_path)]) == 2
     assert "experiment.ipynb not found" in capsys.readouterr().err
 
@@ -190,15 +192,21 @@ def test_evidence_profiles_plan(tmp_path):
         minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
         assert sum(minutes.values()) <= 150 and minutes["curves"] > 0
     assert reproduce.plan(vgg, tmp_path) == []
-    runs = reproduce.plan(resnet, tmp_path)
-    assert {(p["arch"], p["method"], p["seed"]) for _, p in runs} == {
-        ("resnet56", m, s) for m in reproduce.METHODS for s in (0, 1, 2)}
-    for out, params in runs:  # item 5, from the shipped weights' file
-        assert params["pretrained"] == str(pretrained_path("resnet56", "fashion-mnist"))
-        assert params["pretrain_epochs"] == 0
-        assert params["flops_reduction"] == 0.55
-        config = RunConfig(**params)
-        assert config.test_per_class is None and config.finetune_epochs >= 1
+    # item 5 for VGG-16: its own profile, from evidence-vgg16's baseline (the same folder, the same recipe)
+    finetune = reproduce.profiles()["evidence-vgg16-finetune"]
+    assert reproduce.plan_baselines(finetune, tmp_path) == baselines and finetune.curves == []
+    assert sum(reproduce.estimate(finetune).values()) / 60 <= 150
+    shipped = str(pretrained_path("resnet56", "fashion-mnist"))
+    for profile, arch, start, reduction in ((resnet, "resnet56", shipped, 0.55), (finetune, "vgg16", vgg_weights, 0.61)):
+        runs = reproduce.plan(profile, tmp_path)
+        assert {(p["arch"], p["method"], p["seed"]) for _, p in runs} == {
+            (arch, m, s) for m in reproduce.METHODS for s in (0, 1, 2)}
+        for out, params in runs:
+            assert out.relative_to(tmp_path).parts[0] == profile.name
+            assert params["pretrained"] == start and params["pretrain_epochs"] == 0
+            assert params["flops_reduction"] == reduction
+            config = RunConfig(**params)
+            assert config.test_per_class is None and config.finetune_epochs >= 1
 
 
 def tiny_chain():
@@ -255,6 +263,33 @@ def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "execute_run", lambda notebook, out, params, **k: again.append(params["pretrained"]))
     reproduce.main(args)
     assert again == [str(weights)]
+
+
+def test_a_profile_with_baselines_from_uses_the_other_profiles_baseline_without_training(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """evidence-vgg16-finetune's shape: runs from another profile's trained baseline; nothing is trained again,
+    and the baseline's record stays with its own profile."""
+    chain = tiny_chain()
+    ft = reproduce.Profile("tiny-ft", "runs only", runs=chain.runs, baselines=chain.baselines, baselines_from="tiny",
+                           latency_repeats=0, deployed_latency=False)
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": dataclasses.replace(chain, runs=[]), "tiny-ft": ft})
+    monkeypatch.setattr(reproduce, "estimate", lambda *a, **k: None)
+    runs = tmp_path / "runs"
+    assert reproduce.main(["--profile", "tiny", "--runs-root", str(runs), "--figures", str(tmp_path / "f1")]) == 0
+    weights = runs / "tiny" / "baselines" / "resnet56" / "final.pt"
+    before = weights.stat().st_mtime_ns
+
+    def refuse(*a, **k):
+        raise AssertionError("the shared baseline was trained again")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", refuse)
+    figs = tmp_path / "f2"
+    assert reproduce.main(["--profile", "tiny-ft", "--runs-root", str(runs), "--figures", str(figs)]) == 0, \
+        capsys.readouterr().err
+    run = json.loads((runs / "tiny-ft" / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").read_text())
+    assert run["config"]["pretrained"] == str(weights) and weights.stat().st_mtime_ns == before
+    assert not (runs / "tiny-ft" / "baselines").exists() and not (figs / "records" / "baselines").exists()
+    assert (figs / "records" / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").is_file()
 
 
 def test_a_setting_a_job_leaves_out_is_the_apis_default_not_the_notebooks_demo_value(tmp_path, monkeypatch):
