@@ -188,6 +188,7 @@ class LassoCriterion(Criterion):
         self._unconverged: dict[float, list[str]] = {}
         self._support: dict[float, int] = {}
         self._selected: dict[float, dict] = {}
+        self._causes: dict[str, str] = {}  # a stalled layer's rank of Q, computed once per prepare
 
     #: the response kernel of `layer_statistics`: None (class kernels only), or "consumer"
     response_source: str | None = None
@@ -212,6 +213,7 @@ class LassoCriterion(Criterion):
         self._unconverged.clear()
         self._support.clear()
         self._selected.clear()
+        self._causes.clear()
         self.lam_hi = self._empty_lam()
         self.lam_lo = 1e-4 * self.lam_hi
 
@@ -280,16 +282,15 @@ class LassoCriterion(Criterion):
         condition number."""
         n = self.statistics[stalled[0]].num_samples
         bound = n * (n - 1) // 2
-        parts = []
         for name in stalled[:4]:
-            q = torch.linalg.eigvalsh(self.problems[name][0])
-            rank, channels = int((q > 1e-6 * q[-1].clamp_min(1e-300)).sum()), q.numel()
-            if rank == channels:
-                parts.append(f"{name} (Q of full rank {rank}, condition number {float(q[-1] / q[0]):.1e})")
-            else:
-                parts.append(f"{name} (Q of rank {rank} for {channels} channels"
-                             + (f"; {n} samples bound it by {bound})" if bound < channels else ")"))
-        return ", ".join(parts) + (", ..." if len(stalled) > 4 else "")
+            if name not in self._causes:
+                q = torch.linalg.eigvalsh(self.problems[name][0])
+                rank, channels = int((q > 1e-6 * q[-1].clamp_min(1e-300)).sum()), q.numel()
+                self._causes[name] = (
+                    f"{name} (Q of full rank {rank}, condition number {float(q[-1] / q[0]):.1e})" if rank == channels
+                    else f"{name} (Q of rank {rank} for {channels} channels"
+                    + (f"; {n} samples bound it by {bound})" if bound < channels else ")"))
+        return ", ".join(self._causes[name] for name in stalled[:4]) + (", ..." if len(stalled) > 4 else "")
 
     def select(self, level):
         """Kept masks and ranks at `level`, memoised: the budget rule of several targets on one prepared

@@ -78,3 +78,26 @@ def test_a_short_solve_on_the_planted_layer_is_named_with_its_cause():
         cmp = compare_selections(model, [(images, labels)], methods=["l1", "sglp"], flops_reduction=0.75,
                                  layers=LAYERS, samples_per_class=20, omega=1, max_iter=50, progress=False)
     assert cmp.reports["sglp"].criterion["unconverged_layers"] == ["conv"]
+
+
+def test_a_stalled_layers_rank_is_computed_once_per_prepare(monkeypatch):
+    """describe() warns at every level whose solve stalled (once per curves point); the rank of the stalled
+    layer's Q behind the message is computed once, and again only after a new prepare."""
+    from paperprune.criteria import Calibration, create_criterion
+
+    images, labels = _calibration(0)
+    model = PlantedNet(images, labels)
+    criterion = create_criterion("sglp", max_iter=50)
+    calibration = Calibration(images, labels, dataset_info("synthetic").num_classes)
+    criterion.prepare(model, LAYERS, calibration)
+    calls = []
+    eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda A: calls.append(A.shape) or eigvalsh(A))
+    with pytest.warns(UserWarning, match=r"conv \(Q of rank 4 for 12 channels\)"):
+        for level in (1.0, 2.0, 1.0):
+            criterion.describe(level)
+    assert calls == [(12, 12)]
+    criterion.prepare(model, LAYERS, calibration)
+    with pytest.warns(UserWarning, match="rank 4"):
+        criterion.describe(1.0)
+    assert calls == [(12, 12)] * 2
