@@ -111,6 +111,35 @@ def test_degenerate_q_matches_cvxpy(degenerate, graph, tree, scale, nonnegative)
     assert not sg.B[2].any() and not st.B[2].any()  # the dead channel stays at zero
 
 
+def test_sglp_on_a_complete_100_class_graph_matches_cvxpy():
+    """CIFAR-100's case: class embeddings that all correlate above rho give the complete graph (4,950 edges
+    for 100 classes, as the paper profile's smoke model has); the solver's cost per iteration grows with the
+    edges, its answer must not change. Four channels keep the reference solve small."""
+    from paperprune.structure import class_graph_from_embeddings
+
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal(64) + 0.3 * rng.standard_normal((100, 64))  # one shared direction: all correlate
+    graph = class_graph_from_embeddings(emb, rho=0.5)
+    assert graph.num_edges == 100 * 99 // 2
+    Phi = np.abs(rng.standard_normal((12, 4)) + 0.5)
+    Phi /= np.linalg.norm(Phi, axis=0)
+    Y = np.abs(rng.standard_normal((12, 100)) + 0.5)
+    Y /= np.linalg.norm(Y, axis=0)
+    Q, R, *_ = _regression(Phi, Y)
+    lam, gamma = 0.1 * float(R.abs().max()), 0.002 * float(R.abs().max())
+    res = solve_sglp(Q, R, graph, lam, gamma)
+    B = cp.Variable(tuple(R.shape))
+    D = graph.incidence(100).numpy()
+    q, U = np.linalg.eigh(Q.numpy())
+    F = (U * np.sqrt(np.clip(q, 0, None))).T
+    obj = (0.5 * cp.sum_squares(F @ B) - cp.sum(cp.multiply(R.numpy(), B)) + lam * cp.sum(cp.abs(B))
+           + gamma * cp.sum(cp.multiply(graph.weights.numpy()[None, :], cp.abs(B @ D.T))))
+    prob = cp.Problem(cp.Minimize(obj))
+    prob.solve(**TIGHT)
+    _assert_optimal(res, prob.value, nonnegative=False)
+    assert res.objective == pytest.approx(sglp_objective(res.B, Q, R, graph, lam, gamma))
+
+
 def test_signed_solutions_use_negative_coefficients(problem, graph, tree):
     """The signed default is not the non-negative problem in disguise: with redundant channels the
     optimum has negative entries and a strictly lower objective than the B >= 0 optimum."""
