@@ -169,9 +169,6 @@ class LassoCriterion(Criterion):
                                   "(gamma = gamma_ratio * lam)")
         if not isinstance(nonnegative, bool):
             raise PaperpruneError(f"nonnegative={nonnegative!r} must be True or False")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-            raise PaperpruneError(f"max_iter={max_iter!r} must be a positive integer: the lasso solver's "
-                                  f"iterations per solve (default {SOLVER_MAX_ITER})")
         if structure not in ("embedding", "taxonomy"):
             raise PaperpruneError(f"structure={structure!r}: use 'embedding' (built from the model's class "
                                   "embeddings) or 'taxonomy' (the dataset's known class hierarchy)")
@@ -183,7 +180,7 @@ class LassoCriterion(Criterion):
             self.response_source = "consumer"
         self.row_tol = row_tol
         self.solver_tol = solver_tol
-        self.max_iter = int(max_iter)
+        self.max_iter = check_max_iter(max_iter)
         self._warm: dict[str, torch.Tensor] = {}
         self._unconverged: dict[float, list[str]] = {}
         self._support: dict[float, int] = {}
@@ -433,6 +430,14 @@ def check_graph_options(rho, knn) -> tuple[float, int | None]:
     return float(rho), None if knn is None else int(knn)
 
 
+def check_max_iter(max_iter) -> int:
+    """The lasso solver's iteration budget per solve (`lasso.SOLVER_MAX_ITER` by default): a positive integer."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise PaperpruneError(f"max_iter={max_iter!r} must be a positive integer: the lasso solver's "
+                              f"iterations per solve (default {SOLVER_MAX_ITER})")
+    return int(max_iter)
+
+
 def create_criterion(method: str, **options) -> Criterion:
     """The criterion named `method` (one of METHODS).
 
@@ -441,6 +446,7 @@ def create_criterion(method: str, **options) -> Criterion:
     """
     check_method(method)
     check_graph_options(options.get("rho", 0.5), options.get("knn"))
+    check_max_iter(options.get("max_iter", SOLVER_MAX_ITER))  # every method, as the graph options
     cls = _CRITERIA[method]
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted})

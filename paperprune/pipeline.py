@@ -269,9 +269,6 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                                                                 (tolerance, "tolerance")))
     knn = as_number(knn, "knn", int, optional=True)
     max_iter = as_number(max_iter, "max_iter", int)
-    if max_iter < 1:
-        raise PaperpruneError(f"max_iter={max_iter}: give the lasso solver's iterations per solve, a positive "
-                              f"integer (default {SOLVER_MAX_ITER})")
     adapt_bn = as_number(adapt_bn, "adapt_bn", int)
     if adapt_bn < 0:
         raise PaperpruneError(f"adapt_bn={adapt_bn}: give the number of images to re-estimate BatchNorm "

@@ -241,6 +241,7 @@ API_ROWS = [
     ("max_iter 0", dict(max_iter=0), None, "max_iter=0"),
     ("max_iter 2.5", dict(max_iter=2.5), None, "max_iter=2.5"),
     ("max_iter numpy -1 sglp", dict(max_iter=np.int64(-1), method="sglp"), None, "max_iter=-1"),
+    ("max_iter 0 l1", dict(max_iter=0, method="l1"), None, "max_iter=0"),  # refused where no lasso runs too
     ("labels -1", {}, lambda: _loader(labels=torch.tensor([-1, 0, 1, 2] * 3)), "label -1 outside"),
     ("labels 9 of 4 classes", {}, lambda: _loader(labels=torch.tensor([9, 0, 1, 2] * 3)), "label 9 outside"),
     ("one-hot labels", {}, lambda: _loader(labels=torch.eye(4).repeat(3, 1)), "one-hot labels"),
