@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ from .models import PrunableLayer, create_model, prunable_layers
 from .utils import PaperpruneError
 
 __all__ = ["TutorialData", "fashion_mnist", "plot_convergence", "shipped_resnet56", "tutorial_layer", "PlantedNet",
-           "PLANTED_MAX_ITER", "planted_data", "PLANTED_LAYER", "per_class_accuracy"]
+           "COPY_QUANTILES", "planted_data", "PLANTED_LAYER", "VITAL", "per_class_accuracy", "Controls",
+           "planted_controls", "keep_exactly"]
 
 
 @dataclass
@@ -71,15 +73,13 @@ def tutorial_layer(model: nn.Module, name: str = "layer3.5.conv1") -> PrunableLa
     return layers[name]
 
 
-#: the lasso solver's iteration budget on PlantedNet. Its Q has rank 4 for 12 channels (five near-copies per
-#: strong detector): the objective is nearly flat along moving weight between copies, and ADMM needs up to
-#: ~1e5 iterations there (measured: 96,730 for APIB on calibration seed 0). Stopped early, at the default
-#: `lasso.SOLVER_MAX_ITER`, a solve shares weight between copies, which changes the kept set.
-PLANTED_MAX_ITER = 300_000
-
 #: PlantedNet's one prunable layer: a 1x1 conv of 12 channels observed after BN + ReLU.
 PLANTED_LAYER = PrunableLayer("conv", "conv", "relu", "classifier")
 VITAL = 0
+#: where each copy of a strong detector starts to fire: the quantile of its own superclass's pre-activations
+#: at which its BatchNorm centres it. Copy j fires on about 1 - COPY_QUANTILES[j] of that superclass, so the
+#: copies' relevance falls with j by construction, and no two copies are near-duplicates.
+COPY_QUANTILES = (0.05, 0.25, 0.45, 0.65, 0.85)
 
 
 class PlantedNet(nn.Module):
@@ -87,9 +87,12 @@ class PlantedNet(nn.Module):
 
     Channel 0 is the only detector of superclass 0 (red tint), and a weak one: it fires on about
     half of that superclass's images (BN centres it at their median). Channels 1-5 detect
-    superclass 1 and 6-10 superclass 2, each as five strong near-copies; channel 11 is
-    brightness. Keeping 3 of the 12 channels can cover every superclass only with channel 0.
-    The weights are set by hand from `images`/`labels` (normalised synthetic images), not trained.
+    superclass 1 and 6-10 superclass 2, five copies each of one colour direction that differ in
+    where they start to fire (`COPY_QUANTILES`): copies 1 and 6 fire on nearly all of their
+    superclass, later copies on ever fewer, so within each detector the relevance falls with the
+    index by construction. Channel 11 is brightness. Keeping 3 of the 12 channels can cover every
+    superclass only with channel 0; the best such set is {0, 1, 6}. The weights are set by hand
+    from `images`/`labels` (normalised synthetic images), not trained.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -105,10 +108,14 @@ class PlantedNet(nn.Module):
             w[11] = 1.0
             self.conv.weight.copy_(w.view(12, 3, 1, 1))
             self.conv.bias.copy_(torch.tensor([0.0] + [-0.3] * 10 + [0.0]))
-            f = self.conv(self.pool(images))
-            self.bn.running_mean.copy_(f.mean((0, 2, 3)))
-            self.bn.running_var.copy_(f.var((0, 2, 3)))
-            self.bn.running_mean[VITAL] = f[labels // 3 == 0, VITAL].median()
+            f = self.conv(self.pool(images))[:, :, 0, 0]                     # (N, 12) pre-activations
+            superclass = labels // 3
+            self.bn.running_mean.copy_(f.mean(0))
+            self.bn.running_var.copy_(f.var(0))
+            self.bn.running_mean[VITAL] = f[superclass == 0, VITAL].median()
+            for j, q in enumerate(COPY_QUANTILES):
+                for channel, group in ((1 + j, 1), (6 + j, 2)):
+                    self.bn.running_mean[channel] = torch.quantile(f[superclass == group, channel], q)
             head = torch.zeros(9, 12)
             head[0:3, VITAL] = 0.5
             head[3:6, 1:6] = 2.0
@@ -165,3 +172,111 @@ def plot_convergence(solve, optimum: float, title: str, residual_label: str,
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def keep_exactly(solve, keep: int, *, row_tol: float = 1e-7, steps: int = 80) -> tuple[list[int], float]:
+    """The channels a one-layer lasso keeps when exactly `keep` rows of its B are non-zero, and that lam.
+
+    `solve(lam, B0) -> LassoResult` solves the layer's problem at `lam` (warm-started from `B0`); lam is
+    bisected on a log scale, as the budget rule bisects its level, until `keep` rows have a norm above
+    `row_tol`. A solve stopped at its `max_iter` is an error: its kept set would be approximate.
+    """
+    def count(lam, B0=None):
+        result = solve(lam, B0)
+        if not result.converged:
+            raise PaperpruneError(f"the solve at lam={lam:.3g} stopped at max_iter; its kept set is approximate")
+        return int((result.B.norm(dim=1) > row_tol).sum()), result
+
+    hi = 1.0
+    while count(hi)[0] > 0:
+        hi *= 2.0
+    lo = hi * 1e-6
+    n_lo, low = count(lo)
+    if n_lo < keep:
+        raise PaperpruneError(f"even at lam={lo:.3g} the lasso keeps {n_lo} < {keep} channels")
+    B = low.B
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        n, result = count(mid, B)
+        if n == keep:
+            return sorted(torch.nonzero(result.B.norm(dim=1) > row_tol).flatten().tolist()), mid
+        lo, hi, B = (mid, hi, result.B) if n > keep else (lo, mid, B)
+    raise PaperpruneError(f"no lam keeps exactly {keep} channels: the support jumps past it between "
+                          f"lam={lo:.6g} and {hi:.6g}")
+
+
+@dataclass
+class Controls:
+    """One layer's problem on one calibration draw, with the controls of tutorial 04.
+
+    `Q` (C, C) and `R` (C, K) are the layer's statistics (METHOD.md section 2); `R_label` (C, 1) the
+    relevance to one multi-class label kernel L_ij = 1[y_i = y_j] (centred and normalised like the
+    class kernels): a single-task HSIC lasso that sees the labels but not one task per class.
+    `graph`/`tree` are sGLP-IB's and sTLP-IB's structures from the class embeddings, `shuffled_graph`/
+    `shuffled_tree` the same built from the embeddings of randomly permuted classes (a wrong structure).
+    `design` (N^2, C) and `targets` (N^2, K) are the regression behind Q and R (vec of the channel and class
+    kernels): Q = design^T design and R = design^T targets.
+    """
+
+    Q: torch.Tensor
+    R: torch.Tensor
+    R_label: torch.Tensor
+    graph: object
+    tree: object
+    shuffled_graph: object
+    shuffled_tree: object
+    design: torch.Tensor
+    targets: torch.Tensor
+
+    def selections(self, keep: int, *, methods: Sequence[str] | None = None,
+                   max_iter: int = 20000) -> dict[str, list[int]]:
+        """The channels each lasso keeps at exactly `keep` channels: the plain class-wise lasso, sGLP-IB,
+        sTLP-IB, their shuffled-class controls, the l2,1 lasso (one group of all classes: row-coupled,
+        no structure) and the single label-kernel lasso. gamma = lam / 2 for the graphs (the criteria's
+        default gamma_ratio). `methods` picks some of them by name (default: all)."""
+        from .lasso import solve_sglp, solve_stlp
+        from .structure import ClassGraph, ClassTree
+
+        K = self.R.shape[1]
+        none = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
+                          torch.zeros(0, dtype=torch.float64))
+        row = ClassTree([list(range(K))], torch.ones(1, dtype=torch.float64), K)
+        graph = lambda g, R=self.R: lambda lam, B0: solve_sglp(self.Q, R, g, lam, 0.5 * lam, max_iter=max_iter, B0=B0)
+        tree = lambda t: lambda lam, B0: solve_stlp(self.Q, self.R, t, lam, max_iter=max_iter, B0=B0)
+        solvers = {"class-wise lasso": graph(none), "sGLP-IB": graph(self.graph), "sTLP-IB": tree(self.tree),
+                   "sGLP-IB, shuffled classes": graph(self.shuffled_graph),
+                   "sTLP-IB, shuffled classes": tree(self.shuffled_tree),
+                   "l2,1 lasso (rows, no structure)": tree(row),
+                   "one label kernel": graph(none, self.R_label)}
+        unknown = set(methods or ()) - set(solvers)
+        if unknown:
+            raise PaperpruneError(f"unknown control(s) {sorted(unknown)}; choose from {list(solvers)}")
+        return {name: keep_exactly(solve, keep)[0] for name, solve in solvers.items()
+                if methods is None or name in methods}
+
+
+def planted_controls(model: nn.Module, layer: PrunableLayer, images: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int, shuffle_seed: int = 0) -> Controls:
+    """`Controls` of `layer` (of a model whose final nn.Linear is `model.classifier`) on the calibration draw (`images`, `labels`), in float64; classes are permuted
+    with `shuffle_seed` for the shuffled structures. Materialises the N x N kernels: small N only."""
+    from .ib import channel_features, channel_kernels, class_embeddings, layer_statistics
+    from .structure import class_graph_from_embeddings, class_tree_from_embeddings
+
+    stats = layer_statistics(model, [layer], images, labels, num_classes, dtype=torch.float64)[layer.name]
+    kernels = channel_kernels(channel_features(model, [layer], images)[layer.name], dtype=torch.float64)
+    n = labels.numel()
+    onehot = torch.nn.functional.one_hot(labels, num_classes).double()
+    centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    class_kernels = torch.stack([centre @ torch.outer(onehot[:, c], onehot[:, c]) @ centre
+                                 for c in range(num_classes)])
+    class_kernels = class_kernels / class_kernels.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
+    label_kernel = centre @ (onehot @ onehot.T) @ centre
+    label_kernel = label_kernel / label_kernel.norm()
+    design, targets = kernels.flatten(1).T, class_kernels.flatten(1).T
+    emb = class_embeddings(model, images, labels, num_classes)
+    perm = torch.randperm(num_classes, generator=torch.Generator().manual_seed(shuffle_seed))
+    return Controls(Q=stats.redundancy.double(), R=stats.relevance.double(),
+                    R_label=(design.T @ label_kernel.flatten()).reshape(-1, 1),
+                    graph=class_graph_from_embeddings(emb), tree=class_tree_from_embeddings(emb),
+                    shuffled_graph=class_graph_from_embeddings(emb[perm]),
+                    shuffled_tree=class_tree_from_embeddings(emb[perm]), design=design, targets=targets)
