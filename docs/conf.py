@@ -52,4 +52,5 @@ html_static_path = [str(_local_mathjax())]
 html_extra_path = ["_extra"]                  # index.html at the site root -> docs/index.html
 html_theme = "furo"
 html_title = "paperprune"
+html_favicon = "favicon.svg"                 # declared, so no browser asks for /favicon.ico
 html_show_sourcelink = False
