@@ -116,7 +116,7 @@ def _visit(browser, url: str) -> dict:
     return seen
 
 
-def test_every_page_renders_offline_with_figures_equations_and_links(site, base_url, browser):
+def test_every_page_renders_offline_with_figures_equations_and_links(browser, site, base_url):
     pages = _pages(site)
     assert {f"notebooks/{t}.html" for t in TUTORIALS} <= set(pages), pages
     problems, tutorial_images, tutorial_math = [], {}, {}
