@@ -4,20 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.paperprune-installed
+DOCS_STAMP := $(VENV)/.paperprune-docs-installed
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 PROFILE ?= quick
 JOBS ?= 1
 TESTS ?= tests notebooks/0*.ipynb
 TUTORIALS ?= notebooks/0*.ipynb
 
-.PHONY: reproduce test install data benchmarks lab clean
+.PHONY: reproduce test install data browser docs benchmarks lab clean
 
 reproduce: install data
 	$(PY) -m paperprune.reproduce --profile $(PROFILE) --jobs $(JOBS)
 
 # The tutorials run twice: with the default threads and with one, since a reduction's order (and so the
 # last digits of a result) depends on the thread count.
-test: install data
+test: install $(DOCS_STAMP) data browser
 	$(PY) -m pytest $(TESTS) --nbval-lax -p no:cacheprovider
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest $(TUTORIALS) --nbval-lax -p no:cacheprovider
 
@@ -30,6 +31,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.2
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+# The docs extra (Sphinx, MyST-NB, a local MathJax) for `make docs` and tests/test_docs_site.py.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The documentation site in build/html: docs/, METHOD.md and the tutorials with their stored outputs.
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -b html -c docs . build/html
+	@echo "site: build/html/index.html"
+
+# Headless Chromium for tests/test_docs_site.py: Debian's chromium, installed here if root; else that test skips.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		echo "Chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Chromium: installing Debian package chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "Chromium not found and not root with apt: tests/test_docs_site.py will skip ('sudo apt-get install chromium' enables it)." >&2; \
+	fi
 
 # Fashion-MNIST: $$PAPERPRUNE_DATA/fashion-mnist, else Debian's dataset-fashion-mnist (installed here if root).
 data:
@@ -56,4 +78,4 @@ lab: install
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

@@ -275,7 +275,7 @@ def test_deployed_measuring_leaves_torch_compile_usable():
 
 def test_latency_model_refuses_widths_that_reach_grouped_convs(tmp_path):
     """MobileNet's pruned widths reach its depthwise convs, which the table does not time: a clear refusal
-    pointing to the MACs budget (README, "Which networks")."""
+    pointing to the MACs budget (docs/usage.md, "Which networks")."""
     import torchvision
 
     from paperprune.discover import discover

@@ -1,5 +1,5 @@
 """The one schema of run.json (paperprune.record): it reads every committed record, names what is
-wrong with a bad one, writes only what it reads back, and is the README's table."""
+wrong with a bad one, writes only what it reads back, and is the table of docs/records.md."""
 from __future__ import annotations
 
 import copy
@@ -93,10 +93,10 @@ def test_write_run_refuses_what_it_could_not_read(tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
-def test_readme_table_is_the_schema():
-    """README's "What a run records" shows markdown_table() verbatim: edit the dataclasses, then the README."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## What a run records", 1)[1].split("\n## ", 1)[0]
+def test_docs_table_is_the_schema():
+    """docs/records.md shows markdown_table() verbatim: edit the dataclasses, then the page."""
+    page = (ROOT / "docs" / "records.md").read_text()
+    section = page.split("\n## ", 1)[0]
     assert markdown_table() in section
     assert section.count("\n| `") == markdown_table().count("\n| `")  # no second, hand-typed row
 
