@@ -261,17 +261,37 @@ _PRUNE_KEYS = ("top1_before_finetune", "report.timings.statistics_s", "report.ti
                "report.timings.surgery_s", "report.criterion", "report.layers")
 
 
-def _epoch_seconds(folder: Path) -> float:
-    """Training time of the completed epochs recorded in folder/metrics.jsonl (across resumes)."""
+def _metrics_rows(folder: Path) -> list[dict]:
+    """The readable lines of folder/metrics.jsonl (one per completed epoch, across resumes)."""
     path = folder / "metrics.jsonl"
-    total = 0.0
+    rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                total += float(json.loads(line).get("epoch_seconds", 0.0))
-            except (ValueError, AttributeError):
+                row = json.loads(line)
+            except ValueError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _epoch_seconds(folder: Path) -> float:
+    """Training time of the completed epochs recorded in folder/metrics.jsonl (across resumes)."""
+    total = 0.0
+    for row in _metrics_rows(folder):
+        try:
+            total += float(row.get("epoch_seconds", 0.0))
+        except (TypeError, ValueError):
+            continue
     return total
+
+
+def _finetune_top1(folder: Path) -> list[float] | None:
+    """Test top-1 after each fine-tuning epoch, in epoch order (None without fine-tuning)."""
+    rows = sorted((row for row in _metrics_rows(folder) if "epoch" in row and "test_top1" in row),
+                  key=lambda row: row["epoch"])
+    return [float(row["test_top1"]) for row in rows] or None
 
 
 def _baseline(config: RunConfig, data: dict, info, cache_dir: Path, device, progress: bool, input_size):
@@ -578,7 +598,8 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
         baseline=Evaluation(**{k: baseline[k] for k in ("top1", "top5", "params", "macs")}),
         pruned=Pruned(top1_before_finetune=pruning["top1_before_finetune"], top1=final["top1"], top5=final.get("top5"),
                       params=params, macs=macs, params_reduction=1.0 - params / baseline["params"],
-                      macs_reduction=1.0 - macs / baseline["macs"], correct=Packed(**pack_correct(final["correct"]))),
+                      macs_reduction=1.0 - macs / baseline["macs"], correct=Packed(**pack_correct(final["correct"])),
+                      finetune_top1=_finetune_top1(out / "finetune")),
         lam=report["criterion"].get("lam"), criterion=report["criterion"],
         layers=[Layer(**row) for row in report["layers"]],
         latency=_latency(base, pruned, input_size, latency_repeats, deployed_latency) if latency_repeats else {},

@@ -93,6 +93,9 @@ class Pruned:
     macs_reduction: float = _field("1 - MACs / baseline MACs (the FLOPs reduction reached)")
     correct: Packed | None = _field("per-image top-1 correctness of the final evaluation, packed "
                                     "(`n`, `bits`): the input of paired bootstrap comparisons", since=2)
+    finetune_top1: list[float] | None = _field("top-1 (%) on the test images after each fine-tuning epoch, "
+                                               "in order (null when the run did not fine-tune or predates it)",
+                                               optional=True)
 
     def _check(self, where: str) -> None:
         _check_size(self, where)

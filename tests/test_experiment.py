@@ -70,6 +70,7 @@ def test_complete_run_json(tiny_run):
     assert record["data"]["root"] and len(record["data"]["fingerprint"]) == 16
     metrics = (root / "r56-stlp" / "finetune" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
+    assert record["pruned"]["finetune_top1"] == [json.loads(metrics[0])["test_top1"]]
 
 
 def test_completed_run_is_not_recomputed_and_baseline_is_shared(tiny_run):
@@ -184,8 +185,10 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "run.json").read_text())
-    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    # top-1 after every epoch, across the kill: the curve a longer fine-tune is read from
+    assert record["pruned"]["finetune_top1"] == [row["test_top1"] for row in rows]
     assert record["status"] == "complete" and record["config"]["finetune_epochs"] == 4
     assert not list(Path(out).rglob("*.tmp"))
     # timings are cumulative over the interrupted and the resumed invocation, and the resume is recorded

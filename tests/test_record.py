@@ -23,6 +23,7 @@ def _current() -> dict:
     record.update(data={"root": "/data", "fingerprint": "0123456789abcdef"}, baseline_cache=None, precision="bf16",
                   criterion={"lam": record["lam"]}, latency_budget=None, resumed=[])
     record["pruned"]["correct"] = pack_correct(np.arange(10) % 3 == 0)
+    record["pruned"]["finetune_top1"] = [61.0, 70.5]
     for layer in record["layers"]:
         layer["kept"] = list(range(layer["width_after"]))
     return record
@@ -40,6 +41,7 @@ def test_every_committed_record_reads():
 def test_version_1_reads_without_the_later_fields_and_version_2_requires_them():
     old = read_run(FIXTURE)
     assert old.schema == 1 and old.pruned.correct is None and old.resumed is None and old.data is None
+    assert old.pruned.finetune_top1 is None
     current = _current()
     assert RunRecord.from_dict(current).to_dict() == current
     for key in ("resumed", "data", "precision"):
