@@ -291,7 +291,8 @@ fig.tight_layout()
 # %%
 print("cluster sizes at distance 0.5, in the plotted order:", sizes.tolist())
 largest = order[clusters == clusters[starts[np.argmax(sizes)]]]
-print(f"mean Q inside the largest cluster: {Q[np.ix_(largest, largest)].mean():.2f}; over all channel pairs: {Q.mean():.2f}")
+print(f"mean Q inside the largest cluster: {Q[np.ix_(largest, largest)].mean():.2f}; "
+      f"over all channel pairs: {Q.mean():.2f}")
 
 # %% [markdown]
 # At this cut most channels fall into one cluster (46 of 64, printed above), whose mean $Q$ is

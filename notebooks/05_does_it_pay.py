@@ -334,7 +334,7 @@ fine = main[main.stage.str.startswith("fine-tuned")]
 for (arch, stage, method), g in fine.groupby(["arch", "stage", "method"]):
     d = paired_difference(dict(zip(g.seed, g.top1)), dict(zip(g.seed, g.baseline)))
     headline.append({"source": f"this project, {stage}", "dataset": g.dataset.iloc[0], "arch": arch,
-                     "criterion": LABEL[method], "FLOPs reduction (%)": round(g.flops.mean()),
+                     "criterion": LABEL[method], "FLOPs reduction (%)": round(g.flops.mean(), 1),
                      "top-1": round(g.top1.mean(), 2), "unpruned top-1": round(g.baseline.mean(), 2),
                      "change": round(d.mean, 2), "95% t-interval of change": d.interval_text(signed=True),
                      "low": d.low, "high": d.high})
@@ -353,7 +353,8 @@ for (arch, stage), g in ours.groupby(["arch", "source"]):
 for _, r in paper[paper.flops_reduction.notna()].iterrows():
     ax.plot(100 * r.flops_reduction, r.change, "*", color="black", ms=12)
     ax.annotate(f"paper abstract: {r.arch}, {r.dataset}\n(another dataset and protocol)",
-                (100 * r.flops_reduction, r.change), xytext=(8, -4), textcoords="offset points", fontsize=7)
+                (100 * r.flops_reduction, r.change), xytext=(-10, -4), textcoords="offset points", fontsize=7,
+                ha="right", va="top")
 ax.axhline(0, color="gray", lw=0.6)
 handles = [plt.Line2D([], [], color=palette[m], marker="o", ls="", label=LABEL[m]) for m in ORDER
            if LABEL[m] in set(ours.criterion)]
@@ -397,7 +398,8 @@ ablations.drop(columns=["low", "high"])
 
 # %%
 if not ablations.empty:
-    variant_colour = dict(zip(sorted(ablations.variant.unique()), sns.color_palette("Set1", ablations.variant.nunique())))
+    names = sorted(ablations.variant.unique())
+    variant_colour = dict(zip(names, sns.color_palette("Set1", len(names))))
     ab_archs = sorted(ablations.arch.unique())
     n_labels = [ablations[ablations.arch == a].groupby(["criterion", "target"]).ngroups for a in ab_archs]
     fig, axes = plt.subplots(len(ab_archs), 2, figsize=(10, sum(0.5 * n + 1.4 for n in n_labels)), squeeze=False,
@@ -405,19 +407,23 @@ if not ablations.empty:
     for i, arch in enumerate(ab_archs):
         for j, stage in enumerate(curve_stages):
             ax, g = axes[i, j], ablations[(ablations.arch == arch) & (ablations.stage == stage)]
-            labels = list(dict.fromkeys(f"{r.criterion.split(' (')[0]} at {100 * r.target:g}%" for _, r in g.iterrows()))
+            short = [f"{r.criterion.split(' (')[0]} at {100 * r.target:g}%" for _, r in g.iterrows()]
+            labels = list(dict.fromkeys(short))
             step = 0.8 / max(1, len(variant_colour))
             for k, (name, colour) in enumerate(variant_colour.items()):
-                for _, r in g[g.variant == name].iterrows():
-                    y = labels.index(f"{r.criterion.split(' (')[0]} at {100 * r.target:g}%") + (k - 1) * step
-                    ax.errorbar(r.difference, y, xerr=[[r.difference - r.low], [r.high - r.difference]], fmt="o",
-                                color=colour, ms=4, capsize=2, lw=1)
+                for label, (_, r) in zip(short, g.iterrows()):
+                    if r.variant != name:
+                        continue
+                    y = labels.index(label) + (k - (len(names) - 1) / 2) * step
+                    xerr = None if pd.isna(r.low) else [[r.difference - r.low], [r.high - r.difference]]
+                    ax.errorbar(r.difference, y, xerr=xerr, fmt="o", color=colour, ms=4, capsize=2, lw=1)
             ax.axvline(0, color="black", lw=0.6)
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlabel("top-1 difference, variant minus main (points)")
             ax.set_title(f"{arch}: {stage}")
-    axes[0, 1].legend(handles=[plt.Line2D([], [], color=c, marker="o", ls="", label=v) for v, c in variant_colour.items()],
-                      fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), title="variant", title_fontsize=7)
+    markers = [plt.Line2D([], [], color=c, marker="o", ls="", label=v) for v, c in variant_colour.items()]
+    axes[0, 1].legend(handles=markers, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), title="variant",
+                      title_fontsize=7)
     fig.suptitle("Ablations: per-seed paired difference from the main curves, 95% t-interval over seeds")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
 
