@@ -174,7 +174,8 @@ assert kernel_error < 1e-9 and q_error < 1e-9 and r_error < 1e-9, (kernel_error,
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"N = {N} calibration images, C = {C} channels, dead channels: {int(st.dead.sum())}")
+side = int(round(features.shape[2] ** 0.5))
+print(f"N = {N} calibration images, C = {C} channels of {side}x{side} maps, dead channels: {int(st.dead.sum())}")
 print("every difference below 1e-9:", bool(kernel_error < 1e-9 and q_error < 1e-9 and r_error < 1e-9))
 
 # %%
