@@ -149,12 +149,13 @@ for name, m in models.items():
                   tempfile.mkdtemp(), device="cpu", progress=False)
     results[name] = (raw, adapted, tuned["top1"])
 n = len(data.test_loader.labels)
-noise = 100 * np.sqrt(0.85 * 0.15 / n)
 print(f"{'':>9}  {'MACs':>6}  {'right after':>11}  {'BN re-estimated':>15}  {'+ 1 epoch':>9}")
 for name, (raw, adapted, tuned) in results.items():
     cut = f"-{100 * reports[name].macs_reduction:.0f}%" if name in reports else "0%"
     print(f"{name:>9}  {cut:>6}  {raw:>10.1f}%  {adapted:>14.1f}%  {tuned:>8.1f}%")
-print(f"binomial standard error of one accuracy on {n} images near 85%: {noise:.1f} points")
+for accuracy in (0.92, 0.85):
+    print(f"binomial standard error of one accuracy on {n} images near {100 * accuracy:.0f}%: "
+          f"{100 * np.sqrt(accuracy * (1 - accuracy) / n):.1f} points")
 
 # %% [markdown]
 # Read the table with its noise in mind: one accuracy on 500 images has a standard error of
@@ -163,8 +164,11 @@ print(f"binomial standard error of one accuracy on {n} images near 85%: {noise:.
 # statistics, not the criterion, dominate there. After re-estimating them, and after the epoch,
 # the controls say how much of the pruned models' accuracy is owed to the criterion rather
 # than to the budget and the fine-tuning, and the unpruned model with the same extra epoch says
-# what that epoch alone does. One model, one seed and one epoch cannot rank criteria; the
-# reproduction's grid (`python -m paperprune.reproduce`) is where that is measured.
+# what that epoch alone does. One model, one seed and one epoch cannot rank criteria: a margin
+# over random channels on this draw says nothing about other seeds, other budgets or the
+# strongest class-agnostic criterion (L1, HRank, APIB). The recorded grid of criteria, FLOPs
+# targets and seeds (`python -m paperprune.reproduce`) is where that is measured, and
+# `05_does_it_pay` reads it, with intervals over seeds.
 #
 # ## What the pruned model costs
 #

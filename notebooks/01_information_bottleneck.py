@@ -32,9 +32,11 @@ with warnings.catch_warnings():  # tqdm's notice that ipywidgets is absent (prog
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import leaves_list, linkage
+from matplotlib.patches import Rectangle
+from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import squareform
 
+from paperprune.data import DeviceLoader, class_balanced_batch, load_tensors
 from paperprune.ib import channel_features, channel_kernels, hsic, layer_statistics, normalized_hsic
 from paperprune.lasso import sglp_objective, solve_sglp
 from paperprune.structure import ClassGraph
@@ -67,9 +69,10 @@ NO_EDGES = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=
 #
 # ## 2. The estimator on dependent and independent data
 #
-# $y = \sin(2x) + 0.3\,\varepsilon$ depends on $x$ non-linearly (its linear correlation with
-# $x$ is small); $y'$ is drawn independently. As $N$ grows the biased estimate for the
-# independent pair decays like $1/N$, the dependent one settles at a positive value.
+# $y = x^2 + 0.3\,\varepsilon$ depends on $x$, but not linearly: for a symmetric $x$ its
+# population correlation with $x$ is zero. $y'$ is drawn independently. As $N$ grows the biased
+# estimate for the independent pair decays like $1/N$, the dependent one settles at a positive
+# value.
 
 # %%
 sizes = [25, 50, 100, 200, 400, 800]
@@ -79,7 +82,7 @@ for n in sizes:
     runs = {"dependent": [], "independent": []}
     for _ in range(5):
         x = torch.randn(n, 1, generator=gen, dtype=torch.float64)
-        y = torch.sin(2 * x) + 0.3 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+        y = x ** 2 + 0.3 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
         y_ind = torch.randn(n, 1, generator=gen, dtype=torch.float64)
         runs["dependent"].append(float(hsic(x, y)))
         runs["independent"].append(float(hsic(x, y_ind)))
@@ -102,11 +105,17 @@ assert curves["independent"][-1] < curves["independent"][0] / 10 < curves["depen
 # NBVAL_CHECK_OUTPUT
 gen = torch.Generator().manual_seed(1)
 x = torch.randn(300, 1, generator=gen, dtype=torch.float64)
-y = torch.sin(2 * x) + 0.3 * torch.randn(300, 1, generator=gen, dtype=torch.float64)
-print(f"Pearson corr(x, y)     = {float(torch.corrcoef(torch.cat([x, y], 1).T)[0, 1]):.4g}")
-print(f"HSIC(x, y)             = {float(hsic(x, y)):.6g}")
-print(f"normalised HSIC(x, y)  = {float(normalized_hsic(x, y)):.6g}")
-print(f"normalised HSIC(x, x)  = {float(normalized_hsic(x, x)):.6g}")
+y = x ** 2 + 0.3 * torch.randn(300, 1, generator=gen, dtype=torch.float64)
+y_ind = torch.randn(300, 1, generator=gen, dtype=torch.float64)
+for name, v in (("y ", y), ("y'", y_ind)):
+    pearson = float(torch.corrcoef(torch.cat([x, v], 1).T)[0, 1])
+    print(f"N = 300, x and {name}: Pearson corr {pearson:+.2f}, normalised HSIC {float(normalized_hsic(x, v)):.2f}")
+print(f"normalised HSIC(x, x) = {float(normalized_hsic(x, x)):.2f}")
+
+# %% [markdown]
+# On this draw the dependent pair has a Pearson correlation of $-0.05$ (the independent pair:
+# $+0.02$), and a normalised HSIC of $0.37$ against $0.00$: the dependence that a linear
+# statistic misses, HSIC sees.
 
 # %% [markdown]
 # ## 3. The per-layer statistics, checked against a kernel written from scratch
@@ -165,9 +174,13 @@ assert kernel_error < 1e-9 and q_error < 1e-9 and r_error < 1e-9, (kernel_error,
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"N = {N} calibration images, C = {C} channels, dead channels: {int(st.dead.sum())}")
-print("largest difference, channel_kernels vs the kernel from scratch: < 1e-9")
-print("largest difference, layer_statistics' Q and R vs Q, R from the scratch kernels: < 1e-9")
+side = int(round(features.shape[2] ** 0.5))
+print(f"N = {N} calibration images, C = {C} channels of {side}x{side} maps, dead channels: {int(st.dead.sum())}")
+print("every difference below 1e-9:", bool(kernel_error < 1e-9 and q_error < 1e-9 and r_error < 1e-9))
+
+# %%
+print(f"largest difference, channel_kernels vs the kernel from scratch: {kernel_error:.1e}")
+print(f"largest difference, layer_statistics' Q and R vs Q, R from the scratch kernels: {q_error:.1e}, {r_error:.1e}")
 
 # %% [markdown]
 # ## 4. The multi-task HSIC regression
@@ -201,33 +214,36 @@ print(f"1/2 tr(B^T Q B) - tr(R^T B) + K/2                  = {rhs:.4f}")
 # Expanding the square,
 #
 # $$f(B) = -\underbrace{\textstyle\sum_{k,c} B_{kc} R_{kc}}_{\text{relevance}}
-# + \tfrac12 \underbrace{\textstyle\sum_c \big\|\textstyle\sum_k B_{kc} \bar K_k\big\|_F^2}_{\text{redundancy}} + \text{const}.$$
+# + \tfrac12 \underbrace{\textstyle\sum_c \langle T_c, T_c\rangle_F}_{\text{redundancy}} + \text{const},
+# \qquad T_c = \textstyle\sum_k B_{kc}\,\bar K_k .$$
 #
 # * The linear term is a weighted sum of normalised HSIC between each channel and each class:
 #   the stand-in for $I(T;Y)$.
-# * The quadratic term is, for each class, the normalised HSIC of the weighted combination
-#   $T_c = \sum_k B_{kc}\bar K_k$ **with itself**, HSIC$(T,T)$, not HSIC$(X,T)$. It penalises
-#   keeping channels that duplicate each other. It relates to the compression term only
-#   loosely: HSIC is an inner product of centred kernels, so by Cauchy-Schwarz
-#   $\mathrm{HSIC}(X,T)^2 \le \mathrm{HSIC}(X,X)\,\mathrm{HSIC}(T,T)$; a small HSIC$(T,T)$
-#   caps how much $T$ can depend on the input, nothing more.
+# * The quadratic term is, for each class, the squared Frobenius norm $\langle T_c, T_c\rangle_F$
+#   of the weighted combination $T_c$ of channel kernels: an unnormalised inner product, not a
+#   normalised HSIC (a normalised HSIC of anything with itself is 1). With signed $B$, $T_c$ is
+#   not even a kernel matrix: a combination of positive semi-definite matrices with negative
+#   weights can have negative eigenvalues, and does here (below). The term penalises keeping
+#   channels whose kernels overlap ($Q_{km}$ large for two channels with weight in the same
+#   column); it is not the compression term $\mathrm{HSIC}(X,T)$, and no link to $I(X;T)$ is
+#   claimed or checked.
 # * The two terms come with fixed weights from expanding a square: there is no free $\beta$,
 #   and "$\beta = 1$" is not derived from the IB.
 # * **The quadratic term removes no channel.** Without a penalty the minimiser of $f$ is
 #   $B^* = Q^{+}R$, which uses every live channel; it is the sparsity penalties of sGLP-IB and
 #   sTLP-IB (notebooks 02, 03) that set whole rows of $B$ to zero, i.e. prune channels.
 #
-# The Cauchy-Schwarz bound with $X$ the layer's input image and $T_c$ the combination for each
-# class at $B^*$, and the rows of $B^*$ against those of a lasso ($\lambda$ = 0.1 max R):
+# Measured at $B^*$: how many of its coefficients are negative, the smallest eigenvalue of
+# each $T_c$ relative to its largest, and the rows of $B^*$ against those of a lasso
+# ($\lambda$ = 0.1 max R):
 
 # %%
-images = data.images.flatten(1).double().numpy()
-KX = kernel_from_scratch(images)                                  # normalised, so HSIC(X,X) = 1
 B_star = np.linalg.lstsq(Q, R, rcond=None)[0]
 T = np.einsum("kc,kij->cij", B_star, Kbar)
-hsic_xt = np.einsum("ij,cij->c", KX, T)
-hsic_tt = np.einsum("cij,cij->c", T, T)
-assert np.all(hsic_xt ** 2 <= hsic_tt * (KX ** 2).sum() + 1e-12)
+eigenvalues = np.linalg.eigvalsh(T)                                   # (K, N), ascending
+relative_min = eigenvalues[:, 0] / eigenvalues[:, -1]
+indefinite = int((relative_min < -1e-6).sum())
+assert indefinite > 0                                                  # T_c is not a kernel matrix
 lasso = solve_sglp(st.redundancy, st.relevance, NO_EDGES, 0.1 * float(st.relevance.max()), 0.0, tol=1e-9).B.numpy()
 rows_star = int((np.linalg.norm(B_star, axis=1) > 1e-7).sum())
 rows_lasso = int((np.linalg.norm(lasso, axis=1) > 1e-7).sum())
@@ -235,54 +251,87 @@ assert rows_star == C - int(st.dead.sum()) and rows_lasso < rows_star
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("HSIC(X, T_c)^2 <= HSIC(X, X) HSIC(T_c, T_c) for all 10 classes")
-print(f"non-zero rows of B* = Q^+ R (no penalty): {rows_star} of {C}")
+print(f"negative coefficients in B* = Q^+ R: {100 * (B_star < 0).mean():.0f}%")
+print(f"classes whose T_c has a negative eigenvalue (below -1e-6 of its largest): {indefinite} of 10")
+print(f"non-zero rows of B* (no penalty): {rows_star} of {C}")
 print(f"non-zero rows with the l1 penalty, lambda = 0.1 max R: {rows_lasso} of {C}")
 
-# %% [markdown]
+# %%
+print("smallest / largest eigenvalue of T_c per class:", np.round(relative_min, 2))
+
 # ## 6. What Q and R of a trained layer look like
 #
 # Q with its channels ordered by average-linkage clustering (distance $1 - Q$), so that groups
-# of mutually redundant channels form blocks; R with the same channel order.
+# of mutually redundant channels sit together; the black squares outline the clusters of the
+# tree cut at distance 0.5 (sub-clusters merged at an average distance $1 - Q$ of at most 0.5). R
+# with the same channel order.
 
 # %%
 dist = np.clip(1 - Q, 0, None)
 np.fill_diagonal(dist, 0)
-order = leaves_list(linkage(squareform(dist, checks=False), method="average"))
+tree = linkage(squareform(dist, checks=False), method="average")
+order = leaves_list(tree)
+clusters = fcluster(tree, 0.5, criterion="distance")[order]          # cluster label of each channel, in order
+starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+sizes = np.diff(np.r_[starts, C])
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1.15, 1]})
 im = axes[0].imshow(Q[order][:, order], cmap="viridis", vmin=0, vmax=1)
-axes[0].set_title("redundancy Q (channels by cluster)")
-axes[0].set_xlabel("channel")
-axes[0].set_ylabel("channel")
-fig.colorbar(im, ax=axes[0], fraction=0.046, label="normalised HSIC")
+for start, size in zip(starts, sizes):
+    axes[0].add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor="black", lw=1.2))
+axes[0].set_title("redundancy Q (channels by cluster, clusters outlined)")
+axes[0].set_xlabel("channel (clustered order)")
+axes[0].set_ylabel("channel (clustered order)")
+fig.colorbar(im, ax=axes[0], fraction=0.046, label="Q: normalised HSIC")
 im = axes[1].imshow(R[order], cmap="magma", vmin=0, aspect="auto")
 axes[1].set_xticks(range(10), info.class_names, rotation=90)
 axes[1].set_ylabel("channel (same order)")
 axes[1].set_title("relevance R (channels x classes)")
-fig.colorbar(im, ax=axes[1], fraction=0.046, label="normalised HSIC")
+fig.colorbar(im, ax=axes[1], fraction=0.046, label="R: normalised HSIC")
 fig.tight_layout()
 
+# %%
+print("cluster sizes at distance 0.5, in the plotted order:", sizes.tolist())
+largest = order[clusters == clusters[starts[np.argmax(sizes)]]]
+print(f"mean Q inside the largest cluster: {Q[np.ix_(largest, largest)].mean():.2f}; "
+      f"over all channel pairs: {Q.mean():.2f}")
+
 # %% [markdown]
+# At this cut most channels fall into one cluster (46 of 64, printed above), whose mean $Q$ is
+# barely above the mean over all pairs: this layer's redundancy has a few small tight groups,
+# not a clear block structure.
+#
 # How much of R is class-wise? Most of it is not: R is close to rank one, the product of a
 # channel's overall strength and a class's overall "ease" (how distinct the class is in this
-# layer). The class-wise part is what is left after that product, the residual $R - \sigma_1 u_1 v_1^\top$:
+# layer). The class-wise part is what is left after that product, the residual
+# $R - \sigma_1 u_1 v_1^\top$. Any matrix of positive entries has a large rank-one share (its
+# mean alone is a rank-one matrix), so the share is set beside a null: the same entries of R
+# shuffled over its 64 x 10 cells, 1000 times, which keeps their values and removes any
+# channel or class structure.
 
 # %%
 U, S, Vt = np.linalg.svd(R, full_matrices=False)
 rank_one = S[0] * np.outer(U[:, 0], Vt[0])
 share = S[0] ** 2 / (S ** 2).sum()
-assert share > 0.5  # the reading below: most of R is the rank-one product
+
+
+def rank_one_share(M):
+    s = np.linalg.svd(M, compute_uv=False)
+    return s[0] ** 2 / (s ** 2).sum()
+
+
+rng = np.random.default_rng(0)
+null_share = np.array([rank_one_share(rng.permutation(R.ravel()).reshape(R.shape)) for _ in range(1000)])
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
 vmax = R.max()
 for ax, M, title in ((axes[0], R, "R"), (axes[1], rank_one, f"rank one: {100 * share:.0f}% of ||R||^2")):
     im = ax.imshow(M[order], cmap="magma", vmin=0, vmax=vmax, aspect="auto")
     ax.set_title(title)
 fig.colorbar(im, ax=axes[:2], fraction=0.03, label="normalised HSIC")
-residual = (R - rank_one)[order]
+residual = R - rank_one
 lim = np.abs(residual).max()
-im = axes[2].imshow(residual, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+im = axes[2].imshow(residual[order], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
 axes[2].set_title("residual: the class-wise part")
-fig.colorbar(im, ax=axes[2], fraction=0.046)
+fig.colorbar(im, ax=axes[2], fraction=0.046, label="R minus its rank-one part")
 for ax in axes:
     ax.set_xticks(range(10), info.class_names, rotation=90)
 axes[0].set_ylabel("channel (by cluster)")
@@ -291,12 +340,47 @@ plt.show()
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"rank-one share of ||R||_F^2: {100 * share:.0f}%")
+print(f"the same for R's entries shuffled (1000 draws): mean {100 * null_share.mean():.0f}%, "
+      f"largest {100 * null_share.max():.0f}%")
 print("classes in the order of their overall ease (largest |v_1| first):",
       [info.class_names[c] for c in np.argsort(-np.abs(Vt[0]))][:4], "...")
 
 # %% [markdown]
-# The class-wise part is small but not noise: it is what lets a channel matter for some
-# classes and not others (the residual's rows change sign across classes). A single
-# class-agnostic response (APIB) sees one number per channel; notebook 04 measures how much the
-# kept channels change when the lasso sees all ten columns, and notebooks 02 and 03 how the
-# class graph and the class tree tie those columns together.
+# R's rank-one share is above every shuffled draw, but only by a few points: most of R's
+# rank-one share is what any positive matrix of these values has.
+#
+# Is the class-wise part noise? The signs alone cannot say: R's entries are all non-negative
+# (an inner product of two centred kernels), so by Perron-Frobenius its leading singular
+# vectors can be taken non-negative, and the residual, orthogonal to that positive rank-one
+# matrix, must change sign, whatever R holds. What can tell is a second draw: the same
+# statistics on 20 *other* training images per class (seed 2 instead of 1). If the residual
+# were sampling noise, the two residuals would be uncorrelated; the null is the correlation with
+# the second residual's channels shuffled (1000 permutations).
+
+# %%
+cal_x, cal_y = class_balanced_batch(*load_tensors("fashion-mnist", "train"), 20, seed=2)
+images2, labels2 = next(iter(DeviceLoader(cal_x, cal_y, batch_size=len(cal_y), train=False,
+                                          mean=info.mean, std=info.std)))
+R2 = layer_statistics(model, [layer], images2, labels2, 10, dtype=torch.float64)[layer.name].relevance.numpy()
+U2, S2, Vt2 = np.linalg.svd(R2, full_matrices=False)
+residual2 = R2 - S2[0] * np.outer(U2[:, 0], Vt2[0])
+agreement = np.corrcoef(residual.ravel(), residual2.ravel())[0, 1]
+shuffled = np.array([np.corrcoef(residual.ravel(), residual2[rng.permutation(C)].ravel())[0, 1]
+                     for _ in range(1000)])
+assert agreement > shuffled.max()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"correlation of the two draws' residuals: {agreement:.2f}")
+print(f"with the second draw's channels shuffled (1000 permutations): 95% within "
+      f"+-{np.percentile(np.abs(shuffled), 95):.2f}, largest {shuffled.max():.2f}")
+print(f"rank-one share on the second draw: {100 * rank_one_share(R2):.0f}%")
+
+# %% [markdown]
+# The class-wise part is small (13% of $\|R\|_F^2$) and reproducible: it correlates 0.92
+# between two disjoint calibration draws, far above the shuffled null. It is what lets a
+# channel matter for some classes and not others. A single class-agnostic response (APIB) sees
+# one number per channel; notebook 04 measures how much the kept channels change when the
+# lasso sees all ten columns, and notebooks 02 and 03 how the class graph and the class tree tie
+# those columns together. Whether that changes accuracy after pruning is measured over seeds in
+# `05_does_it_pay`, not here.

@@ -7,7 +7,8 @@ scores from the seed), and every target reuses them: only the budget bisection a
 run per target. Each point records top-1 on the test loader raw and after adaptive BatchNorm
 (`adapt_batchnorm`: the BN running statistics re-estimated on a few hundred training images,
 as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per-image
-correctness of both, packed, for the paired bootstrap of `paperprune.stats`.
+correctness of both, packed (`paperprune.stats.pack_correct`), for the two-level bootstrap of
+`paperprune.seeds`.
 
 `criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`) go to every
 criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12

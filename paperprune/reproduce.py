@@ -225,10 +225,9 @@ COSTS = {
 #: benchmarks/results/eval.md, 2026-12-03: ResNet-56 1.27-1.35x, VGG-16 1.04-1.08x)
 EVAL_FOLD_SPEEDUP = {"resnet56": 1.29, "vgg16": 1.07}
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
-#: the reports: per curves record 15 s of figures and 1.4 s per paired bootstrap (10,000 draws over 3 seeds x
-#: 10,000 test images, measured: 1.4 CPU s) of each class-wise criterion against a class-agnostic one (and of
-#: each criterion of an ablation variant against the main curves), per target and metric; the run report 60 s
-FIGURES_S, BOOTSTRAP_S, RUN_REPORT_S = 15.0, 1.4, 60.0
+#: the reports: per curves record 15 s of figures (the paired differences over seeds of `paperprune.seeds` cost
+#: no measurable time); the run report 60 s
+FIGURES_S, RUN_REPORT_S = 15.0, 60.0
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
 _LASSO = ("apib", *CLASSWISE)
 
@@ -254,7 +253,7 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
     statistics once. Run: a kernel, statistics, selection, three test evaluations in the run's
     precision (baseline, pruned, fine-tuned), the fine-tuning steps of the pruned model and its bf16
     test evaluation.
-    Reports: figures and paired bootstraps per curves record, the run report (FIGURES_S)."""
+    Reports: figures per curves record, the run report (FIGURES_S)."""
     baselines = profile.baselines if baselines is None else baselines
     curves = profile.curves if curves is None else curves
     runs = profile.runs if runs is None else runs
@@ -274,9 +273,7 @@ def estimate(profile: Profile, baselines=None, curves=None, runs=None) -> dict[s
             cost["statistics_s"][_kind(m)]
             + sum(cost["select_s"][_kind(m)] + 2 * scale * evaluation * _pruned(cost, t) for t in job["targets"])
             for m in job["methods"])
-        paired = sum(m in CLASSWISE for m in job["methods"]) if set(job["methods"]) - set(CLASSWISE) else 0
-        paired += len(job["methods"]) if job.get("criterion_options") else 0  # a variant against the main curves
-        out["reports"] += FIGURES_S + BOOTSTRAP_S * paired * len(job["targets"]) * 2
+        out["reports"] += FIGURES_S
     for job in runs:
         cost, kind = COSTS[job["arch"]], _kind(job["method"])
         pruned = _pruned(cost, job["flops_reduction"])

@@ -1,14 +1,10 @@
-"""Statistics over seeds and test images: aggregation, binomial noise, paired bootstrap intervals.
+"""Records of seeds and test images: aggregation over seeds, binomial noise, packed per-image correctness.
 
-The comparison the paper's claim needs (issue 12 items 5 and 8): mean +- std over seeds for each
-(arch, method, target), and a method's paired difference from another with a 95% confidence
-interval. The bootstrap is paired twice over: both methods are scored on the same test images
-and the same calibration seeds, so one resample (of seeds, and of images within the test set)
-is applied to both, which cancels the noise they share (Efron & Tibshirani 1993, ch. 16; as in
-Dror et al., ACL 2018, for comparing models on one test set).
-
-Per-image correctness is stored packed (`pack_correct`: numpy.packbits, base64) so a record of
-10,000 test images costs 1.7 kB.
+`aggregate` gives mean +- std over seeds per (arch, method, target); intervals over seeds and
+the comparison of two criteria are `paperprune.seeds` (METHOD.md section 6). Per-image
+correctness is stored packed (`pack_correct`: numpy.packbits, base64) so a record of 10,000
+test images costs 1.7 kB; `unpack_correct` gives back the per-seed arrays that
+`paperprune.seeds.two_level_bootstrap` takes.
 """
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ import numpy as np
 
 from .utils import PaperpruneError
 
-__all__ = ["aggregate", "binomial_std", "pack_correct", "paired_bootstrap", "unpack_correct"]
+__all__ = ["aggregate", "binomial_std", "pack_correct", "unpack_correct"]
 
 
 def binomial_std(top1: float, n: int) -> float:
@@ -62,42 +58,3 @@ def aggregate(rows: Iterable[dict], by: Sequence[str], value: str) -> list[dict]
                     "min": float(vals.min()), "max": float(vals.max()),
                     "seeds": sorted(r["seed"] for r in members) if all("seed" in r for r in members) else None})
     return out
-
-
-def paired_bootstrap(correct_a, correct_b, *, n_boot: int = 10000, confidence: float = 0.95,
-                     seed: int = 0) -> dict:
-    """Top-1 difference b - a (percentage points) with a paired bootstrap confidence interval.
-
-    `correct_a`, `correct_b`: booleans of shape (seeds, images) (or (images,) for one seed), entry
-    [s, i] = whether the method got test image i right with seed s; row s of both must come from
-    the same seed. Each bootstrap draw resamples the seeds and, independently, the images (the
-    same draws for both methods) and takes the difference of mean accuracies. Returns {"diff",
-    "low", "high", "confidence", "n_boot", "seeds", "images"}; percentile interval.
-    """
-    a, b = np.atleast_2d(np.asarray(correct_a, dtype=bool)), np.atleast_2d(np.asarray(correct_b, dtype=bool))
-    if a.shape != b.shape or a.size == 0:
-        raise PaperpruneError(f"paired_bootstrap needs two non-empty arrays of one shape (seeds, images); got "
-                              f"{a.shape} and {b.shape}")
-    if not 0.0 < confidence < 1.0 or n_boot < 100:
-        raise PaperpruneError(f"confidence must lie in (0, 1) and n_boot >= 100; got {confidence}, {n_boot}")
-    d = b.astype(np.float64) - a.astype(np.float64)  # per (seed, image): -1, 0 or +1
-    seeds, images = d.shape
-    rng = np.random.default_rng(seed)
-    draws = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // images))
-    for start in range(0, n_boot, chunk):
-        m = min(chunk, n_boot - start)
-        img_counts = _resample_counts(rng, m, images)   # (m, images): how often each image is drawn
-        seed_counts = _resample_counts(rng, m, seeds)   # (m, seeds)
-        per_seed = img_counts @ d.T / images            # (m, seeds): resampled accuracy difference per seed
-        draws[start:start + m] = (seed_counts * per_seed).sum(axis=1) / seeds
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return {"diff": 100.0 * float(d.mean()), "low": 100.0 * float(low), "high": 100.0 * float(high),
-            "confidence": confidence, "n_boot": n_boot, "seeds": seeds, "images": images}
-
-
-def _resample_counts(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
-    """(m, n) counts: row k says how often each of n items appears in the k-th resample of size n."""
-    picks = rng.integers(0, n, size=(m, n)) + (np.arange(m) * n)[:, None]
-    return np.bincount(picks.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)

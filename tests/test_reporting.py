@@ -392,24 +392,53 @@ def test_curves_table_names_points_with_a_stopped_solve():
 
 
 def test_paired_curves_known_answers():
-    rows = reporting.paired_curves(_curves_record(), n_boot=2000)
+    rows = reporting.paired_curves(_curves_record())
     assert {(r["target"], r["method"]) for r in rows} == {(t, m) for t in (0.3, 0.6) for m in reporting.CLASSWISE}
     by = {(r["target"], r["method"]): r for r in rows}
     for target in (0.3, 0.6):
         assert all(by[target, m]["reference"] == "hrank" for m in reporting.CLASSWISE)
         sglp, stlp, classwise = (by[target, m] for m in ("sglp", "stlp", "classwise"))
-        assert sglp["diff"] == pytest.approx(5.0) and sglp["low"] > 0  # 10 more of 200 images, every seed
+        # 10 more of 200 images on every seed: +5 points with no spread over seeds, so the t-interval is a point
+        assert sglp["diff"] == sglp["low"] == sglp["high"] == pytest.approx(5.0)
         assert sglp["mean"] - sglp["reference_mean"] == pytest.approx(sglp["diff"])
         assert stlp["diff"] == stlp["low"] == stlp["high"] == 0.0  # identical criteria
-        assert classwise["diff"] == pytest.approx(0.0) and classwise["low"] < 0 < classwise["high"]
-        assert sglp["seeds"] == 3 and sglp["images"] == IMAGES
-    raw = reporting.paired_curves(_curves_record(), "top1", n_boot=1000)
+        # other images right, the same number on every seed: no difference over seeds either
+        assert classwise["diff"] == classwise["low"] == classwise["high"] == pytest.approx(0.0)
+        assert sglp["seeds"] == 3 and sglp["images"] == IMAGES and sglp["interval"] == "t"
+    raw = reporting.paired_curves(_curves_record(), "top1")
     assert all(r["metric"] == "top1" for r in raw)
     with pytest.raises(PaperpruneError, match="metric 'top5' unknown"):
         reporting.paired_curves(_curves_record(), "top5")
     table = reporting.paired_table(rows, "paired")
     (row,) = _rows(table, Method="sGLP-IB", **{"Target FLOPs ↓ (%)": "30"})
-    assert row["Against"] == "HRank" and row["Δ top-1"] == "+5.00" and row["CI"].startswith("[+")
+    assert row["Against"] == "HRank" and row["Δ top-1"] == "+5.00" and row["CI"] == "[+5.00, +5.00]"
+    assert any("t-interval" in note and "seeds" in note for note in table.notes)
+
+
+def test_paired_curves_interval_is_the_paired_t_interval_over_seeds():
+    """Per-seed gains that differ by seed: the interval is scipy's paired t-interval (df = n - 1) of the
+    recorded per-seed values; one seed gives no interval."""
+    from scipy import stats
+
+    record = _curves_record()
+    gains = {0: 1.0, 1: 6.0, 2: 2.5}
+    for p in record["points"]:
+        if p["method"] == "sglp" and p["target"] == 0.3:
+            hrank = next(q for q in record["points"] if q["method"] == "hrank" and q["seed"] == p["seed"]
+                         and q["target"] == 0.3)
+            p["top1_bn"] = hrank["top1_bn"] + gains[p["seed"]]
+    (row,) = [r for r in reporting.paired_curves(record) if r["method"] == "sglp" and r["target"] == 0.3]
+    sglp = [p["top1_bn"] for p in sorted(record["points"], key=lambda p: p["seed"])
+            if p["method"] == "sglp" and p["target"] == 0.3]
+    hrank = [p["top1_bn"] for p in sorted(record["points"], key=lambda p: p["seed"])
+             if p["method"] == "hrank" and p["target"] == 0.3]
+    low, high = stats.ttest_rel(sglp, hrank).confidence_interval(0.95)
+    assert row["diff"] == pytest.approx(np.mean(list(gains.values())))
+    assert (row["low"], row["high"]) == (pytest.approx(low), pytest.approx(high))
+    one = dict(record, points=[p for p in record["points"] if p["seed"] == 0])
+    (single,) = _rows(reporting.paired_table(reporting.paired_curves(one), "one seed"), Method="sGLP-IB",
+                      **{"Target FLOPs ↓ (%)": "30"})
+    assert single["CI"] == "n = 1: no interval" and single["Seeds"] == "1"
 
 
 def _finetuned(tmp_path, method: str, seed: int, correct: np.ndarray | None) -> None:
@@ -436,13 +465,13 @@ def test_paired_runs_known_answers(tmp_path):
     _finetuned(tmp_path, "apib", 0, None)  # schema 1, no per-image correctness: left out
     runs = reporting.load_runs(tmp_path)
     assert all(r["status"] == "complete" for r in runs), [r.get("error") for r in runs]
-    rows = reporting.paired_runs(runs, n_boot=2000)
+    rows = reporting.paired_runs(runs)
     by = {r["method"]: r for r in rows}
     assert [r["method"] for r in rows] == list(reporting.CLASSWISE)
     assert all(r["reference"] == "hrank" and r["target"] == 0.5 and r["seeds"] == 3 for r in rows)
-    assert by["sglp"]["diff"] == pytest.approx(5.0) and by["sglp"]["low"] > 0
+    assert by["sglp"]["diff"] == by["sglp"]["low"] == pytest.approx(5.0)  # +5 points on every seed
     assert by["stlp"]["low"] == by["stlp"]["high"] == 0.0
-    assert by["classwise"]["low"] < 0 < by["classwise"]["high"]
+    assert by["classwise"]["low"] == by["classwise"]["high"] == pytest.approx(0.0)
     written = reporting.build_reports(tmp_path, tmp_path / "report")
     (table,) = [p for p in written["paired"] if p.suffix == ".md"]
     assert "| resnet56 | 50 | sGLP-IB | HRank |" in table.read_text() and "+5.00" in table.read_text()
@@ -478,13 +507,13 @@ def test_curves_figures_and_overlap(tmp_path):
 def test_curves_report_and_load(tmp_path):
     _curves_record(tmp_path)
     record = reporting.load_curves(tmp_path)
-    written = reporting.curves_report(record, tmp_path / "out", n_boot=500)
+    written = reporting.curves_report(record, tmp_path / "out")
     assert set(written) == {"table", "paired_top1", "paired_top1_bn", "curves", "widths", "overlap"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert "widths_60_fashion-mnist_resnet56.png" in {p.name for p in written["widths"]}  # nearest 55%
     agnostic_only = dict(record, points=[p for p in record["points"] if p["method"] == "l1"])
-    assert set(reporting.curves_report(agnostic_only, tmp_path / "l1", n_boot=500)) == {"table", "curves", "widths"}
+    assert set(reporting.curves_report(agnostic_only, tmp_path / "l1")) == {"table", "curves", "widths"}
     broken = json.loads((tmp_path / "curves.json").read_text())
     del broken["points"][3]["correct_bn"]
     (tmp_path / "curves.json").write_text(json.dumps(broken))

@@ -61,8 +61,8 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
     if paired:
         title = "Fine-tuned: each class-wise criterion against the best class-agnostic one"
         entry("paired", write_table(paired_table(paired, title), out / "tables", "paired_finetuned"),
-              "each class-wise criterion's top-1 difference from the best class-agnostic one, with a 95% "
-              "paired bootstrap interval over seeds and test images.")
+              "each class-wise criterion's top-1 difference from the best class-agnostic one, with the 95% "
+              "t-interval of the mean paired difference over seeds (paperprune.seeds).")
     else:
         index.append("- paired differences of fine-tuned runs: skipped (no class-wise and class-agnostic runs of "
                      "one configuration record per-image correctness, run.json schema 2).")

@@ -5,10 +5,13 @@ Inputs: a curves record (`curves.json` of `paperprune.curves.run`: one point per
 and FLOPs target, with top-1 raw and after adaptive BN and the per-image correctness of both),
 and run records of fine-tuned runs (`run.json`, schema 2: `pruned.correct`). Seeds aggregate as
 mean +- sample std (ddof 1) with n. A class-wise criterion (CLASSWISE) is compared with the best
-class-agnostic one (AGNOSTIC, the highest mean top-1 at that target, so the comparison is
-against the strongest competitor the test set shows) by the paired bootstrap of
-`paperprune.stats.paired_bootstrap`: the same seeds and test images for both, resampled
-together; the interval is a percentile interval of the difference method - reference.
+class-agnostic one (AGNOSTIC under either allocation, the highest mean top-1 at that target, so
+the comparison is against the strongest competitor the test set shows) by its per-seed paired
+differences method - reference on the same seeds and test images, with the t-interval over seeds
+of `paperprune.seeds.paired_difference` (n - 1 degrees of freedom; METHOD.md section 6).
+
+A criterion run under the uniform allocation (`paperprune.select`, a curves point's or run's
+`allocation`) is a row of its own, keyed "l1:uniform" and labelled "L1-norm (uniform)".
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from matplotlib.figure import Figure
 from ..compare import Comparison, jaccard
 from ..criteria import AGNOSTIC, CLASSWISE
 from ..record import read_curves
-from ..stats import paired_bootstrap, unpack_correct
+from ..seeds import NO_INTERVAL, paired_difference, summarize
+from ..stats import unpack_correct
 from ..utils import PaperpruneError
 from .figures import _figure, save_figure
-from .records import BOOKKEEPING_KEYS, _canon, _complete, _method_label, _method_rank, _stat
+from .records import BOOKKEEPING_KEYS, _canon, _complete, _entry, _method_label, _method_rank, _stat
 from .tables import Table, write_table
 
 __all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
@@ -51,12 +55,17 @@ def _ok(record: dict, target: float | None = None) -> list[dict]:
     return [p for p in record["points"] if "error" not in p and (target is None or np.isclose(p["target"], target))]
 
 
+def _key(point: dict) -> str:
+    """A point's criterion as the tables key it: its method, with ":uniform" under the uniform allocation."""
+    return _entry(point["method"], point.get("allocation"))
+
+
 def _targets(record: dict) -> list[float]:
     return sorted({float(p["target"]) for p in record["points"]})
 
 
 def _methods(points: Sequence[dict]) -> list[str]:
-    return sorted({p["method"] for p in points}, key=_method_rank)
+    return sorted({_key(p) for p in points}, key=_method_rank)
 
 
 def _variant(record: dict) -> str:
@@ -88,8 +97,8 @@ def curves_table(record: dict) -> Table:
     for target in _targets(record):
         at = [p for p in record["points"] if np.isclose(p["target"], target)]
         for method in _methods(at):
-            ok = [p for p in at if p["method"] == method and "error" not in p]
-            failed = sum(1 for p in at if p["method"] == method and "error" in p)
+            ok = [p for p in at if _key(p) == method and "error" not in p]
+            failed = sum(1 for p in at if _key(p) == method and "error" in p)
             rows.append([_method_label(method), f"{100 * target:g}", str(len(ok)),
                          _cell([p["macs_reduction"] for p in ok], 100.0, 1), _cell([p["top1"] for p in ok]),
                          _cell([p["top1_bn"] for p in ok]), str(failed)])
@@ -114,19 +123,17 @@ def curves_table(record: dict) -> Table:
 
 def paired_table(rows: Sequence[dict], title: str) -> Table:
     """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against the best
-    class-agnostic one, its difference in top-1 points and the 95% paired bootstrap interval."""
+    class-agnostic one, its mean paired difference in top-1 points and the t-interval over seeds."""
     body = [[r["arch"], "—" if r["target"] is None else f"{100 * r['target']:g}", _method_label(r["method"]),
              _method_label(r["reference"]),
              f"{r['mean']:.2f}", f"{r['reference_mean']:.2f}", f"{r['diff']:+.2f}",
-             f"[{r['low']:+.2f}, {r['high']:+.2f}]", str(r["seeds"]), str(r["images"]),
+             _interval(r), str(r["seeds"]), str(r["images"]),
              f"{100 * r['macs_reduction']:.1f} / {100 * r['reference_macs_reduction']:.1f}"] for r in rows]
     confidence = {r["confidence"] for r in rows} or {0.95}
-    notes = ["Against: the class-agnostic criterion (l1, hrank, apib, random) with the highest mean top-1 at "
-             "that target. Δ = method − against, in top-1 points, over the same seeds and test images.",
-             f"CI: {100 * max(confidence):g}% percentile interval of a paired bootstrap (seeds and test images "
-             f"resampled together for both, {max((r['n_boot'] for r in rows), default=0)} draws; "
-             "paperprune.stats.paired_bootstrap). An interval that excludes 0 is a difference beyond seed and "
-             "test-set noise.",
+    notes = ["Against: the class-agnostic criterion (l1, hrank, apib, random, under either allocation) with the "
+             "highest mean top-1 at that target. Δ = method − against, in top-1 points: the mean over seeds of "
+             "the per-seed differences on the same seeds and test images.",
+             _ci_note(max(confidence)),
              "Means are over the seeds both criteria have; FLOPs ↓ is method / against."]
     return Table(title, ["Arch", "Target FLOPs ↓ (%)", "Method", "Against", "Top-1 (%)", "Against top-1 (%)",
                          "Δ top-1", "CI", "Seeds", "Images", "FLOPs ↓ (%)"], body, notes)
@@ -134,39 +141,70 @@ def paired_table(rows: Sequence[dict], title: str) -> Table:
 
 # --------------------------------------------------------------------------- paired differences
 
-def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], context: dict, n_boot: int,
-             seed: int, confidence: float) -> list[dict]:
-    """by_method[method][seed] = (correct per image, top-1, macs_reduction): each class-wise method
-    against the class-agnostic one with the highest mean top-1."""
-    agnostic = [m for m in AGNOSTIC if by_method.get(m)]
+def _interval(row: dict) -> str:
+    """A row's interval as "[low, high]" (signed), or what one seed has instead."""
+    return NO_INTERVAL if row["low"] is None else f"[{row['low']:+.2f}, {row['high']:+.2f}]"
+
+
+def _ci_note(confidence: float) -> str:
+    return (f"CI: {100 * confidence:g}% t-interval of the mean paired difference over seeds (n − 1 degrees of "
+            "freedom; paperprune.seeds.paired_difference, METHOD.md section 6); one seed gives no interval. The "
+            "seed (calibration draw) is the unit: an interval that excludes 0 is a difference beyond what another "
+            "draw of seeds would change.")
+
+
+def _difference(method: dict[int, float], reference: dict[int, float], confidence: float) -> dict:
+    """`paired_difference` of two {seed: top-1} as a row's fields: diff, std, low, high, confidence, interval."""
+    d = paired_difference(method, reference, confidence)
+    return {"diff": d.mean, "std": d.std, "low": d.low, "high": d.high, "confidence": d.confidence,
+            "interval": d.interval}
+
+
+def _classwise_rank(key: str) -> tuple:
+    """Class-wise rows in CLASSWISE's order, each method's global row before its uniform one."""
+    method, _, allocation = key.partition(":")
+    return CLASSWISE.index(method), allocation
+
+
+def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], context: dict,
+             confidence: float) -> list[dict]:
+    """by_method[key][seed] = (correct per image, top-1, macs_reduction), keys as `_key` gives them:
+    each class-wise criterion against the class-agnostic one (under either allocation) with the
+    highest mean top-1, over the seeds both have."""
+    def base(key: str) -> str:
+        return key.split(":")[0]
+
+    agnostic = [m for m in by_method if base(m) in AGNOSTIC and by_method[m]]
     if not agnostic:
         return []
-    best = max(agnostic, key=lambda m: (np.mean([v[1] for v in by_method[m].values()]), -AGNOSTIC.index(m)))
+    best = max(sorted(agnostic, key=lambda m: (AGNOSTIC.index(base(m)), m)),  # ties: the earlier in AGNOSTIC
+               key=lambda m: np.mean([v[1] for v in by_method[m].values()]))
     rows = []
-    for method in (m for m in CLASSWISE if by_method.get(m)):
+    for method in sorted((m for m in by_method if base(m) in CLASSWISE and by_method[m]), key=_classwise_rank):
         seeds = sorted(set(by_method[method]) & set(by_method[best]))
         if not seeds:
             continue
-        a = np.stack([by_method[best][s][0] for s in seeds])
-        b = np.stack([by_method[method][s][0] for s in seeds])
-        if a.shape != b.shape:
+        images = {len(by_method[m][s][0]) for m in (method, best) for s in seeds}
+        if len(images) > 1:
             raise PaperpruneError(f"{context} {method} and {best} were scored on different numbers of test images "
-                                  f"({b.shape[1]} and {a.shape[1]}); compare runs on one test set")
-        ci = paired_bootstrap(a, b, n_boot=n_boot, seed=seed, confidence=confidence)
+                                  f"({sorted(images)}); compare runs on one test set")
+        top1 = {m: {s: by_method[m][s][1] for s in seeds} for m in (method, best)}
         rows.append({**context, "method": method, "reference": best,
-                     "mean": float(np.mean([by_method[method][s][1] for s in seeds])),
-                     "reference_mean": float(np.mean([by_method[best][s][1] for s in seeds])),
+                     "mean": float(np.mean(list(top1[method].values()))),
+                     "reference_mean": float(np.mean(list(top1[best].values()))),
                      "macs_reduction": float(np.mean([by_method[method][s][2] for s in seeds])),
-                     "reference_macs_reduction": float(np.mean([by_method[best][s][2] for s in seeds])), **ci})
+                     "reference_macs_reduction": float(np.mean([by_method[best][s][2] for s in seeds])),
+                     **_difference(top1[method], top1[best], confidence), "seeds": len(seeds),
+                     "images": images.pop()})
     return rows
 
 
-def paired_curves(record: dict, metric: str = "top1_bn", *, n_boot: int = 10000, seed: int = 0,
-                  confidence: float = 0.95) -> list[dict]:
+def paired_curves(record: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> list[dict]:
     """At each target of a curves record: each class-wise criterion's paired difference in `metric`
     ("top1_bn" or "top1") from the best class-agnostic one. Rows: dataset, arch, target, metric,
-    method, reference, mean, reference_mean, macs_reduction, reference_macs_reduction and
-    `paired_bootstrap`'s diff, low, high, confidence, n_boot, seeds, images."""
+    method, reference, mean, reference_mean, macs_reduction, reference_macs_reduction, and the
+    paired difference over seeds: diff, std, low, high (None for one seed), confidence, interval
+    ("t"), seeds (n), images."""
     if metric not in CURVE_METRICS:
         raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
     key = CURVE_METRICS[metric][0]
@@ -175,14 +213,13 @@ def paired_curves(record: dict, metric: str = "top1_bn", *, n_boot: int = 10000,
     for target in _targets(record):
         by_method: dict[str, dict] = {}
         for p in _ok(record, target):
-            by_method.setdefault(p["method"], {})[p["seed"]] = (unpack_correct(p[key]), p[metric],
-                                                                p["macs_reduction"])
+            by_method.setdefault(_key(p), {})[p["seed"]] = (unpack_correct(p[key]), p[metric], p["macs_reduction"])
         context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": target, "metric": metric}
-        rows += _compare(by_method, context, n_boot, seed, confidence)
+        rows += _compare(by_method, context, confidence)
     return rows
 
 
-def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, confidence: float = 0.95) -> list[dict]:
+def paired_runs(runs: Sequence[dict], *, confidence: float = 0.95) -> list[dict]:
     """The same comparison for fine-tuned runs (`load_runs` records with `pruned.correct`, schema 2):
     runs whose configs agree on everything but the method and the seed form one comparison
     (metric "top1": the final evaluation). Runs without per-image correctness are left out, and a
@@ -192,7 +229,7 @@ def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, con
         if (run.get("pruned") or {}).get("correct") is None:
             continue
         key = tuple(sorted((k, _canon(v)) for k, v in run["config"].items()
-                           if k not in BOOKKEEPING_KEYS | {"method"}))
+                           if k not in BOOKKEEPING_KEYS | {"method", "allocation"}))
         groups.setdefault(key, []).append(run)
     rows = []
     for group in groups.values():
@@ -203,21 +240,21 @@ def paired_runs(runs: Sequence[dict], *, n_boot: int = 10000, seed: int = 0, con
                                   "their per-image results cannot be paired")
         by_method: dict[str, dict] = {}
         for r in group:
-            by_method.setdefault(r["config"]["method"], {})[r["config"].get("seed")] = (
+            by_method.setdefault(_entry(r["config"]["method"], r["config"].get("allocation")), {})[
+                r["config"].get("seed")] = (
                 unpack_correct(r["pruned"]["correct"]), r["pruned"]["top1"], r["pruned"]["macs_reduction"])
         context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": c.get("flops_reduction"),
                    "metric": "top1"}
-        rows += _compare(by_method, context, n_boot, seed, confidence)
+        rows += _compare(by_method, context, confidence)
     return sorted(rows, key=lambda r: (str(r["dataset"]), str(r["arch"]), r["target"] or 0.0,
-                                       CLASSWISE.index(r["method"])))
+                                       _classwise_rank(r["method"])))
 
 
-def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, n_boot: int = 10000,
-                  seed: int = 0, confidence: float = 0.95) -> Table:
+def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> Table:
     """An ablation variant (a curves record with criterion options, e.g. B >= 0) against the main
     curves of the same baseline, per method and target both hold: top-1 of each (mean ± std over the
-    seeds both have) and the paired bootstrap difference variant − main over those seeds and test
-    images (the same calibration samples: the seeds draw the same images in both)."""
+    seeds both have) and the mean paired difference variant − main over those seeds (the same
+    calibration samples: the seeds draw the same images in both) with its t-interval."""
     if metric not in CURVE_METRICS:
         raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
     keys = ("dataset", "arch", "baseline_sha256", "samples_per_class", "test_images")
@@ -227,26 +264,24 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, n_boot:
                               f"{', '.join(differ)}: pair a variant with the curves of its own baseline and grid")
     key, rows = CURVE_METRICS[metric][0], []
     for target in _targets(variant):
-        ours = {(p["method"], p["seed"]): p for p in _ok(variant, target)}
-        theirs = {(p["method"], p["seed"]): p for p in _ok(main, target)}
+        ours = {(_key(p), p["seed"]): p for p in _ok(variant, target)}
+        theirs = {(_key(p), p["seed"]): p for p in _ok(main, target)}
         for method in _methods([p for p in ours.values()]):
             seeds = sorted(s for m, s in ours if m == method and (m, s) in theirs)
             if not seeds:
                 continue
-            a = np.stack([unpack_correct(theirs[method, s][key]) for s in seeds])
-            b = np.stack([unpack_correct(ours[method, s][key]) for s in seeds])
-            ci = paired_bootstrap(a, b, n_boot=n_boot, seed=seed, confidence=confidence)
+            d = _difference({s: ours[method, s][metric] for s in seeds}, {s: theirs[method, s][metric] for s in seeds},
+                            confidence)
             rows.append([_method_label(method), f"{100 * target:g}", str(len(seeds)),
                          _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
-                         f"{ci['diff']:+.2f}", f"[{ci['low']:+.2f}, {ci['high']:+.2f}]",
+                         f"{d['diff']:+.2f}", _interval(d),
                          f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}"])
     what = CURVE_METRICS[metric][1]
     return Table(f"Ablation {_variant(variant)} vs main curves, {what}, no fine-tuning: {_what(main)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "Main top-1 (%)", "Variant top-1 (%)", "Δ top-1", "CI",
                   "Variant FLOPs ↓ (%)"], rows,
-                 [f"Δ = variant − main in top-1 points over the same seeds (calibration samples) and test images; CI: "
-                  f"{100 * confidence:g}% percentile interval of a paired bootstrap ({n_boot} draws, "
-                  "paperprune.stats.paired_bootstrap)."])
+                 ["Δ = variant − main in top-1 points: the mean over seeds of the per-seed differences on the same "
+                  "seeds (calibration samples) and test images.", _ci_note(confidence)])
 
 
 # --------------------------------------------------------------------------- figures
@@ -254,7 +289,7 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, n_boot:
 def _frame(points: Sequence[dict]):
     import pandas as pd
 
-    df = pd.DataFrame([{"method": p["method"], "Criterion": _method_label(p["method"]), "seed": p["seed"],
+    df = pd.DataFrame([{"method": _key(p), "Criterion": _method_label(_key(p)), "seed": p["seed"],
                         "target": p["target"], "macs_reduction": p["macs_reduction"], "top1": p["top1"],
                         "top1_bn": p["top1_bn"]} for p in points])
     # x: the FLOPs reduction each (criterion, target) reached, averaged over seeds, so seeds share an x
@@ -262,21 +297,29 @@ def _frame(points: Sequence[dict]):
     return df
 
 
-def _band(errorbar) -> str:
+def _band(errorbar) -> tuple[str, Any]:
+    """(the band's caption, seaborn's `errorbar`): "sd" as seaborn draws it, ("ci", level) as the
+    t-interval of the mean over seeds of `paperprune.seeds.summarize`."""
     if errorbar == "sd":
-        return "band: ± 1 sample std over seeds"
-    if isinstance(errorbar, tuple) and errorbar[0] == "ci":
-        return f"band: {errorbar[1]}% bootstrap CI of the mean over seeds"
+        return "band: ± 1 sample std over seeds", "sd"
+    if isinstance(errorbar, tuple) and len(errorbar) == 2 and errorbar[0] == "ci" and 0 < errorbar[1] < 100:
+        confidence = errorbar[1] / 100.0
+
+        def t_interval(values):
+            s = summarize(np.asarray(values), confidence)
+            return (s.mean, s.mean) if s.low is None else (s.low, s.high)
+
+        return f"band: {errorbar[1]}% t-interval of the mean over seeds", t_interval
     raise PaperpruneError(f"errorbar={errorbar!r}: use 'sd' or ('ci', 95)")
 
 
 def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
     """Top-1 against the FLOPs reduction reached, one line per criterion (mean over seeds) with a band
-    (seaborn `errorbar`: "sd", ± one sample std, the default; or ("ci", 95), seaborn's bootstrap
-    interval of the mean, seeded), raw and after adaptive BN side by side."""
+    ("sd", ± one sample std, the default; or ("ci", 95), the t-interval of the mean over seeds of
+    `paperprune.seeds.summarize`), raw and after adaptive BN side by side."""
     import seaborn as sns
 
-    band = _band(errorbar)
+    band, errorbar = _band(errorbar)
     points = _ok(record)
     if not points:
         raise PaperpruneError(f"the curves record of {_what(record)} has no point that reached its target")
@@ -302,12 +345,12 @@ def plot_curve_widths(record: dict, target: float, errorbar: Any = "sd") -> Figu
     import pandas as pd
     import seaborn as sns
 
-    band = _band(errorbar)
+    band, errorbar = _band(errorbar)
     points = _ok(record, target)
     if not points:
         raise PaperpruneError(f"no point of {_what(record)} reached target {target}; recorded targets: "
                               f"{', '.join(f'{t:g}' for t in _targets(record))}")
-    df = pd.DataFrame([{"Criterion": _method_label(p["method"]), "layer": i, "kept": w}
+    df = pd.DataFrame([{"Criterion": _method_label(_key(p)), "layer": i, "kept": w}
                        for p in points for i, w in enumerate(p["widths"].values())])
     fig, ax = _figure(6.4, 3.4)
     sns.lineplot(data=df, x="layer", y="kept", hue="Criterion",
@@ -326,10 +369,10 @@ def curve_overlap(record: dict, target: float, seed: int | None = None) -> tuple
     points = _ok(record, target)
     methods = _methods(points)
     if seed is None:
-        common = set.intersection(*({p["seed"] for p in points if p["method"] == m} for m in methods)) \
+        common = set.intersection(*({p["seed"] for p in points if _key(p) == m} for m in methods)) \
             if methods else set()
         seed = min(common) if common else None
-    chosen = {p["method"]: p for p in points if p["seed"] == seed}
+    chosen = {_key(p): p for p in points if p["seed"] == seed}
     if len(chosen) < 2 or any("kept" not in p for p in chosen.values()):
         raise PaperpruneError(f"need kept channel sets of at least two criteria at target {target} with one seed "
                               f"(seed={seed}); curves records written since kept indices are recorded have them")
@@ -361,8 +404,8 @@ def plot_overlap(overlap: Comparison | np.ndarray, methods: Sequence[str] | None
 
 # --------------------------------------------------------------------------- the whole evidence
 
-def curves_report(record: dict, out_dir: str | Path, *, target: float | None = None, errorbar: Any = "sd",
-                  n_boot: int = 10000) -> dict[str, list[Path]]:
+def curves_report(record: dict, out_dir: str | Path, *, target: float | None = None,
+                  errorbar: Any = "sd") -> dict[str, list[Path]]:
     """Write a curves record's table, paired-difference tables (after adaptive BN and raw; when it
     holds a class-wise and a class-agnostic criterion), curves figure, kept widths and overlap
     heatmap (two criteria or more) at `target` (default: the recorded target nearest 55%,
@@ -376,7 +419,7 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
     for metric, (_, what) in CURVE_METRICS.items():
-        rows = paired_curves(record, metric, n_boot=n_boot)
+        rows = paired_curves(record, metric)
         title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
         if rows:
             written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",

@@ -228,13 +228,13 @@ def _plot_tree_groups(groups: list[list[int]], weights: np.ndarray | None, class
         ax.add_patch(Rectangle((lo + 0.05, -depth[a] - 0.9), hi - lo + 0.9, 0.8, facecolor="tab:blue",
                                alpha=0.15 + 0.5 * len(s) / k, edgecolor="black", lw=0.5))
         if weights is not None:
-            ax.text((lo + hi + 1) / 2, -depth[a] - 0.5, f"{weights[order[a]]:.2g}", ha="center", va="center",
-                    fontsize=5)
+            ax.text((lo + hi + 1) / 2, -depth[a] - 0.5, f"w = {weights[order[a]]:.2g}", ha="center", va="center",
+                    fontsize=7)
     bottom = -max(depth, default=0) - 1
     for c, p in leaf_pos.items():
-        ax.text(p + 0.5, bottom - 0.1, class_names[c], rotation=90, ha="center", va="top", fontsize=6)
+        ax.text(p + 0.5, bottom - 0.1, class_names[c], rotation=90, ha="center", va="top", fontsize=8)
     ax.set_xlim(0, k)
-    ax.set_ylim(bottom - 1.9, 0.1)
+    ax.set_ylim(bottom - 2.2, 0.1)
     ax.axis("off")
     ax.set_title(f"Class tree: {len(groups)} nodes" + (" (node weight inside)" if weights is not None else ""),
                  fontsize=9)

@@ -110,7 +110,9 @@ def _load_run_dir(directory: Path, root: Path) -> dict:
         raw, problem = _read_json(run_file)
         if problem is None:
             try:
-                return {**RunRecord.from_dict(raw).to_dict(), **tag, "status": "complete"}
+                record = RunRecord.from_dict(raw).to_dict()
+                record["config"].setdefault("allocation", "global")  # runs recorded before the option: global
+                return {**record, **tag, "status": "complete"}
             except RecordError as e:
                 problem = str(e)
         config = raw.get("config") if isinstance(raw, dict) else None
@@ -233,7 +235,17 @@ def _run_source(group: Sequence[dict]) -> str:
 
 
 
+def _entry(method: str, allocation: str | None = None) -> str:
+    """A criterion as tables key it: the method, with ":uniform" under the uniform allocation
+    (`paperprune.select.ALLOCATIONS`; None, a record from before the allocation was recorded, is global)."""
+    return method if allocation in (None, "global") else f"{method}:{allocation}"
+
+
 def _method_label(method: Any) -> str:
+    """The display name of a method or of a `_entry` key: "l1:uniform" reads "L1-norm (uniform)"."""
+    if isinstance(method, str) and ":" in method:
+        base, allocation = method.split(":", 1)
+        return f"{METHOD_LABELS.get(base, base)} ({allocation})"
     return METHOD_LABELS.get(method, str(method))
 
 
@@ -247,10 +259,10 @@ def _group_labels(configs: Sequence[dict], *, include_target: bool = True,
                   ignore: Iterable[str] = ()) -> list[str]:
     """Method label per config, with the FLOPs target and the keys that differ between configs
     of the same dataset/arch/method (so two rows never read the same)."""
-    fixed = {"dataset", "arch", "method", "flops_reduction"} | BOOKKEEPING_KEYS | set(ignore)
+    fixed = {"dataset", "arch", "method", "allocation", "flops_reduction"} | BOOKKEEPING_KEYS | set(ignore)
     buckets: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
-        buckets.setdefault((c.get("dataset"), c.get("arch"), c.get("method")), []).append(i)
+        buckets.setdefault((c.get("dataset"), c.get("arch"), c.get("method"), c.get("allocation")), []).append(i)
     labels = [""] * len(configs)
     for members in buckets.values():
         keys = set().union(*(configs[i].keys() for i in members)) - fixed
@@ -260,13 +272,17 @@ def _group_labels(configs: Sequence[dict], *, include_target: bool = True,
             parts = [f"target {100 * c['flops_reduction']:g}%"] if include_target and _is_number(
                 c.get("flops_reduction")) else []
             parts += [f"{k}={_show(c.get(k))}" for k in varying]
-            labels[i] = _method_label(c.get("method")) + (f" ({', '.join(parts)})" if parts else "")
+            labels[i] = _method_label(_entry(c.get("method"), c.get("allocation"))) + (
+                f" ({', '.join(parts)})" if parts else "")
     return labels
 
 
 
 def _method_rank(method: str) -> tuple:
-    return (ABLATION_METHODS.index(method), "") if method in ABLATION_METHODS else (len(ABLATION_METHODS), method)
+    """Order of methods in tables: ABLATION_METHODS' order, each method's global row before its uniform one."""
+    base, _, allocation = str(method).partition(":")
+    return ((ABLATION_METHODS.index(base), "", allocation) if base in ABLATION_METHODS
+            else (len(ABLATION_METHODS), base, allocation))
 
 
 
