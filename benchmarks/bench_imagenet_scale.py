@@ -59,6 +59,8 @@ class Probes:
         self._wrap(ib._BlockStream, "batch_end", self._kernels)
         self._wrap(ib, "class_embeddings", self._embeddings)
         self._wrap(LassoCriterion, "solutions", self._solutions)
+        self._wrap(LassoCriterion, "prepare", self._prepare)
+        self.bracket = 0   # levels asked inside `prepare`: the search for the lam that empties every layer
         for name in ("solve_sglp", "solve_stlp"):
             self._wrap(lasso, name, self._solve)
 
@@ -87,6 +89,11 @@ class Probes:
             return original(*args, **kwargs)
         finally:
             self.embeddings_s += time.perf_counter() - start
+
+    def _prepare(self, original, *args, **kwargs):
+        out = original(*args, **kwargs)
+        self.bracket = len(self.levels)
+        return out
 
     def _solve(self, original, Q, R, *args, **kwargs):
         start, cpu = time.perf_counter(), time.process_time()
@@ -127,7 +134,8 @@ def run(method: str, args) -> dict:
         probes.restore()
     t = report.timings
     stats_end = start + t["statistics_s"]
-    solver_in_statistics = sum(s["wall_s"] for s in probes.solves if s["start"] < stats_end)
+    bracket = probes.levels[:probes.bracket]
+    solver_in_statistics = sum(level["wall_s"] for level in bracket)
     gathered = t["statistics_s"] - probes.kernels_s - probes.embeddings_s - solver_in_statistics
     stages = {"statistics_s": t["statistics_s"],
               "forward_s": gathered if args.statistics == "block" else None,
@@ -135,7 +143,7 @@ def run(method: str, args) -> dict:
               "embeddings_s": probes.embeddings_s,
               "bracket_s": solver_in_statistics,   # the lam that empties every layer, found in `prepare`
               "selection_s": t["selection_s"], "surgery_s": t["surgery_s"],
-              "bisection": probes.levels}
+              "bracket": bracket, "bisection": probes.levels[probes.bracket:]}
     env = environment_info(torch.device("cpu"))
     row = {"method": method, "classes": args.classes, "image_size": args.size, "samples": report.num_calibration,
            "statistics": args.statistics, "block_size": report.criterion.get("block_size"),
@@ -162,7 +170,8 @@ def markdown(runs: list[dict]) -> str:
              "torchvision ResNet-50, generated images, `paperprune.prune` at 50% fewer MACs; sGLP-IB with a "
              "k-nearest-class graph, sTLP-IB. Wall and stage seconds; forward = the streamed pass without the "
              "block kernels; bracket = the solves that find the lam emptying every layer (in `prepare`); "
-             "selection = the budget bisection, whose per-step solves are in the JSON.", "",
+             "selection = the budget bisection, whose per-step solves are in the JSON (`stages.bisection`: "
+             "lam, wall, solver seconds, iterations, unconverged layers per step); lam values = its steps.", "",
              "| date | commit | method | classes | px | N | statistics | threads | wall s | peak RSS GiB | forward s "
              "| kernels s | embeddings s | bracket s | selection s | lam values | solver iterations | unconverged "
              "| MACs reduction |",

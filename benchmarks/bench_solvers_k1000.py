@@ -75,7 +75,8 @@ def main(argv=None):
     if args.out:
         atomic_write_json(args.out / "solvers-k1000.json",
                           {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           "environment": environment_info(torch.device("cpu")), "args": vars(args) | {"out": str(args.out)},
+                           "environment": environment_info(torch.device("cpu")),
+                           "args": vars(args) | {"out": str(args.out)},
                            "rows": rows})
 
 

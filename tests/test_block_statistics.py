@@ -200,7 +200,8 @@ def _tiny_prune(**options):
     (dict(statistics="block", block_size=1), r"block_size=1 .* must be >= 2"),
     (dict(statistics="block", permutations=0), r"permutations=0 .* must be >= 1"),
     (dict(statistics="block", block_size=2.5), r"block_size .*=2.5 is not an integer"),
-    (dict(statistics="block", block_size=7), r"block_size=7 .* must divide the 180 calibration samples .*\(4, 5, 6, 9\)"),
+    (dict(statistics="block", block_size=7),
+     r"block_size=7 .* must divide the 180 calibration samples .*\(4, 5, 6, 9\)"),
     (dict(statistics="block", method="l1"), r"statistics='block' applies to the lasso criteria"),
 ])
 def test_bad_statistics_options_are_refused(options, match):
@@ -235,3 +236,19 @@ def test_run_config_and_cli_take_the_options():
                                   pretrain_epochs=1), **change})
         with pytest.raises(PaperpruneError, match=match):
             bad.validate()
+
+
+@pytest.mark.filterwarnings("ignore:classwise. the solver stopped")
+def test_compare_selections_gives_the_statistics_options_to_the_lasso_criteria_only():
+    from paperprune.compare import compare_selections
+    from paperprune.data import class_balanced_batch, load_tensors
+    from paperprune.models import PrunableLayer
+    from paperprune.tutorial import PlantedNet
+
+    x, y = class_balanced_batch(*load_tensors("synthetic", "train"), 20, seed=0)
+    images = x.float() / 255
+    cmp = compare_selections(PlantedNet(images, y), [(images, y)], methods=["l1", "classwise"], flops_reduction=0.5,
+                             layers=[PrunableLayer("conv", "conv", "relu", "classifier")], samples_per_class=20,
+                             omega=1, max_iter=200, statistics="block", block_size=20, progress=False)
+    assert cmp.reports["classwise"].criterion["statistics"] == "block"
+    assert "statistics" not in cmp.reports["l1"].criterion
