@@ -157,6 +157,11 @@ _RUN_HELP = {
     "knn": "sGLP-IB: link each class to its knn most correlated classes instead of the rho threshold",
     "max_iter": "lasso criteria: the solver's iterations per solve (default %(default)s); a solve stopped there is "
                 "named in run.json's criterion.unconverged_layers",
+    "statistics": "lasso criteria: exact (METHOD.md section 2, O(N^2) per channel) or block (section 2b: blocks "
+                  "of --block-size samples over --permutations random partitions, one streamed forward pass; the "
+                  "better choice for large calibration sets)",
+    "block_size": "with --statistics block: samples per block, dividing classes x --samples-per-class (default 20)",
+    "permutations": "with --statistics block: random partitions of each batch into blocks (default 3)",
     "per_class": "train on only N images per class (short runs)",
     "test_per_class": "evaluate on a fixed class-balanced subset of N test images per class (short runs)",
 }

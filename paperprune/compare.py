@@ -13,11 +13,13 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from .criteria import METHODS, check_method
+from .criteria import LASSO, METHODS, check_method
 from .pipeline import PruneReport, prune
 from .utils import PaperpruneError
 
 __all__ = ["Comparison", "compare_selections", "jaccard"]
+
+_STATISTICS_OPTIONS = ("statistics", "block_size", "permutations")
 
 
 def jaccard(a, b) -> float:
@@ -59,7 +61,8 @@ def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction:
                        progress: bool = True, **options) -> Comparison:
     """Run every criterion in `methods` at the same `flops_reduction` with the same `options`
     (any keyword of `paperprune.prune`: samples_per_class, nonnegative, structure, seed, ...) and
-    return their kept sets."""
+    return their kept sets. The statistics options (`statistics`, `block_size`, `permutations`)
+    go to the lasso criteria only; the others compute no HSIC statistics."""
     methods = list(methods)
     if len(methods) < 2 or len(set(methods)) != len(methods):
         raise PaperpruneError(f"methods={methods!r}: give at least two different criteria to compare")
@@ -67,7 +70,8 @@ def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction:
         check_method(method)
     kept, reports = {}, {}
     for method in tqdm(methods, desc="criteria", disable=not progress):
-        _, report = prune(model, data, method=method, flops_reduction=flops_reduction, progress=False, **options)
+        mine = options if method in LASSO else {k: v for k, v in options.items() if k not in _STATISTICS_OPTIONS}
+        _, report = prune(model, data, method=method, flops_reduction=flops_reduction, progress=False, **mine)
         reports[method] = report
         kept[method] = {row["name"]: row["kept"] for row in report.layers}
     return Comparison(methods=methods, kept=kept, reports=reports)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .ib import check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .utils import PaperpruneError
 
@@ -42,6 +43,8 @@ METHODS = ("random", "l1", "hrank", "apib", "classwise", "sglp", "stlp")
 #: the criteria with class-wise information (METHOD.md section 2), and the class-agnostic ones they are compared with
 CLASSWISE = ("classwise", "sglp", "stlp")
 AGNOSTIC = ("l1", "hrank", "apib", "random")
+#: the criteria computed from the HSIC statistics (METHOD.md section 2), whose `statistics` option applies
+LASSO = ("apib", "classwise", "sglp", "stlp")
 
 
 @dataclass
@@ -155,12 +158,19 @@ class LassoCriterion(Criterion):
     zeroed those channels as redundant given the others, and among them the most relevant come
     next. APIB meets the same limit with large per-layer floors (omega = 40 for VGG-16 in its
     README).
+
+    `statistics` is how Q and R are estimated: "exact" (METHOD.md section 2) or "block" (section
+    2b, blocks of `block_size` samples over `permutations` partitions seeded by `seed`; see
+    `paperprune.ib.layer_statistics`).
     """
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
                  response: str = "class", row_tol: float = 1e-7, solver_tol: float = 1e-7,
-                 max_iter: int = SOLVER_MAX_ITER) -> None:
+                 max_iter: int = SOLVER_MAX_ITER, statistics: str = "exact", block_size: int | None = None,
+                 permutations: int | None = None, seed: int = 0) -> None:
         super().__init__()
+        self.estimator, self.block_size, self.permutations = check_statistics(statistics, block_size, permutations)
+        self.seed = seed
         if response not in RESPONSES:
             raise PaperpruneError(f"response={response!r}: use 'class' (one response per class) or "
                                   "'class+output' (those plus APIB's, the consuming layer's output)")
@@ -194,7 +204,9 @@ class LassoCriterion(Criterion):
         from .ib import class_embeddings, layer_statistics
 
         self.statistics = layer_statistics(model, layers, calibration.images, calibration.labels,
-                                           calibration.num_classes, response=self.response_source)
+                                           calibration.num_classes, response=self.response_source,
+                                           statistics=self.estimator, block_size=self.block_size,
+                                           permutations=self.permutations, seed=self.seed)
         self.embeddings = class_embeddings(model, calibration.images, calibration.labels, calibration.num_classes,
                                            classifier=calibration.classifier)
         self.calibration_taxonomy = calibration.taxonomy
@@ -271,7 +283,8 @@ class LassoCriterion(Criterion):
                           stacklevel=2)
         return {"lam": self.lam(level), "gamma": None, "nonnegative": self.nonnegative,
                 "response": self.response_option, "relevance_threshold": 1.0 + level if level < 0 else None,
-                "lasso_support": self._support[level], "unconverged_layers": stalled}
+                "lasso_support": self._support[level], "unconverged_layers": stalled,
+                "statistics": self.estimator, "block_size": self.block_size, "permutations": self.permutations}
 
     def _stall_causes(self, stalled: list[str]) -> str:
         """Each stalled layer with the numerical rank of its Q (eigenvalues above 1e-6 of the largest) and,
@@ -326,11 +339,13 @@ class APIBCriterion(LassoCriterion):
     response_source = "consumer"
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
-                 response: str = "class", max_iter: int = SOLVER_MAX_ITER) -> None:
+                 response: str = "class", max_iter: int = SOLVER_MAX_ITER, statistics: str = "exact",
+                 block_size: int | None = None, permutations: int | None = None, seed: int = 0) -> None:
         if response != "class":
             raise PaperpruneError(f"response={response!r} applies to the class-wise criteria (classwise, sglp, "
                                   "stlp); apib's response is the consuming layer's output alone")
-        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, max_iter=max_iter)
+        super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, max_iter=max_iter,
+                         statistics=statistics, block_size=block_size, permutations=permutations, seed=seed)
         self.response_option = "output"  # as reported by `describe`
 
     def response(self, stats):
@@ -358,9 +373,11 @@ class SGLPCriterion(LassoCriterion):
 
     def __init__(self, *, gamma_ratio: float = 0.5, nonnegative: bool = False, structure: str = "embedding",
                  response: str = "class", rho: float = 0.5, knn: int | None = None,
-                 max_iter: int = SOLVER_MAX_ITER) -> None:
+                 max_iter: int = SOLVER_MAX_ITER, statistics: str = "exact", block_size: int | None = None,
+                 permutations: int | None = None, seed: int = 0) -> None:
         super().__init__(gamma_ratio=gamma_ratio, nonnegative=nonnegative, structure=structure, response=response,
-                         max_iter=max_iter)
+                         max_iter=max_iter, statistics=statistics, block_size=block_size, permutations=permutations,
+                         seed=seed)
         self.rho, self.knn = check_graph_options(rho, knn)
 
     def build_structure(self):
@@ -447,6 +464,7 @@ def create_criterion(method: str, **options) -> Criterion:
     check_method(method)
     check_graph_options(options.get("rho", 0.5), options.get("knn"))
     check_max_iter(options.get("max_iter", SOLVER_MAX_ITER))  # every method, as the graph options
+    check_statistics(options.get("statistics", "exact"), options.get("block_size"), options.get("permutations"))
     cls = _CRITERIA[method]
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted})

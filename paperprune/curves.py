@@ -10,8 +10,9 @@ as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per
 correctness of both, packed (`paperprune.stats.pack_correct`), for the two-level bootstrap of
 `paperprune.seeds`.
 
-`criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`) go to every
-criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12
+`criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`, or the block
+statistics of METHOD.md section 2b, `{"statistics": "block", "block_size": 20, "permutations": 3}`)
+go to every criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12
 item 6), its options part of the record's config and of its folder's identity. `curves.json` has
 one schema, `paperprune.record.CurvesRecord`: written through `write_curves`, read through
 `read_curves`.
@@ -266,6 +267,11 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     criterion_options = check_options(methods, criterion_options)
     precision = resolve_precision(precision, device)
     info = dataset_info(dataset, data_root)
+    if criterion_options.get("statistics") == "block":
+        from .ib import check_block_samples, check_statistics
+
+        check_block_samples(int(samples_per_class) * info.num_classes,
+                            check_statistics("block", criterion_options.get("block_size"))[1])
     model = create_model(arch, info.num_classes, info.in_channels, pretrained=pretrained)
     if weights is not None:
         load_weights(model, weights)

@@ -66,13 +66,17 @@ class RunConfig:
     latency_mode: str = "eager"
     latency_batch_size: int = 64
     latency_rounding: bool = False
+    statistics: str = "exact"
+    block_size: int | None = None
+    permutations: int | None = None
 
     def validate(self) -> None:
         """Check (and normalise to plain Python values) every setting before anything is written.
 
         Messages name the setting as both the API and the CLI spell it, the value given and the fix.
         """
-        from .criteria import CLASSWISE, RESPONSES, check_method
+        from .criteria import CLASSWISE, LASSO, RESPONSES, check_method
+        from .ib import check_statistics
         from .data import DATASETS
         from .latency import check_budget
         from .models import list_models
@@ -88,6 +92,11 @@ class RunConfig:
                                   f"criteria ({', '.join(CLASSWISE)}), not to --method {self.method}")
         for name, (kind, low, optional, meaning) in _NUMBERS.items():
             setattr(self, name, _checked_number(name, getattr(self, name), kind, low, optional, meaning))
+        self.statistics, self.block_size, self.permutations = check_statistics(self.statistics, self.block_size,
+                                                                               self.permutations)
+        if self.statistics == "block" and self.method not in LASSO:
+            raise PaperpruneError(f"statistics='block' (--statistics block) applies to the lasso criteria "
+                                  f"({', '.join(LASSO)}), not to --method {self.method}; leave it at 'exact'")
         if self.flops_reduction is None and self.latency_reduction is None:
             raise PaperpruneError("no budget: pass --flops-reduction F or --latency-reduction L (flops_reduction= "
                                   "or latency_reduction= in the API), e.g. 0.5")
@@ -132,6 +141,10 @@ class RunConfig:
         if self.structure == "taxonomy" and not info.taxonomy:
             raise PaperpruneError(f"structure='taxonomy' (--structure taxonomy): {self.dataset} has no known class "
                                   "hierarchy; use --structure embedding")
+        if self.statistics == "block":
+            from .ib import check_block_samples
+
+            check_block_samples(self.samples_per_class * info.num_classes, self.block_size)
         if self.knn is not None and self.knn > info.num_classes - 1:
             raise PaperpruneError(f"knn={self.knn} ({_flag('knn')}): {self.dataset} has {info.num_classes} classes, "
                                   f"so each has at most {info.num_classes - 1} neighbours; pass at most that")
@@ -450,12 +463,13 @@ def _check_model(config: RunConfig, info, input_size, device) -> None:
     for h in hooks:
         h.remove()
     n = config.samples_per_class * info.num_classes
-    need = 4 * n * (math.prod(input_size) + max(sizes)) + 2 * DEFAULT_MAX_BYTES
+    held = max(sizes) if config.statistics == "exact" else 0   # block statistics never hold N x the features
+    need = 4 * n * (math.prod(input_size) + held) + 2 * DEFAULT_MAX_BYTES
     available = _available_bytes(device)
     if available is not None and need > available:
         raise PaperpruneError(
             f"samples_per_class={config.samples_per_class} (--samples-per-class): the statistics of {n} calibration "
-            f"images would hold about {need / 2**30:.1f} GiB ({4 * (math.prod(input_size) + max(sizes)) / 2**20:.2f} "
+            f"images would hold about {need / 2**30:.1f} GiB ({4 * (math.prod(input_size) + held) / 2**20:.2f} "
             f"MiB per image plus 2 GiB of kernel tiles) but {available / 2**30:.1f} GiB are available on {device}; "
             "pass a smaller value (the lineage uses 5 to 20)")
     if config.pretrained is not None:
@@ -473,7 +487,7 @@ def _check_out(out: Path) -> None:
 
 #: settings added after runs were recorded: a saved config without them ran with these values
 _ADDED = {"latency_reduction": None, "latency_mode": "eager", "latency_batch_size": 64, "latency_rounding": False,
-          "max_iter": 3000}
+          "max_iter": 3000, "statistics": "exact", "block_size": None, "permutations": None}
 _STAGE_FILES = ("run.json", "config.json", "baseline.json", "pruned.pt", "prune.json", "error.json")
 
 
@@ -630,7 +644,9 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            max_iter=config.max_iter, taxonomy=info.taxonomy,
                            seed=config.seed, device=device, progress=progress,
                            latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
-                           latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding)
+                           latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding,
+                           statistics=config.statistics, block_size=config.block_size,
+                           permutations=config.permutations)
     before = evaluate(pruned, test_loader, device, topk=_topk(config),
                       precision=resolve_precision(config.precision, device))
     pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],

@@ -58,10 +58,17 @@ from tqdm.auto import tqdm
 from .utils import PaperpruneError, resolve_device
 
 __all__ = [
+    "BLOCK_SIZE",
     "DEFAULT_MAX_BYTES",
     "MEDIAN_SAMPLES",
+    "PERMUTATIONS",
+    "STATISTICS",
     "LayerStatistics",
+    "block_batch_size",
+    "block_partitions",
     "channel_features",
+    "check_block_samples",
+    "check_statistics",
     "channel_kernels",
     "class_embeddings",
     "feature_statistics",
@@ -121,7 +128,7 @@ class _GaussianKernels:
     epsilon of the dtype the features were produced in, for the dead-channel test.
     """
 
-    def __init__(self, x: Tensor, *, source_eps: float, max_bytes: int):
+    def __init__(self, x: Tensor, *, source_eps: float, max_bytes: int, scale: Tensor | None = None):
         self.channels, self.n, _ = x.shape
         self.dtype = x.dtype
         energy = torch.linalg.vector_norm(x, dim=(1, 2)).square()
@@ -132,32 +139,43 @@ class _GaussianKernels:
         x[self.constant] = 0.0
         self.sq[self.constant] = 0.0
         self.x = x
-        self.scale = -0.5 / self._bandwidth_sq(spread, max_bytes)   # -1 / (2 s_k^2)
+        if scale is None:
+            self.scale = -0.5 / self._bandwidth_sq(spread, max_bytes)   # -1 / (2 s_k^2)
+        else:  # fixed bandwidths (block statistics); NaN entries are set here unless the channel is constant
+            self.scale = scale.to(dtype=self.dtype, copy=True)
+            todo = torch.isnan(self.scale) & ~self.constant
+            if todo.any():
+                self.scale[todo] = -0.5 / self._bandwidth_sq(spread, max_bytes, todo)
         self.row_mean: Tensor | None = None
         self.grand_mean: Tensor | None = None
 
-    def _bandwidth_sq(self, spread: Tensor, max_bytes: int) -> Tensor:
-        """s_k^2: median of the non-zero squared distances on an evenly spaced subset; pairs of
-        identical maps (equal squared norm and equal projection on a fixed random direction,
-        computed row by row, so identical rows give identical keys) count as zero exactly."""
+    def _bandwidth_sq(self, spread: Tensor, max_bytes: int, channels: Tensor | None = None) -> Tensor:
+        """s_k^2 of the `channels` (a mask; default all): median of the non-zero squared distances on
+        an evenly spaced subset; pairs of identical maps (equal squared norm and equal projection on a
+        fixed random direction, computed row by row, so identical rows give identical keys) count as
+        zero exactly."""
+        x, sq_all = (self.x, self.sq) if channels is None else (self.x[channels], self.sq[channels])
+        count = x.shape[0]
         m = min(self.n, MEDIAN_SAMPLES)
-        idx = torch.linspace(0, self.n - 1, m, device=self.x.device).round().long()
-        iu, ju = torch.triu_indices(m, m, offset=1, device=self.x.device)
-        med = torch.empty(self.channels, dtype=self.dtype, device=self.x.device)
-        probe = torch.randn(self.x.shape[2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        probe = probe.to(device=self.x.device, dtype=self.dtype)
-        step = max(1, int(max_bytes) // (2 * m * max(m, self.x.shape[2]) * self.x.element_size()))
-        for c0 in range(0, self.channels, step):
-            xs, sq = self.x[c0:c0 + step, idx], self.sq[c0:c0 + step, idx]
+        idx = torch.linspace(0, self.n - 1, m, device=x.device).round().long()
+        iu, ju = torch.triu_indices(m, m, offset=1, device=x.device)
+        med = torch.empty(count, dtype=self.dtype, device=x.device)
+        probe = torch.randn(x.shape[2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        probe = probe.to(device=x.device, dtype=self.dtype)
+        step = max(1, int(max_bytes) // (2 * m * max(m, x.shape[2]) * x.element_size()))
+        for c0 in range(0, count, step):
+            xs, sq = x[c0:c0 + step, idx], sq_all[c0:c0 + step, idx]
             key = (xs * probe).sum(dim=2)
             d = torch.bmm(xs, xs.transpose(1, 2)).mul_(-2).add_(sq[:, :, None]).add_(sq[:, None, :])
             pairs = d[:, iu, ju].clamp_min_(0)
             same = (sq[:, iu] == sq[:, ju]) & (key[:, iu] == key[:, ju])
             pairs[same | (pairs == 0)] = math.nan
             med[c0:c0 + step] = pairs.nanmedian(dim=1).values if pairs.shape[1] else math.nan
+        constant = self.constant if channels is None else self.constant[channels]
+        spread = spread if channels is None else spread[channels]
         fallback = 2.0 * spread / max(self.n - 1, 1)
         s2 = torch.where(torch.isnan(med) | (med <= 0), fallback, med)
-        return torch.where(self.constant | (s2 <= 0), torch.ones_like(s2), s2)
+        return torch.where(constant | (s2 <= 0), torch.ones_like(s2), s2)
 
     def tile(self, r0: int, r1: int) -> Tensor:
         """K[:, r0:r1, r0:] as a fresh (C, r1-r0, N-r0) tensor."""
@@ -430,13 +448,17 @@ class _Observed(Exception):
 
 
 def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: int,
-             device: torch.device, dtype: torch.dtype, keep_outputs: bool
+             device: torch.device, dtype: torch.dtype, keep_outputs: bool,
+             order: Tensor | None = None, sink=None
              ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, tuple[int, ...]]]:
     """Run `images` through `model` (eval, no grad) and gather each layer's observed
     output as a (C, N, H*W) tensor on `device`; also the model outputs (N, K) if asked, and
     each layer's spatial shape (H, W).
     Without `keep_outputs`, every batch after the first stops once each observed module has
     run (the first runs whole, so that a module running twice is still caught).
+    `order` (N,) visits the images in that order. A `sink` (`_BlockStream`) receives each batch's
+    features instead, `sink.features(name, (C, b, H*W) in dtype on device)`, and then
+    `sink.batch_end(outputs or None)`: nothing of size N is gathered.
     Training flags are restored and hooks removed whatever happens."""
     _check_images(images)
     if batch_size < 1:
@@ -466,9 +488,12 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
                 output = activations[name](output.detach().clone())
             spatial[name] = tuple(output.shape[2:])
             feat = output.detach().reshape(output.shape[0], output.shape[1], -1)
-            if name not in buffers:
-                buffers[name] = torch.empty(feat.shape[1], n, feat.shape[2], dtype=dtype, device=device)
-            buffers[name][:, span[0]:span[1]].copy_(feat.transpose(0, 1))
+            if sink is not None:
+                sink.features(name, feat.transpose(0, 1).to(device=device, dtype=dtype, copy=True))
+            else:
+                if name not in buffers:
+                    buffers[name] = torch.empty(feat.shape[1], n, feat.shape[2], dtype=dtype, device=device)
+                buffers[name][:, span[0]:span[1]].copy_(feat.transpose(0, 1))
             if not keep_outputs and span[0] > 0 and len(seen) == len(modules):
                 raise _Observed  # the rest of the network is not needed (the first batch runs whole)
         return hook
@@ -482,7 +507,8 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
             for start in range(0, n, batch_size):
                 span[:] = [start, min(n, start + batch_size)]
                 seen.clear()
-                batch = images[start:span[1]].to(device=model_device, dtype=model_dtype)
+                batch = images[start:span[1]] if order is None else images[order[start:span[1]].to(images.device)]
+                batch = batch.to(device=model_device, dtype=model_dtype)
                 try:
                     result = model(batch)
                 except _Observed:
@@ -494,6 +520,8 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
                     if not torch.is_tensor(result):
                         raise PaperpruneError("model output must be a tensor of logits (N, K)")
                     outputs.append(result.detach().reshape(result.shape[0], -1).to(device=device, dtype=dtype))
+                if sink is not None:
+                    sink.batch_end(outputs.pop() if outputs else None)
     finally:
         for handle in handles:
             handle.remove()
@@ -546,9 +574,10 @@ def _consumers(layers: Sequence) -> dict[str, object]:
 
 
 def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels: Tensor,
-                     num_classes: int, *, response: str | None = "logits", batch_size: int = 64,
+                     num_classes: int, *, response: str | None = "logits", batch_size: int | None = None,
                      max_bytes: int = DEFAULT_MAX_BYTES, device: str | torch.device | None = None,
-                     dtype: torch.dtype | None = None) -> dict[str, LayerStatistics]:
+                     dtype: torch.dtype | None = None, statistics: str = "exact", block_size: int | None = None,
+                     permutations: int | None = None, seed: int = 0) -> dict[str, LayerStatistics]:
     """METHOD.md section 2 statistics (Q, R, output relevance) of every layer in `layers`.
 
     `response` is the kernel behind `output_relevance`: "logits" (the model's output), "consumer"
@@ -558,6 +587,19 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
     `images` (N, C, H, W) float, normalised as the model expects (may live on the CPU; they
     are moved batch by batch); `labels` (N,) in [0, num_classes). Statistics are computed on
     `device` (default: the model's) in `dtype` (default float32; float64 for exact tests).
+    `batch_size` is the forward batch (default 64; see below for block statistics).
+
+    `statistics="block"` estimates Q, R and the output relevance from blocks (METHOD.md section
+    2b): `block_partitions(labels, ..., seed=seed)` cuts the class-stratified calibration set
+    into batches of `batch_size` samples (default `block_batch_size`: 80 for blocks of 20) and
+    each batch `permutations` times (default 3) into blocks of `block_size` (default 20), which
+    must divide N and the batch. One forward pass streams the batches: each batch's features
+    become the centred B x B kernels of their blocks, whose inner products are accumulated in
+    float64, and are freed, so memory is the blocks of one batch (C x M S B per layer, held
+    across the batch only for the layers awaiting their response), never N x the features.
+    Bandwidths (section 2's median rule) come from the first batch on which a channel varies.
+    Cost per layer: about N M B C (2D + C) flops, against about N^2 C (2D + C) for "exact";
+    with B = S = N and M = 1 it is the exact estimator.
 
     Memory: layers are processed in consecutive groups whose features, N * C * H*W * itemsize
     summed over the group, fit `max_bytes` (one forward pass per group; a single layer's
@@ -577,11 +619,19 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
         raise PaperpruneError(f"num_classes must be >= 1, got {num_classes}")
     if response not in ("logits", "consumer", None):
         raise PaperpruneError(f"response={response!r}: use 'logits', 'consumer' or None")
+    statistics, block_size, permutations = check_statistics(statistics, block_size, permutations)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise PaperpruneError(f"batch_size={batch_size!r} must be a positive integer (or None for the default)")
     _check_images(images, min_samples=2)
     labels = _check_labels(torch.as_tensor(labels), images.shape[0], num_classes)
     model_device, model_dtype = _model_device_dtype(model)
     device = resolve_device(device) if device is not None else model_device
     dtype = dtype or torch.float32
+    if statistics == "block":
+        return _block_statistics(model, layers, images, labels, num_classes, response=response,
+                                 block_size=block_size, permutations=permutations, batch_size=batch_size,
+                                 seed=seed, max_bytes=max_bytes, device=device, dtype=dtype)
+    batch_size = batch_size or 64
     itemsize = torch.empty((), dtype=dtype).element_size()
     consumers = _consumers(layers) if response == "consumer" else {}
     observed = list(layers) + list(consumers.values())
@@ -655,3 +705,258 @@ def class_embeddings(model: nn.Module, images: Tensor, labels: Tensor, num_class
             module.training = flag
     counts = torch.bincount(labels, minlength=num_classes).double().to(state["sums"].device)
     return (state["sums"] / counts.clamp_min(1)[:, None]).to(dtype)
+
+
+# --------------------------------------------------------------------------- block statistics
+
+STATISTICS = ("exact", "block")
+"""How Q and R are estimated: "exact" (section 2, O(N^2) per channel) or "block" (section 2b)."""
+
+BLOCK_SIZE = 20
+"""Default samples per block B of the block statistics (pyHSICLasso's default B)."""
+
+PERMUTATIONS = 3
+"""Default random partitions M of each batch into blocks (pyHSICLasso's default M)."""
+
+BLOCK_BATCH = 64
+"""Block statistics stream batches of the smallest multiple of the block size >= this many samples."""
+
+
+def check_statistics(statistics, block_size=None, permutations=None) -> tuple[str, int | None, int | None]:
+    """(statistics, block_size, permutations) checked, block options defaulted for "block" and None for
+    "exact". Block options given with "exact" are refused: they would be recorded and mean nothing."""
+    from .utils import as_number
+
+    if statistics not in STATISTICS:
+        raise PaperpruneError(f"statistics={statistics!r} (--statistics): use 'exact' (METHOD.md section 2, "
+                              "O(N^2) per channel) or 'block' (section 2b, blocks of block_size samples)")
+    if statistics == "exact":
+        given = [f"{k}={v!r}" for k, v in (("block_size", block_size), ("permutations", permutations))
+                 if v is not None]
+        if given:
+            raise PaperpruneError(f"{' and '.join(given)} apply to statistics='block' only; pass "
+                                  "statistics='block' (--statistics block) to use them, or leave them out")
+        return "exact", None, None
+    block_size = BLOCK_SIZE if block_size is None else as_number(block_size, "block_size (--block-size)", int)
+    if block_size < 2:
+        raise PaperpruneError(f"block_size={block_size} (--block-size) must be >= 2: a block's kernel needs two "
+                              f"samples; the default is {BLOCK_SIZE}")
+    permutations = (PERMUTATIONS if permutations is None
+                    else as_number(permutations, "permutations (--permutations)", int))
+    if permutations < 1:
+        raise PaperpruneError(f"permutations={permutations} (--permutations) must be >= 1: the random "
+                              f"partitions of each batch into blocks; the default is {PERMUTATIONS}")
+    return "block", block_size, permutations
+
+
+def check_block_samples(samples: int, block_size: int) -> None:
+    """The calibration set must fill whole blocks: block_size divides the N samples."""
+    if samples < block_size or samples % block_size:
+        fits = [b for b in range(2, min(samples, 100) + 1) if samples % b == 0]
+        near = sorted(fits, key=lambda b: (abs(b - block_size), b))[:4]
+        raise PaperpruneError(
+            f"block_size={block_size} (--block-size) must divide the {samples} calibration samples (every "
+            f"sample sits in one block of each partition); pass a block size that divides {samples} "
+            f"({', '.join(map(str, sorted(near))) or 'none in 2..100'}) or change samples_per_class so that "
+            f"classes x samples_per_class is a multiple of {block_size}")
+
+
+def block_batch_size(samples: int, block_size: int) -> int:
+    """S: the smallest multiple of `block_size` >= BLOCK_BATCH, at most the N samples."""
+    return min(samples, block_size * -(-BLOCK_BATCH // block_size))
+
+
+def block_partitions(labels: Tensor, num_classes: int, *, block_size: int, permutations: int,
+                     batch_size: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """The batches and blocks of the block statistics (METHOD.md section 2b), seeded.
+
+    The samples are put in class-stratified order (round r holds the r-th sample of every class,
+    samples drawn at random within their class, classes in one random order) and cut into
+    batches of `batch_size` (a multiple of `block_size`, as N is). Returns one (indices, parts)
+    per batch: `indices` (S_b,) the batch's samples (positions in `labels`), `parts`
+    (permutations, S_b / block_size, block_size) the blocks of each random partition, as
+    positions within the batch (`indices[parts]` are the samples of each block).
+    """
+    labels = labels.detach().cpu().long()
+    n = labels.numel()
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    onehot = nn.functional.one_hot(labels[perm], num_classes)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1                 # rank of each sample within its class
+    class_key = torch.randperm(num_classes, generator=gen)
+    order = perm[torch.argsort(rank * num_classes + class_key[labels[perm]], stable=True)]
+    batches = []
+    for start in range(0, n, batch_size):
+        indices = order[start:start + batch_size]
+        parts = torch.stack([torch.randperm(indices.numel(), generator=gen) for _ in range(permutations)])
+        batches.append((indices, parts.reshape(permutations, -1, block_size)))
+    return batches
+
+
+class _BlockKernels:
+    """Centred Gaussian Grams of blocks, for C channels whose bandwidths are fixed on the first batch
+    where each channel varies (a channel constant on a batch has centred block kernels 0 whatever
+    its bandwidth, so fixing it later changes nothing already accumulated)."""
+
+    def __init__(self, channels: int, device: torch.device, dtype: torch.dtype, *, source_eps: float,
+                 max_bytes: int):
+        self.scale = torch.full((channels,), math.nan, dtype=dtype, device=device)   # -1 / (2 s_k^2)
+        self.constant = torch.ones(channels, dtype=torch.bool, device=device)       # on every batch so far
+        self.source_eps, self.max_bytes = source_eps, max_bytes
+
+    def centred(self, x: Tensor, parts: Tensor) -> Tensor:
+        """(C, P, B, B): H_B K H_B of every block of `parts` (M, nb, B) over the batch x (C, S, D),
+        which is consumed (centred in place), P = M nb."""
+        kern = _GaussianKernels(x, source_eps=self.source_eps, max_bytes=self.max_bytes, scale=self.scale)
+        self.scale, self.constant = kern.scale, self.constant & kern.constant
+        scale = torch.nan_to_num(kern.scale, nan=-0.5)[:, None, None, None]   # NaN only on constant channels
+        c, _, d = kern.x.shape
+        m, nb, b = parts.shape
+        out = []
+        for rows in parts.to(x.device):
+            xb = kern.x[:, rows.flatten()].reshape(c, nb, b, d)
+            sq = kern.sq[:, rows.flatten()].reshape(c, nb, b)
+            t = torch.matmul(xb, xb.transpose(2, 3)).mul_(-2).add_(sq[..., :, None]).add_(sq[..., None, :])
+            t = t.clamp_min_(0).mul_(scale).exp_()
+            mean = t.mean(dim=3, keepdim=True)
+            out.append(t.sub_(mean).sub_(mean.transpose(2, 3)).add_(mean.mean(dim=2, keepdim=True)))
+            del xb, sq
+        return torch.cat(out, dim=1)
+
+
+class _BlockLayer:
+    """One layer's accumulators: G (C, C), class sums g (C, K) and the response cross terms (C,)."""
+
+    def __init__(self, channels: int, num_classes: int, device, dtype, **kernel_options):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.kernels = _BlockKernels(channels, device, dtype, **kernel_options)
+        self.gram = torch.zeros(channels, channels, **f64)
+        self.class_sums = torch.zeros(channels, num_classes, **f64)
+        self.out_cross = torch.zeros(channels, **f64)
+
+    def add(self, x: Tensor, parts: Tensor, labels: Tensor) -> Tensor:
+        """Accumulate one batch x (C, S, D) with labels (S,); returns its centred blocks (C, P, B, B)."""
+        a = self.kernels.centred(x, parts)
+        c, _, b, _ = a.shape
+        flat = a.reshape(c, -1)
+        self.gram += (flat @ flat.T).double()
+        block_labels = labels[parts.to(labels.device)].reshape(-1, b)               # (P, B)
+        same = (block_labels[:, :, None] == block_labels[:, None, :]).to(a.dtype)
+        rows = (a * same).sum(dim=3)              # (C, P, B): sum_j A_ij [y_i = y_j], i.e. 1_c^T A 1_c by class
+        self.class_sums.index_add_(1, block_labels.flatten(), rows.reshape(c, -1).double())
+        return a
+
+    def add_response(self, a: Tensor, o: Tensor) -> None:
+        """Cross terms <a^(k), o> of the centred blocks a (C, P, B, B) with the response's o (1, P, B, B)."""
+        self.out_cross += (a.reshape(a.shape[0], -1) @ o.reshape(-1).to(a.dtype)).double()
+
+
+class _BlockStream:
+    """The sink of `_forward` for the block statistics: every batch's features become their blocks'
+    centred kernels, are accumulated and freed; held across a batch are only the centred blocks of
+    the layers waiting for their response (the consumer's output, or the logits at the batch's end)."""
+
+    def __init__(self, layers: Sequence, consumers: dict, batches, labels: Tensor, num_classes: int,
+                 response: str | None, device, dtype, source_eps: float, max_bytes: int):
+        self.layers = {layer.name: layer for layer in layers}
+        self.consumer_of = {consumer.name: name for name, consumer in consumers.items()}
+        self.batches, self.labels, self.num_classes, self.response = batches, labels, num_classes, response
+        self.device, self.dtype = device, dtype
+        self.options = dict(source_eps=source_eps, max_bytes=max_bytes)
+        self.acc: dict[str, _BlockLayer] = {}
+        self.responses: dict[str, _BlockKernels] = {}     # by layer (consumer) or "" (logits)
+        self.pending: dict[str, list] = {}                 # layer -> [its blocks, its response blocks]
+        self.class_norm2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.out_norm2: dict[str, Tensor] = {}
+        self.batch = 0
+        self.block_count = 0
+
+    def _response_blocks(self, key: str, x: Tensor, parts: Tensor) -> Tensor:
+        if key not in self.responses:
+            self.responses[key] = _BlockKernels(1, self.device, self.dtype, **self.options)
+            self.out_norm2[key] = torch.zeros((), dtype=torch.float64, device=self.device)
+        o = self.responses[key].centred(_as_stack(x, self.dtype), parts)   # x: (S, ...) samples first
+        self.out_norm2[key] += o.square().sum().double()
+        return o
+
+    def _pair(self, name: str, slot: int, value: Tensor) -> None:
+        held = self.pending.setdefault(name, [None, None])
+        held[slot] = value
+        if held[0] is not None and held[1] is not None:
+            self.acc[name].add_response(*held)
+            del self.pending[name]
+
+    def features(self, name: str, x: Tensor) -> None:
+        indices, parts = self.batches[self.batch]
+        if name in self.consumer_of:
+            layer = self.consumer_of[name]
+            self._pair(layer, 1, self._response_blocks(layer, x.transpose(0, 1), parts))
+            return
+        if name not in self.acc:
+            self.acc[name] = _BlockLayer(x.shape[0], self.num_classes, self.device, self.dtype, **self.options)
+        a = self.acc[name].add(x, parts, self.labels[indices.to(self.labels.device)])
+        if self.response is not None:
+            self._pair(name, 0, a)
+
+    def batch_end(self, outputs: Tensor | None) -> None:
+        indices, parts = self.batches[self.batch]
+        if self.response == "logits":
+            o = self._response_blocks("", outputs, parts)
+            for name in list(self.pending):
+                self._pair(name, 1, o)
+        if self.pending:
+            raise RuntimeError(f"internal error: no response for {sorted(self.pending)} in batch {self.batch}")
+        block_labels = self.labels[indices.to(self.labels.device)][parts.to(self.labels.device)]
+        counts = nn.functional.one_hot(block_labels, self.num_classes).sum(dim=2).double()   # (M, nb, K)
+        b = parts.shape[2]
+        self.class_norm2 += (counts - counts.square() / b).square().sum(dim=(0, 1))   # ||H_B L^(c) H_B||_F^2
+        self.block_count += parts.shape[0] * parts.shape[1]
+        self.batch += 1
+
+    def result(self, name: str, block_size: int, num_samples: int, missing: list[int]) -> LayerStatistics:
+        """Section 2b's normalisation: Q = G_km / sqrt(G_kk G_mm), R = g_kc / sqrt(G_kk n_c)."""
+        acc = self.acc[name]
+        tol = _dead_tolerance(block_size, self.dtype) * math.sqrt(self.block_count)
+        norm = acc.gram.diagonal().clamp_min(0).sqrt()
+        dead = acc.kernels.constant | (norm <= tol)
+        inv = torch.where(dead, torch.zeros_like(norm), 1.0 / torch.where(dead, torch.ones_like(norm), norm))
+        class_norm = self.class_norm2.sqrt()
+        inv_class = torch.where(class_norm > 0, 1.0 / class_norm.clamp_min(1e-300), torch.zeros_like(class_norm))
+        key = "" if self.response == "logits" else name
+        out_norm = self.out_norm2[key].clamp_min(0).sqrt() if key in self.out_norm2 else torch.zeros(())
+        output_relevance = (acc.out_cross * inv / out_norm if out_norm > tol
+                            else torch.zeros_like(acc.out_cross))
+        return LayerStatistics(
+            name=name,
+            redundancy=(acc.gram * inv[:, None] * inv[None, :]).to(self.dtype),
+            relevance=(acc.class_sums * inv[:, None] * inv_class[None, :]).to(self.dtype),
+            output_relevance=output_relevance.to(self.dtype),
+            dead=dead,
+            missing_classes=missing,
+            num_samples=num_samples,
+        )
+
+
+def _block_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels: Tensor, num_classes: int, *,
+                      response: str | None, block_size: int, permutations: int, batch_size: int | None,
+                      seed: int, max_bytes: int, device: torch.device, dtype: torch.dtype
+                      ) -> dict[str, LayerStatistics]:
+    """METHOD.md section 2b for every layer in one streamed forward pass (see `layer_statistics`)."""
+    n = images.shape[0]
+    check_block_samples(n, block_size)
+    batch_size = block_batch_size(n, block_size) if batch_size is None else batch_size
+    if batch_size % block_size:
+        raise PaperpruneError(f"batch_size={batch_size} must be a multiple of block_size={block_size}: each batch "
+                              "is cut into whole blocks; pass e.g. "
+                              f"batch_size={block_size * max(1, round(batch_size / block_size))}")
+    batches = block_partitions(labels, num_classes, block_size=block_size, permutations=permutations,
+                               batch_size=batch_size, seed=seed)
+    order = torch.cat([indices for indices, _ in batches])
+    consumers = _consumers(layers) if response == "consumer" else {}
+    stream = _BlockStream(layers, consumers, batches, labels.to(device), num_classes, response, device, dtype,
+                          source_eps=_eps(_model_device_dtype(model)[1]), max_bytes=max_bytes)
+    _forward(model, list(layers) + list(consumers.values()), images, batch_size=batch_size, device=device,
+             dtype=dtype, keep_outputs=response == "logits", order=order, sink=stream)
+    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    missing = torch.nonzero(counts == 0).flatten().tolist()
+    return {layer.name: stream.result(layer.name, block_size, n, missing) for layer in layers}

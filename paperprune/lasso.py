@@ -28,7 +28,9 @@ working set over rounds).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -123,7 +125,10 @@ def tree_prox(X: torch.Tensor, tree: ClassTree, threshold: float, *, nonnegative
     only and is monotone in it, so the prox of norm + indicator(x >= 0) is the norm's prox of
     max(x, 0) (both checked against cvxpy in the tests).
     The one-class groups are one soft-thresholding of every entry; the larger groups follow by
-    height, one batched step per level (`ClassTree.levels`).
+    height, one batched step per level (`ClassTree.levels`), as segment sums over the level's
+    classes (`ClassTree.segments`): O(C n_h) per level for the n_h classes its groups hold, where a
+    dense mask product costs O(C K V_h) (at K = 1,000 a tree has 999 groups of two or more classes).
+    Below `_SEGMENT_CLASSES` classes the dense products are used: fewer, cheaper operations.
     """
     t = tree.to(X.device, X.dtype)
     leaf = threshold * t.leaf_weights
@@ -134,11 +139,25 @@ def tree_prox(X: torch.Tensor, tree: ClassTree, threshold: float, *, nonnegative
     if threshold <= 0:
         return Y
     one = X.new_ones(())
-    for _, m, w, outside in t.levels:
+    if t.num_classes < _SEGMENT_CLASSES:  # few classes: two small dense products per level cost less
+        for _, m, w, outside in t.levels:
+            # 1 - threshold w / ||y_G||, clipped at 0; a zero norm gives -inf, hence 0 (w > 0 on every level)
+            scale = torch.addcmul(one, ((Y * Y) @ m.T).rsqrt_(), w, value=-threshold).clamp_min_(0)
+            Y.mul_(torch.addmm(outside, scale, m))  # classes outside this level's groups keep factor 1
+        return Y
+    Yt = Y.T.contiguous()  # (K, C): a level's classes are gathered and scattered as whole rows
+    for (_, _, w, _), (classes, position) in zip(t.levels, t.segments):
+        part = Yt.index_select(0, classes)                                          # (n_h, C)
+        norm2 = part.new_zeros(w.numel(), Yt.shape[1]).index_add_(0, position, part * part)
         # 1 - threshold w / ||y_G||, clipped at 0; a zero norm gives -inf, hence 0 (w > 0 on every level)
-        scale = torch.addcmul(one, ((Y * Y) @ m.T).rsqrt_(), w, value=-threshold).clamp_min_(0)
-        Y.mul_(torch.addmm(outside, scale, m))  # classes outside this level's groups keep factor 1
-    return Y
+        scale = torch.addcmul(one, norm2.rsqrt_(), w[:, None], value=-threshold).clamp_min_(0)
+        Yt.index_copy_(0, classes, part.mul_(scale.index_select(0, position)))  # classes outside keep factor 1
+    return Yt.T.contiguous()
+
+
+#: from this many classes on, the tree prox and the sGLP fusion products use their sparse forms (segment
+#: sums, the sparse incidence); below it the dense products, whose per-operation overhead is lower
+_SEGMENT_CLASSES = 100
 
 
 # --------------------------------------------------------------------------- solvers
@@ -204,10 +223,13 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     if rho is None:
         rho = math.sqrt(max(float(q[0]), 1e-3 * L) * L)
     if fusion is not None:
-        Dp, Vp, shift, into, back = fusion
-        base, S = UqT @ Rl @ Vp, X @ Dp.T
+        Dp, DpT, Vp, VpT, shift = fusion
+        sparse = Dp.layout == torch.sparse_csr
+        if not sparse:  # the dense forms: Dp Vp and its transpose, one product each way per iteration
+            into, back = Dp @ Vp, VpT @ DpT
+        base, S = UqT @ Rl @ Vp, _times_sparse(X, Dp)
     else:
-        Dp, shift, base, S = None, None, None, X
+        Dp, shift, base, S, sparse = None, None, None, X, False
     # B Dp^T = Uq M Vp^T Dp^T with M = (Uq^T Rl Vp + rho Uq^T (S - U) Dp Vp) / (q + rho p) (C, K). For
     # K < C the products are taken as M^T (K, C) times the C x C factors: equal, and with MKL on one
     # CPU thread 1.2x faster at C = 64, K = 10 and 1.5x at C = 256 (within 5% slower at C ~ 2K).
@@ -230,18 +252,26 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     for it in range(1, max_iter + 1):
         if Dp is None:
             BD = torch.addmm(b0, inverse, S - U, alpha=rho)
-        elif classes_first:
+        elif not sparse and classes_first:
             M = torch.addmm(base, back @ (S - U).T, Uq, alpha=rho).mul_(inverse)
             BD = (M @ UqT).T @ back
-        else:
+        elif not sparse:
             M = torch.addmm(base, UqT, (S - U) @ into, alpha=rho).mul_(inverse)
             BD = (Uq @ M) @ back
+        elif classes_first:
+            M = torch.addmm(base, VpT @ (DpT @ (S - U).T), Uq, alpha=rho).mul_(inverse)
+            BD = _times_sparse((M @ UqT).T @ VpT, Dp)
+        else:
+            M = torch.addmm(base, UqT, _times_sparse(S - U, DpT) @ Vp, alpha=rho).mul_(inverse)
+            BD = _times_sparse((Uq @ M) @ VpT, Dp)
         S_prev = S
         S, U = split(torch.lerp(S, BD, relax).add_(U), rho)  # relax B Dp^T + (1 - relax) S_prev + U
         if it % check and it < max_iter:
             continue
         dual = torch.stack([S - S_prev, U])
-        if Dp is not None:
+        if sparse:
+            dual = torch.stack([_times_sparse(d, DpT) for d in dual])
+        elif Dp is not None:
             dual = dual @ Dp
         sq = torch.cat([torch.stack([BD - S, BD, S]).square().sum((1, 2)), dual.square().sum((1, 2))])
         r, ax, bz, s, dual = sq.sqrt_().tolist()  # one device sync per check
@@ -263,13 +293,42 @@ _FUSION_CHECK = 10  # ... which stop early, checked this often, once every row p
 _FUSION_STALL = 0.25  # the squared violation fell by less than this factor since the last check
 
 
-def _fusion_basis(D):
-    """(Dp, Vp, shift, Dp Vp, (Dp Vp)^T) for `_admm`'s B-update: Dp = [I; D] (K + E, K), Vp the
-    eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a row."""
-    Dp = torch.cat([torch.eye(D.shape[1], dtype=D.dtype, device=D.device), D])
-    p, Vp = torch.linalg.eigh(Dp.T @ Dp)
-    into = Dp @ Vp
-    return Dp, Vp, p.clamp_min(1.0)[None, :], into, into.T.contiguous()
+def _sparse(A):
+    """A dense matrix as a sparse CSR one (torch marks CSR support beta; the products used here are stable)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return A.to_sparse_csr()
+
+
+def _times_sparse(X, A):
+    """X (C, n) times the transpose of the sparse A (m, n): X A^T (C, m), as (A X^T)^T. With Dp = [I; D],
+    whose incidence rows hold two non-zeros, a product costs C (K + 2E) instead of the dense C K (K + E)."""
+    return (A @ X.T).T
+
+
+_FUSION_CACHE: dict = {}
+_FUSION_CACHE_SIZE = 4
+
+
+def _fusion_basis(D, graph: ClassGraph | None = None):
+    """(Dp, Dp^T, Vp, Vp^T, shift) for `_admm`'s B-update: Dp = [I; D] (K + E, K) and its transpose as
+    sparse CSR matrices, Vp the eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a
+    row. The K x K eigendecomposition depends on the graph only (O(K^3)): the last few are kept, keyed
+    by the `graph` D is the incidence of (its edges and signs) or else by D's values, so the solves of
+    one graph along the budget bisection share it."""
+    source = D if graph is None else torch.cat([graph.edges.double().flatten(), graph.signs.double().cpu()])
+    key = (D.shape, D.dtype, str(D.device), hashlib.sha1(source.detach().cpu().numpy().tobytes()).hexdigest())
+    if key not in _FUSION_CACHE:
+        K = D.shape[1]
+        Dp = torch.cat([torch.eye(K, dtype=D.dtype, device=D.device), D])
+        sparse, sparse_t = Dp, Dp.T.contiguous()
+        if K >= _SEGMENT_CLASSES:
+            sparse, sparse_t = _sparse(Dp), _sparse(Dp.T.contiguous())
+        p, Vp = torch.linalg.eigh((sparse_t @ Dp).contiguous())
+        while len(_FUSION_CACHE) >= _FUSION_CACHE_SIZE:
+            _FUSION_CACHE.pop(next(iter(_FUSION_CACHE)))
+        _FUSION_CACHE[key] = (sparse, sparse_t, Vp, Vp.T.contiguous(), p.clamp_min(1.0)[None, :])
+    return _FUSION_CACHE[key]
 
 
 def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal_factor=1.0, relax=1.8):
@@ -340,7 +399,8 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
 
 
 def _fusion_violation(H, D, gw, step: float, outside: Callable, steps: int = _FUSION_STEPS):
-    """Upper bound on each row's KKT violation at zero for sGLP: min over fusion multipliers
+    """`D` is the signed incidence (E, K), dense, or the pair (D, D^T) of sparse matrices (many classes),
+    or None without edges. Upper bound on each row's KKT violation at zero for sGLP: min over fusion multipliers
     |Y_e| <= gamma w_e of ||outside(H + Y D)||, where H = Q B - R and `outside(V)` is V's part
     outside the l1 term's subdifferential at zero: the signed soft-threshold of V at lam for the
     signed problem (a zero row is optimal iff some Y makes |H + Y D| <= lam), min(V + lam, 0) for
@@ -352,15 +412,16 @@ def _fusion_violation(H, D, gw, step: float, outside: Callable, steps: int = _FU
     V = outside(H)
     out = torch.linalg.norm(V, dim=1)
     fail = (out > 0).nonzero().flatten()
-    if not D.shape[0] or not len(fail):
+    if D is None or (isinstance(D, torch.Tensor) and not D.shape[0]) or not len(fail):
         return out
+    D, DT = (D, D.T.contiguous()) if isinstance(D, torch.Tensor) else D
     H, V = H[fail], V[fail]
     Y = H.new_zeros(len(fail), D.shape[0])
-    DT, low = D.T.contiguous(), -gw
+    low = -gw
     last = float(V.square().sum())
     for i in range(1, steps + 1):
-        Y = torch.clamp(torch.addmm(Y, V, DT, alpha=-step), low, gw)
-        V = outside(torch.addmm(H, Y, D))
+        Y = torch.clamp(Y - step * _times_sparse(V, D), low, gw)
+        V = outside(H + _times_sparse(Y, DT))
         if i % _FUSION_CHECK == 0 and i < steps:
             now = float(V.square().sum())
             if now == 0 or now > _FUSION_STALL * last:
@@ -445,8 +506,9 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
         U = torch.clamp(T, cache["lo"], cache["hi"])
         return T.sub_(U), U
 
-    fusion = _fusion_basis(D) if D.shape[0] else None
-    step = 1.0 if fusion is None else 1.0 / max(float(fusion[2].max()) - 1.0, 1.0)  # 1 / ||D||_2^2
+    fusion = _fusion_basis(D, graph) if D.shape[0] else None
+    step = 1.0 if fusion is None else 1.0 / max(float(fusion[-1].max()) - 1.0, 1.0)  # 1 / ||D||_2^2
+    D = None if not D.shape[0] else (_sparse(D), _sparse(D.T.contiguous())) if K >= _SEGMENT_CLASSES else D
     result = _working_set(Q, R, B, fusion, Rl, split,
                           lambda G, refine: _fusion_violation(G, D, gw, step, outside, _FUSION_STEPS * refine),
                           tol=_effective_tol(tol, R.dtype), max_iter=max_iter, primal_factor=0.1, relax=1.7)

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .criteria import Calibration, create_criterion
+from .criteria import LASSO, Calibration, create_criterion
+from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .select import select_channels
 from .utils import PaperpruneError, as_number, resolve_device
@@ -231,7 +232,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           classifier: str | None = None, seed: int = 0,
           tolerance: float = 0.01, device=None, progress: bool = True,
           latency_reduction: float | None = None, latency_mode: str = "eager", latency_batch_size: int = 64,
-          latency_rounding: bool = False, adapt_bn: int = 0) -> tuple[nn.Module, PruneReport]:
+          latency_rounding: bool = False, adapt_bn: int = 0, statistics: str = "exact",
+          block_size: int | None = None, permutations: int | None = None) -> tuple[nn.Module, PruneReport]:
     """Prune `model` to remove `flops_reduction` of its MACs (default 0.5) with the criterion `method`.
 
     `data` is any iterable of (images, labels) batches (a DataLoader); a class-balanced
@@ -253,6 +255,14 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
     `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
     multiples the table shows to be nearly free.
+
+    `statistics` is how the lasso criteria estimate Q and R: "exact" (METHOD.md section 2, the
+    default, O(N^2) per channel) or "block" (section 2b: blocks of `block_size` samples, default
+    20, over `permutations` seeded random partitions, default 3, in one streamed forward pass;
+    O(N B M) per channel and memory of one batch's blocks). Block is the better choice when N is
+    large: many classes, or many calibration images per class (docs/usage-statistics.md).
+    `block_size` must divide the N = classes x samples_per_class calibration samples; block
+    options are refused with "exact", and "block" with a criterion that has no statistics.
 
     `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
     `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
@@ -282,9 +292,14 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         raise PaperpruneError(f"the model holds non-finite weights ({len(nonfinite)} tensor(s), e.g. "
                               f"{nonfinite[0]!r}); its training diverged: retrain it (e.g. with a smaller "
                               "learning rate)")
+    statistics, block_size, permutations = check_statistics(statistics, block_size, permutations)
+    if statistics == "block" and method not in LASSO:
+        raise PaperpruneError(f"statistics='block' applies to the lasso criteria ({', '.join(LASSO)}); "
+                              f"{method!r} computes no HSIC statistics: leave statistics at 'exact'")
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
                                  structure=structure, response=response, rho=rho, knn=knn,
-                                 max_iter=max_iter)
+                                 max_iter=max_iter, statistics=statistics, block_size=block_size,
+                                 permutations=permutations)
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -295,6 +310,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         except AttributeError:
             raise PaperpruneError(f"cannot tell the number of classes: the model has no nn.Linear {classifier!r}; "
                                   "pass num_classes= (and classifier= naming its final nn.Linear)") from None
+    if statistics == "block":
+        check_block_samples(samples_per_class * num_classes, block_size)
     timings = {}
     was_training = model.training
     model = copy.deepcopy(model).to(device).eval()

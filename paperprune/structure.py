@@ -122,7 +122,8 @@ class ClassTree:
     weights (V_h,), outside (K,)) per height (longest chain of groups below a node), lowest
     first, for the groups of two or more classes with weight > 0. Groups of one height are
     disjoint (a group strictly above another is higher), so each level is one batched group
-    soft-thresholding; `outside` is 1 for classes in none of its groups.
+    soft-thresholding; `outside` is 1 for classes in none of its groups. `segments` holds the
+    same levels sparsely, one (classes (n_h,), their group's position in the level (n_h,)) each.
     `num_classes` defaults to the largest class index + 1.
     """
 
@@ -134,6 +135,7 @@ class ClassTree:
     order: torch.Tensor = field(init=False, repr=False)
     leaf_weights: torch.Tensor = field(init=False, repr=False)
     levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(init=False, repr=False)
+    segments: list[tuple[torch.Tensor, torch.Tensor]] = field(init=False, repr=False)
 
     def __post_init__(self):
         try:
@@ -189,12 +191,14 @@ class ClassTree:
         single = size == 1
         self.leaf_weights = torch.zeros(K, dtype=fdtype, device=device).index_add_(
             0, mask[single].to(torch.int64).argmax(1).to(device), self.weights[single.to(device)])
-        self.levels = []
+        self.levels, self.segments = [], []
         for h in range(int(height.max()) + 1):
             nodes = ((height == h) & ~single & (self.weights.cpu() > 0)).nonzero().flatten().to(device)
             if len(nodes):
                 m = self.mask[nodes].to(fdtype)
                 self.levels.append((nodes, m, self.weights[nodes], 1 - m.sum(0)))
+                position, classes = self.mask[nodes].nonzero().unbind(1)   # the level's groups are disjoint
+                self.segments.append((classes, position))
 
     @property
     def num_nodes(self) -> int:

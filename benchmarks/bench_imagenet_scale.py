@@ -1,0 +1,221 @@
+"""ImageNet scale on one CPU with block statistics (METHOD.md section 2b): `paperprune.prune` end to end.
+
+torchvision ResNet-50 (its prunable widths found by `paperprune.discover`), generated images (the
+cost does not depend on their content), sGLP-IB with a k-nearest-class graph and sTLP-IB, 50% fewer
+MACs, `statistics="block"`. Each run measures wall time, peak resident memory, the per-stage split
+(forward pass, block kernels, class embeddings, each bisection step's solves, surgery), the solver
+iterations, the machine, date and commit, and is appended to a JSON list of runs with a Markdown
+summary beside it (regenerated from the whole list).
+
+The paper's setting (about 40 minutes of the whole 2-core CPU for both methods):
+
+    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 python benchmarks/bench_imagenet_scale.py --threads 2
+
+A smoke test (seconds; writes elsewhere):
+
+    python benchmarks/bench_imagenet_scale.py --classes 20 --size 64 --per-class 2 --out /tmp/scale.json
+
+The exact statistics for comparison (smaller N; label the row as such): `--statistics exact --per-class 1
+--classes 500`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_imagenet import Sampler, batches  # noqa: E402
+
+import paperprune  # noqa: E402
+import paperprune.lasso as lasso  # noqa: E402
+from paperprune import ib  # noqa: E402
+from paperprune.criteria import LassoCriterion  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GIB = 1 << 30
+
+
+class Probes:
+    """Timers wrapped around the stages `prune` runs: the block kernels (`ib._BlockStream`'s per-batch
+    work, inside the forward pass), the class embeddings' pass, every solver call (with its iterations) and
+    every lam the budget rule asks for (`LassoCriterion.solutions`: the bracket search and each bisection
+    step). `restore()` undoes the wrapping."""
+
+    def __init__(self):
+        self.kernels_s, self.embeddings_s = 0.0, 0.0
+        self.solves: list[dict] = []
+        self.levels: list[dict] = []
+        self._undo = []
+        self._wrap(ib._BlockStream, "features", self._kernels)
+        self._wrap(ib._BlockStream, "batch_end", self._kernels)
+        self._wrap(ib, "class_embeddings", self._embeddings)
+        self._wrap(LassoCriterion, "solutions", self._solutions)
+        self._wrap(LassoCriterion, "prepare", self._prepare)
+        self.bracket = 0   # levels asked inside `prepare`: the search for the lam that empties every layer
+        for name in ("solve_sglp", "solve_stlp"):
+            self._wrap(lasso, name, self._solve)
+
+    def _wrap(self, owner, name, timer):
+        original = getattr(owner, name)
+        self._undo.append((owner, name, original))
+
+        def wrapper(*args, **kwargs):
+            return timer(original, *args, **kwargs)
+        setattr(owner, name, wrapper)
+
+    def restore(self):
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def _kernels(self, original, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self.kernels_s += time.perf_counter() - start
+
+    def _embeddings(self, original, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self.embeddings_s += time.perf_counter() - start
+
+    def _prepare(self, original, *args, **kwargs):
+        out = original(*args, **kwargs)
+        self.bracket = len(self.levels)
+        return out
+
+    def _solve(self, original, Q, R, *args, **kwargs):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = original(Q, R, *args, **kwargs)
+        self.solves.append({"start": start, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+                            "channels": int(Q.shape[0]), "iterations": int(result.iterations),
+                            "converged": bool(result.converged), "warm": kwargs.get("B0") is not None})
+        return result
+
+    def _solutions(self, original, criterion, lam):
+        start = time.perf_counter()
+        before = len(self.solves)
+        out = original(criterion, lam)
+        solves = self.solves[before:]
+        self.levels.append({"lam": float(lam), "wall_s": time.perf_counter() - start,
+                            "solver_s": sum(s["wall_s"] for s in solves),
+                            "iterations": sum(s["iterations"] for s in solves),
+                            "max_iterations": max((s["iterations"] for s in solves), default=0),
+                            "unconverged": sum(not s["converged"] for s in solves)})
+        return out
+
+
+def run(method: str, args) -> dict:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=args.classes).eval()
+    block = dict(block_size=args.block_size, permutations=args.permutations) if args.statistics == "block" else {}
+    options = dict(knn=args.knn) if method == "sglp" else {}
+    probes = Probes()
+    try:
+        with Sampler() as sampler:
+            start = time.perf_counter()
+            _, report = paperprune.prune(model, batches(args.classes, args.per_class, args.size), method=method,
+                                         flops_reduction=args.flops_reduction, samples_per_class=args.per_class,
+                                         statistics=args.statistics, max_iter=args.max_iter, progress=True,
+                                         **block, **options)
+            wall = time.perf_counter() - start
+    finally:
+        probes.restore()
+    t = report.timings
+    stats_end = start + t["statistics_s"]
+    bracket = probes.levels[:probes.bracket]
+    solver_in_statistics = sum(level["wall_s"] for level in bracket)
+    gathered = t["statistics_s"] - probes.kernels_s - probes.embeddings_s - solver_in_statistics
+    stages = {"statistics_s": t["statistics_s"],
+              "forward_s": gathered if args.statistics == "block" else None,
+              "kernels_s": probes.kernels_s if args.statistics == "block" else None,
+              "embeddings_s": probes.embeddings_s,
+              "bracket_s": solver_in_statistics,   # the lam that empties every layer, found in `prepare`
+              "selection_s": t["selection_s"], "surgery_s": t["surgery_s"],
+              "bracket": bracket, "bisection": probes.levels[probes.bracket:]}
+    env = environment_info(torch.device("cpu"))
+    row = {"method": method, "classes": args.classes, "image_size": args.size, "samples": report.num_calibration,
+           "statistics": args.statistics, "block_size": report.criterion.get("block_size"),
+           "permutations": report.criterion.get("permutations"), "knn": args.knn if method == "sglp" else None,
+           "threads": torch.get_num_threads(), "wall_s": wall, "peak_rss_gib": sampler.peak(start, time.perf_counter()),
+           "peak_rss_statistics_gib": sampler.peak(start, stats_end), "cpu_s": sampler.cpu(start, time.perf_counter()),
+           "stages": stages,
+           "solver_iterations": sum(s["iterations"] for s in probes.solves), "solver_calls": len(probes.solves),
+           "solver_s": sum(s["wall_s"] for s in probes.solves),
+           "unconverged_solves": sum(not s["converged"] for s in probes.solves),
+           "budget_steps": report.budget_steps, "macs_reduction": report.macs_reduction,
+           "params_reduction": report.params_reduction, "lam": report.criterion.get("lam"),
+           "unconverged_layers": report.criterion.get("unconverged_layers"),
+           "machine": {k: env.get(k) for k in ("hostname", "processor", "cpu_count", "torch", "torch_threads")},
+           "date": env.get("date"), "commit": env.get("git_commit")}
+    print(f"{method}: wall {wall:.0f} s, peak {row['peak_rss_gib']:.2f} GiB, statistics {t['statistics_s']:.0f} s "
+          f"(kernels {probes.kernels_s:.0f} s), selection {t['selection_s']:.0f} s over {len(probes.levels)} lam "
+          f"values, {row['solver_iterations']} solver iterations", flush=True)
+    return row
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = ["# ImageNet scale on one CPU: block statistics end to end (benchmarks/bench_imagenet_scale.py)", "",
+             "torchvision ResNet-50, generated images, `paperprune.prune` at 50% fewer MACs; sGLP-IB with a "
+             "k-nearest-class graph, sTLP-IB. Wall and stage seconds; forward = the streamed pass without the "
+             "block kernels; bracket = the solves that find the lam emptying every layer (in `prepare`); "
+             "selection = the budget bisection, whose per-step solves are in the JSON (`stages.bisection`: "
+             "lam, wall, solver seconds, iterations, unconverged layers per step); lam values = its steps.", "",
+             "| date | commit | method | classes | px | N | statistics | threads | wall s | peak RSS GiB | forward s "
+             "| kernels s | embeddings s | bracket s | selection s | lam values | solver iterations | unconverged "
+             "| MACs reduction |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.1f}"
+    for r in runs:
+        s = r["stages"]
+        stat = r["statistics"] + (f" B={r['block_size']} M={r['permutations']}" if r["statistics"] == "block" else "")
+        lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['method']} | {r['classes']} | {r['image_size']} | "
+                     f"{r['samples']} | {stat} | {r['threads']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
+                     f"{f(s['forward_s'])} | {f(s['kernels_s'])} | {f(s['embeddings_s'])} | {f(s['bracket_s'])} | "
+                     f"{f(s['selection_s'])} | {len(s['bisection'])} | {r['solver_iterations']} | "
+                     f"{r['unconverged_solves']} | {r['macs_reduction']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--per-class", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["sglp", "stlp"], choices=["sglp", "stlp"])
+    p.add_argument("--statistics", default="block", choices=list(ib.STATISTICS))
+    p.add_argument("--block-size", type=int, default=ib.BLOCK_SIZE)
+    p.add_argument("--permutations", type=int, default=ib.PERMUTATIONS)
+    p.add_argument("--knn", type=int, default=5, help="sGLP-IB: each class's graph neighbours")
+    p.add_argument("--flops-reduction", type=float, default=0.5)
+    p.add_argument("--max-iter", type=int, default=lasso.SOLVER_MAX_ITER)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=RESULTS / "imagenet-scale.json",
+                   help="the JSON list of runs to append to (the Markdown summary goes beside it)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = json.loads(args.out.read_text()) if args.out.is_file() else []
+    for method in args.methods:
+        runs.append(run(method, args))
+        atomic_write_json(args.out, runs)
+        atomic_write_text(args.out.with_suffix(".md"), markdown(runs))
+    print(f"-> {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
