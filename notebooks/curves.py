@@ -8,8 +8,8 @@
 # fine-tuning hides much of a bad selection. Statistics are computed once per (criterion, seed)
 # and reused for every target. A criterion entry `name:uniform` runs the criterion under the
 # uniform allocation (every layer keeps the same fraction of its channels, the L1-norm and HRank
-# papers' protocol, METHOD.md section 2c) instead of the global one; its points are rows of their
-# own. Done by `paperprune.curves.run` (resumable: a rerun skips the
+# papers' protocol, METHOD.md section 2, "Allocation") instead of the global one; its points
+# are rows of their own. Done by `paperprune.curves.run` (resumable: a rerun skips the
 # finished (criterion, seed) chunks); `python -m paperprune.reproduce` runs this notebook
 # through papermill and leaves the executed copy next to `curves.json`.
 

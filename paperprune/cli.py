@@ -158,7 +158,7 @@ _RUN_HELP = {
     "max_iter": "lasso criteria: the solver's iterations per solve (default %(default)s); a solve stopped there is "
                 "named in run.json's criterion.unconverged_layers",
     "allocation": "how the budget is shared between layers: global (one level across layers, the default) or "
-                  "uniform (the same fraction of channels kept in every layer; METHOD.md section 2c)",
+                  "uniform (the same fraction of channels kept in every layer; METHOD.md section 2, 'Allocation')",
     "per_class": "train on only N images per class (short runs)",
     "test_per_class": "evaluate on a fixed class-balanced subset of N test images per class (short runs)",
 }

@@ -4,8 +4,8 @@ much their kept sets overlap (Jaccard), per layer and over the whole model.
 Every criterion is run through `paperprune.prune` with the same model, calibration data and
 options, so the budgets match to the budget rule's tolerance (METHOD.md section 2, "Automatic
 budget"); a kept set is the set of (layer, channel) pairs a criterion keeps. A criterion entry
-"l1:uniform" runs l1 under the uniform allocation (METHOD.md section 2c), so one comparison can
-hold a criterion under both allocations.
+"l1:uniform" runs l1 under the uniform allocation (METHOD.md section 2, "Allocation"), so one
+comparison can hold a criterion under both allocations.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ correctness of both, packed (`paperprune.stats.pack_correct`), for the two-level
 `paperprune.seeds`.
 
 A criterion entry is a criterion name (the global allocation) or "name:uniform", the same
-criterion under the uniform allocation (METHOD.md section 2c, `paperprune.select`): each of
-its points records its `allocation`, and the reports show it as a row of its own ("L1-norm
+criterion under the uniform allocation (METHOD.md section 2, "Allocation"; `paperprune.select`):
+each of its points records its `allocation`, and the reports show it as a row of its own ("L1-norm
 (uniform)"). The class-agnostic baselines are compared under both, e.g. `methods=(*METHODS,
 "l1:uniform", "hrank:uniform", "random:uniform")`.
 
@@ -427,7 +427,8 @@ def main(argv=None) -> int:
         print(f"paperprune.curves: error: {exc}", file=sys.stderr)
         return 2
     for row in record["summary"]["top1_bn"]:
-        print(f"{row['method']:>10} ({row['allocation']}) target {row['target']:.2f}: top-1 after adaptive BN {row['mean']:.2f} "
+        print(f"{row['method']:>10} ({row['allocation']}) target {row['target']:.2f}: top-1 after adaptive BN "
+              f"{row['mean']:.2f} "
               f"(std {row['std'] if row['std'] is None else round(row['std'], 2)}, n {row['n']})")
     return 0
 

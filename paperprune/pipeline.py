@@ -55,7 +55,8 @@ class PruneReport:
         return d
 
     def summary(self) -> str:
-        lines = [f"{self.method}{'' if self.allocation == 'global' else f' ({self.allocation})'}: MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M "
+        allocation = "" if self.allocation == "global" else f" ({self.allocation})"
+        lines = [f"{self.method}{allocation}: MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M "
                  f"(-{100 * self.macs_reduction:.1f}%), params {self.params_before / 1e6:.3f}M -> "
                  f"{self.params_after / 1e6:.3f}M (-{100 * self.params_reduction:.1f}%), level {self.level:.4g}"]
         if self.latency:
@@ -257,8 +258,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
     multiples the table shows to be nearly free.
 
-    `allocation` shares the budget between layers (METHOD.md section 2c, `paperprune.select`):
-    "global" (default) bisects the criterion's one level across layers, so per-layer ratios fall
+    `allocation` shares the budget between layers (METHOD.md section 2, "Allocation";
+    `paperprune.select`): "global" (default) bisects the criterion's one level across layers, so per-layer ratios fall
     out of the criterion; "uniform" keeps the same fraction of channels in every layer, bisected to
     the target, the criterion's scores choosing which channels (for the lasso criteria, B's row
     norms at the weakest lam).

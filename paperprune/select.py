@@ -17,15 +17,15 @@ cost=LatencyModel)` budgets predicted latency instead of MACs (issue 15, paperpr
 and `round_to` rounds each layer's kept width up to a multiple (the device's efficient one,
 from the latency table), the criterion's ranking choosing the channels that fill it.
 
-Allocation (METHOD.md section 2c). `allocation="global"` (the default) is the one level above.
-`allocation="uniform"` is the protocol of the L1-norm and HRank papers (Li et al., ICLR 2017; Lin
-et al., CVPR 2020): every prunable layer keeps the same fraction r of its channels (round(r C) of
-C, at least omega), the criterion's scores choosing which; `UniformAllocation` wraps a prepared
-criterion so that its level is 1 - r, and the same bisection and tolerance find r. For the lasso
-criteria the scores are B's row norms at the weakest lam (the criterion's ranking at its lowest
-level; under `nonnegative=True` ties at zero are broken by relevance, as the top-up does): every
-layer keeps its channels of largest norm, which uses the lasso's ranking but not its automatic
-per-layer ratios.
+Allocation (METHOD.md section 2, "Allocation"). `allocation="global"` (the default) is the one
+level above. `allocation="uniform"` is the protocol of the L1-norm and HRank papers (Li et al.,
+ICLR 2017; Lin et al., CVPR 2020): every prunable layer keeps the same fraction r of its
+channels (round(r C) of C, at least omega), the criterion's scores choosing which;
+`UniformAllocation` wraps a prepared criterion so that its level is 1 - r, and the same
+bisection and tolerance find r. For the lasso criteria the scores are B's row norms at the
+weakest lam (the criterion's ranking at its lowest level; under `nonnegative=True` ties at zero
+are broken by relevance, as the top-up does): every layer keeps its channels of largest norm,
+which uses the lasso's ranking but not its automatic per-layer ratios.
 
 Two additions of this project (reconstruction):
 
@@ -72,7 +72,7 @@ class Selection:
     tie_split: int = 0
 
 
-#: how the budget is shared between layers (METHOD.md section 2c; module docstring)
+#: how the budget is shared between layers (METHOD.md section 2, "Allocation"; module docstring)
 ALLOCATIONS = ("global", "uniform")
 
 

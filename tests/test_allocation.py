@@ -1,7 +1,8 @@
-"""The uniform allocation (METHOD.md section 2c): every prunable layer keeps the same fraction of its
-channels, the fraction bisected to the FLOPs target, the criterion choosing which channels; and the
-global allocation unchanged. Random-weight paper models, L1 and random scores (no statistics to
-compute), checked against L1 norms computed here from the conv weights."""
+"""The uniform allocation (METHOD.md section 2, "Allocation"): every prunable layer keeps the
+same fraction of its channels, the fraction bisected to the FLOPs target, the criterion choosing
+which channels; and the global allocation unchanged. Random-weight paper models, L1 and random
+scores (no statistics to compute), checked against L1 norms computed here from the conv
+weights."""
 from __future__ import annotations
 
 import pytest
