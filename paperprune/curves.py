@@ -112,10 +112,10 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     drawn from (`samples_per_class` per class); `bn_data` the training batches for adaptive BN.
     `model` (one of the paper models, or one `prune` understands) is not modified. A target a
     criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
-    seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
-    correct_bn (packed per-image correctness), kept (channel indices per layer), allocation ("global" or
-    "uniform"), statistics_s (the
-    shared statistics' time), evaluate_s, evaluated, and for the lasso criteria unconverged_layers
+    allocation ("global" or "uniform"), seed, target, level, macs_reduction, params_reduction, top1,
+    top1_bn (percent), correct, correct_bn (packed per-image correctness), kept (channel indices per
+    layer), statistics_s (the shared statistics' time), evaluate_s, evaluated, and for the lasso
+    criteria unconverged_layers
     (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test
     evaluations (a `paperprune.train.resolve_precision` result; BN statistics are always re-estimated
     in fp32).
@@ -229,7 +229,7 @@ def _check_grid(methods, targets, seeds, samples_per_class, bn_images, criterion
     """Refuse a bad grid before anything is written, naming the value typed."""
     for entry in methods:
         check_method(split_entry(entry)[0])
-    if len(set(methods)) != len(methods):
+    if len({split_entry(entry) for entry in methods}) != len(methods):
         raise PaperpruneError(f"methods {list(methods)}: give each criterion entry once")
     check_options(methods, criterion_options)
     bad = [t for t in targets if not 0.0 < float(t) < 1.0]
