@@ -96,3 +96,29 @@ def test_compare_selections_holds_a_criterion_under_both_allocations():
     assert cmp.methods == ["l1", "l1:uniform"]
     assert cmp.reports["l1"].allocation == "global" and cmp.reports["l1:uniform"].allocation == "uniform"
     assert cmp.overlap()[0, 1] < 1.0
+
+
+def test_uniform_ranks_by_the_criterion_at_its_weakest_level():
+    """A lasso criterion's ranking changes with lam; the uniform allocation takes it at the weakest lam
+    (the criterion's lowest level), once, whatever fraction it is asked for."""
+
+    class Lasso:  # ranks reversed above level 0: the ranking at the weakest level (-1) is channel 5 first
+        name, channels = "lasso", {"a": 6}
+        asked: list = []
+
+        def bounds(self):
+            return -1.0, 3.0
+
+        def select(self, level):
+            self.asked.append(level)
+            rank = torch.arange(6, dtype=torch.float64)
+            return {"a": (rank > 2, rank if level < 0 else -rank)}
+
+        def describe(self, level):
+            return {"lam": 10.0 ** level, "threshold": None}
+
+    uniform = UniformAllocation(Lasso())
+    assert uniform.select(0.5)["a"][0].tolist() == [False, False, False, True, True, True]
+    assert uniform.select(1 / 6)["a"][0].tolist() == [False, True, True, True, True, True]
+    assert Lasso.asked == [-1.0]
+    assert uniform.describe(0.5) == {"lam": 0.1, "fraction_kept": 0.5}
