@@ -6,7 +6,10 @@
 # re-estimating its BatchNorm statistics on a few hundred training images (adaptive BN, as
 # EagleEye, ECCV 2020, uses it). This is the cheapest measurement that tells criteria apart:
 # fine-tuning hides much of a bad selection. Statistics are computed once per (criterion, seed)
-# and reused for every target. Done by `paperprune.curves.run` (resumable: a rerun skips the
+# and reused for every target. A criterion entry `name:uniform` runs the criterion under the
+# uniform allocation (every layer keeps the same fraction of its channels, the L1-norm and HRank
+# papers' protocol, METHOD.md section 2, "Allocation") instead of the global one; its points
+# are rows of their own. Done by `paperprune.curves.run` (resumable: a rerun skips the
 # finished (criterion, seed) chunks); `python -m paperprune.reproduce` runs this notebook
 # through papermill and leaves the executed copy next to `curves.json`.
 
@@ -15,7 +18,7 @@ dataset = "synthetic"
 arch = "resnet56"
 pretrained = None
 weights = None
-methods = ["random", "l1"]
+methods = ["random", "l1", "l1:uniform"]  # criterion entries: a name (global allocation) or name:uniform
 targets = [0.3, 0.6]
 seeds = [0, 1]
 samples_per_class = 3
@@ -54,12 +57,13 @@ print(f"{len(record['points'])} points ({variant}) on {record['config']['test_im
       f"{record['timings']['wall_s']:.0f} s")
 
 # %% [markdown]
-# Mean and standard deviation over the calibration seeds (n per cell), top-1 in percent, raw
-# and after adaptive BN.
+# Mean over the calibration seeds, top-1 in percent, raw and after adaptive BN, per criterion and
+# allocation (n and the sample std per cell are in `record["summary"]`).
 
 # %%
 import pandas as pd
 
 rows = {key: pd.DataFrame(record["summary"][key]) for key in ("top1", "top1_bn")}
-table = pd.concat({key: df.pivot(index="method", columns="target", values="mean") for key, df in rows.items()}, axis=1)
+table = pd.concat({key: df.pivot(index=["method", "allocation"], columns="target", values="mean")
+                   for key, df in rows.items()}, axis=1)
 table.round(2)

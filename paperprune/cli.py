@@ -162,6 +162,8 @@ _RUN_HELP = {
                   "better choice for large calibration sets)",
     "block_size": "with --statistics block: samples per block, dividing classes x --samples-per-class (default 20)",
     "permutations": "with --statistics block: random partitions of each batch into blocks (default 3)",
+    "allocation": "how the budget is shared between layers: global (one level across layers, the default) or "
+                  "uniform (the same fraction of channels kept in every layer; METHOD.md section 2, 'Allocation')",
     "per_class": "train on only N images per class (short runs)",
     "test_per_class": "evaluate on a fixed class-balanced subset of N test images per class (short runs)",
 }

@@ -3,7 +3,9 @@ much their kept sets overlap (Jaccard), per layer and over the whole model.
 
 Every criterion is run through `paperprune.prune` with the same model, calibration data and
 options, so the budgets match to the budget rule's tolerance (METHOD.md section 2, "Automatic
-budget"); a kept set is the set of (layer, channel) pairs a criterion keeps.
+budget"); a kept set is the set of (layer, channel) pairs a criterion keeps. A criterion entry
+"l1:uniform" runs l1 under the uniform allocation (METHOD.md section 2, "Allocation"), so one
+comparison can hold a criterion under both allocations.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .criteria import LASSO, METHODS, check_method
 from .pipeline import PruneReport, prune
+from .select import split_entry
 from .utils import PaperpruneError
 
 __all__ = ["Comparison", "compare_selections", "jaccard"]
@@ -60,18 +63,24 @@ class Comparison:
 def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction: float = 0.5,
                        progress: bool = True, **options) -> Comparison:
     """Run every criterion in `methods` at the same `flops_reduction` with the same `options`
-    (any keyword of `paperprune.prune`: samples_per_class, nonnegative, structure, seed, ...) and
-    return their kept sets. The statistics options (`statistics`, `block_size`, `permutations`)
-    go to the lasso criteria only; the others compute no HSIC statistics."""
+    (any keyword of `paperprune.prune`: samples_per_class, nonnegative, structure, seed, allocation,
+    ...) and return their kept sets, keyed by the entries given. An entry is a criterion name, under
+    `options`' allocation (default "global"), or "name:global" / "name:uniform" (`split_entry`). The
+    statistics options (`statistics`, `block_size`, `permutations`) go to the lasso criteria only; the
+    others compute no HSIC statistics."""
     methods = list(methods)
     if len(methods) < 2 or len(set(methods)) != len(methods):
         raise PaperpruneError(f"methods={methods!r}: give at least two different criteria to compare")
-    for method in methods:
+    default = options.pop("allocation", "global")
+    entries = {entry: split_entry(entry, default) for entry in methods}
+    for method, _ in entries.values():
         check_method(method)
     kept, reports = {}, {}
-    for method in tqdm(methods, desc="criteria", disable=not progress):
+    for entry in tqdm(methods, desc="criteria", disable=not progress):
+        method, allocation = entries[entry]
         mine = options if method in LASSO else {k: v for k, v in options.items() if k not in _STATISTICS_OPTIONS}
-        _, report = prune(model, data, method=method, flops_reduction=flops_reduction, progress=False, **mine)
-        reports[method] = report
-        kept[method] = {row["name"]: row["kept"] for row in report.layers}
+        _, report = prune(model, data, method=method, flops_reduction=flops_reduction, progress=False,
+                          allocation=allocation, **mine)
+        reports[entry] = report
+        kept[entry] = {row["name"]: row["kept"] for row in report.layers}
     return Comparison(methods=methods, kept=kept, reports=reports)

@@ -10,6 +10,12 @@ as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per
 correctness of both, packed (`paperprune.stats.pack_correct`), for the two-level bootstrap of
 `paperprune.seeds`.
 
+A criterion entry is a criterion name (the global allocation) or "name:uniform", the same
+criterion under the uniform allocation (METHOD.md section 2, "Allocation"; `paperprune.select`):
+each of its points records its `allocation`, and the reports show it as a row of its own ("L1-norm
+(uniform)"). The class-agnostic baselines are compared under both, e.g. `methods=(*METHODS,
+"l1:uniform", "hrank:uniform", "random:uniform")`.
+
 `criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`, or the block
 statistics of METHOD.md section 2b, `{"statistics": "block", "block_size": 20, "permutations": 3}`)
 go to every criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12
@@ -20,7 +26,6 @@ one schema, `paperprune.record.CurvesRecord`: written through `write_curves`, re
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import sys
 import time
@@ -34,10 +39,10 @@ from tqdm.auto import tqdm
 
 from .criteria import METHODS, Calibration, LassoCriterion, check_method, create_criterion
 from .pipeline import gather_calibration, model_parts
-from .select import select_channels
+from .select import allocate, select_channels, split_entry
 from .stats import pack_correct
 from .surgery import MacsPredictor, prune_channels
-from .utils import PaperpruneError, _json_default, resolve_device
+from .utils import PaperpruneError, _json_default, recorded_path, resolve_device, state_sha256
 
 __all__ = ["TARGETS", "adapt_batchnorm", "check_options", "correct_per_image", "pruning_curves", "run",
            "variant_name"]
@@ -102,18 +107,22 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
                    precision: str = "fp32", **criterion_options) -> list[dict]:
     """Points of top-1 against FLOPs reduction for every method x seed x target, no fine-tuning.
 
+    `methods` are criterion entries: a name, or "name:uniform" for the uniform allocation
+    (`paperprune.select.split_entry`).
     `calibration(seed)` yields the (images, labels) batches that seed's calibration sample is
     drawn from (`samples_per_class` per class); `bn_data` the training batches for adaptive BN.
     `model` (one of the paper models, or one `prune` understands) is not modified. A target a
     criterion cannot reach gives a point with "error" instead of accuracies. Each point: method,
-    seed, target, level, macs_reduction, params_reduction, top1, top1_bn (percent), correct,
-    correct_bn (packed per-image correctness), kept (channel indices per layer), statistics_s (the
-    shared statistics' time), evaluate_s, evaluated, and for the lasso criteria unconverged_layers
+    allocation ("global" or "uniform"), seed, target, level, macs_reduction, params_reduction, top1,
+    top1_bn (percent), correct, correct_bn (packed per-image correctness), kept (channel indices per
+    layer), statistics_s (the shared statistics' time), evaluate_s, evaluated, and for the lasso
+    criteria unconverged_layers
     (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test
     evaluations (a `paperprune.train.resolve_precision` result; BN statistics are always re-estimated
     in fp32).
     """
-    for method in methods:
+    entries = [split_entry(entry) for entry in methods]
+    for method, _ in entries:
         check_method(method)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     base = copy.deepcopy(model).to(device).eval()
@@ -122,7 +131,7 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     first_conv = next(m for m in base.modules() if isinstance(m, nn.Conv2d))
     points = []
     bar = tqdm(total=len(methods) * len(seeds) * len(targets), desc="pruning curves", disable=not progress)
-    for method in methods:
+    for method, allocation in entries:
         for seed in seeds:
             start = time.perf_counter()
             images, labels = gather_calibration(calibration(seed), num_classes, samples_per_class, device,
@@ -133,10 +142,13 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
             criterion.prepare(base, layers, Calibration(images, labels, num_classes, taxonomy or {}, classifier))
             statistics_s = time.perf_counter() - start
             predictor = MacsPredictor(base, layers, size)
+            budgeted = allocate(criterion, allocation)
             for target in targets:
-                point = {"method": method, "seed": seed, "target": float(target), "statistics_s": statistics_s}
-                points.append(point | _point(base, criterion, predictor, layers, size, target, omega, tolerance,
-                                             test_loader, bn_data, bn_images, device, precision))
+                point = {"method": method, "allocation": allocation, "seed": seed, "target": float(target),
+                         "statistics_s": statistics_s}
+                points.append(point | _point(base, budgeted, isinstance(criterion, LassoCriterion), predictor, layers,
+                                             size, target, omega, tolerance, test_loader, bn_data, bn_images, device,
+                                             precision))
                 bar.update()
     bar.close()
     return points
@@ -158,9 +170,10 @@ def _folded(model: nn.Module, precision: str) -> nn.Module:
     return folded if precision == "fp32" else folded.to(memory_format=torch.channels_last)
 
 
-def _point(base, criterion, predictor, layers, size, target, omega, tolerance, test_loader, bn_data,
+def _point(base, criterion, lasso, predictor, layers, size, target, omega, tolerance, test_loader, bn_data,
            bn_images, device, precision) -> dict:
-    """One target: select under the shared statistics, cut a copy, measure it raw and after adaptive BN."""
+    """One target: select under the shared statistics (`criterion` as `paperprune.select.allocate` gives it;
+    `lasso`: it reports unconverged layers), cut a copy, measure it raw and after adaptive BN."""
     try:
         sel = select_channels(criterion, predictor, target, omega=omega, tolerance=tolerance, progress=False)
     except PaperpruneError as exc:
@@ -168,8 +181,7 @@ def _point(base, criterion, predictor, layers, size, target, omega, tolerance, t
     pruned = prune_channels(copy.deepcopy(base), layers, sel.keep, size)
     if precision != "fp32":
         pruned = pruned.to(memory_format=torch.channels_last)
-    stalled = {"unconverged_layers": criterion.describe(sel.level)["unconverged_layers"]} \
-        if isinstance(criterion, LassoCriterion) else {}
+    stalled = {"unconverged_layers": criterion.describe(sel.level)["unconverged_layers"]} if lasso else {}
     start = time.perf_counter()
     raw = correct_per_image(_folded(pruned, precision), test_loader, device, precision)
     adapted = correct_per_image(_folded(adapt_batchnorm(pruned, bn_data, bn_images, device), precision), test_loader,
@@ -197,6 +209,7 @@ def check_options(methods: Sequence[str], options: dict | None) -> dict:
     """`criterion_options` as a plain dict, refused (naming the option) when a criterion does not know
     it or refuses its value; {} for None."""
     options = dict(options or {})
+    methods = [split_entry(entry)[0] for entry in methods]
     known = _option_names()
     unknown = sorted(set(options) - known)
     if unknown:
@@ -215,8 +228,10 @@ def variant_name(options: dict | None) -> str:
 
 def _check_grid(methods, targets, seeds, samples_per_class, bn_images, criterion_options=None) -> None:
     """Refuse a bad grid before anything is written, naming the value typed."""
-    for method in methods:
-        check_method(method)
+    for entry in methods:
+        check_method(split_entry(entry)[0])
+    if len({split_entry(entry) for entry in methods}) != len(methods):
+        raise PaperpruneError(f"methods {list(methods)}: give each criterion entry once")
     check_options(methods, criterion_options)
     bad = [t for t in targets if not 0.0 < float(t) < 1.0]
     if not targets or bad:
@@ -228,8 +243,10 @@ def _check_grid(methods, targets, seeds, samples_per_class, bn_images, criterion
             raise PaperpruneError(f"{name}={value}: need at least {low}")
 
 
-def _chunk_path(out: Path, method: str, seed: int) -> Path:
-    return out / "points" / f"{method}-s{seed}.json"
+def _chunk_path(out: Path, entry: str, seed: int) -> Path:
+    """`points/<method>-s<seed>.json`, `points/<method>-uniform-s<seed>.json` under the uniform allocation."""
+    method, allocation = split_entry(entry)
+    return out / "points" / f"{method}{'' if allocation == 'global' else '-' + allocation}-s{seed}.json"
 
 
 def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = None, weights: str | None = None,
@@ -247,10 +264,13 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     same numbers on CPUs with and without bf16); precision "auto" runs them in bf16 autocast with
     channels_last where the hardware has bf16 (about half the time on this project's CPU), as
     training does; the precision used is recorded (`config.precision`). Each (criterion, seed)
-    is one chunk, `out/points/<method>-s<seed>.json`, written atomically when done: a rerun of
+    is one chunk, `out/points/<method>-s<seed>.json` (`<method>-uniform-s<seed>.json` under the uniform
+    allocation), written atomically when done: a rerun of
     the same command skips finished chunks, and a folder holding curves of another config is
     refused. Returns the record (config, environment,
-    points, timings, and `summary`: mean/std over seeds of top1 and top1_bn per method and target).
+    points, timings, and `summary`: mean/std over seeds of top1 and top1_bn per method, allocation and target).
+    The config names the baseline by `baseline_sha256` (`paperprune.utils.state_sha256`) and a `weights`
+    file by its path relative to the repository (`paperprune.utils.recorded_path`), never an absolute one.
     """
     from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
     from .experiment import load_weights
@@ -279,10 +299,8 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     tx, ty = load_tensors(dataset, "test", data_root)
     if test_per_class is not None:
         tx, ty = class_balanced_batch(tx, ty, test_per_class, 0, setting="test_per_class")
-    state = model.state_dict()
-    digest = hashlib.sha256(b"".join(state[k].detach().cpu().contiguous().numpy().tobytes() for k in sorted(state)))
-    config = {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": weights,
-              "baseline_sha256": digest.hexdigest(), "methods": methods,
+    config = {"dataset": dataset, "arch": arch, "pretrained": pretrained, "weights": recorded_path(weights),
+              "baseline_sha256": state_sha256(model.state_dict()), "methods": methods,
               "targets": targets, "seeds": seeds, "samples_per_class": int(samples_per_class),
               "bn_images": int(bn_images), "test_images": len(ty), "precision": precision,
               "criterion_options": criterion_options}
@@ -299,29 +317,29 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     start = time.perf_counter()
     with DirLock(out, "curves"):
         _claim(out, config, atomic_write_json)
-        chunks = [(m, s) for m in methods for s in seeds]
+        chunks = [(m, s) for m in methods for s in seeds]  # m: a criterion entry, "l1" or "l1:uniform"
         bar = tqdm(chunks, desc=f"curves {arch}", disable=not progress)
         points, resumed = [], []
         for method, seed in bar:
             path = _chunk_path(out, method, seed)
             if path.is_file():
                 chunk = _read_chunk(path)
-                resumed.append(f"{method}-s{seed}")
+                resumed.append(path.stem)
             else:
                 chunk = pruning_curves(model, calibration, DeviceLoader(tx, ty, batch_size=256, **plain),
                                        DeviceLoader(bx, by, batch_size=64, seed=0, **plain), methods=[method],
                                        targets=targets, seeds=[seed], samples_per_class=samples_per_class,
                                        bn_images=bn_images, taxonomy=info.taxonomy, device=device, progress=False,
                                        precision=precision, **criterion_options)
-                chunk = [CurvePoint.from_dict(json.loads(json.dumps(p, default=_json_default)), f"{method}-s{seed}")
+                chunk = [CurvePoint.from_dict(json.loads(json.dumps(p, default=_json_default)), path.stem)
                          for p in chunk]
                 atomic_write_json(path, [p.to_dict() for p in chunk])
             points += chunk
-        ok = [p.to_dict() for p in points if p.error is None]
+        ok = [{"allocation": "global", **p.to_dict()} for p in points if p.error is None]  # older chunks: global
         record = CurvesRecord(schema=CURVES_SCHEMA, config=CurvesConfig(**config), environment=environment_info(device),
                               points=points, timings=CurvesTimings(wall_s=time.perf_counter() - start,
                                                                    resumed_chunks=resumed),
-                              summary={key: aggregate(ok, by=("method", "target"), value=key)
+                              summary={key: aggregate(ok, by=("method", "allocation", "target"), value=key)
                                        for key in ("top1", "top1_bn")})
         return write_curves(out / "curves.json", record)
 
@@ -349,6 +367,8 @@ def _claim(out: Path, config: dict, write) -> None:
     path = out / "config.json"
     if path.is_file():
         held = {**_ADDED, **json.loads(path.read_text(encoding="utf-8"))}
+        if held.get("weights") is not None and Path(held["weights"]).is_absolute():  # folders written before
+            held["weights"] = recorded_path(held["weights"])                      # records named paths relatively
         if held != json.loads(json.dumps(config)):
             diff = {k: (held.get(k), v) for k, v in config.items() if held.get(k) != json.loads(json.dumps(v))}
             raise PaperpruneError(f"{out} holds curves of another config (held, asked: {diff}); pass another "
@@ -384,7 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--arch", required=True)
     p.add_argument("--pretrained", default=None, help="shipped weights, e.g. fashion-mnist")
     p.add_argument("--weights", default=None, help="a state_dict / final.pt of the baseline instead")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="criterion entries, comma-separated: a name (global allocation) or name:uniform, e.g. "
+                        "l1,l1:uniform")
     p.add_argument("--targets", default=",".join(str(t) for t in TARGETS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--samples-per-class", type=int, default=20)
@@ -411,7 +433,8 @@ def main(argv=None) -> int:
         print(f"paperprune.curves: error: {exc}", file=sys.stderr)
         return 2
     for row in record["summary"]["top1_bn"]:
-        print(f"{row['method']:>10} target {row['target']:.2f}: top-1 after adaptive BN {row['mean']:.2f} "
+        print(f"{row['method']:>10} ({row['allocation']}) target {row['target']:.2f}: top-1 after adaptive BN "
+              f"{row['mean']:.2f} "
               f"(std {row['std'] if row['std'] is None else round(row['std'], 2)}, n {row['n']})")
     return 0
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .lasso import SOLVER_MAX_ITER
-from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, resolve_device,
-                    seed_everything)
+from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, recorded_path,
+                    resolve_device, seed_everything, state_sha256)
 
 STRUCTURES = ("embedding", "taxonomy")
 
@@ -69,6 +69,7 @@ class RunConfig:
     statistics: str = "exact"
     block_size: int | None = None
     permutations: int | None = None
+    allocation: str = "global"
 
     def validate(self) -> None:
         """Check (and normalise to plain Python values) every setting before anything is written.
@@ -80,9 +81,10 @@ class RunConfig:
         from .data import DATASETS
         from .latency import check_budget
         from .models import list_models
+        from .select import ALLOCATIONS
 
         for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES),
-                            ("response", RESPONSES)):
+                            ("response", RESPONSES), ("allocation", ALLOCATIONS)):
             if getattr(self, name) not in known:
                 raise PaperpruneError(f"unknown {name} {getattr(self, name)!r} ({_flag(name)}); "
                                       f"choose one of: {', '.join(known)}")
@@ -487,7 +489,8 @@ def _check_out(out: Path) -> None:
 
 #: settings added after runs were recorded: a saved config without them ran with these values
 _ADDED = {"latency_reduction": None, "latency_mode": "eager", "latency_batch_size": 64, "latency_rounding": False,
-          "max_iter": 3000, "statistics": "exact", "block_size": None, "permutations": None}
+          "max_iter": 3000, "statistics": "exact", "block_size": None, "permutations": None,
+          "allocation": "global"}
 _STAGE_FILES = ("run.json", "config.json", "baseline.json", "pruned.pt", "prune.json", "error.json")
 
 
@@ -499,6 +502,8 @@ def _claim(out: Path, record_config: dict, data: dict, restart: bool) -> dict | 
     saved_path = out / "config.json"
     if saved_path.is_file():
         saved = _read_json(saved_path)
+        if saved.get("pretrained") is not None:  # a folder written when configs held the path as given
+            saved["pretrained"] = recorded_path(saved["pretrained"])
         differ = {k: (saved.get(k, _ADDED.get(k)), v) for k, v in {**record_config, "data": data}.items()
                   if k not in ("device", "data_root") and saved.get(k, _ADDED.get(k)) != v}
         if differ:
@@ -545,6 +550,12 @@ def _validated(config: RunConfig, out: Path, latency_repeats, deployed_latency: 
     return device, info, data, input_size, latency_repeats
 
 
+def _recorded_config(config: RunConfig) -> dict:
+    """The config as records hold it: `asdict(config)` with `pretrained` named relative to the repository
+    (`paperprune.utils.recorded_path`), never by an absolute path of this machine."""
+    return {**asdict(config), "pretrained": recorded_path(config.pretrained)}
+
+
 def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
                    progress: bool = True, latency_repeats: int = 10, deployed_latency: bool = True,
                    restart: bool = False) -> dict:
@@ -560,7 +571,7 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
     out = Path(out)
     device, info, data, input_size, latency_repeats = _validated(config, out, latency_repeats, deployed_latency)
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent / "_baselines"
-    record_config = asdict(config)
+    record_config = _recorded_config(config)
     with DirLock(out, "run", fix=", or use another --out"):
         done = _claim(out, record_config, data, restart)
         if done is not None:
@@ -606,8 +617,9 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
                "evaluation_s": baseline["evaluation_s"] + time.perf_counter() - start}
     macs, params = count_flops_params(pruned, input_size)
     record = RunRecord(
-        schema=SCHEMA, status="complete", config=asdict(config), data=DataIdentity(**data),
-        baseline_cache=str(bdir) if bdir is not None else None, environment=environment_info(device),
+        schema=SCHEMA, status="complete", config={**_recorded_config(config),
+                                                  "baseline_sha256": state_sha256(base.state_dict())},
+        data=DataIdentity(**data), baseline_cache=recorded_path(bdir), environment=environment_info(device),
         precision=precision,
         baseline=Evaluation(**{k: baseline[k] for k in ("top1", "top5", "params", "macs")}),
         pruned=Pruned(top1_before_finetune=pruning["top1_before_finetune"], top1=final["top1"], top5=final.get("top5"),
@@ -646,7 +658,7 @@ def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_load
                            latency_reduction=config.latency_reduction, latency_mode=config.latency_mode,
                            latency_batch_size=config.latency_batch_size, latency_rounding=config.latency_rounding,
                            statistics=config.statistics, block_size=config.block_size,
-                           permutations=config.permutations)
+                           permutations=config.permutations, allocation=config.allocation)
     before = evaluate(pruned, test_loader, device, topk=_topk(config),
                       precision=resolve_precision(config.precision, device))
     pruning = {"report": report.to_dict(), "top1_before_finetune": before["top1"],

@@ -12,7 +12,7 @@ from torch import nn
 from .criteria import LASSO, Calibration, create_criterion
 from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
-from .select import select_channels
+from .select import allocate, check_allocation, select_channels
 from .utils import PaperpruneError, as_number, resolve_device
 
 
@@ -38,6 +38,8 @@ class PruneReport:
     latency: dict | None = None
     #: images the pruned model's BatchNorm statistics were re-estimated on (0: not re-estimated)
     adapted_bn_images: int = 0
+    #: how the budget was shared between layers: "global" or "uniform" (paperprune.select.ALLOCATIONS)
+    allocation: str = "global"
 
     @property
     def macs_reduction(self) -> float:
@@ -54,7 +56,8 @@ class PruneReport:
         return d
 
     def summary(self) -> str:
-        lines = [f"{self.method}: MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M "
+        allocation = "" if self.allocation == "global" else f" ({self.allocation})"
+        lines = [f"{self.method}{allocation}: MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M "
                  f"(-{100 * self.macs_reduction:.1f}%), params {self.params_before / 1e6:.3f}M -> "
                  f"{self.params_after / 1e6:.3f}M (-{100 * self.params_reduction:.1f}%), level {self.level:.4g}"]
         if self.latency:
@@ -233,7 +236,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           tolerance: float = 0.01, device=None, progress: bool = True,
           latency_reduction: float | None = None, latency_mode: str = "eager", latency_batch_size: int = 64,
           latency_rounding: bool = False, adapt_bn: int = 0, statistics: str = "exact",
-          block_size: int | None = None, permutations: int | None = None) -> tuple[nn.Module, PruneReport]:
+          block_size: int | None = None, permutations: int | None = None,
+          allocation: str = "global") -> tuple[nn.Module, PruneReport]:
     """Prune `model` to remove `flops_reduction` of its MACs (default 0.5) with the criterion `method`.
 
     `data` is any iterable of (images, labels) batches (a DataLoader); a class-balanced
@@ -263,6 +267,11 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     large: many classes, or many calibration images per class (docs/usage-statistics.md).
     `block_size` must divide the N = classes x samples_per_class calibration samples; block
     options are refused with "exact", and "block" with a criterion that has no statistics.
+    `allocation` shares the budget between layers (METHOD.md section 2, "Allocation";
+    `paperprune.select`): "global" (default) bisects the criterion's one level across layers, so per-layer ratios fall
+    out of the criterion; "uniform" keeps the same fraction of channels in every layer, bisected to
+    the target, the criterion's scores choosing which channels (for the lasso criteria, B's row
+    norms at the weakest lam).
 
     `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
     `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
@@ -280,6 +289,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     knn = as_number(knn, "knn", int, optional=True)
     max_iter = as_number(max_iter, "max_iter", int)
     adapt_bn = as_number(adapt_bn, "adapt_bn", int)
+    allocation = check_allocation(allocation)
     if adapt_bn < 0:
         raise PaperpruneError(f"adapt_bn={adapt_bn}: give the number of images to re-estimate BatchNorm "
                               "statistics on (e.g. 256), or 0 to leave them as trained")
@@ -334,7 +344,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         multiples = latency.multiples() if latency_rounding else None
         unpruned = copy.deepcopy(model)  # the surgery below cuts `model` in place
         timings["latency_table_s"] = time.perf_counter() - start
-    selection = select_channels(criterion, predictor, flops_reduction if latency is None else latency_reduction,
+    budgeted = allocate(criterion, allocation)
+    selection = select_channels(budgeted, predictor, flops_reduction if latency is None else latency_reduction,
                                 cost=latency, round_to=multiples, omega=omega, tolerance=tolerance,
                                 target_name="flops_reduction" if latency is None else "latency_reduction",
                                 progress=progress)
@@ -363,10 +374,10 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     report = PruneReport(
         method=method, flops_reduction_target=None if flops_reduction is None else float(flops_reduction),
         level=float(selection.level),
-        criterion=criterion.describe(selection.level),
+        criterion=budgeted.describe(selection.level),
         layers=[{"name": n, "width_before": before[n], "width_after": selection.widths[n],
                  "kept": [int(i) for i in selection.keep[n]]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
-        timings=timings, latency=record, adapted_bn_images=adapt_bn)
+        timings=timings, latency=record, adapted_bn_images=adapt_bn, allocation=allocation)
     return pruned, report

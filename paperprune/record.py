@@ -231,6 +231,8 @@ class CurvePoint:
     could not reach has `error` and no measurement."""
 
     method: str = _field("the criterion")
+    allocation: str | None = _field("how the budget was shared between layers: \"global\" or \"uniform\" "
+                                    "(`paperprune.select`); absent in records before it: global", optional=True)
     seed: int = _field("the calibration seed (random: the seed of its scores)")
     target: float = _field("the FLOPs (MACs) reduction asked for")
     statistics_s: float | None = _field("seconds of the criterion's statistics, shared by the seed's targets",
@@ -293,9 +295,13 @@ class CurvesConfig:
     test_images: int = _field("test images each point is scored on")
     bn_images: int = _field("training images of adaptive BN")
     pretrained: str | None = _field("shipped weights' tag (`create_model(pretrained=)`), or null", since=2)
-    weights: str | None = _field("the baseline's state_dict file, or null", since=2)
-    baseline_sha256: str | None = _field("hash of the baseline's state_dict", since=2)
-    methods: list[str] | None = _field("the criteria", since=2)
+    weights: str | None = _field("the baseline's state_dict file, relative to the repository (its name alone "
+                                 "when outside it; `paperprune.utils.recorded_path`), or null; older records may "
+                                 "hold an absolute path", since=2)
+    baseline_sha256: str | None = _field("sha256 of the baseline's state_dict tensors "
+                                         "(`paperprune.utils.state_sha256`)", since=2)
+    methods: list[str] | None = _field("the criterion entries: a name (global allocation) or `name:uniform`",
+                                       since=2)
     samples_per_class: int | None = _field("calibration images per class", since=2)
     precision: str | None = _field("precision of the evaluations (fp32)", since=2)
     criterion_options: dict | None = _field("options given to every criterion (`create_criterion`), e.g. "
@@ -320,7 +326,7 @@ class CurvesRecord:
     environment: dict = _field("package versions, device, git commit, host, date (`utils.environment_info`)")
     points: list[CurvePoint] = _field("one per criterion, seed and target")
     timings: CurvesTimings | None = _field("wall time", since=2)
-    summary: dict | None = _field("`top1` and `top1_bn`: mean, std and n over seeds per method and target "
+    summary: dict | None = _field("`top1` and `top1_bn`: mean, std and n over seeds per method (allocation) and target "
                                   "(`paperprune.stats.aggregate`)", since=2)
 
     def _check(self, where: str) -> None:

@@ -53,7 +53,8 @@ class SeedSummary:
     seeds: tuple | None = None
 
     def interval_text(self, decimals: int = 2, signed: bool = False) -> str:
-        """"[low, high]" with `decimals` (a leading sign with `signed`), or NO_INTERVAL for n = 1."""
+        """The interval as text, `[low, high]` with `decimals` (a leading sign with `signed`), or
+        NO_INTERVAL for n = 1."""
         if self.low is None:
             return NO_INTERVAL
         fmt = f"{'+' if signed else ''}.{decimals}f"

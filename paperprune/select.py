@@ -17,6 +17,16 @@ cost=LatencyModel)` budgets predicted latency instead of MACs (issue 15, paperpr
 and `round_to` rounds each layer's kept width up to a multiple (the device's efficient one,
 from the latency table), the criterion's ranking choosing the channels that fill it.
 
+Allocation (METHOD.md section 2, "Allocation"). `allocation="global"` (the default) is the one
+level above. `allocation="uniform"` is the protocol of the L1-norm and HRank papers (Li et al.,
+ICLR 2017; Lin et al., CVPR 2020): every prunable layer keeps the same fraction r of its
+channels (round(r C) of C, at least omega), the criterion's scores choosing which;
+`UniformAllocation` wraps a prepared criterion so that its level is 1 - r, and the same
+bisection and tolerance find r. For the lasso criteria the scores are B's row norms at the
+weakest lam (the criterion's ranking at its lowest level; under `nonnegative=True` ties at zero
+are broken by relevance, as the top-up does): every layer keeps its channels of largest norm,
+which uses the lasso's ranking but not its automatic per-layer ratios.
+
 Two additions of this project (reconstruction):
 
 - Layers whose channels a grouped conv reads (`predictor.channel_groups`, from
@@ -35,6 +45,7 @@ Two additions of this project (reconstruction):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +70,82 @@ class Selection:
     base_cost: float | None = None
     #: channels removed beyond the level's set by splitting a tie (module docstring); 0 when none
     tie_split: int = 0
+
+
+#: how the budget is shared between layers (METHOD.md section 2, "Allocation"; module docstring)
+ALLOCATIONS = ("global", "uniform")
+
+
+def check_allocation(allocation) -> str:
+    """`allocation` if it is one of ALLOCATIONS, else a PaperpruneError naming the value and the choices."""
+    if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
+        raise PaperpruneError(f"allocation={allocation!r} is not known; use 'global' (one level across layers, "
+                              "APIB's scheme) or 'uniform' (the same fraction of channels kept in every layer, "
+                              "the L1-norm and HRank papers' protocol)")
+    return allocation
+
+
+def split_entry(entry: str, default: str = "global") -> tuple[str, str]:
+    """(method, allocation) of a criterion entry as the curves and comparisons name it: "l1" is l1 under
+    `default`, "l1:uniform" l1 under the uniform allocation. The method is checked by the caller."""
+    method, sep, allocation = str(entry).partition(":")
+    return method, check_allocation(allocation) if sep else check_allocation(default)
+
+
+def entry_name(method: str, allocation: str | None = "global") -> str:
+    """The entry of `method` under `allocation` ("l1", "l1:uniform"); None (records from before the
+    allocation was recorded) reads as global."""
+    return method if allocation in (None, "global") else f"{method}:{allocation}"
+
+
+class UniformAllocation:
+    """A prepared criterion under the uniform allocation: at level u every layer keeps the round((1 - u) C)
+    channels of its C that the criterion ranks highest (ties by channel index), for `select_channels` to
+    bisect u in [0, 1] (the floor omega and grouped widths are applied there, as for any criterion).
+
+    The ranking is the criterion's at its weakest level (`criterion.bounds()[0]`): the scores of the
+    score criteria, B's row norms at the weakest lam for the lasso criteria.
+    """
+
+    def __init__(self, criterion) -> None:
+        self.criterion = criterion
+        self.name = f"{criterion.name} (uniform)"
+        self.channels = criterion.channels
+        self._ranks: dict[str, torch.Tensor] | None = None
+
+    def bounds(self) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def ranks(self) -> dict[str, torch.Tensor]:
+        """The criterion's ranking per layer (computed once, at its weakest level)."""
+        if self._ranks is None:
+            weakest = self.criterion.bounds()[0]
+            self._ranks = {name: rank.detach().double().cpu() for name, (_, rank) in
+                           self.criterion.select(weakest).items()}
+        return self._ranks
+
+    def select(self, level: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        fraction = 1.0 - level
+        out = {}
+        for name, rank in self.ranks().items():
+            keep = min(rank.numel(), int(math.floor(fraction * rank.numel() + 0.5)))
+            mask = torch.zeros(rank.numel(), dtype=torch.bool)
+            mask[torch.argsort(-rank, stable=True)[:keep]] = True
+            out[name] = (mask, rank)
+        return out
+
+    def describe(self, level: float) -> dict:
+        """The criterion's own description at its weakest level (where its ranking comes from), without a
+        threshold, and the fraction of channels each layer keeps before the floor."""
+        described = dict(self.criterion.describe(self.criterion.bounds()[0]))
+        described.pop("threshold", None)
+        return described | {"fraction_kept": 1.0 - level}
+
+
+def allocate(criterion, allocation: str = "global"):
+    """The prepared `criterion` as `select_channels` should bisect it under `allocation`: itself for
+    "global", wrapped in `UniformAllocation` for "uniform"."""
+    return UniformAllocation(criterion) if check_allocation(allocation) == "uniform" else criterion
 
 
 def apply_floor(mask: torch.Tensor, rank: torch.Tensor, omega: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import glob
+import hashlib
 import io
 import json
 import os
@@ -251,6 +252,33 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+#: the repository this package sits in; records name files inside it relative to it (`recorded_path`)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_path(path: str | os.PathLike | None) -> str | None:
+    """How a record names a file (e.g. a baseline's weights): its path relative to the repository
+    (REPO_ROOT, forward slashes) when it lies inside, else its file name alone; never an absolute
+    path of the machine that ran. The weights' identity is their hash (`state_sha256`), recorded
+    beside it. None stays None."""
+    if path is None:
+        return None
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return resolved.name
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state_dict's tensors: their bytes, in key order (a model's weights, whatever file
+    format or path they were read from)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 #: the commit of the code this process imported (a long run's records are written after the

@@ -88,6 +88,7 @@ RUN_ROWS = [
     (dict(dataset="mnist"), "unknown dataset 'mnist'"),
     (dict(arch="resnet18"), "unknown arch 'resnet18'"),
     (dict(method="magnitude"), "unknown method 'magnitude'"),
+    (dict(allocation="layerwise"), "unknown allocation 'layerwise' (--allocation); choose one of: global, uniform"),
     (dict(data_root="/nonexistent/data"), "--data-root '/nonexistent/data'"),
     (dict(pretrained="/nonexistent/base.pt"), "--pretrained '/nonexistent/base.pt'"),
     (dict(latency_repeats="-1"), "latency_repeats=-1"),
@@ -242,6 +243,8 @@ API_ROWS = [
     ("max_iter 2.5", dict(max_iter=2.5), None, "max_iter=2.5"),
     ("max_iter numpy -1 sglp", dict(max_iter=np.int64(-1), method="sglp"), None, "max_iter=-1"),
     ("max_iter 0 l1", dict(max_iter=0, method="l1"), None, "max_iter=0"),  # refused where no lasso runs too
+    ("allocation 'layerwise'", dict(allocation="layerwise"), None,
+     "allocation='layerwise' is not known; use 'global' (one level across layers"),
     ("labels -1", {}, lambda: _loader(labels=torch.tensor([-1, 0, 1, 2] * 3)), "label -1 outside"),
     ("labels 9 of 4 classes", {}, lambda: _loader(labels=torch.tensor([9, 0, 1, 2] * 3)), "label 9 outside"),
     ("one-hot labels", {}, lambda: _loader(labels=torch.eye(4).repeat(3, 1)), "one-hot labels"),
@@ -315,6 +318,12 @@ OTHER_API_ROWS = [
     ("RunConfig nonnegative 'yes'", lambda m: RunConfig(dataset="synthetic", arch="resnet56", method="l1",
                                                         flops_reduction=0.5, pretrain_epochs=1,
                                                         nonnegative="yes").validate(), "nonnegative='yes'"),
+    ("curves entry l1:layerwise", lambda m: __import__("paperprune.curves").curves.run(
+        "synthetic", "resnet56", "/nonexistent/curves", weights="/nonexistent/base.pt", methods=["l1:layerwise"]),
+     "allocation='layerwise' is not known"),
+    ("compare_selections allocation 'per-layer'", lambda m: __import__("paperprune.compare").compare.compare_selections(
+        m, _loader(), methods=["l1", "random"], allocation="per-layer", progress=False),
+     "allocation='per-layer' is not known; use 'global'"),
     ("RunConfig structure taxonomy on cifar-less data", lambda m: RunConfig(
         dataset="synthetic", arch="resnet56", method="l1", flops_reduction=0.5, pretrain_epochs=1,
         structure="tree").validate(), "unknown structure 'tree'"),

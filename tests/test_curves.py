@@ -272,3 +272,50 @@ def test_variant_table_pairs_a_variant_with_its_main_curves():
     with pytest.raises(PaperpruneError, match="differ in test_images"):
         variant_table(record({}, 10), dict(record({"nonnegative": True}, 12), config={
             **record({}, 0)["config"], "test_images": 10}))
+
+
+def test_uniform_entries_are_points_of_their_own_and_the_weights_are_named_relatively(tmp_path, monkeypatch):
+    """The entry "l1:uniform" beside "l1": its own chunk and points (allocation "uniform", one kept fraction in every
+    layer), its own row in the table. The weights file is recorded relative to the repository with the
+    sha256 of its tensors (computed here with hashlib), and a folder whose config.json names it by an
+    absolute path (written before) resumes."""
+    import hashlib
+
+    from paperprune.reporting.curves import curves_table
+
+    monkeypatch.setattr("paperprune.utils.REPO_ROOT", tmp_path)
+    torch.manual_seed(0)
+    weights = tmp_path / "baselines" / "base.pt"
+    weights.parent.mkdir()
+    state = create_model("resnet56", num_classes=9, in_channels=3).state_dict()
+    torch.save(state, weights)
+    grid = dict(weights=str(weights), methods=("l1", "l1:uniform"), targets=(0.4,), seeds=(0,), samples_per_class=3,
+                bn_images=18, test_per_class=2, progress=False)
+    record = curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+    assert sorted(p.name for p in (tmp_path / "out" / "points").iterdir()) == ["l1-s0.json", "l1-uniform-s0.json"]
+    assert record["config"]["weights"] == "baselines/base.pt" and str(tmp_path) not in json.dumps(record)
+    assert record["config"]["baseline_sha256"] == hashlib.sha256(
+        b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    by = {p["allocation"]: p for p in record["points"]}
+    assert by["global"]["method"] == by["uniform"]["method"] == "l1"
+    assert abs(by["uniform"]["macs_reduction"] - 0.4) <= 0.01
+    full = {layer.name: 16 * 2 ** (i // 9) for i, layer in enumerate(prunable_layers(create_model("resnet56", 9, 3)))}
+    fractions = {round(w / full[name], 1) for name, w in by["uniform"]["widths"].items()}
+    assert len(fractions) == 1  # 16/32/64-channel stages keep the same fraction
+    assert len({round(w / full[name], 1) for name, w in by["global"]["widths"].items()}) > 1
+    labels = [row[0] for row in curves_table(record).rows]
+    assert labels == ["L1-norm", "L1-norm (uniform)"]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    (tmp_path / "out" / "config.json").write_text(json.dumps(dict(config, weights=str(weights))))
+    (tmp_path / "out" / "curves.json").unlink()
+    again = curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
+    assert sorted(again["timings"]["resumed_chunks"]) == ["l1-s0", "l1-uniform-s0"]
+    # a record written before: an absolute weights path and points without an allocation still read (as global)
+    from paperprune.record import read_curves
+
+    old = dict(record, config=dict(record["config"], weights=str(weights)),
+               points=[{k: v for k, v in p.items() if k != "allocation"} for p in record["points"]])
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert read_curves(tmp_path / "old.json").config.weights == str(weights)
+    assert [row[0] for row in curves_table(old).rows] == ["L1-norm"]
+

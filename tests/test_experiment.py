@@ -66,11 +66,40 @@ def test_complete_run_json(tiny_run):
     assert "deployed" not in record["latency"]["cpu_bs1"]
     assert set(record["timings"]) == {"pretrain_s", "statistics_s", "selection_s", "surgery_s", "finetune_s",
                                       "evaluation_s"}
-    assert record["resumed"] == [] and record["baseline_cache"] == str(next((root / "_baselines").iterdir()))
+    cache = next((root / "_baselines").iterdir())
+    assert record["resumed"] == [] and record["baseline_cache"] == cache.name  # outside the repository: its name
+    assert record["config"]["baseline_sha256"] == _sha256(torch.load(cache / "final.pt", weights_only=True))
     assert record["data"]["root"] and len(record["data"]["fingerprint"]) == 16
     metrics = (root / "r56-stlp" / "finetune" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1
     assert record["pruned"]["finetune_top1"] == [json.loads(metrics[0])["test_top1"]]
+
+
+def _sha256(state: dict) -> str:
+    """sha256 of a state_dict's tensor bytes in key order, computed here with hashlib alone."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+
+
+def test_a_pretrained_baseline_is_named_by_its_hash_and_a_repository_path(tiny_run, tmp_path, monkeypatch):
+    """--pretrained inside the repository is recorded relative to it (config.json and run.json), with the
+    weights' sha256; never the absolute path of this machine. A folder whose config.json holds the absolute
+    path (written before) is the same run."""
+    root, record = tiny_run
+    cache = next((root / "_baselines").iterdir())
+    monkeypatch.setattr("paperprune.utils.REPO_ROOT", root)
+    config = RunConfig(**dict(TINY, method="l1", pretrained=str(cache / "final.pt"), pretrain_epochs=0,
+                              finetune_epochs=0))
+    run = run_experiment(config, tmp_path / "out", progress=False, latency_repeats=0)
+    relative = f"_baselines/{cache.name}/final.pt"
+    assert run["config"]["pretrained"] == relative and run["baseline_cache"] is None
+    assert run["config"]["baseline_sha256"] == record["config"]["baseline_sha256"]  # the same weights
+    assert str(root) not in (tmp_path / "out" / "run.json").read_text()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["pretrained"] == relative
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    (tmp_path / "out" / "config.json").write_text(json.dumps(dict(saved, pretrained=str(cache / "final.pt"))))
+    assert run_experiment(config, tmp_path / "out", progress=False, latency_repeats=0) == run
 
 
 def test_completed_run_is_not_recomputed_and_baseline_is_shared(tiny_run):
@@ -193,7 +222,7 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     assert not list(Path(out).rglob("*.tmp"))
     # timings are cumulative over the interrupted and the resumed invocation, and the resume is recorded
     assert record["resumed"] == ["pretrain", "prune", "finetune"]
-    pretrain_rows = (Path(record["baseline_cache"]) / "metrics.jsonl").read_text().splitlines()
+    pretrain_rows = (tmp_path / "_baselines" / record["baseline_cache"] / "metrics.jsonl").read_text().splitlines()
     pretrain_s = sum(json.loads(line)["epoch_seconds"] for line in pretrain_rows)
     assert record["timings"]["pretrain_s"] == pytest.approx(pretrain_s) and pretrain_s > 0.5
     finetune_s = sum(json.loads(line)["epoch_seconds"] for line in metrics.read_text().splitlines())

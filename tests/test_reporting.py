@@ -441,6 +441,23 @@ def test_paired_curves_interval_is_the_paired_t_interval_over_seeds():
     assert single["CI"] == "n = 1: no interval" and single["Seeds"] == "1"
 
 
+def test_uniform_rows_are_their_own_and_can_be_the_reference():
+    """Points under the uniform allocation are rows of their own ("HRank (uniform)"); when one has the
+    highest mean top-1 of the class-agnostic criteria, the class-wise ones are compared with it."""
+    record = _curves_record()
+    better = [dict(p, allocation="uniform", top1_bn=p["top1_bn"] + 1.0) for p in record["points"]
+              if p["method"] == "hrank"]  # one point more per seed than hrank under the global allocation
+    record["points"] += better
+    labels = [row[0] for row in reporting.curves_table(record).rows if row[1] == "30"]
+    assert labels.index("HRank") + 1 == labels.index("HRank (uniform)") and len(labels) == len(set(labels))
+    rows = reporting.paired_curves(record)
+    assert {r["reference"] for r in rows} == {"hrank:uniform"}
+    (sglp,) = [r for r in rows if r["method"] == "sglp" and r["target"] == 0.3]
+    assert sglp["diff"] == pytest.approx(4.0)  # +5 over hrank, +1 from hrank to its uniform variant
+    (row,) = _rows(reporting.paired_table(rows, "paired"), Method="sGLP-IB", **{"Target FLOPs ↓ (%)": "30"})
+    assert row["Against"] == "HRank (uniform)"
+
+
 def _finetuned(tmp_path, method: str, seed: int, correct: np.ndarray | None) -> None:
     from paperprune.stats import pack_correct
 

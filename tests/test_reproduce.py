@@ -1,11 +1,13 @@
 """Papermill batches: the experiment notebook on tiny parameters, the report notebook, and a
 batch that keeps going past a failed run."""
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from paperprune import reproduce
 from paperprune.reporting import load_runs
@@ -234,10 +236,16 @@ def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
     assert weights.is_file() and "epoch" in (root / "baselines" / "resnet56" / "metrics.jsonl").read_text()
     main = json.loads((root / "curves" / "synthetic-resnet56" / "curves.json").read_text())
     variant = json.loads((root / "curves" / "synthetic-resnet56-nonnegative" / "curves.json").read_text())
-    assert main["config"]["weights"] == variant["config"]["weights"] == str(weights)
+    # the baseline named by its tensors' sha256 (computed here) and a path that is never absolute: outside the
+    # repository, as this temporary folder is, the file name alone
+    state = torch.load(weights, weights_only=True)
+    sha256 = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    assert main["config"]["weights"] == variant["config"]["weights"] == "final.pt"
+    assert main["config"]["baseline_sha256"] == variant["config"]["baseline_sha256"] == sha256
     assert variant["config"]["criterion_options"] == {"nonnegative": True}
     run = json.loads((root / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").read_text())
-    assert run["config"]["pretrained"] == str(weights) and run["config"]["pretrain_epochs"] == 0
+    assert run["config"]["pretrained"] == "final.pt" and run["config"]["pretrain_epochs"] == 0
+    assert run["config"]["baseline_sha256"] == sha256 and str(tmp_path) not in json.dumps(run["config"])
     assert run["pruned"]["correct"] is not None  # schema 2: paired_runs can use it
     copied = {p.relative_to(figs / "records").as_posix() for p in (figs / "records").rglob("*") if p.is_file()}
     assert {"baselines/resnet56/metrics.jsonl", "baselines/resnet56/config.json", "curves/synthetic-resnet56/curves.json",

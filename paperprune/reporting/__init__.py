@@ -4,8 +4,8 @@ Split by job: `records` loads run directories (run.json through its one schema,
 `paperprune.record`; error.json) and the published numbers, and aggregates seeds; `tables`
 renders Markdown / LaTeX / CSV; `figures` draws PNG / PDF; `curves` turns a curves.json record
 (`paperprune.curves`) and fine-tuned runs into the verdict's tables, figures and paired
-confidence intervals over seeds (`paperprune.seeds`); `build` writes the whole report of a runs root. Every public name is
-importable from `paperprune.reporting`.
+confidence intervals over seeds (`paperprune.seeds`); `build` writes the whole report of a
+runs root. Every public name is importable from `paperprune.reporting`.
 
 Published numbers: only the two rows of `paperprune/resources/reference_numbers.csv` with method
 "paper (abstract)" are from the paper (arXiv 2502.09125), and only from its abstract, which does

@@ -236,9 +236,11 @@ def _run_source(group: Sequence[dict]) -> str:
 
 
 def _entry(method: str, allocation: str | None = None) -> str:
-    """A criterion as tables key it: the method, with ":uniform" under the uniform allocation
-    (`paperprune.select.ALLOCATIONS`; None, a record from before the allocation was recorded, is global)."""
-    return method if allocation in (None, "global") else f"{method}:{allocation}"
+    """A criterion as tables key it (`paperprune.select.entry_name`): "l1", or "l1:uniform" under the
+    uniform allocation; None (a record from before the allocation was recorded) is global."""
+    from ..select import entry_name
+
+    return entry_name(method, allocation)
 
 
 def _method_label(method: Any) -> str:
