@@ -287,6 +287,8 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     group, `channel_groups`); add 'concat' to prune concatenated widths too. Residual widths are
     never listed. Eval mode and a batch of one are used for tracing; the model's modes are restored.
     """
+    if isinstance(include, str):
+        raise PaperpruneError(f"include={include!r} is one string; pass a tuple of kinds, e.g. include=({include!r},)")
     unknown = set(include) - set(KINDS[:3])
     if unknown:
         raise PaperpruneError(f"include={tuple(include)!r}: unknown kinds {sorted(unknown)}; choose from "

@@ -432,20 +432,19 @@ def _measure(model, units, input_size, batch_size, mode, device, timer, progress
 
 def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                  latency_rounding: bool = False):
-    """Validate `prune`'s budget before any work; returns the MACs target (0.5 when neither is given),
-    or None for a latency budget."""
+    """Validate `prune`'s budget values before any work; returns the MACs target (0.5 when neither is
+    given), or None for a latency budget. Which options go with which budget is
+    `paperprune.options.check_options`'s to check."""
+    from .options import check_options
     from .select import validate_target
 
+    check_options(dict(flops_reduction=flops_reduction, latency_reduction=latency_reduction,
+                       latency_mode=latency_mode, latency_batch_size=latency_batch_size,
+                       latency_rounding=latency_rounding))
     if latency_reduction is None:
-        if latency_rounding:
-            raise PaperpruneError("latency_rounding=True needs a latency budget: pass latency_reduction= (the "
-                                  "multiples come from the measured latency table)")
         flops_reduction = 0.5 if flops_reduction is None else flops_reduction
         validate_target(flops_reduction, omega)
         return flops_reduction
-    if flops_reduction is not None:
-        raise PaperpruneError(f"flops_reduction={flops_reduction!r} and latency_reduction={latency_reduction!r} "
-                              "were both given; a run has one budget: pass only one of them")
     validate_target(latency_reduction, omega, "latency_reduction")
     check_mode(latency_mode)
     check_batch_size(latency_batch_size)

@@ -78,8 +78,15 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
                 f"{type(model).__name__} does not list its prunable layers; pass them to prune as "
                 "layers={conv: observe, ...} (module names; observe = the module whose output is the conv's "
                 "channels after BN and ReLU)") from None
+    if isinstance(layers, str):
+        raise PaperpruneError(f"layers={layers!r} is one string; pass {{conv: observe}} pairs of module names, e.g. "
+                              f"layers={{{layers!r}: 'the module after its BN and ReLU'}}, or leave layers out to "
+                              "have them found")
     if isinstance(layers, dict):
         layers = list(layers.items())
+    if not layers:
+        raise PaperpruneError(f"layers={layers!r} names no layer; pass at least one {{conv: observe}} pair, or leave "
+                              "layers out to have them found")
     resolved = []
     for item in layers:
         if isinstance(item, PrunableLayer):
@@ -115,6 +122,9 @@ def model_parts(model: nn.Module, layers, classifier: str | None, data, input_si
         classifier = "classifier"
     if (own or layers is not None) and classifier is not None:
         return resolve_layers(model, layers), classifier, data
+    if first_conv(model) is None:
+        raise PaperpruneError(f"{type(model).__name__} has no convolution; paperprune prunes the output "
+                              "channels of convolutions (filters), so there is nothing to prune")
     if input_size is None:
         input_size, data = _first_shape(data)
     found = discover(model, input_size)
@@ -142,6 +152,67 @@ def model_parts(model: nn.Module, layers, classifier: str | None, data, input_si
                                   "classifier= naming its final layer (the class embeddings are that layer's input)")
         classifier = found.classifier
     return layers, classifier, data
+
+
+def first_conv(model: nn.Module) -> nn.Module | None:
+    """The model's first convolution in module order (its stem): what the images must fit."""
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
+def check_images(model: nn.Module, x, what: str = "images") -> None:
+    """Refuse `x` unless it is a float (B, C, H, W) tensor with the channels of the model's first conv;
+    the message names what was expected, what came, and the usual fix (channels last, no channel axis)."""
+    conv = first_conv(model)
+    channels = None if conv is None else conv.in_channels
+    expected = f"float (B, {channels if channels else 'C'}, H, W) tensors"
+    if not torch.is_tensor(x):
+        raise PaperpruneError(f"{what} must be {expected}; got a {type(x).__name__}")
+    shape = tuple(x.shape)
+    hint = ""
+    if x.dim() == 3 and channels == 1:
+        hint = "; images without a channel axis: pass images.unsqueeze(1)"
+    elif x.dim() == 3 and channels and x.shape[0] == channels:
+        hint = "; a single image, not a batch: pass image.unsqueeze(0) or batches from a DataLoader"
+    elif x.dim() == 4 and channels and x.shape[1] != channels and x.shape[-1] == channels:
+        hint = "; channels-last batches: pass images.permute(0, 3, 1, 2)"
+    elif x.dim() == 4 and channels and x.shape[1] != channels:
+        hint = (f"; pass data of the model's input format (e.g. "
+                f"{'images.mean(1, keepdim=True) for grey' if channels == 1 else 'images.expand(-1, 3, -1, -1) for RGB'})")
+    if x.dim() == 4 and channels and x.shape[1] != channels:
+        raise PaperpruneError(f"{what} have {x.shape[1]} channels (shape {shape}) but the model's first conv takes "
+                              f"{channels}: it expects {expected}{hint}")
+    if x.dim() != 4:
+        raise PaperpruneError(f"{what} have shape {shape} but the model expects {expected}{hint}")
+    if not x.is_floating_point():
+        raise PaperpruneError(f"{what} are {x.dtype} {shape}; the model expects {expected}: convert them, e.g. "
+                              "images.float() / 255 and the normalisation the model was trained with")
+
+
+def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
+    """Check `data`'s first batch against `model` before any tracing; returns `data` ready to be read
+    from its start. A `torch.utils.data.Dataset` (single samples) is refused for a DataLoader over it,
+    and a one-shot iterator where `passes` > 1 (calibration, then adaptive BN) for a re-iterable one."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        raise PaperpruneError(f"data is a {type(data).__name__} (single samples); pass batches: "
+                              "torch.utils.data.DataLoader(dataset, batch_size=64)")
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise PaperpruneError(f"data is a {type(data).__name__}, not an iterable of (images, labels) batches; pass a "
+                              "DataLoader or a list of (images, labels) tuples") from None
+    if iterator is data and passes > 1:
+        raise PaperpruneError(f"data is a one-shot {type(data).__name__}, but it is read {passes} times (calibration, "
+                              "then adapt_bn's images); pass a re-iterable one (a DataLoader or a list of batches)")
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise PaperpruneError("data yielded no samples for calibration") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise PaperpruneError(f"data must yield (images, labels) batches; its first item is a {type(batch).__name__}")
+    check_images(model, batch[0])
+    return itertools.chain([batch], iterator) if iterator is data else data
 
 
 def _first_shape(data) -> tuple[tuple[int, ...], object]:
@@ -261,6 +332,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     """
     from .flops import count_flops_params
     from .latency import LatencyModel, check_budget, latency_record
+    from .options import check_options
     from .surgery import MacsPredictor, prune_channels
 
     samples_per_class, omega, seed = (as_number(v, n, int) for v, n in ((samples_per_class, "samples_per_class"),
@@ -285,9 +357,12 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     criterion = create_criterion(method, seed=seed, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
                                  structure=structure, response=response, rho=rho, knn=knn,
                                  max_iter=max_iter)
+    check_options(dict(method=method, rho=rho, knn=knn, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
+                       structure=structure, response=response, max_iter=max_iter))
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    data = check_data(model, data, passes=2 if adapt_bn else 1)
     layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
     if num_classes is None:
         try:

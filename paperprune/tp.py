@@ -46,9 +46,13 @@ class Importance(torch_pruning.importance.Importance):
                  include=("inner", "grouped"), level: float = 0.0, **options):
         from .criteria import Calibration, create_criterion
         from .discover import discover
-        from .pipeline import _first_shape, gather_calibration, model_parts
+        from .pipeline import _first_shape, check_data, gather_calibration, model_parts
+
+        from .options import check_options
 
         criterion = create_criterion(method, **options)
+        check_options(dict(options, method=method))
+        data = check_data(model, data)
         if layers is None and not hasattr(type(model), "prunable_layers"):
             if input_size is None:
                 input_size, data = _first_shape(data)

@@ -330,7 +330,7 @@ def test_other_api(tiny_model, name, call, names):
 
 def test_runconfig_accepts_numpy_and_torch_scalars():
     config = RunConfig(dataset="synthetic", arch="resnet56", method="sglp", flops_reduction=np.float32(0.5),
-                       pretrain_epochs=np.int64(1), lr=torch.tensor(0.05), knn=np.int32(2), rho=np.float64(0.3),
+                       pretrain_epochs=np.int64(1), lr=torch.tensor(0.05), knn=np.int32(2), gamma_ratio=np.float64(0.3),
                        nonnegative=np.bool_(True))
     config.validate()
     assert (config.flops_reduction, config.pretrain_epochs, config.knn, config.nonnegative) == (0.5, 1, 2, True)
