@@ -109,49 +109,152 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
     return resolved
 
 
-def model_parts(model: nn.Module, layers, classifier: str | None, data, input_size) -> tuple[list, str, object]:
-    """(layers, classifier, data) for `prune`: the model's own prunable layers and its `classifier`
-    (the six paper models), else what `paperprune.discover` finds through Torch-Pruning's
-    DependencyGraph (the inner widths, the last nn.Linear on the output path); `layers=` and
-    `classifier=` override either. Tracing needs an input shape: `input_size`, else the first
-    batch of `data`, which is put back when `data` is a one-shot iterator."""
+def model_parts(model: nn.Module, layers, classifier: str | None, data, input_size,
+                num_classes: int | None = None) -> tuple[list, str, int, object]:
+    """(layers, classifier, num_classes, data) for `prune`: the model's own prunable layers and its
+    `classifier` (the six paper models), else what `paperprune.discover` finds through Torch-Pruning's
+    DependencyGraph (the inner widths, the layer producing the logits); `layers=` and `classifier=`
+    override either, and are checked (`check_observed`, `check_head`). Tracing needs an input
+    shape: `input_size`, else the first batch of `data`, which is put back when `data` is a
+    one-shot iterator."""
     from .discover import discover
 
     own = hasattr(type(model), "prunable_layers")
     if own and classifier is None:
         classifier = "classifier"
-    if (own or layers is not None) and classifier is not None:
-        return resolve_layers(model, layers), classifier, data
     if first_conv(model) is None:
         raise PaperpruneError(f"{type(model).__name__} has no convolution; paperprune prunes the output "
                               "channels of convolutions (filters), so there is nothing to prune")
     if input_size is None:
         input_size, data = _first_shape(data)
-    found = discover(model, input_size)
-    if layers is None and not own:
-        grouped = {conv: cause for conv, (kind, cause) in found.skipped.items() if kind == "grouped"}
-        if grouped:
-            conv, cause = next(iter(grouped.items()))
-            raise PaperpruneError(
-                f"{type(model).__name__}: {len(grouped)} widths are read by grouped convolutions (e.g. {conv!r} "
-                f"feeds {cause!r}), which can only lose the same number of channels in each group; paperprune's "
-                "per-channel selection does not keep groups aligned. Prune them with Torch-Pruning's MetaPruner "
-                "and paperprune.tp.Importance (which does), or pass layers=paperprune.discover.discover(model, "
-                "input_size).layers to prune only the other widths")
-        if not found.layers:
-            raise PaperpruneError(
-                f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
-                "tied to a residual add or a concatenation, which the lineage keeps (METHOD.md section 2); pass "
-                "layers={conv: observe, ...} to choose layers yourself")
-        layers = found.layers
-    else:
+    given = layers
+    if (own or layers is not None) and classifier is not None:
         layers = resolve_layers(model, layers)
-    if classifier is None:
-        if found.classifier is None:
-            raise PaperpruneError(f"found no nn.Linear on the output path of {type(model).__name__}; pass "
-                                  "classifier= naming its final layer (the class embeddings are that layer's input)")
-        classifier = found.classifier
-    return layers, classifier, data
+    else:
+        found = discover(model, input_size)
+        if layers is None and not own:
+            layers = _found_layers(model, found)
+        else:
+            layers = resolve_layers(model, layers)
+        if classifier is None:
+            if found.classifier is None:
+                raise PaperpruneError(
+                    f"found no layer producing the logits of {type(model).__name__} (an nn.Linear, or a conv whose "
+                    "channels are the classes before global pooling); pass classifier= naming it (the class "
+                    "embeddings are that layer's input)")
+            classifier = found.classifier
+    if given is not None:
+        check_observed(model, [layer for layer, item in zip(layers, _items(given)) if not hasattr(item, "observe")],
+                       input_size)
+    return layers, classifier, check_head(model, classifier, num_classes, input_size), data
+
+
+def _items(layers) -> list:
+    return list(layers.items()) if isinstance(layers, dict) else list(layers)
+
+
+def _found_layers(model: nn.Module, found) -> list:
+    """Discovery's layers, or the reason there are none to prune."""
+    grouped = {conv: cause for conv, (kind, cause) in found.skipped.items() if kind == "grouped"}
+    if grouped:
+        conv, cause = next(iter(grouped.items()))
+        raise PaperpruneError(
+            f"{type(model).__name__}: {len(grouped)} widths are read by grouped convolutions among other channels "
+            f"(e.g. {conv!r} feeds {cause!r}), which can only lose the same number of channels in each group; "
+            "paperprune's per-layer selection cannot keep those groups aligned. Prune them with Torch-Pruning's "
+            "MetaPruner and paperprune.tp.Importance, or pass layers=paperprune.discover.discover(model, "
+            "input_size).layers to prune only the other widths")
+    if not found.layers:
+        raise PaperpruneError(
+            f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
+            "tied to a residual add or a concatenation, which the lineage keeps (METHOD.md section 2); pass "
+            "layers={conv: observe, ...} to choose layers yourself")
+    return found.layers
+
+
+def _forward(model: nn.Module, example: torch.Tensor, hooks: dict) -> torch.Tensor:
+    """One eval-mode forward of `example` with forward hooks {module: hook}; modes restored."""
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+    try:
+        with torch.no_grad():
+            return model.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.train(training)
+
+
+def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> int:
+    """The number of classes, after checking that `classifier` produces the model's logits: an nn.Linear
+    with K outputs, or a conv with K channels before global pooling, where the model's output is (B, K);
+    a `num_classes` given must be that K."""
+    from .options import closest
+    from .surgery import _example_input
+
+    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    fix = "name the layer producing the logits (an nn.Linear, or a conv whose channels are the classes)"
+    try:
+        head = model.get_submodule(classifier)
+    except AttributeError:
+        raise PaperpruneError(f"classifier={classifier!r}: the model has no such module{closest(classifier, heads)}; "
+                              f"{fix}") from None
+    if not isinstance(head, (nn.Linear, nn.modules.conv._ConvNd)):
+        raise PaperpruneError(f"classifier={classifier!r} is a {type(head).__name__}; {fix}")
+    k = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    seen = []
+    out = _forward(model, _example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
+    shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+    if not seen or not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != k:
+        what = "is not called in the forward pass" if not seen else f"gives {k} {'outputs' if isinstance(head, nn.Linear) else 'channels'}"
+        raise PaperpruneError(f"classifier={classifier!r} {what}, but the model's output has shape {shape}: it does "
+                              f"not produce the logits; {fix}")
+    if num_classes is not None:
+        given = as_number(num_classes, "num_classes", int)
+        if given != k:
+            raise PaperpruneError(f"num_classes={num_classes!r} does not match the classifier {classifier!r}, which "
+                                  f"produces {k} logits; leave num_classes out (it is read from the classifier)")
+    return k
+
+
+def check_observed(model: nn.Module, layers, input_size) -> None:
+    """Refuse a (conv, observe) pair whose observed module does not carry the conv's own channels: moving
+    one channel of the conv's output must move that channel of the observed output, and only that one."""
+    from .surgery import _example_input
+
+    example = torch.randn(2, *_example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
+    example = example.to(_example_input(model, input_size))
+    for layer in layers:
+        conv, observe = model.get_submodule(layer.conv), model.get_submodule(layer.observe)
+
+        def observed(delta):
+            got = []
+
+            def shift(m, i, o):
+                if delta:
+                    o = o.clone()
+                    o[:, 0] += delta * (1.0 + o.abs().max())
+                    return o
+            _forward(model, example, {conv: shift, observe: lambda m, i, o: got.append(o)})
+            return got[0] if got else None
+
+        plain = observed(0.0)
+        bad = f"layer {layer.name!r}: observe={layer.observe!r} "
+        fix = (f"; observe the module whose output is {layer.conv!r}'s own channels after its BN and activation "
+               "(e.g. its ReLU)")
+        if not torch.is_tensor(plain) or plain.dim() < 2 or plain.shape[1] != conv.out_channels:
+            shape = tuple(plain.shape) if torch.is_tensor(plain) else None
+            raise PaperpruneError(f"{bad}gives {'no tensor' if shape is None else f'shape {shape}'}, not the "
+                                  f"{conv.out_channels} channels of {layer.conv!r}{fix}")
+        moved = set()
+        for delta in (10.0, -10.0):
+            diff = (observed(delta) - plain).abs().flatten(2).amax(-1).amax(0)
+            moved |= set((diff > 1e-6 * (1.0 + plain.abs().max())).nonzero().flatten().tolist())
+        if moved != {0}:
+            what = "does not depend on" if not moved else "mixes"
+            raise PaperpruneError(f"{bad}{what} the channels of {layer.conv!r} (moving its channel 0 moved observed "
+                                  f"channels {sorted(moved)[:6]}){fix}")
 
 
 def first_conv(model: nn.Module) -> nn.Module | None:
@@ -363,13 +466,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     data = check_data(model, data, passes=2 if adapt_bn else 1)
-    layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
-    if num_classes is None:
-        try:
-            num_classes = model.get_submodule(classifier).out_features
-        except AttributeError:
-            raise PaperpruneError(f"cannot tell the number of classes: the model has no nn.Linear {classifier!r}; "
-                                  "pass num_classes= (and classifier= naming its final nn.Linear)") from None
+    layers, classifier, num_classes, data = model_parts(model, layers, classifier, data, input_size, num_classes)
     timings = {}
     was_training = model.training
     model = copy.deepcopy(model).to(device).eval()

@@ -82,12 +82,11 @@ def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
         if not isinstance(conv, _CONV):
             raise PaperpruneError(f"prunable layer {layer.name!r}: module {layer.conv!r} is a "
                                   f"{type(conv).__name__}, not a convolution")
-        if conv.groups != 1:
-            kind = "a depthwise" if conv.groups == conv.in_channels == conv.out_channels else "a grouped"
+        if conv.groups != 1 and conv.groups == conv.in_channels == conv.out_channels:
             raise PaperpruneError(
-                f"prunable layer {layer.name!r}: {layer.conv!r} is {kind} convolution (groups={conv.groups}); its "
-                f"channels are pruned together with the conv that feeds them, never on their own. Name that conv "
-                f"instead (paperprune.discover.discover(model, input_size) lists the groups)")
+                f"prunable layer {layer.name!r}: {layer.conv!r} is a depthwise convolution (groups={conv.groups}); "
+                f"its channels are pruned together with the conv that feeds them, never on their own. Name that "
+                f"conv instead (paperprune.discover.discover(model, input_size) lists the groups)")
         if layer.name in convs:
             raise PaperpruneError(f"prunable layer name {layer.name!r} appears twice in layers")
         convs[layer.name] = conv

@@ -61,12 +61,8 @@ class Importance(torch_pruning.importance.Importance):
             if not layers:
                 raise PaperpruneError(f"found no group to score in {type(model).__name__} ({found.describe()}); "
                                       "pass layers= or include more kinds")
-        layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
-        if num_classes is None:
-            head = model.get_submodule(classifier)
-            if not isinstance(head, nn.Linear):
-                raise PaperpruneError(f"{classifier!r} is not an nn.Linear; pass num_classes= and classifier=")
-            num_classes = head.out_features
+        layers, classifier, num_classes, data = model_parts(model, layers, classifier, data, input_size,
+                                                            num_classes)
         device = next(model.parameters()).device
         images, labels = gather_calibration(data, num_classes, samples_per_class, device)
         was_training = model.training
