@@ -57,6 +57,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -455,12 +456,26 @@ def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch
     return None
 
 
+#: how far (in reduction, absolute) the measured latency reduction may land from the target before
+#: `latency_record` warns and records the miss
+MEASURED_TOLERANCE = 0.05
+
+
 def latency_record(latency: LatencyModel, selection, target: float, base: nn.Module, pruned: nn.Module,
                    multiples: dict | None) -> dict:
     """What a latency-budgeted prune records: target, predicted and measured latency (base and pruned
-    measured one after the other now), the table's key and the MACs that resulted."""
+    measured one after the other now), the table's key and the MACs that resulted. A measured
+    reduction more than MEASURED_TOLERANCE from the target is warned about (both numbers) and
+    recorded as `missed`."""
     before_us, after_us = latency.measure(base), latency.measure(pruned)
-    return {"target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
+    measured = 1.0 - after_us / before_us
+    missed = abs(measured - float(target)) > MEASURED_TOLERANCE
+    if missed:
+        warnings.warn(f"latency_reduction={float(target):.3f} missed: the pruned model measured {measured:.3f} less "
+                      f"latency ({before_us / 1e3:.2f} -> {after_us / 1e3:.2f} ms), more than {MEASURED_TOLERANCE} "
+                      f"from the target (predicted {1.0 - selection.cost / selection.base_cost:.3f}); the latency "
+                      "table's prediction was off on this model and machine", stacklevel=3)
+    return {"missed": missed, "tolerance": MEASURED_TOLERANCE, "target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
             "device": latency.key["device"], "threads": latency.key["threads"], "table_key": latency.key_hash,
             "table": latency.table.get("path"), "key": latency.key,
             "predicted_before_us": selection.base_cost, "predicted_after_us": selection.cost,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -37,6 +38,8 @@ class PruneReport:
     latency: dict | None = None
     #: images the pruned model's BatchNorm statistics were re-estimated on (0: not re-estimated)
     adapted_bn_images: int = 0
+    #: calibration images drawn per class (at most samples_per_class; fewer where the data held fewer)
+    images_per_class: list[int] = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float:
@@ -61,7 +64,11 @@ class PruneReport:
             lines.append(f"latency ({lat['mode']}, batch {lat['batch_size']}): target -{100 * lat['target_reduction']:.1f}%, "
                          f"predicted -{100 * lat['predicted_reduction']:.1f}%, measured "
                          f"{lat['measured_before_us'] / 1e3:.2f} -> {lat['measured_after_us'] / 1e3:.2f} ms "
-                         f"(-{100 * lat['measured_reduction']:.1f}%)")
+                         f"(-{100 * lat['measured_reduction']:.1f}%)"
+                         + (" MISSED the target by more than its tolerance" if lat.get("missed") else ""))
+        if self.images_per_class:
+            lines.append(f"calibration: {self.num_calibration} images, {min(self.images_per_class)} to "
+                         f"{max(self.images_per_class)} per class (asked {self.samples_per_class})")
         lines += [f"  {row['name']:<32} {row['width_before']:>5} -> {row['width_after']:>5}" for row in self.layers]
         return "\n".join(lines)
 
@@ -82,11 +89,11 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
         raise PaperpruneError(f"layers={layers!r} is one string; pass {{conv: observe}} pairs of module names, e.g. "
                               f"layers={{{layers!r}: 'the module after its BN and ReLU'}}, or leave layers out to "
                               "have them found")
-    if isinstance(layers, dict):
-        layers = list(layers.items())
     if not layers:
         raise PaperpruneError(f"layers={layers!r} names no layer; pass at least one {{conv: observe}} pair, or leave "
                               "layers out to have them found")
+    if isinstance(layers, dict):
+        layers = list(layers.items())
     resolved = []
     for item in layers:
         if isinstance(item, PrunableLayer):
@@ -476,6 +483,11 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     images, labels = gather_calibration(data, num_classes, samples_per_class, device,
                                         all_classes=method not in ("random", "l1", "hrank"),
                                         in_channels=None if first_conv is None else first_conv.in_channels)
+    drawn = torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+    if min(drawn) < samples_per_class:
+        warnings.warn(f"samples_per_class={samples_per_class}, but the data held only {min(drawn)} images of its "
+                      f"smallest class: calibrated on {len(labels)} images ({min(drawn)} to {max(drawn)} per class; "
+                      "report.images_per_class)", stacklevel=2)
     input_size = tuple(input_size) if input_size is not None else tuple(images.shape[1:])
     criterion.prepare(model, layers, Calibration(images, labels, num_classes, taxonomy or {}, classifier))
     timings["statistics_s"] = time.perf_counter() - start
@@ -523,5 +535,5 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                  "kept": [int(i) for i in selection.keep[n]]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
-        timings=timings, latency=record, adapted_bn_images=adapt_bn)
+        timings=timings, latency=record, adapted_bn_images=adapt_bn, images_per_class=drawn)
     return pruned, report

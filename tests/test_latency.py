@@ -216,7 +216,7 @@ def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, bat
     ({"latency_reduction": 0.4, "latency_mode": "fast"}, r"latency_mode='fast' is not one of 'eager', 'deployed'"),
     ({"latency_reduction": 0.4, "flops_reduction": 0.5}, r"flops_reduction=0\.5 and latency_reduction=0\.4"),
     ({"latency_reduction": 0.4, "latency_batch_size": 0}, r"latency_batch_size=0 must be an integer >= 1"),
-    ({"latency_rounding": True}, r"latency_rounding=True needs a latency budget"),
+    ({"latency_rounding": True}, r"latency_rounding=True only applies with a latency budget"),
 ])
 def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, message):
     monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
@@ -227,7 +227,8 @@ def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, me
 
 @pytest.mark.parametrize("flags, message", [
     (["--latency-reduction", "1.5"], r"latency_reduction=1\.5 is not a fraction"),
-    (["--latency-reduction", "0.4", "--flops-reduction", "0.5"], r"flops_reduction=0\.5 and latency_reduction=0\.4"),
+    (["--latency-reduction", "0.4", "--flops-reduction", "0.5"],
+     r"flops_reduction=0\.5 \(--flops-reduction\) and latency_reduction=0\.4 \(--latency-reduction\) exclude"),
     (["--latency-reduction", "0.4", "--latency-mode", "fast"], r"latency_mode='fast' is not one of"),
     ([], r"no budget: pass --flops-reduction F or --latency-reduction L"),
 ])
@@ -284,3 +285,29 @@ def test_latency_model_refuses_widths_that_reach_grouped_convs(tmp_path):
     layers = discover(model, (3, 32, 32)).layers
     with pytest.raises(PaperpruneError, match=r"times Conv2d \(groups=1.*'features\.1\.conv\.0\.0'.*flops_reduction="):
         LatencyModel.build(model, layers, (3, 32, 32), timer=lambda *a: 1.0, cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("measured_after, missed", [(55.0, True), (68.0, False)])
+def test_a_measured_miss_is_warned_and_recorded(measured_after, missed):
+    """Target 0.3 of a 100 us model: measuring 55 us (0.45 removed) misses by more than
+    MEASURED_TOLERANCE and warns with both numbers; 68 us (0.32) does not."""
+    import types
+    import warnings
+
+    from paperprune.latency import MEASURED_TOLERANCE, latency_record
+
+    base, pruned = object(), object()
+    latency = types.SimpleNamespace(measure=lambda m: 100.0 if m is base else measured_after, key_hash="k",
+                                    key={"mode": "eager", "batch_size": 8, "device": "cpu", "threads": 1,
+                                         "clock": "perf_counter"}, table={})
+    selection = types.SimpleNamespace(base_cost=100.0, cost=70.0, base_macs=1000, macs=600)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = latency_record(latency, selection, 0.3, base, pruned, None)
+    assert record["missed"] is missed and record["tolerance"] == MEASURED_TOLERANCE
+    assert record["measured_reduction"] == pytest.approx(1 - measured_after / 100)
+    texts = [str(w.message) for w in caught]
+    if missed:
+        assert len(texts) == 1 and "latency_reduction=0.300 missed" in texts[0] and "measured 0.450" in texts[0]
+    else:
+        assert texts == []

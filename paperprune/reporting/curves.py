@@ -12,6 +12,8 @@ together; the interval is a percentile interval of the difference method - refer
 """
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -370,6 +372,10 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     dataset, the arch and the variant (`paperprune.curves.variant_name` of its criterion options)."""
     out = Path(out_dir)
     c = record["config"]
+    if not record["points"]:
+        warnings.warn(f"the curves record of {c.get('arch')} on {c.get('dataset')} holds no points (an empty curve): "
+                      "nothing to report; run paperprune.curves for it first", stacklevel=2)
+        return {}
     stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
     stem = stem.replace("/", "_")
     targets = _targets(record)
