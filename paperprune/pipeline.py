@@ -276,7 +276,7 @@ def check_images(model: nn.Module, x, what: str = "images") -> None:
     channels = None if conv is None else conv.in_channels
     expected = f"float (B, {channels if channels else 'C'}, H, W) tensors"
     if not torch.is_tensor(x):
-        raise PaperpruneError(f"{what} must be {expected}; got a {type(x).__name__}")
+        raise PaperpruneError(f"{what} must be a torch.Tensor ({expected}); got a {type(x).__name__}")
     shape = tuple(x.shape)
     hint = ""
     if x.dim() == 3 and channels == 1:
