@@ -432,8 +432,9 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
 
     `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
-    `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
-    multiples the table shows to be nearly free.
+    `latency_mode` ("eager" or "deployed"), then corrected by measuring the pruned candidates
+    (`paperprune.latency.calibrate`, at most 3; the steps in `report.latency["steps"]`);
+    `latency_rounding` rounds kept widths up to the multiples the table shows to be nearly free.
 
     `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
     `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
@@ -441,7 +442,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.curves`).
     """
     from .flops import count_flops_params
-    from .latency import LatencyModel, check_budget, latency_record
+    from .latency import LatencyModel, calibrate, check_budget, latency_record
     from .options import check_options
     from .surgery import MacsPredictor, prune_channels
 
@@ -501,10 +502,18 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         multiples = latency.multiples() if latency_rounding else None
         unpruned = copy.deepcopy(model)  # the surgery below cuts `model` in place
         timings["latency_table_s"] = time.perf_counter() - start
-    selection = select_channels(criterion, predictor, flops_reduction if latency is None else latency_reduction,
-                                cost=latency, round_to=multiples, omega=omega, tolerance=tolerance,
-                                target_name="flops_reduction" if latency is None else "latency_reduction",
-                                progress=progress)
+    def select(target):
+        return select_channels(criterion, predictor, target, cost=latency, round_to=multiples, omega=omega,
+                               tolerance=tolerance, progress=progress,
+                               target_name="flops_reduction" if latency is None else "latency_reduction")
+
+    steps = None
+    if latency is None:
+        selection = select(flops_reduction)
+    else:  # predicted, then corrected by measuring the pruned candidates (paperprune.latency.calibrate)
+        selection, steps = calibrate(select, lambda s: prune_channels(copy.deepcopy(unpruned), layers, s.keep,
+                                                                      input_size),
+                                     latency.measure, float(latency_reduction), latency.measure(unpruned))
     timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()
@@ -524,7 +533,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     record = None
     if latency is not None:
         start = time.perf_counter()
-        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples)
+        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples, steps)
         timings["latency_measure_s"] = time.perf_counter() - start
     pruned.train(was_training)
     report = PruneReport(

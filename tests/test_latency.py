@@ -311,3 +311,43 @@ def test_a_measured_miss_is_warned_and_recorded(measured_after, missed):
         assert len(texts) == 1 and "latency_reduction=0.300 missed" in texts[0] and "measured 0.450" in texts[0]
     else:
         assert texts == []
+
+
+@pytest.mark.parametrize("factor, steps", [(0.8, 2), (1.0, 1), (1.3, 2)])
+def test_calibrate_corrects_a_predictor_off_by_a_factor(factor, steps):
+    """A predictor whose reductions are 1/factor of the measured ones (measured = factor * predicted):
+    the first step misses by (factor - 1) * target, the secant through (0, 0) corrects it exactly in
+    the second (asked = target / factor); an exact predictor stops at once."""
+    import types
+
+    from paperprune.latency import calibrate
+
+    target, base_us = 0.4, 1000.0
+
+    def select(asked):
+        return types.SimpleNamespace(cost=base_us * (1 - asked), base_cost=base_us, asked=asked)
+
+    def measure(model):
+        return base_us * (1 - factor * model.asked)
+
+    selection, history = calibrate(select, lambda s: s, measure, target, base_us)
+    assert len(history) == steps
+    assert history[0]["asked_predicted"] == target
+    assert history[0]["measured_reduction"] == pytest.approx(factor * target)
+    assert selection.asked == pytest.approx(target / factor)
+    assert history[-1]["measured_reduction"] == pytest.approx(target)
+
+
+def test_calibrate_keeps_the_nearest_when_a_correction_is_unreachable():
+    """The corrected target is refused by the budget rule: the nearest measured selection is kept."""
+    import types
+
+    from paperprune.latency import calibrate
+
+    def select(asked):
+        if asked > 0.5:
+            raise PaperpruneError("unreachable")
+        return types.SimpleNamespace(cost=100 * (1 - asked), base_cost=100.0, asked=asked)
+
+    selection, history = calibrate(select, lambda s: s, lambda m: 100 * (1 - 0.5 * m.asked), 0.4, 100.0)
+    assert len(history) == 1 and selection.asked == 0.4
