@@ -101,6 +101,8 @@ RUN_ROWS = [
     (dict(method="l1", max_iter="100"), "max_iter=100 (--max-iter) only applies with a lasso criterion"),
     (dict(method="random", nonnegative=None), "nonnegative=True (--nonnegative) only applies"),
     (dict(method="apib", response="class+output"), "response='class+output' (--response) only applies"),
+    (dict(rhoo="0.3"), "unrecognized argument '--rhoo' (did you mean '--rho'?)"),
+    (dict(latency_reductoin="0.4"), "(did you mean '--latency-reduction'?)"),
 ]
 
 
@@ -169,6 +171,7 @@ def test_run_cli_empty_data_root(tmp_path, capsys):
 
 TRAIN_ROWS = [
     (dict(epochs="0"), "--epochs 0"),
+    (dict(epocs="3"), "unrecognized argument '--epocs' (did you mean '--epochs'?)"),
     (dict(lr="nan"), "--lr nan"),
     (dict(lr="0"), "--lr 0.0"),
     (dict(batch_size="0"), "--batch-size 0"),
