@@ -467,12 +467,12 @@ def _read_record(path: Path) -> dict:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Unsupported global" not in str(e):  # not pickled objects, but no checkpoint at all
             raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: "
                                   f"{_plain(e)}); the file is damaged or of another kind") from None
         raise PaperpruneError(
-            f"{str(path)!r} holds pickled Python objects (a whole model saved with torch.save(model)?), not a file "
-            "of paperprune.save_pruned; load_pruned does not unpickle them (that can run any code). If you trust "
+            f"{str(path)!r} is not a paperprune pruned model: it holds pickled Python objects (a whole model saved "
+            "with torch.save(model)?); load_pruned does not unpickle them (that can run any code). If you trust "
             "the file: model = torch.load(path, weights_only=False), then paperprune.save_pruned(model, new_path)"
         ) from None
     except Exception as e:
