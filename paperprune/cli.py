@@ -238,13 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (2 for bad input, 130 when interrupted)."""
+    from .options import closest
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the message
         return int(exc.code or 0)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
+        return 2
+    if extras:  # an unknown option: name the closest one the command knows
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        print(f"paperprune {args.command}: error: unrecognized argument {extras[0]!r}"
+              f"{closest(extras[0].split('=')[0], flags)}; see paperprune {args.command} --help", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -15,14 +15,14 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from .criteria import LASSO, METHODS, check_method
+from .criteria import METHODS, check_method
 from .pipeline import PruneReport, prune
+from .options import applies
 from .select import split_entry
 from .utils import PaperpruneError
 
 __all__ = ["Comparison", "compare_selections", "jaccard"]
 
-_STATISTICS_OPTIONS = ("statistics", "block_size", "permutations")
 
 
 def jaccard(a, b) -> float:
@@ -65,9 +65,9 @@ def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction:
     """Run every criterion in `methods` at the same `flops_reduction` with the same `options`
     (any keyword of `paperprune.prune`: samples_per_class, nonnegative, structure, seed, allocation,
     ...) and return their kept sets, keyed by the entries given. An entry is a criterion name, under
-    `options`' allocation (default "global"), or "name:global" / "name:uniform" (`split_entry`). The
-    statistics options (`statistics`, `block_size`, `permutations`) go to the lasso criteria only; the
-    others compute no HSIC statistics."""
+    `options`' allocation (default "global"), or "name:global" / "name:uniform" (`split_entry`). Each
+    criterion gets the options that apply to it (`paperprune.options.applies`: the lasso's, the class
+    graph's, ... go only where they mean something), so one set of options serves every criterion."""
     methods = list(methods)
     if len(methods) < 2 or len(set(methods)) != len(methods):
         raise PaperpruneError(f"methods={methods!r}: give at least two different criteria to compare")
@@ -78,7 +78,7 @@ def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction:
     kept, reports = {}, {}
     for entry in tqdm(methods, desc="criteria", disable=not progress):
         method, allocation = entries[entry]
-        mine = options if method in LASSO else {k: v for k, v in options.items() if k not in _STATISTICS_OPTIONS}
+        mine = {k: v for k, v in options.items() if applies(k, {**options, "method": method})}
         _, report = prune(model, data, method=method, flops_reduction=flops_reduction, progress=False,
                           allocation=allocation, **mine)
         reports[entry] = report

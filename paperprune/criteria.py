@@ -459,9 +459,16 @@ def create_criterion(method: str, **options) -> Criterion:
     """The criterion named `method` (one of METHODS).
 
     `options` are the run's shared settings (seed, gamma_ratio, structure, ...); each criterion
-    takes the ones its constructor names (gamma_ratio means nothing to `l1`).
+    takes the ones its constructor names (gamma_ratio means nothing to `l1`); a name no criterion
+    takes is refused with the closest known one (`paperprune.options`).
     """
+    from .options import unknown_name
+
     check_method(method)
+    known = {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters} - {"self"}
+    for name in options:
+        if name not in known:
+            raise unknown_name(name, known, "criterion option")
     check_graph_options(options.get("rho", 0.5), options.get("knn"))
     check_max_iter(options.get("max_iter", SOLVER_MAX_ITER))  # every method, as the graph options
     check_statistics(options.get("statistics", "exact"), options.get("block_size"), options.get("permutations"))

@@ -8,7 +8,9 @@ like `example_input`. The input model is left untouched.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
+import logging
 import shutil
 
 import torch
@@ -77,6 +79,22 @@ def check_compiler() -> None:
                               "(apt-get install g++) or skip the deployed latency (--no-deployed-latency)")
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Keep torch.compile's own log (dynamo's and inductor's tracebacks of a failure) out of the user's
+    terminal: the failure reaches the user as one PaperpruneError."""
+    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch._inductor", "torch.fx",
+                                                    "torch._subclasses", "torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """`fold_batchnorm(model)` in channels_last memory format, compiled by torch.compile (inductor,
     one graph, static shapes, parameters frozen into the graph as constants) for `example_input`.
@@ -87,8 +105,9 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     """
     from torch._inductor import config as inductor_config
 
-    if not isinstance(example_input, torch.Tensor):
-        raise PaperpruneError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
+    from .pipeline import check_images
+
+    check_images(model, example_input, "example_input")
     model = fold_batchnorm(model)
     devices = {p.device for p in model.parameters()} - {example_input.device}
     if devices:
@@ -100,7 +119,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     # global patch while compiling (torch.compile(options={"freezing": True}) leaves the weights unfrozen).
     try:
         compiled = torch.compile(model, fullgraph=True, dynamic=False, isolate_recompiles=True)
-        with inductor_config.patch(freezing=True), torch.inference_mode():
+        with inductor_config.patch(freezing=True), torch.inference_mode(), _quiet_torch_logs():
             compiled(example_input)
     except Exception as e:  # noqa: BLE001 - whatever inductor raises, the user needs the same message
         reason = str(e).strip().split("\n")[0]

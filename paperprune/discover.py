@@ -4,8 +4,8 @@ METHOD.md section 2 ("Prunable layers") names the lineage's layers for the six p
 models; this module finds the same kind of width in a network nobody listed. The coupling of
 channels (BatchNorms, depthwise convs, squeeze-excitation gates, consumers, concatenations,
 residual adds) comes from Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVPR
-2023); nothing here tracks dependencies itself. For every convolution with groups == 1 the
-group of removing its output channels is classified (`classify_group`):
+2023); nothing here tracks dependencies itself. For every convolution but the depthwise ones
+the group of removing its output channels is classified (`classify_group`):
 
 - `inner`: the channels reach only BatchNorms, element-wise ops, depthwise convs (pruned
   with the conv that feeds them) and the input channels of their consumers; an output tie
@@ -14,13 +14,15 @@ group of removing its output channels is classified (`classify_group`):
 - `residual`: the width is added to another conv's output (a residual add): kept.
 - `concat`: the channels are concatenated with others (DenseNet, Inception outputs): kept
   by default, as the lineage keeps them for torchvision-style Inception and DenseNet.
-- `grouped`: a grouped (not depthwise) conv (RegNet's, ResNeXt's) reads them. It can only
-  lose the same number of input channels in each of its groups, so the layer is kept in
-  `channel_groups` equal parts: the budget rule keeps as many channels in every part, the
-  criterion choosing which (`paperprune.select`), and the surgery cuts each part of the
+- `grouped`: a grouped (not depthwise) conv (RegNet's, ResNeXt's) reads them, or writes them.
+  It can only lose the same number of input (output) channels in each of its groups, so the
+  layer is kept in `channel_groups` equal parts: the budget rule keeps as many channels in every
+  part, the criterion choosing which (`paperprune.select`), and the surgery cuts each part of the
   grouped conv's weight by its own kept channels. Prunable by default when the grouped conv
   reads exactly the layer's channels, in order; otherwise the layer is left out (a grouped conv
   after a concatenation makes the group 'concat', and surgery refuses it by `channel_groups`).
+  A width written by a grouped conv and read by an ordinary one (the ResNeXt bottleneck's middle
+  width) is pruned as its own layer, in the writer's groups, beside the width the writer reads.
 
 Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
 `activation`) the point where the channels are as the next layer consumes them (after BN,
@@ -98,11 +100,14 @@ def classify_group(group, root: nn.Module, names: dict) -> tuple[str, str | None
         return "concat", concat
     if grouped:
         return "grouped", grouped
+    if isinstance(root, _CONV) and root.groups > 1 and not _is_depthwise(root):
+        return "grouped", names.get(root)
     return "inner", None
 
 
 def channel_groups(group, root: nn.Module, names: dict) -> int:
-    """In how many equal parts conv `root`'s output channels must be kept (1 if no grouped conv reads them).
+    """In how many equal parts conv `root`'s output channels must be kept (1 if no grouped conv reads or
+    writes them; `root`'s own groups when it is a grouped conv).
 
     A grouped, non-depthwise conv with G groups that reads exactly `root`'s channels, in order,
     splits them into G contiguous parts; every part must keep as many channels (any of them:
@@ -110,7 +115,7 @@ def channel_groups(group, root: nn.Module, names: dict) -> int:
     multiple. A grouped conv reading the channels shifted or among others is refused: which of
     its groups a channel falls in is then not this layer's to decide.
     """
-    parts = 1
+    parts = root.groups if isinstance(root, _CONV) and root.groups > 1 and not _is_depthwise(root) else 1
     for item in group.items:
         module = item.dep.target.module
         if module is root or item.dep.handler in _OUT_FNS or not isinstance(module, _CONV) \
@@ -156,7 +161,13 @@ class _Trace:
             if torch.is_tensor(output) and output.grad_fn is not None:
                 self.producers.setdefault(output.grad_fn, []).append(module)
 
+        self.output_shape: tuple[int, ...] = ()
+
+        def output(module, inputs, out):
+            self.output_shape = tuple(out.shape) if torch.is_tensor(out) else ()
+
         hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+        hooks.append(model.register_forward_hook(output))
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
@@ -263,7 +274,8 @@ def _consumer(trace: _Trace, start, consumers: set) -> str | None:
 
 
 def _classifier(trace: _Trace) -> str | None:
-    """The last nn.Linear on the output path: breadth-first back from the model's output."""
+    """The layer producing the logits: breadth-first back from the model's output, the last nn.Linear,
+    or a conv whose channels are the K logits (a conv classifier before global pooling, as SqueezeNet's)."""
     outputs = [n for n in trace.dg.module2node.values() if not n.outputs]
     seen, todo = set(outputs), deque(outputs)
     while todo:
@@ -271,7 +283,9 @@ def _classifier(trace: _Trace) -> str | None:
         if isinstance(node.module, nn.Linear) and node.module in trace.names:
             return trace.names[node.module]
         if isinstance(node.module, _CONV):
-            return None  # a fully convolutional head: name the classifier
+            logits = trace.output_shape[-1] if len(trace.output_shape) == 2 else None
+            ok = node.module.out_channels == logits and node.module in trace.names
+            return trace.names[node.module] if ok else None
         for inp in node.inputs:
             if inp not in seen:
                 seen.add(inp)
@@ -287,6 +301,8 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     group, `channel_groups`); add 'concat' to prune concatenated widths too. Residual widths are
     never listed. Eval mode and a batch of one are used for tracing; the model's modes are restored.
     """
+    if isinstance(include, str):
+        raise PaperpruneError(f"include={include!r} is one string; pass a tuple of kinds, e.g. include=({include!r},)")
     unknown = set(include) - set(KINDS[:3])
     if unknown:
         raise PaperpruneError(f"include={tuple(include)!r}: unknown kinds {sorted(unknown)}; choose from "
@@ -294,11 +310,12 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     from .surgery import _example_input
 
     trace = _Trace(model, _example_input(model, input_size))
+    classifier = _classifier(trace)
     layers, skipped, covered = [], {}, set()
     for conv in [m for m in trace.order if isinstance(m, _CONV)]:
         name = trace.names[conv]
-        if conv.groups != 1 or conv not in trace.dg.module2node or conv in covered:
-            continue  # depthwise/grouped convs and gates go with the group of the conv that feeds them
+        if _is_depthwise(conv) or conv not in trace.dg.module2node or conv in covered or name == classifier:
+            continue  # depthwise convs and gates go with the group of the conv that feeds them
         group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
         covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
         kind, cause = classify_group(group, conv, trace.names)
@@ -318,4 +335,4 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
                      and isinstance(dep.target.module, (_CONV, nn.Linear)) and not _is_depthwise(dep.target.module)}
         layers.append(PrunableLayer(name=name, conv=name, observe=observe,
                                     consumer=_consumer(trace, chain[-1], consumers), activation=activation))
-    return Discovery(layers=layers, classifier=_classifier(trace), skipped=skipped)
+    return Discovery(layers=layers, classifier=classifier, skipped=skipped)

@@ -76,7 +76,7 @@ class RunConfig:
 
         Messages name the setting as both the API and the CLI spell it, the value given and the fix.
         """
-        from .criteria import CLASSWISE, LASSO, RESPONSES, check_method
+        from .criteria import LASSO, RESPONSES, check_method
         from .ib import check_statistics
         from .data import DATASETS
         from .latency import check_budget
@@ -89,9 +89,6 @@ class RunConfig:
                 raise PaperpruneError(f"unknown {name} {getattr(self, name)!r} ({_flag(name)}); "
                                       f"choose one of: {', '.join(known)}")
         check_method(self.method)
-        if self.response != "class" and self.method not in CLASSWISE:
-            raise PaperpruneError(f"response={self.response!r} ({_flag('response')}) applies to the class-wise "
-                                  f"criteria ({', '.join(CLASSWISE)}), not to --method {self.method}")
         for name, (kind, low, optional, meaning) in _NUMBERS.items():
             setattr(self, name, _checked_number(name, getattr(self, name), kind, low, optional, meaning))
         self.statistics, self.block_size, self.permutations = check_statistics(self.statistics, self.block_size,
@@ -102,6 +99,9 @@ class RunConfig:
         if self.flops_reduction is None and self.latency_reduction is None:
             raise PaperpruneError("no budget: pass --flops-reduction F or --latency-reduction L (flops_reduction= "
                                   "or latency_reduction= in the API), e.g. 0.5")
+        from .options import check_options
+
+        check_options(asdict(self), spell=lambda name: f" ({_flag(name)})")
         if not isinstance(self.latency_rounding, (bool, np.bool_)):
             raise PaperpruneError(f"latency_rounding={self.latency_rounding!r} must be True or False "
                                   "(--latency-rounding)")

@@ -59,6 +59,7 @@ def layer_macs(model: nn.Module, input_size, *, bn: bool = False) -> dict[str, i
     """MACs of every counted module (conv, linear; BN and adaptive avg-pool if `bn`), keyed
     by module path, from one forward of a zero input of batch 1 in eval mode. A module
     called several times sums its calls. The training flag is restored afterwards."""
+    input_size = check_input_size(input_size)  # before the hooks: a refusal must leave the model as it was
     counts: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -69,7 +70,6 @@ def layer_macs(model: nn.Module, input_size, *, bn: bool = False) -> dict[str, i
                 counts[name] += _module_macs(mod, inputs, output, bn)
 
             handles.append(module.register_forward_hook(hook))
-    input_size = check_input_size(input_size)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32

@@ -667,8 +667,8 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
 
 def class_embeddings(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int, *,
                      batch_size: int = 64, classifier: str = "classifier") -> Tensor:
-    """(K, D) class means of the input of the module named `classifier` (the final nn.Linear),
-    the penultimate embedding used to build the class graph and tree (METHOD.md section 2,
+    """(K, D) class means of the input of the module named `classifier` (the final nn.Linear, or a
+    conv classifier's input averaged over positions), the penultimate embedding used to build the class graph and tree (METHOD.md section 2,
     "Class structure"). Classes without samples get a zero row. Eval mode, no grad."""
     _check_images(images)
     labels = _check_labels(torch.as_tensor(labels), images.shape[0], num_classes)
@@ -685,7 +685,9 @@ def class_embeddings(model: nn.Module, images: Tensor, labels: Tensor, num_class
     state = {"sums": None, "labels": None}
 
     def hook(module, inputs):
-        emb = inputs[0].detach().flatten(1).double()
+        emb = inputs[0].detach()
+        # a conv classifier (K channels before global pooling): its input averaged over positions
+        emb = (emb.mean((2, 3)) if isinstance(module, nn.Conv2d) and emb.dim() == 4 else emb.flatten(1)).double()
         if state["sums"] is None:
             state["sums"] = torch.zeros(num_classes, emb.shape[1], dtype=torch.float64, device=emb.device)
         onehot = nn.functional.one_hot(state["labels"].to(emb.device), num_classes).double()

@@ -57,6 +57,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,20 +433,19 @@ def _measure(model, units, input_size, batch_size, mode, device, timer, progress
 
 def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                  latency_rounding: bool = False):
-    """Validate `prune`'s budget before any work; returns the MACs target (0.5 when neither is given),
-    or None for a latency budget."""
+    """Validate `prune`'s budget values before any work; returns the MACs target (0.5 when neither is
+    given), or None for a latency budget. Which options go with which budget is
+    `paperprune.options.check_options`'s to check."""
+    from .options import check_options
     from .select import validate_target
 
+    check_options(dict(flops_reduction=flops_reduction, latency_reduction=latency_reduction,
+                       latency_mode=latency_mode, latency_batch_size=latency_batch_size,
+                       latency_rounding=latency_rounding))
     if latency_reduction is None:
-        if latency_rounding:
-            raise PaperpruneError("latency_rounding=True needs a latency budget: pass latency_reduction= (the "
-                                  "multiples come from the measured latency table)")
         flops_reduction = 0.5 if flops_reduction is None else flops_reduction
         validate_target(flops_reduction, omega)
         return flops_reduction
-    if flops_reduction is not None:
-        raise PaperpruneError(f"flops_reduction={flops_reduction!r} and latency_reduction={latency_reduction!r} "
-                              "were both given; a run has one budget: pass only one of them")
     validate_target(latency_reduction, omega, "latency_reduction")
     check_mode(latency_mode)
     check_batch_size(latency_batch_size)
@@ -456,12 +456,86 @@ def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch
     return None
 
 
+#: how far (in reduction, absolute) the measured latency reduction may land from the target before
+#: `latency_record` warns and records the miss
+MEASURED_TOLERANCE = 0.05
+#: `calibrate` stops once a measured reduction lies this close to the target, or after MEASURED_STEPS models
+CALIBRATION_TOLERANCE = 0.02
+MEASURED_STEPS = 3
+
+
+def calibrate(select, build, measure, target: float, base_us: float, *, tolerance: float = CALIBRATION_TOLERANCE,
+              steps: int = MEASURED_STEPS) -> tuple[object, list[dict]]:
+    """Correct a latency budget by measurement: the selection whose measured reduction is nearest `target`.
+
+    Parameters
+    ----------
+    select : callable
+        ``select(predicted_target) -> Selection``: the budget rule on predicted latency
+        (`paperprune.select.select_channels` with a `LatencyModel` cost).
+    build, measure : callable
+        ``build(selection) -> model`` (the pruned model) and ``measure(model) -> microseconds``.
+    target : float
+        The latency reduction asked for, a fraction in (0, 1).
+    base_us : float
+        The unpruned model's measured latency.
+    tolerance, steps : float, int
+        Stop when |measured - target| <= tolerance, or after `steps` measured models.
+
+    Returns
+    -------
+    (Selection, list of dict)
+        The selection measured nearest the target, and one record per measured step
+        (`asked_predicted`, `predicted_reduction`, `measured_reduction`).
+
+    Notes
+    -----
+    The first step asks the predicted latency for `target`. The measured reduction is then read
+    as a function of the predicted one through the unpruned model (0, 0) and the measured
+    steps: the next step asks for the predicted reduction where the secant through the two
+    points measured nearest the target meets it (a predictor low by a constant factor is
+    corrected in one step). Reconstruction of this project, not from the paper (METHOD.md
+    section 2 budgets MACs only).
+    """
+    points, history, best = [(0.0, 0.0)], [], None
+    asked = float(target)
+    for _ in range(steps):
+        try:
+            selection = select(asked)
+        except PaperpruneError:
+            if best is None:
+                raise
+            break  # the corrected target is beyond what the criterion reaches: keep the nearest measured
+        predicted = 1.0 - selection.cost / selection.base_cost
+        measured = 1.0 - measure(build(selection)) / base_us
+        history.append({"asked_predicted": asked, "predicted_reduction": predicted, "measured_reduction": measured})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (selection, measured)
+        if abs(measured - target) <= tolerance:
+            break
+        points.append((predicted, measured))
+        (p0, m0), (p1, m1) = sorted(points, key=lambda pm: abs(pm[1] - target))[:2]
+        if m1 == m0:
+            break
+        asked = min(max(p0 + (target - m0) * (p1 - p0) / (m1 - m0), 0.01), 0.99)
+    return best[0], history
+
+
 def latency_record(latency: LatencyModel, selection, target: float, base: nn.Module, pruned: nn.Module,
-                   multiples: dict | None) -> dict:
+                   multiples: dict | None, steps: list[dict] | None = None) -> dict:
     """What a latency-budgeted prune records: target, predicted and measured latency (base and pruned
-    measured one after the other now), the table's key and the MACs that resulted."""
+    measured one after the other now), the table's key, the MACs that resulted and `steps` (those of
+    `calibrate`). A measured reduction more than MEASURED_TOLERANCE from the target is warned about
+    (both numbers) and recorded as `missed`."""
     before_us, after_us = latency.measure(base), latency.measure(pruned)
-    return {"target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
+    measured = 1.0 - after_us / before_us
+    missed = abs(measured - float(target)) > MEASURED_TOLERANCE
+    if missed:
+        warnings.warn(f"latency_reduction={float(target):.3f} missed: the pruned model measured {measured:.3f} less "
+                      f"latency ({before_us / 1e3:.2f} -> {after_us / 1e3:.2f} ms), more than {MEASURED_TOLERANCE} "
+                      f"from the target (predicted {1.0 - selection.cost / selection.base_cost:.3f}); the latency "
+                      "table's prediction was off on this model and machine", stacklevel=3)
+    return {"missed": missed, "tolerance": MEASURED_TOLERANCE, "steps": steps or [], "target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
             "device": latency.key["device"], "threads": latency.key["threads"], "table_key": latency.key_hash,
             "table": latency.table.get("path"), "key": latency.key,
             "predicted_before_us": selection.base_cost, "predicted_after_us": selection.cost,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -40,6 +41,8 @@ class PruneReport:
     adapted_bn_images: int = 0
     #: how the budget was shared between layers: "global" or "uniform" (paperprune.select.ALLOCATIONS)
     allocation: str = "global"
+    #: calibration images drawn per class (at most samples_per_class; fewer where the data held fewer)
+    images_per_class: list[int] = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float:
@@ -65,7 +68,11 @@ class PruneReport:
             lines.append(f"latency ({lat['mode']}, batch {lat['batch_size']}): target -{100 * lat['target_reduction']:.1f}%, "
                          f"predicted -{100 * lat['predicted_reduction']:.1f}%, measured "
                          f"{lat['measured_before_us'] / 1e3:.2f} -> {lat['measured_after_us'] / 1e3:.2f} ms "
-                         f"(-{100 * lat['measured_reduction']:.1f}%)")
+                         f"(-{100 * lat['measured_reduction']:.1f}%)"
+                         + (" MISSED the target by more than its tolerance" if lat.get("missed") else ""))
+        if self.images_per_class:
+            lines.append(f"calibration: {self.num_calibration} images, {min(self.images_per_class)} to "
+                         f"{max(self.images_per_class)} per class (asked {self.samples_per_class})")
         lines += [f"  {row['name']:<32} {row['width_before']:>5} -> {row['width_after']:>5}" for row in self.layers]
         return "\n".join(lines)
 
@@ -82,6 +89,13 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
                 f"{type(model).__name__} does not list its prunable layers; pass them to prune as "
                 "layers={conv: observe, ...} (module names; observe = the module whose output is the conv's "
                 "channels after BN and ReLU)") from None
+    if isinstance(layers, str):
+        raise PaperpruneError(f"layers={layers!r} is one string; pass {{conv: observe}} pairs of module names, e.g. "
+                              f"layers={{{layers!r}: 'the module after its BN and ReLU'}}, or leave layers out to "
+                              "have them found")
+    if not layers:
+        raise PaperpruneError(f"layers={layers!r} names no layer; pass at least one {{conv: observe}} pair, or leave "
+                              "layers out to have them found")
     if isinstance(layers, dict):
         layers = list(layers.items())
     resolved = []
@@ -106,46 +120,213 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
     return resolved
 
 
-def model_parts(model: nn.Module, layers, classifier: str | None, data, input_size) -> tuple[list, str, object]:
-    """(layers, classifier, data) for `prune`: the model's own prunable layers and its `classifier`
-    (the six paper models), else what `paperprune.discover` finds through Torch-Pruning's
-    DependencyGraph (the inner widths, the last nn.Linear on the output path); `layers=` and
-    `classifier=` override either. Tracing needs an input shape: `input_size`, else the first
-    batch of `data`, which is put back when `data` is a one-shot iterator."""
+def model_parts(model: nn.Module, layers, classifier: str | None, data, input_size,
+                num_classes: int | None = None) -> tuple[list, str, int, object]:
+    """(layers, classifier, num_classes, data) for `prune`: the model's own prunable layers and its
+    `classifier` (the six paper models), else what `paperprune.discover` finds through Torch-Pruning's
+    DependencyGraph (the inner widths, the layer producing the logits); `layers=` and `classifier=`
+    override either, and are checked (`check_observed`, `check_head`). Tracing needs an input
+    shape: `input_size`, else the first batch of `data`, which is put back when `data` is a
+    one-shot iterator."""
     from .discover import discover
 
     own = hasattr(type(model), "prunable_layers")
     if own and classifier is None:
         classifier = "classifier"
-    if (own or layers is not None) and classifier is not None:
-        return resolve_layers(model, layers), classifier, data
+    if first_conv(model) is None:
+        raise PaperpruneError(f"{type(model).__name__} has no convolution; paperprune prunes the output "
+                              "channels of convolutions (filters), so there is nothing to prune")
     if input_size is None:
         input_size, data = _first_shape(data)
-    found = discover(model, input_size)
-    if layers is None and not own:
-        grouped = {conv: cause for conv, (kind, cause) in found.skipped.items() if kind == "grouped"}
-        if grouped:
-            conv, cause = next(iter(grouped.items()))
-            raise PaperpruneError(
-                f"{type(model).__name__}: {len(grouped)} widths are read by grouped convolutions (e.g. {conv!r} "
-                f"feeds {cause!r}), which can only lose the same number of channels in each group; paperprune's "
-                "per-channel selection does not keep groups aligned. Prune them with Torch-Pruning's MetaPruner "
-                "and paperprune.tp.Importance (which does), or pass layers=paperprune.discover.discover(model, "
-                "input_size).layers to prune only the other widths")
-        if not found.layers:
-            raise PaperpruneError(
-                f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
-                "tied to a residual add or a concatenation, which the lineage keeps (METHOD.md section 2); pass "
-                "layers={conv: observe, ...} to choose layers yourself")
-        layers = found.layers
-    else:
+    given = layers
+    if (own or layers is not None) and classifier is not None:
         layers = resolve_layers(model, layers)
-    if classifier is None:
-        if found.classifier is None:
-            raise PaperpruneError(f"found no nn.Linear on the output path of {type(model).__name__}; pass "
-                                  "classifier= naming its final layer (the class embeddings are that layer's input)")
-        classifier = found.classifier
-    return layers, classifier, data
+    else:
+        found = discover(model, input_size)
+        if layers is None and not own:
+            layers = _found_layers(model, found)
+        else:
+            layers = resolve_layers(model, layers)
+        if classifier is None:
+            if found.classifier is None:
+                raise PaperpruneError(
+                    f"found no layer producing the logits of {type(model).__name__} (an nn.Linear, or a conv whose "
+                    "channels are the classes before global pooling); pass classifier= naming it (the class "
+                    "embeddings are that layer's input)")
+            classifier = found.classifier
+    if given is not None:
+        check_observed(model, [layer for layer, item in zip(layers, _items(given)) if not hasattr(item, "observe")],
+                       input_size)
+    return layers, classifier, check_head(model, classifier, num_classes, input_size), data
+
+
+def _items(layers) -> list:
+    return list(layers.items()) if isinstance(layers, dict) else list(layers)
+
+
+def _found_layers(model: nn.Module, found) -> list:
+    """Discovery's layers, or the reason there are none to prune."""
+    grouped = {conv: cause for conv, (kind, cause) in found.skipped.items() if kind == "grouped"}
+    if grouped:
+        conv, cause = next(iter(grouped.items()))
+        raise PaperpruneError(
+            f"{type(model).__name__}: {len(grouped)} widths are read by grouped convolutions among other channels "
+            f"(e.g. {conv!r} feeds {cause!r}), which can only lose the same number of channels in each group; "
+            "paperprune's per-layer selection cannot keep those groups aligned. Prune them with Torch-Pruning's "
+            "MetaPruner and paperprune.tp.Importance, or pass layers=paperprune.discover.discover(model, "
+            "input_size).layers to prune only the other widths")
+    if not found.layers:
+        raise PaperpruneError(
+            f"found no prunable layer in {type(model).__name__} ({found.describe()}): every conv's width is "
+            "tied to a residual add or a concatenation, which the lineage keeps (METHOD.md section 2); pass "
+            "layers={conv: observe, ...} to choose layers yourself")
+    return found.layers
+
+
+def _forward(model: nn.Module, example: torch.Tensor, hooks: dict) -> torch.Tensor:
+    """One eval-mode forward of `example` with forward hooks {module: hook}; modes restored."""
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+    try:
+        with torch.no_grad():
+            return model.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.train(training)
+
+
+def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> int:
+    """The number of classes, after checking that `classifier` produces the model's logits: an nn.Linear
+    with K outputs, or a conv with K channels before global pooling, where the model's output is (B, K);
+    a `num_classes` given must be that K."""
+    from .options import closest
+    from .surgery import _example_input
+
+    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    fix = "name the layer producing the logits (an nn.Linear, or a conv whose channels are the classes)"
+    try:
+        head = model.get_submodule(classifier)
+    except AttributeError:
+        raise PaperpruneError(f"classifier={classifier!r}: the model has no such module{closest(classifier, heads)}; "
+                              f"{fix}") from None
+    if not isinstance(head, (nn.Linear, nn.modules.conv._ConvNd)):
+        raise PaperpruneError(f"classifier={classifier!r} is a {type(head).__name__}; {fix}")
+    k = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    seen = []
+    out = _forward(model, _example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
+    shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+    if not seen or not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != k:
+        what = "is not called in the forward pass" if not seen else f"gives {k} {'outputs' if isinstance(head, nn.Linear) else 'channels'}"
+        raise PaperpruneError(f"classifier={classifier!r} {what}, but the model's output has shape {shape}: it does "
+                              f"not produce the logits; {fix}")
+    if num_classes is not None:
+        given = as_number(num_classes, "num_classes", int)
+        if given != k:
+            raise PaperpruneError(f"num_classes={num_classes!r} does not match the classifier {classifier!r}, which "
+                                  f"produces {k} logits; leave num_classes out (it is read from the classifier)")
+    return k
+
+
+def check_observed(model: nn.Module, layers, input_size) -> None:
+    """Refuse a (conv, observe) pair whose observed module does not carry the conv's own channels: moving
+    one channel of the conv's output must move that channel of the observed output, and only that one."""
+    from .surgery import _example_input
+
+    example = torch.randn(2, *_example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
+    example = example.to(_example_input(model, input_size))
+    for layer in layers:
+        conv, observe = model.get_submodule(layer.conv), model.get_submodule(layer.observe)
+
+        def observed(delta):
+            got = []
+
+            def shift(m, i, o):
+                if delta:
+                    o = o.clone()
+                    o[:, 0] += delta * (1.0 + o.abs().max())
+                    return o
+            _forward(model, example, {conv: shift, observe: lambda m, i, o: got.append(o)})
+            return got[0] if got else None
+
+        plain = observed(0.0)
+        bad = f"layer {layer.name!r}: observe={layer.observe!r} "
+        fix = (f"; observe the module whose output is {layer.conv!r}'s own channels after its BN and activation "
+               "(e.g. its ReLU)")
+        if not torch.is_tensor(plain) or plain.dim() < 2 or plain.shape[1] != conv.out_channels:
+            shape = tuple(plain.shape) if torch.is_tensor(plain) else None
+            raise PaperpruneError(f"{bad}gives {'no tensor' if shape is None else f'shape {shape}'}, not the "
+                                  f"{conv.out_channels} channels of {layer.conv!r}{fix}")
+        moved = set()
+        for delta in (10.0, -10.0):
+            diff = (observed(delta) - plain).abs().flatten(2).amax(-1).amax(0)
+            moved |= set((diff > 1e-6 * (1.0 + plain.abs().max())).nonzero().flatten().tolist())
+        if moved != {0}:
+            what = "does not depend on" if not moved else "mixes"
+            raise PaperpruneError(f"{bad}{what} the channels of {layer.conv!r} (moving its channel 0 moved observed "
+                                  f"channels {sorted(moved)[:6]}){fix}")
+
+
+def first_conv(model: nn.Module) -> nn.Module | None:
+    """The model's first convolution in module order (its stem): what the images must fit."""
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
+def check_images(model: nn.Module, x, what: str = "images") -> None:
+    """Refuse `x` unless it is a float (B, C, H, W) tensor with the channels of the model's first conv;
+    the message names what was expected, what came, and the usual fix (channels last, no channel axis)."""
+    conv = first_conv(model)
+    channels = None if conv is None else conv.in_channels
+    expected = f"float (B, {channels if channels else 'C'}, H, W) tensors"
+    if not torch.is_tensor(x):
+        raise PaperpruneError(f"{what} must be a torch.Tensor ({expected}); got a {type(x).__name__}")
+    shape = tuple(x.shape)
+    hint = ""
+    if x.dim() == 3 and channels == 1:
+        hint = "; images without a channel axis: pass images.unsqueeze(1)"
+    elif x.dim() == 3 and channels and x.shape[0] == channels:
+        hint = "; a single image, not a batch: pass image.unsqueeze(0) or batches from a DataLoader"
+    elif x.dim() == 4 and channels and x.shape[1] != channels and x.shape[-1] == channels:
+        hint = "; channels-last batches: pass images.permute(0, 3, 1, 2)"
+    elif x.dim() == 4 and channels and x.shape[1] != channels:
+        hint = (f"; pass data of the model's input format (e.g. "
+                f"{'images.mean(1, keepdim=True) for grey' if channels == 1 else 'images.expand(-1, 3, -1, -1) for RGB'})")
+    if x.dim() == 4 and channels and x.shape[1] != channels:
+        raise PaperpruneError(f"{what} have {x.shape[1]} channels (shape {shape}) but the model's first conv takes "
+                              f"{channels}: it expects {expected}{hint}")
+    if x.dim() != 4:
+        raise PaperpruneError(f"{what} have shape {shape} but the model expects {expected}{hint}")
+    if not x.is_floating_point():
+        raise PaperpruneError(f"{what} are {x.dtype} {shape}; the model expects {expected}: convert them, e.g. "
+                              "images.float() / 255 and the normalisation the model was trained with")
+
+
+def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
+    """Check `data`'s first batch against `model` before any tracing; returns `data` ready to be read
+    from its start. A `torch.utils.data.Dataset` (single samples) is refused for a DataLoader over it,
+    and a one-shot iterator where `passes` > 1 (calibration, then adaptive BN) for a re-iterable one."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        raise PaperpruneError(f"data is a {type(data).__name__} (single samples); pass batches: "
+                              "torch.utils.data.DataLoader(dataset, batch_size=64)")
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise PaperpruneError(f"data is a {type(data).__name__}, not an iterable of (images, labels) batches; pass a "
+                              "DataLoader or a list of (images, labels) tuples") from None
+    if iterator is data and passes > 1:
+        raise PaperpruneError(f"data is a one-shot {type(data).__name__}, but it is read {passes} times (calibration, "
+                              "then adapt_bn's images); pass a re-iterable one (a DataLoader or a list of batches)")
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise PaperpruneError("data yielded no samples for calibration") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise PaperpruneError(f"data must yield (images, labels) batches; its first item is a {type(batch).__name__}")
+    check_images(model, batch[0])
+    return itertools.chain([batch], iterator) if iterator is data else data
 
 
 def _first_shape(data) -> tuple[tuple[int, ...], object]:
@@ -257,8 +438,9 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
 
     `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
     against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
-    `latency_mode` ("eager" or "deployed"); `latency_rounding` rounds kept widths up to the
-    multiples the table shows to be nearly free.
+    `latency_mode` ("eager" or "deployed"), then corrected by measuring the pruned candidates
+    (`paperprune.latency.calibrate`, at most 3; the steps in `report.latency["steps"]`);
+    `latency_rounding` rounds kept widths up to the multiples the table shows to be nearly free.
 
     `statistics` is how the lasso criteria estimate Q and R: "exact" (METHOD.md section 2, the
     default, O(N^2) per channel) or "block" (section 2b: blocks of `block_size` samples, default
@@ -279,7 +461,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.curves`).
     """
     from .flops import count_flops_params
-    from .latency import LatencyModel, check_budget, latency_record
+    from .latency import LatencyModel, calibrate, check_budget, latency_record
+    from .options import check_options
     from .surgery import MacsPredictor, prune_channels
 
     samples_per_class, omega, seed = (as_number(v, n, int) for v, n in ((samples_per_class, "samples_per_class"),
@@ -310,16 +493,13 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                                  structure=structure, response=response, rho=rho, knn=knn,
                                  max_iter=max_iter, statistics=statistics, block_size=block_size,
                                  permutations=permutations)
+    check_options(dict(method=method, rho=rho, knn=knn, gamma_ratio=gamma_ratio, nonnegative=nonnegative,
+                       structure=structure, response=response, max_iter=max_iter, statistics=statistics))
     flops_reduction = check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch_size, omega,
                                    latency_rounding)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
-    layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
-    if num_classes is None:
-        try:
-            num_classes = model.get_submodule(classifier).out_features
-        except AttributeError:
-            raise PaperpruneError(f"cannot tell the number of classes: the model has no nn.Linear {classifier!r}; "
-                                  "pass num_classes= (and classifier= naming its final nn.Linear)") from None
+    data = check_data(model, data, passes=2 if adapt_bn else 1)
+    layers, classifier, num_classes, data = model_parts(model, layers, classifier, data, input_size, num_classes)
     if statistics == "block":
         check_block_samples(samples_per_class * num_classes, block_size)
     timings = {}
@@ -331,6 +511,11 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     images, labels = gather_calibration(data, num_classes, samples_per_class, device,
                                         all_classes=method not in ("random", "l1", "hrank"),
                                         in_channels=None if first_conv is None else first_conv.in_channels)
+    drawn = torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+    if min(drawn) < samples_per_class:
+        warnings.warn(f"samples_per_class={samples_per_class}, but the data held only {min(drawn)} images of its "
+                      f"smallest class: calibrated on {len(labels)} images ({min(drawn)} to {max(drawn)} per class; "
+                      "report.images_per_class)", stacklevel=2)
     input_size = tuple(input_size) if input_size is not None else tuple(images.shape[1:])
     criterion.prepare(model, layers, Calibration(images, labels, num_classes, taxonomy or {}, classifier))
     timings["statistics_s"] = time.perf_counter() - start
@@ -345,10 +530,11 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         unpruned = copy.deepcopy(model)  # the surgery below cuts `model` in place
         timings["latency_table_s"] = time.perf_counter() - start
     budgeted = allocate(criterion, allocation)
-    selection = select_channels(budgeted, predictor, flops_reduction if latency is None else latency_reduction,
-                                cost=latency, round_to=multiples, omega=omega, tolerance=tolerance,
-                                target_name="flops_reduction" if latency is None else "latency_reduction",
-                                progress=progress)
+
+    def select(target):
+        return select_channels(budgeted, predictor, target, cost=latency, round_to=multiples, omega=omega,
+                               tolerance=tolerance, progress=progress,
+                               target_name="flops_reduction" if latency is None else "latency_reduction")
     timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()
@@ -368,7 +554,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     record = None
     if latency is not None:
         start = time.perf_counter()
-        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples)
+        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples, steps)
         timings["latency_measure_s"] = time.perf_counter() - start
     pruned.train(was_training)
     report = PruneReport(
@@ -379,5 +565,6 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
                  "kept": [int(i) for i in selection.keep[n]]} for n in before],
         macs_before=selection.base_macs, macs_after=macs, params_before=selection.base_params, params_after=params,
         samples_per_class=samples_per_class, num_calibration=int(labels.numel()), budget_steps=selection.steps,
-        timings=timings, latency=record, adapted_bn_images=adapt_bn, allocation=allocation)
+        timings=timings, latency=record, adapted_bn_images=adapt_bn, allocation=allocation,
+        images_per_class=drawn)
     return pruned, report

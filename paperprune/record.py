@@ -67,6 +67,18 @@ def _check_size(block, where: str) -> None:
         raise RecordError(f"{where}params/macs must be positive")
 
 
+def _check_range(block, names, low: float, high: float, where: str, closed: bool = True) -> None:
+    """Each of `names` that is set lies in [low, high] ([low, high) unless `closed`)."""
+    for name in names:
+        value = getattr(block, name)
+        if value is not None and not (low <= value <= high and (closed or value < high)):
+            raise RecordError(f"{where}{name} is {value!r}, outside [{low:g}, {high:g}{']' if closed else ')'}")
+
+
+_TOP = ("top1", "top5", "top1_before_finetune", "top1_bn")
+_REDUCTIONS = ("macs_reduction", "params_reduction")
+
+
 @dataclass(kw_only=True)
 class Evaluation:
     """The unpruned baseline on the test loader."""
@@ -78,6 +90,7 @@ class Evaluation:
 
     def _check(self, where: str) -> None:
         _check_size(self, where)
+        _check_range(self, ("top1", "top5"), 0, 100, where)
 
 
 @dataclass(kw_only=True)
@@ -99,6 +112,8 @@ class Pruned:
 
     def _check(self, where: str) -> None:
         _check_size(self, where)
+        _check_range(self, ("top1", "top5", "top1_before_finetune"), 0, 100, where)
+        _check_range(self, _REDUCTIONS, 0, 1, where, closed=False)
 
 
 @dataclass(kw_only=True)
@@ -172,6 +187,10 @@ class RunRecord:
         for key in ("dataset", "arch", "method"):
             if not isinstance(self.config.get(key), str):
                 raise RecordError(f"config.{key} missing or not a string")
+        for key in ("macs", "params"):
+            if getattr(self.pruned, key) > getattr(self.baseline, key):
+                raise RecordError(f"pruned.{key} is {getattr(self.pruned, key)}, above baseline.{key} "
+                                  f"{getattr(self.baseline, key)}: pruning never adds")
 
     @classmethod
     def from_dict(cls, record: Any) -> RunRecord:
@@ -261,6 +280,9 @@ class CurvePoint:
     MEASURED_SINCE_2 = ("statistics_s", "level", "params_reduction", "kept", "evaluate_s")
 
     def _check(self, where: str) -> None:
+        _check_range(self, ("target",), 0, 1, where, closed=False)
+        _check_range(self, _REDUCTIONS, 0, 1, where, closed=False)
+        _check_range(self, ("top1", "top1_bn"), 0, 100, where)
         if self.error is None:
             self._require(self.MEASURED, where)
         elif any(getattr(self, k) is not None for k in self.MEASURED):

@@ -262,8 +262,8 @@ def select_channels(criterion, predictor, flops_reduction: float, *, cost=None, 
         if at_lo[-1] > target + tolerance:
             raise PaperpruneError(
                 f"{target_name}={target:.3f} is unreachable for {criterion.name}: even at its weakest "
-                f"setting (level {lo:.3g}) it removes {at_lo[-1]:.3f} {what}; ask for a larger "
-                "reduction or use a larger calibration set")
+                f"setting (level {lo:.3g}) it removes {at_lo[-1]:.3f} {what}; ask for a larger reduction"
+                + ("" if criterion.name in ("l1", "random") else " or use a larger calibration set"))
         return at_lo
 
     best, best_level, steps, bracket = _bisect(evaluate, lo, hi, weakest, at_hi, target, tolerance, max_steps,

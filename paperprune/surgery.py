@@ -23,8 +23,11 @@ element, 1 per adaptive-average-pool input element, and BatchNorm affine paramet
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +82,11 @@ def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
         if not isinstance(conv, _CONV):
             raise PaperpruneError(f"prunable layer {layer.name!r}: module {layer.conv!r} is a "
                                   f"{type(conv).__name__}, not a convolution")
-        if conv.groups != 1:
-            kind = "a depthwise" if conv.groups == conv.in_channels == conv.out_channels else "a grouped"
+        if conv.groups != 1 and conv.groups == conv.in_channels == conv.out_channels:
             raise PaperpruneError(
-                f"prunable layer {layer.name!r}: {layer.conv!r} is {kind} convolution (groups={conv.groups}); its "
-                f"channels are pruned together with the conv that feeds them, never on their own. Name that conv "
-                f"instead (paperprune.discover.discover(model, input_size) lists the groups)")
+                f"prunable layer {layer.name!r}: {layer.conv!r} is a depthwise convolution (groups={conv.groups}); "
+                f"its channels are pruned together with the conv that feeds them, never on their own. Name that "
+                f"conv instead (paperprune.discover.discover(model, input_size) lists the groups)")
         if layer.name in convs:
             raise PaperpruneError(f"prunable layer name {layer.name!r} appears twice in layers")
         convs[layer.name] = conv
@@ -402,14 +404,13 @@ def _arch_record(model: nn.Module, arch, num_classes, in_channels) -> dict:
         return {"arch": None, "num_classes": num_classes, "in_channels": in_channels}
     num_classes = num_classes if num_classes is not None else carried.get("num_classes")
     in_channels = in_channels if in_channels is not None else carried.get("in_channels")
-    if num_classes is None or in_channels is None:
-        raise PaperpruneError(f"arch={arch!r} needs num_classes= and in_channels= (models from "
-                              f"paperprune.create_model carry them)")
-    reference = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    reference = create_model(arch, num_classes=num_classes or 10, in_channels=in_channels or 3)
     if _structure(reference) != _structure(model):
         raise PaperpruneError(f"the model is not a {arch!r} ({_first_difference(_structure(reference), _structure(model), arch)}); "
                               f"pass the arch it was built as, or leave arch= out")
     head, first = model.get_submodule("classifier"), next(m for m in model.modules() if isinstance(m, _CONV))
+    num_classes = head.out_features if num_classes is None else num_classes
+    in_channels = first.in_channels if in_channels is None else in_channels
     if head.out_features != int(num_classes) or first.in_channels != int(in_channels):
         raise PaperpruneError(f"num_classes={num_classes!r}, in_channels={in_channels!r} do not match the model "
                               f"({head.out_features} classes, {first.in_channels} input channels)")
@@ -426,6 +427,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None =
     records them; a built-in arch is checked against the model) and `input_size` to the size
     `prune` recorded; a model from elsewhere needs none of them.
     """
+    if isinstance(model, Mapping):
+        raise PaperpruneError(f"save_pruned was given a {type(model).__name__} (a state dict?), not the pruned "
+                              "nn.Module; pass the model itself, save_pruned(model, path): the file records its "
+                              "module structure and widths, which a state dict does not hold")
+    if not isinstance(model, nn.Module):
+        raise PaperpruneError(f"save_pruned needs the pruned nn.Module, got a {type(model).__name__}")
     path = Path(path)
     if path.is_dir():
         raise PaperpruneError(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'pruned.pt')!r}")
@@ -436,14 +443,22 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None =
     record = {"format": FORMAT, "version": FORMAT_VERSION,
               **_arch_record(model, arch, num_classes, in_channels)}
     size = input_size if input_size is not None else getattr(model, "paperprune_input_size", None)
+    state = model.state_dict()
     record.update({
         "input_size": list(_check_input_size(size)) if size is not None else None,
         "model_class": type(model).__name__,
         "modules": _structure(model),
         "attributes": _attributes(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        # per-module state-dict versions (torchvision's MNASNet refuses a state dict without them)
+        "metadata": {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()},
     })
     return atomic_torch_save(record, path)
+
+
+def _plain(error: Exception) -> str:
+    """The first line of an error's text, without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().split("\n")[0]
 
 
 def _read_record(path: Path) -> dict:
@@ -451,8 +466,17 @@ def _read_record(path: Path) -> dict:
         raise PaperpruneError(f"no pruned model file at {str(path)!r}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not pickled objects, but no checkpoint at all
+            raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: "
+                                  f"{_plain(e)}); the file is damaged or of another kind") from None
+        raise PaperpruneError(
+            f"{str(path)!r} is not a paperprune pruned model: it holds pickled Python objects (a whole model saved "
+            "with torch.save(model)?); load_pruned does not unpickle them (that can run any code). If you trust "
+            "the file: model = torch.load(path, weights_only=False), then paperprune.save_pruned(model, new_path)"
+        ) from None
     except Exception as e:
-        raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: {e}); "
+        raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (torch.load failed: {_plain(e)}); "
                               f"the file is damaged or of another kind") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise PaperpruneError(f"{str(path)!r} is not a paperprune pruned model (no format={FORMAT!r} field); "
@@ -519,9 +543,11 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         module = model.get_submodule(name)
         for key, value in attrs.items():
             setattr(module, key, value)
+    state = collections.OrderedDict(record["state_dict"])
+    state._metadata = collections.OrderedDict(record.get("metadata") or {})
     try:
-        _resize(model, record["state_dict"])
-        model.load_state_dict(record["state_dict"], strict=True)
+        _resize(model, state)
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, AttributeError) as e:
         raise PaperpruneError(f"{str(path)!r}: weights do not match the {type(model).__name__}: {e}") from None
     if record["arch"] is not None:

@@ -46,9 +46,13 @@ class Importance(torch_pruning.importance.Importance):
                  include=("inner", "grouped"), level: float = 0.0, **options):
         from .criteria import Calibration, create_criterion
         from .discover import discover
-        from .pipeline import _first_shape, gather_calibration, model_parts
+        from .pipeline import _first_shape, check_data, gather_calibration, model_parts
+
+        from .options import check_options
 
         criterion = create_criterion(method, **options)
+        check_options(dict(options, method=method))
+        data = check_data(model, data)
         if layers is None and not hasattr(type(model), "prunable_layers"):
             if input_size is None:
                 input_size, data = _first_shape(data)
@@ -57,12 +61,8 @@ class Importance(torch_pruning.importance.Importance):
             if not layers:
                 raise PaperpruneError(f"found no group to score in {type(model).__name__} ({found.describe()}); "
                                       "pass layers= or include more kinds")
-        layers, classifier, data = model_parts(model, layers, classifier, data, input_size)
-        if num_classes is None:
-            head = model.get_submodule(classifier)
-            if not isinstance(head, nn.Linear):
-                raise PaperpruneError(f"{classifier!r} is not an nn.Linear; pass num_classes= and classifier=")
-            num_classes = head.out_features
+        layers, classifier, num_classes, data = model_parts(model, layers, classifier, data, input_size,
+                                                            num_classes)
         device = next(model.parameters()).device
         images, labels = gather_calibration(data, num_classes, samples_per_class, device)
         was_training = model.training

@@ -79,8 +79,9 @@ EXPECTED = {
     "mobilenet_v3_small": (22, {"residual": 4}, "classifier.3"),
     # stem, 15 expansions, 16 squeezes, 2 free projections, the last conv
     "efficientnet_b0": (35, {"residual": 5}, "classifier.1"),
-    # the stem and every block's inner width (read by its grouped conv); every block output is residual
-    "regnet_x_400mf": (23, {"residual": 4}, "fc"),
+    # the stem, every block's first inner width (read by its grouped conv) and its second (written by the
+    # grouped conv, read by the 1x1 conv c): 1 + 22 + 22; every block output is residual
+    "regnet_x_400mf": (45, {"residual": 4}, "fc"),
 }
 
 
@@ -197,7 +198,8 @@ def test_discovery_finds_the_inner_widths(name):
     assert kinds == left_out
     assert found.classifier == classifier
     for layer in found.layers:
-        assert layer.name == layer.conv and model.get_submodule(layer.conv).groups == 1
+        conv = model.get_submodule(layer.conv)
+        assert layer.name == layer.conv and not (conv.groups > 1 and conv.groups == conv.in_channels)
         assert layer.consumer is not None and isinstance(model.get_submodule(layer.consumer), (nn.Conv2d, nn.Linear))
 
 
@@ -272,6 +274,17 @@ def test_grouped_convs_keep_equal_parts_chosen_per_part(tmp_path):
         unaligned += len({tuple(part) for part in parts}) > 1
         assert pruned.get_submodule(layer.consumer).groups == reader.groups
     assert unaligned > 0  # surgery cut each group's weights by its own channels
+    written = 0  # grouped writers that lost channels
+    for layer in layers:  # widths written by a grouped conv: as many kept in each of its groups
+        writer = model.get_submodule(layer.conv)
+        if writer.groups == 1:
+            continue
+        size = writer.out_channels // writer.groups
+        counts = torch.bincount(keep[layer.name] // size, minlength=writer.groups)
+        assert len(set(counts.tolist())) == 1, layer.name
+        assert pruned.get_submodule(layer.conv).groups == writer.groups
+        written += int(counts[0]) < size
+    assert written > 0
     path = paperprune.save_pruned(pruned, tmp_path / "regnet.pt")
     loaded = paperprune.load_pruned(path, model=lambda: build("regnet_x_400mf"))
     x = data[0][0][:2]
@@ -348,12 +361,23 @@ def test_refusals_name_the_cause():
             return self.fc(torch.relu(x).mean((2, 3)))
 
     found = discover(GroupedAfterConcat(), SIZE, include=("inner", "grouped", "concat"))
-    assert not found.layers and {kind for kind, _ in found.skipped.values()} == {"concat"}
+    # a and b are concatenated under g's groups: left out; g's own output is pruned in its 4 groups
+    assert [layer.conv for layer in found.layers] == ["g"]
+    assert {kind for kind, _ in found.skipped.values()} == {"concat"}
     with pytest.raises(PaperpruneError, match=r"layer 'a': the grouped convolution 'g' \(groups=4\) reads its 8 "
                                               r"channels among 16 of its inputs.*MetaPruner"):
         prune_channels(GroupedAfterConcat(), [PrunableLayer("a", "a", "a")], {"a": [0, 4]}, SIZE)
+
+    class Concatenated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1).mean((2, 3)))
+
     with pytest.raises(PaperpruneError, match=r"found no prunable layer.*2 concat"):
-        paperprune.prune(GroupedAfterConcat(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
+        paperprune.prune(Concatenated(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
 
     class AllResidual(nn.Module):
         def __init__(self):
@@ -369,14 +393,16 @@ def test_refusals_name_the_cause():
         paperprune.prune(AllResidual(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
 
     class NoHead(nn.Module):
+        """The 10 outputs are pairs of a conv's 20 channels averaged: no layer produces the logits."""
+
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 10, 1)
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 20, 1)
 
         def forward(self, x):
-            return self.b(torch.relu(self.a(x))).mean((2, 3))
+            return self.b(torch.relu(self.a(x))).mean((2, 3)).view(-1, 10, 2).mean(-1)
 
-    with pytest.raises(PaperpruneError, match="found no nn.Linear on the output path.*classifier="):
+    with pytest.raises(PaperpruneError, match="found no layer producing the logits.*classifier="):
         paperprune.prune(NoHead(), calibration(dtype=torch.float32), method="l1", samples_per_class=2)
 
 
@@ -491,7 +517,7 @@ def test_importance_keeps_grouped_convs_aligned_on_regnet():
     importance = Importance(model, data, method="l1", samples_per_class=2)
     found = discover(model, SIZE, include=("inner", "grouped"))
     assert {m for m in importance.scores} == {model.get_submodule(layer.conv) for layer in found.layers}
-    assert len(found.layers) == 1 + 22
+    assert len(found.layers) == 1 + 2 * 22
     original = copy.deepcopy(model)
     metaprune(model, importance, x, ratio=0.25)
     grouped = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
@@ -528,3 +554,69 @@ def test_plug_in_and_discovery_are_reachable_from_the_top_level():
             "print('tp' in dir(paperprune), paperprune.tp.Importance.__name__, paperprune.discover.discover.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "Importance", "discover"]
+
+
+# ---------------------------------------------------------------- a conv classifier, grouped writers, metadata
+NEWER = {"squeezenet1_1": tv.squeezenet1_1, "mnasnet0_5": tv.mnasnet0_5, "regnet_y_400mf": tv.regnet_y_400mf}
+
+
+@pytest.mark.parametrize("name", sorted(NEWER))
+def test_conv_classifier_grouped_writers_and_state_dict_versions(name, tmp_path):
+    """squeezenet1_1 (a 1x1 conv classifier before global pooling), mnasnet0_5 (a state dict with
+    version metadata) and regnet_y_400mf (grouped convs writing widths, squeeze-excitation after
+    them): 50% of the MACs within 1%, equal to the masked original, saved and loaded exactly."""
+    torch.manual_seed(0)
+    model = randomise(NEWER[name](num_classes=CLASSES))
+    found = discover(model, SIZE)
+    convs = {layer.conv for layer in found.layers}
+    if name == "squeezenet1_1":
+        head = model.get_submodule(found.classifier)
+        assert isinstance(head, nn.Conv2d) and head.out_channels == CLASSES and found.classifier not in convs
+    if name == "regnet_y_400mf":
+        writers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+        assert writers and set(writers) <= convs
+    data = calibration()
+    pruned, report = paperprune.prune(model, data, method="l1", flops_reduction=0.5, samples_per_class=2,
+                                      progress=False)
+    check_pruned(model, pruned, report, found.layers, data[0][0][:4])
+    path = paperprune.save_pruned(pruned, tmp_path / f"{name}.pt")
+    loaded = paperprune.load_pruned(path, model=lambda: NEWER[name](num_classes=CLASSES))
+    x = data[0][0][:2]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+
+
+def test_conv_classifier_embeddings_are_its_pooled_input():
+    """The class embedding of a conv classifier is its input averaged over positions, per class
+    (computed here with a hook and numpy-free torch means over each class's images)."""
+    from paperprune.ib import class_embeddings
+
+    torch.manual_seed(0)
+    model = randomise(tv.squeezenet1_1(num_classes=CLASSES))
+    (x, y), = calibration()
+    seen = []
+    handle = model.classifier[1].register_forward_pre_hook(lambda m, i: seen.append(i[0].mean((2, 3))))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    expected = torch.stack([seen[0][y == k].mean(0) for k in range(CLASSES)])
+    got = class_embeddings(model, x, y, CLASSES, classifier="classifier.1")
+    torch.testing.assert_close(got, expected.to(got.dtype))
+
+
+def test_bench_torchvision_tables_a_pruned_and_a_refused_model(tmp_path):
+    """benchmarks/bench_torchvision.py on two models: one pruned (all three checks), one refused with
+    its reason; the table holds both, the date and the versions."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_torchvision.py"
+    spec = importlib.util.spec_from_file_location("bench_torchvision", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "any-cnn.md"
+    assert bench.main(["--models", "squeezenet1_0", "shufflenet_v2_x0_5", "--size", "32", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "**1 of 2 pruned (50%).**" in text and f"torchvision {torchvision.__version__}" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert " pruned " in rows["squeezenet1_0"] and " refused " in rows["shufflenet_v2_x0_5"]

@@ -25,11 +25,13 @@ TRAIN = ["train", "--dataset", "fashion-mnist", "--arch", "resnet56", "--epochs"
 
 
 def _with(base, **flags):
-    """`base` with each --flag set to its value (replaced when present, appended otherwise)."""
+    """`base` with each --flag set to its value (replaced when present, appended otherwise; None: a switch)."""
     argv = list(base)
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
-        if flag in argv:
+        if value is None:
+            argv.append(flag)
+        elif flag in argv:
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
@@ -92,6 +94,16 @@ RUN_ROWS = [
     (dict(data_root="/nonexistent/data"), "--data-root '/nonexistent/data'"),
     (dict(pretrained="/nonexistent/base.pt"), "--pretrained '/nonexistent/base.pt'"),
     (dict(latency_repeats="-1"), "latency_repeats=-1"),
+    # options of a mode the run does not ask for, and options that exclude each other
+    (dict(latency_mode="deployed"), "latency_mode='deployed' (--latency-mode) only applies with a latency budget"),
+    (dict(latency_batch_size="8"), "latency_batch_size=8 (--latency-batch-size) only applies"),
+    (dict(knn="2"), "knn=2 (--knn) only applies with sGLP-IB (method sglp)"),
+    (dict(method="sglp", rho="0.3", knn="2"), "rho=0.3 (--rho) and knn=2 (--knn) exclude each other"),
+    (dict(method="l1", max_iter="100"), "max_iter=100 (--max-iter) only applies with a lasso criterion"),
+    (dict(method="random", nonnegative=None), "nonnegative=True (--nonnegative) only applies"),
+    (dict(method="apib", response="class+output"), "response='class+output' (--response) only applies"),
+    (dict(rhoo="0.3"), "unrecognized argument '--rhoo' (did you mean '--rho'?)"),
+    (dict(latency_reductoin="0.4"), "(did you mean '--latency-reduction'?)"),
 ]
 
 
@@ -160,6 +172,7 @@ def test_run_cli_empty_data_root(tmp_path, capsys):
 
 TRAIN_ROWS = [
     (dict(epochs="0"), "--epochs 0"),
+    (dict(epocs="3"), "unrecognized argument '--epocs' (did you mean '--epochs'?)"),
     (dict(lr="nan"), "--lr nan"),
     (dict(lr="0"), "--lr 0.0"),
     (dict(batch_size="0"), "--batch-size 0"),
@@ -249,8 +262,40 @@ API_ROWS = [
     ("labels 9 of 4 classes", {}, lambda: _loader(labels=torch.tensor([9, 0, 1, 2] * 3)), "label 9 outside"),
     ("one-hot labels", {}, lambda: _loader(labels=torch.eye(4).repeat(3, 1)), "one-hot labels"),
     ("float labels 0.5", {}, lambda: _loader(labels=torch.full((12,), 0.5)), "non-integer"),
-    ("3-channel images", {}, lambda: _loader(images=torch.randn(12, 3, 16, 16)), "images have 3 channels"),
-    ("3-D images", {}, lambda: _loader(images=torch.randn(12, 16, 16)), "(12, 16, 16)"),
+    ("3-channel images", {}, lambda: _loader(images=torch.randn(12, 3, 16, 16)),
+     ("images have 3 channels", "first conv takes 1", "images.mean(1, keepdim=True)")),
+    ("3-D images", {}, lambda: _loader(images=torch.randn(12, 16, 16)), ("(12, 16, 16)", "images.unsqueeze(1)")),
+    ("channels-last images", {}, lambda: _loader(images=torch.randn(12, 16, 16, 1)),
+     ("(12, 16, 16, 1)", "permute(0, 3, 1, 2)")),
+    ("a Dataset, not batches", {}, lambda: torch.utils.data.TensorDataset(torch.randn(12, 1, 16, 16),
+                                                                          torch.arange(4).repeat(3)),
+     ("TensorDataset", "DataLoader(dataset, batch_size=64)")),
+    ("one-shot iterator with adapt_bn", dict(adapt_bn=4), lambda: iter(_loader()),
+     ("one-shot list_iterator", "re-iterable")),
+    # options of a mode the call does not ask for, exclusive options
+    ("latency_mode without a latency budget", dict(latency_mode="deployed"), None,
+     ("latency_mode='deployed' only applies with a latency budget", "leave latency_mode out")),
+    ("latency_batch_size without a latency budget", dict(latency_batch_size=8), None,
+     "latency_batch_size=8 only applies"),
+    ("knn with l1", dict(knn=3), None, ("knn=3 only applies with sGLP-IB", "method 'l1'")),
+    ("rho with knn", dict(method="sglp", rho=0.3, knn=2), None, ("rho=0.3 and knn=2 exclude each other",
+                                                                 "pass only one")),
+    ("max_iter with l1", dict(max_iter=100), None, "max_iter=100 only applies with a lasso criterion"),
+    ("gamma_ratio with stlp", dict(method="stlp", gamma_ratio=1.0), None, "gamma_ratio=1.0 only applies"),
+    ("structure with apib", dict(method="apib", structure="taxonomy"), None, "structure='taxonomy' only applies"),
+    # heads and layers
+    ("classifier a conv that is not the logits", dict(classifier="conv1"), None,
+     ("classifier='conv1' gives 16 channels", "does not produce the logits")),
+    ("classifier misspelt", dict(classifier="clasifier"), None, ("classifier='clasifier'", "did you mean 'classifier'")),
+    ("num_classes disagreeing with the head", dict(num_classes=7), None,
+     ("num_classes=7 does not match the classifier 'classifier', which produces 4 logits", "leave num_classes out")),
+    ("layers observing the consumer", dict(layers={"layer1.0.conv1": "layer1.0.conv2"}), None,
+     ("observe='layer1.0.conv2' mixes the channels of 'layer1.0.conv1'", "observe the module whose output")),
+    ("layers observing another width", dict(layers={"layer2.0.conv1": "layer1.0.relu1"}), None,
+     ("observe='layer1.0.relu1'", "the 32 channels of 'layer2.0.conv1'")),
+    ("layers a string", dict(layers="layer1.0.conv1"), None, ("layers='layer1.0.conv1' is one string",
+                                                              "{conv: observe}")),
+    ("layers empty", dict(layers={}), None, ("layers={} names no layer", "leave layers out")),
     ("uint8 images", {}, lambda: _loader(images=torch.zeros(12, 1, 16, 16, dtype=torch.uint8)), "torch.uint8"),
     ("NaN images", {}, lambda: _loader(images=torch.full((12, 1, 16, 16), float("nan"))), "non-finite"),
     ("Inf images", {}, lambda: _loader(images=torch.full((12, 1, 16, 16), float("inf"))), "non-finite"),
@@ -274,7 +319,8 @@ def test_prune_api(tiny_model, name, kwargs, data, names):
     call.update(kwargs)
     with pytest.raises(PaperpruneError) as info:
         paperprune.prune(tiny_model, data() if data else _loader(), **call)
-    assert names in str(info.value)
+    for text in (names,) if isinstance(names, str) else names:
+        assert text in str(info.value)
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
 
 
@@ -295,6 +341,20 @@ def test_prune_api_accepts_numpy_and_torch_scalars(tiny_model):
     _, again = paperprune.prune(tiny_model, _loader(), method="l1", flops_reduction=torch.tensor(0.3),
                                 samples_per_class=3, omega=2, progress=False)
     assert again.layers == report.layers
+
+
+def test_report_says_how_many_images_per_class_were_drawn(tiny_model):
+    """samples_per_class=5 asked of data holding 3, 3, 3 and 2 images of the four classes: a warning
+    with both numbers, and the report holds what was drawn."""
+    import paperprune
+
+    labels = torch.tensor([0, 1, 2, 3] * 2 + [0, 1, 2])
+    with pytest.warns(UserWarning, match=r"samples_per_class=5, but the data held only 2 images of its smallest"):
+        _, report = paperprune.prune(tiny_model, _loader(images=torch.randn(11, 1, 16, 16), labels=labels),
+                                     method="l1", flops_reduction=0.3, samples_per_class=5, progress=False)
+    assert report.images_per_class == torch.bincount(labels, minlength=4).tolist() == [3, 3, 3, 2]
+    assert report.samples_per_class == 5 and report.num_calibration == 11
+    assert "2 to 3 per class (asked 5)" in report.summary()
 
 
 OTHER_API_ROWS = [
@@ -330,16 +390,77 @@ OTHER_API_ROWS = [
 ]
 
 
+def _config(**changes):
+    return RunConfig(**dict(dict(dataset="synthetic", arch="resnet56", method="l1", flops_reduction=0.5,
+                                 pretrain_epochs=1), **changes))
+
+
+def _importance(model, **options):
+    from paperprune.tp import Importance
+
+    return Importance(model, _loader(), samples_per_class=3, input_size=(1, 16, 16), **options)
+
+
+OTHER_API_ROWS += [
+    ("RunConfig latency_mode without a latency budget", lambda m: _config(latency_mode="deployed").validate(),
+     ("latency_mode='deployed' (--latency-mode) only applies with a latency budget", "leave latency_mode out")),
+    ("RunConfig knn with l1", lambda m: _config(knn=3).validate(), "knn=3 (--knn) only applies with sGLP-IB"),
+    ("RunConfig rho with knn", lambda m: _config(method="sglp", rho=0.3, knn=2).validate(),
+     "rho=0.3 (--rho) and knn=2 (--knn) exclude each other"),
+    ("create_criterion misspelt option", lambda m: __import__("paperprune.criteria").criteria.create_criterion(
+        "sglp", rhoo=0.3), ("unknown criterion option 'rhoo'", "did you mean 'rho'")),
+    ("Importance misspelt option", lambda m: _importance(m, method="sglp", knnn=2),
+     ("unknown criterion option 'knnn'", "did you mean 'knn'")),
+    ("Importance knn with stlp", lambda m: _importance(m, method="stlp", knn=2), "knn=2 only applies with sGLP-IB"),
+    ("Importance 3-channel images", lambda m: __import__("paperprune.tp").tp.Importance(
+        m, _loader(images=torch.randn(12, 3, 16, 16)), method="l1", samples_per_class=3),
+     ("images have 3 channels", "first conv takes 1")),
+    ("discover include a string", lambda m: __import__("paperprune.discover").discover.discover(
+        m, (1, 16, 16), include="inner"), ("include='inner' is one string", "include=('inner',)")),
+    ("save_pruned a state dict", lambda m: __import__("paperprune").save_pruned(m.state_dict(), "never.pt"),
+     ("given a OrderedDict (a state dict?)", "save_pruned(model, path)")),
+    ("prepare_for_inference 3-channel example", lambda m: __import__("paperprune.deploy").deploy.prepare_for_inference(
+        m, torch.randn(2, 3, 16, 16)), ("example_input have 3 channels", "first conv takes 1")),
+    ("prepare_for_inference an image, not a batch", lambda m: __import__("paperprune.deploy").deploy
+     .prepare_for_inference(m, torch.randn(1, 16, 16)), ("(1, 16, 16)", "unsqueeze")),
+]
+
+
 @pytest.mark.parametrize("name, call, names", OTHER_API_ROWS, ids=[r[0] for r in OTHER_API_ROWS])
-def test_other_api(tiny_model, name, call, names):
+def test_other_api(tiny_model, tmp_path, monkeypatch, name, call, names):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(PaperpruneError) as info:
         call(tiny_model)
-    assert names in str(info.value)
+    for text in (names,) if isinstance(names, str) else names:
+        assert text in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_pruned_of_a_pickled_model(tiny_model, tmp_path):
+    import paperprune
+
+    torch.save(tiny_model, tmp_path / "whole.pt")
+    before = _files(tmp_path)
+    with pytest.raises(PaperpruneError) as info:
+        paperprune.load_pruned(tmp_path / "whole.pt")
+    message = str(info.value)
+    assert "whole.pt" in message and "torch.save(model)" in message and "save_pruned(model, new_path)" in message
+    assert "\x1b[" not in message and "Weights only load failed" not in message
+    assert _files(tmp_path) == before
+
+
+def test_prepare_for_inference_mismatch_prints_nothing(tiny_model, capfd):
+    from paperprune.deploy import prepare_for_inference
+
+    with pytest.raises(PaperpruneError):
+        prepare_for_inference(tiny_model, torch.randn(2, 3, 16, 16))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
 
 
 def test_runconfig_accepts_numpy_and_torch_scalars():
     config = RunConfig(dataset="synthetic", arch="resnet56", method="sglp", flops_reduction=np.float32(0.5),
-                       pretrain_epochs=np.int64(1), lr=torch.tensor(0.05), knn=np.int32(2), rho=np.float64(0.3),
+                       pretrain_epochs=np.int64(1), lr=torch.tensor(0.05), knn=np.int32(2), gamma_ratio=np.float64(0.3),
                        nonnegative=np.bool_(True))
     config.validate()
     assert (config.flops_reduction, config.pretrain_epochs, config.knn, config.nonnegative) == (0.5, 1, 2, True)
@@ -453,3 +574,54 @@ def test_samples_per_class_beyond_memory_is_refused_with_the_estimate(tmp_path, 
     assert list(tmp_path.iterdir()) == []
     config = RunConfig(**dict(SMALL, dataset="fashion-mnist", samples_per_class=20))
     experiment._validated(config, tmp_path / "out", 1, False)  # the default calibration fits
+
+
+# ----------------------------------------------------------------------------- records read back
+
+
+def _set(key, value):
+    def damage(record):
+        node = record
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value(record) if callable(value) else value
+    return damage
+
+
+RECORD_ROWS = [  # (how run.json is edited, what the message names)
+    (_set("pruned.macs", lambda r: 2 * r["baseline"]["macs"]), "pruned.macs is"),
+    (_set("pruned.params", lambda r: r["baseline"]["params"] + 1), "above baseline.params"),
+    (_set("pruned.top1", 250.0), "pruned.top1 is 250.0, outside [0, 100]"),
+    (_set("baseline.top1", -1.0), "baseline.top1 is -1.0"),
+    (_set("pruned.macs_reduction", 1.5), "pruned.macs_reduction is 1.5, outside [0, 1)"),
+    (_set("layers.0.width_after", 10_000), "layers[0].width_before must be > 0 and width_after in 0..width_before"),
+]
+
+
+@pytest.mark.parametrize("damage, names", RECORD_ROWS, ids=[r[1] for r in RECORD_ROWS])
+def test_run_record_values_checked_when_read(tmp_path, finished, damage, names):
+    from paperprune.record import read_run
+    from paperprune.reporting import load_runs
+
+    shutil.copytree(finished / "out", tmp_path / "out")
+    path = tmp_path / "out" / "run.json"
+    record = json.loads(path.read_text())
+    damage(record)
+    path.write_text(json.dumps(record))
+    before = _files(tmp_path)
+    with pytest.raises(PaperpruneError) as info:
+        read_run(path)
+    assert "run.json" in str(info.value) and names in str(info.value)
+    [run] = load_runs(tmp_path)
+    assert run["status"] == "failed" and names in run["error"]
+    assert _files(tmp_path) == before
+
+
+def test_empty_curve_reported_as_empty(tmp_path):
+    from paperprune.reporting.curves import curves_report
+
+    record = {"config": {"dataset": "synthetic", "arch": "resnet56"}, "points": []}
+    with pytest.warns(UserWarning, match="holds no points \\(an empty curve\\)"):
+        assert curves_report(record, tmp_path) == {}
+    assert list(tmp_path.iterdir()) == []

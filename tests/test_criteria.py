@@ -180,6 +180,7 @@ def test_response_option_is_refused_where_it_means_nothing():
         create_criterion("apib", response="class+output")
     from paperprune.experiment import RunConfig
 
-    with pytest.raises(PaperpruneError, match="not to --method l1"):
+    with pytest.raises(PaperpruneError, match=r"response='class\+output' \(--response\) only applies with a "
+                                              r"class-wise criterion .*\(method 'l1'\)"):
         RunConfig(dataset="fashion-mnist", arch="resnet56", method="l1", flops_reduction=0.5, pretrain_epochs=1,
                   response="class+output").validate()

@@ -202,7 +202,11 @@ def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, bat
     lat = report.latency
     assert report.flops_reduction_target is None
     assert lat["target_reduction"] == 0.3 and lat["batch_size"] == 8 and lat["mode"] == "eager"
-    assert abs(lat["predicted_reduction"] - 0.3) <= 0.05
+    steps = lat["steps"]  # the bisection on the prediction, then corrected by measured candidates
+    assert 1 <= len(steps) <= 3 and steps[0]["asked_predicted"] == 0.3
+    assert abs(steps[0]["predicted_reduction"] - 0.3) <= 0.05
+    nearest = min(steps, key=lambda step: abs(step["measured_reduction"] - 0.3))
+    assert lat["predicted_reduction"] == pytest.approx(nearest["predicted_reduction"])
     assert lat["macs_after"] == report.macs_after and lat["measured_after_us"] > 0
     assert lat["prediction_error"] == pytest.approx(lat["predicted_after_us"] / lat["measured_after_us"] - 1)
     assert list(tmp_path.glob("latency/*.json"))[0].stem.endswith(lat["table_key"])
@@ -216,7 +220,7 @@ def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, bat
     ({"latency_reduction": 0.4, "latency_mode": "fast"}, r"latency_mode='fast' is not one of 'eager', 'deployed'"),
     ({"latency_reduction": 0.4, "flops_reduction": 0.5}, r"flops_reduction=0\.5 and latency_reduction=0\.4"),
     ({"latency_reduction": 0.4, "latency_batch_size": 0}, r"latency_batch_size=0 must be an integer >= 1"),
-    ({"latency_rounding": True}, r"latency_rounding=True needs a latency budget"),
+    ({"latency_rounding": True}, r"latency_rounding=True only applies with a latency budget"),
 ])
 def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, message):
     monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
@@ -227,7 +231,8 @@ def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, me
 
 @pytest.mark.parametrize("flags, message", [
     (["--latency-reduction", "1.5"], r"latency_reduction=1\.5 is not a fraction"),
-    (["--latency-reduction", "0.4", "--flops-reduction", "0.5"], r"flops_reduction=0\.5 and latency_reduction=0\.4"),
+    (["--latency-reduction", "0.4", "--flops-reduction", "0.5"],
+     r"flops_reduction=0\.5 \(--flops-reduction\) and latency_reduction=0\.4 \(--latency-reduction\) exclude"),
     (["--latency-reduction", "0.4", "--latency-mode", "fast"], r"latency_mode='fast' is not one of"),
     ([], r"no budget: pass --flops-reduction F or --latency-reduction L"),
 ])
@@ -284,3 +289,69 @@ def test_latency_model_refuses_widths_that_reach_grouped_convs(tmp_path):
     layers = discover(model, (3, 32, 32)).layers
     with pytest.raises(PaperpruneError, match=r"times Conv2d \(groups=1.*'features\.1\.conv\.0\.0'.*flops_reduction="):
         LatencyModel.build(model, layers, (3, 32, 32), timer=lambda *a: 1.0, cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("measured_after, missed", [(55.0, True), (68.0, False)])
+def test_a_measured_miss_is_warned_and_recorded(measured_after, missed):
+    """Target 0.3 of a 100 us model: measuring 55 us (0.45 removed) misses by more than
+    MEASURED_TOLERANCE and warns with both numbers; 68 us (0.32) does not."""
+    import types
+    import warnings
+
+    from paperprune.latency import MEASURED_TOLERANCE, latency_record
+
+    base, pruned = object(), object()
+    latency = types.SimpleNamespace(measure=lambda m: 100.0 if m is base else measured_after, key_hash="k",
+                                    key={"mode": "eager", "batch_size": 8, "device": "cpu", "threads": 1,
+                                         "clock": "perf_counter"}, table={})
+    selection = types.SimpleNamespace(base_cost=100.0, cost=70.0, base_macs=1000, macs=600)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = latency_record(latency, selection, 0.3, base, pruned, None)
+    assert record["missed"] is missed and record["tolerance"] == MEASURED_TOLERANCE
+    assert record["measured_reduction"] == pytest.approx(1 - measured_after / 100)
+    texts = [str(w.message) for w in caught]
+    if missed:
+        assert len(texts) == 1 and "latency_reduction=0.300 missed" in texts[0] and "measured 0.450" in texts[0]
+    else:
+        assert texts == []
+
+
+@pytest.mark.parametrize("factor, steps", [(0.8, 2), (1.0, 1), (1.3, 2)])
+def test_calibrate_corrects_a_predictor_off_by_a_factor(factor, steps):
+    """A predictor whose reductions are 1/factor of the measured ones (measured = factor * predicted):
+    the first step misses by (factor - 1) * target, the secant through (0, 0) corrects it exactly in
+    the second (asked = target / factor); an exact predictor stops at once."""
+    import types
+
+    from paperprune.latency import calibrate
+
+    target, base_us = 0.4, 1000.0
+
+    def select(asked):
+        return types.SimpleNamespace(cost=base_us * (1 - asked), base_cost=base_us, asked=asked)
+
+    def measure(model):
+        return base_us * (1 - factor * model.asked)
+
+    selection, history = calibrate(select, lambda s: s, measure, target, base_us)
+    assert len(history) == steps
+    assert history[0]["asked_predicted"] == target
+    assert history[0]["measured_reduction"] == pytest.approx(factor * target)
+    assert selection.asked == pytest.approx(target / factor)
+    assert history[-1]["measured_reduction"] == pytest.approx(target)
+
+
+def test_calibrate_keeps_the_nearest_when_a_correction_is_unreachable():
+    """The corrected target is refused by the budget rule: the nearest measured selection is kept."""
+    import types
+
+    from paperprune.latency import calibrate
+
+    def select(asked):
+        if asked > 0.5:
+            raise PaperpruneError("unreachable")
+        return types.SimpleNamespace(cost=100 * (1 - asked), base_cost=100.0, asked=asked)
+
+    selection, history = calibrate(select, lambda s: s, lambda m: 100 * (1 - 0.5 * m.asked), 0.4, 100.0)
+    assert len(history) == 1 and selection.asked == 0.4

@@ -15,6 +15,8 @@ A criterion run under the uniform allocation (`paperprune.select`, a curves poin
 """
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -413,6 +415,10 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     dataset, the arch and the variant (`paperprune.curves.variant_name` of its criterion options)."""
     out = Path(out_dir)
     c = record["config"]
+    if not record["points"]:
+        warnings.warn(f"the curves record of {c.get('arch')} on {c.get('dataset')} holds no points (an empty curve): "
+                      "nothing to report; run paperprune.curves for it first", stacklevel=2)
+        return {}
     stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
     stem = stem.replace("/", "_")
     targets = _targets(record)
