@@ -126,8 +126,8 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
         check_method(method)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     base = copy.deepcopy(model).to(device).eval()
-    layers, classifier, _ = model_parts(base, None, None, None, input_size)
-    num_classes = base.get_submodule(classifier).out_features
+    # the model's input shape, when not given, from the test loader's first batch (put back if it is one-shot)
+    layers, classifier, num_classes, test_loader = model_parts(base, None, None, test_loader, input_size)
     first_conv = next(m for m in base.modules() if isinstance(m, nn.Conv2d))
     points = []
     bar = tqdm(total=len(methods) * len(seeds) * len(targets), desc="pruning curves", disable=not progress)

@@ -535,6 +535,14 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         return select_channels(budgeted, predictor, target, cost=latency, round_to=multiples, omega=omega,
                                tolerance=tolerance, progress=progress,
                                target_name="flops_reduction" if latency is None else "latency_reduction")
+
+    steps = None
+    if latency is None:
+        selection = select(flops_reduction)
+    else:  # predicted, then corrected by measuring the pruned candidates (paperprune.latency.calibrate)
+        selection, steps = calibrate(select, lambda s: prune_channels(copy.deepcopy(unpruned), layers, s.keep,
+                                                                      input_size),
+                                     latency.measure, float(latency_reduction), latency.measure(unpruned))
     timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()

@@ -116,6 +116,40 @@ EVIDENCE_ABLATIONS = [({"nonnegative": True}, list(CLASSWISE)),
                       ({"response": "class+output"}, list(CLASSWISE))]
 
 
+# The verdict profiles: the evidence's curves again by the protocol METHOD.md sections 2c and 6 ask for: ten
+# calibration seeds (the unit of replication), the class-agnostic criteria under both allocations (their papers
+# set per-layer ratios; `uniform` is that protocol), 3,000 class-stratified test images, and a VGG-16 trained to
+# convergence (the lineage's CIFAR VGG weight decay, 5e-4). The fine-tuned comparison follows from them: it
+# needs the best class-agnostic variant these curves measure.
+VERDICT_SEEDS = list(range(10))
+VERDICT_METHODS = [*METHODS, "l1:uniform", "hrank:uniform", "random:uniform"]
+VERDICT_TEST_PER_CLASS = 300
+VERDICT_VGG16 = dict(dataset="fashion-mnist", arch="vgg16", epochs=20, lr=0.1, weight_decay=5e-4, batch_size=128,
+                     seed=0, precision="auto")
+
+
+def _verdict() -> list[Profile]:
+    """The verdict's pruning curves of the shipped ResNet-56 and of a converged VGG-16 (constants above)."""
+    def curves(start: dict) -> list[dict]:
+        return [dict(dataset="fashion-mnist", arch=start.get("baseline", "resnet56"), **start,
+                     methods=list(VERDICT_METHODS), targets=EVIDENCE_TARGETS, seeds=VERDICT_SEEDS,
+                     samples_per_class=EVIDENCE_SAMPLES, bn_images=256, test_per_class=VERDICT_TEST_PER_CLASS,
+                     precision="auto")]
+    what = (f"pruning curves of the seven criteria and of l1, hrank and random under the uniform allocation, "
+            f"{len(VERDICT_SEEDS)} calibration seeds ({EVIDENCE_SAMPLES} images per class), 30/45/60/75% FLOPs, "
+            f"top-1 on {10 * VERDICT_TEST_PER_CLASS:,} class-stratified test images raw and after adaptive BN "
+            "(256 training images); no fine-tuning")
+    resnet = Profile("verdict", f"Fashion-MNIST, the shipped ResNet-56: {what}.",
+                     curves=curves(dict(pretrained="fashion-mnist")), latency_repeats=0, deployed_latency=False)
+    vgg = Profile("verdict-vgg16",
+                  f"Fashion-MNIST, VGG-16 trained on all 60,000 training images ({VERDICT_VGG16['epochs']} epochs, "
+                  f"lr {VERDICT_VGG16['lr']}, cosine, weight decay {VERDICT_VGG16['weight_decay']}; the final "
+                  f"epoch's top-1 on all 10,000 test images), then {what}.",
+                  curves=curves(dict(baseline="vgg16")), baselines=[VERDICT_VGG16], latency_repeats=0,
+                  deployed_latency=False)
+    return [resnet, vgg]
+
+
 def profiles() -> dict[str, Profile]:
     """The profiles. Schedules are ours unless a comment cites a source."""
     quick = Profile(
@@ -148,7 +182,9 @@ def profiles() -> dict[str, Profile]:
               samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01)
         + _grid([("imagenet", "resnet50")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=0,
                 finetune_epochs=90, samples_per_class=5, batch_size=128, lr=0.01, finetune_lr=0.01))
-    return {p.name: p for p in (quick, evidence, evidence_vgg16, evidence_vgg16_finetune, fmnist, paper)}
+    verdict, verdict_vgg16 = _verdict()
+    return {p.name: p for p in (quick, evidence, evidence_vgg16, evidence_vgg16_finetune, verdict, verdict_vgg16,
+                                fmnist, paper)}
 
 
 def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> list[dict]:

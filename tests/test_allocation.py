@@ -25,7 +25,7 @@ OMEGA = 4
 def _prepared(arch: str, method: str):
     torch.manual_seed(0)
     model = create_model(arch, num_classes=4, in_channels=3).eval()
-    layers, classifier, _ = model_parts(model, None, None, None, SIZE)
+    layers, classifier, _, _ = model_parts(model, None, None, None, SIZE)
     criterion = create_criterion(method, seed=0)
     criterion.prepare(model, layers, Calibration(torch.zeros(1, *SIZE), torch.zeros(1, dtype=torch.long), 4, {},
                                                  classifier))

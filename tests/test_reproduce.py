@@ -226,6 +226,30 @@ def tiny_chain():
         latency_repeats=0, deployed_latency=False)
 
 
+def test_verdict_profiles_plan(tmp_path):
+    """The verdict's curves: ten calibration seeds, the seven criteria plus l1, hrank and random under the
+    uniform allocation, 3,000 test images, 30/45/60/75%; the shipped ResNet-56 and a VGG-16 trained 20 epochs at
+    weight decay 5e-4 in the profile's own baselines folder; the estimate says how long (no test of a bound: it
+    spans sessions, and each stage resumes)."""
+    from paperprune.curves import _check_grid
+    from paperprune.select import split_entry
+
+    resnet, vgg = reproduce.profiles()["verdict"], reproduce.profiles()["verdict-vgg16"]
+    baselines = reproduce.plan_baselines(vgg, tmp_path)
+    assert [(out.relative_to(tmp_path).as_posix(), b["epochs"], b["weight_decay"]) for out, b in baselines] == [
+        ("verdict-vgg16/baselines/vgg16", 20, 5e-4)]
+    for profile, arch in ((resnet, "resnet56"), (vgg, "vgg16")):
+        [(out, job)] = reproduce.plan_curves(profile, tmp_path)
+        assert job["arch"] == arch and "baseline" not in job and len(job["seeds"]) >= 10
+        assert job["test_per_class"] * 10 >= 3000 and job["targets"] == [0.30, 0.45, 0.60, 0.75]
+        entries = {split_entry(m, "global") for m in job["methods"]}
+        assert {(m, "global") for m in reproduce.METHODS} | {(m, "uniform") for m in ("l1", "hrank", "random")} \
+            == entries
+        _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
+                    job.get("criterion_options"))
+        assert reproduce.estimate(profile)["curves"] > 0 and reproduce.plan(profile, tmp_path) == []
+
+
 def test_evidence_chain_end_to_end_then_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": tiny_chain()})
     monkeypatch.setattr(reproduce, "estimate", lambda *a, **k: None)  # no measured costs for synthetic
