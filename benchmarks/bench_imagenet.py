@@ -1,4 +1,4 @@
-"""ImageNet-scale pruning cost (issue 14; results in benchmarks/results/imagenet.{json,md}).
+"""ImageNet-scale pruning cost (results in benchmarks/results/imagenet.{json,md}).
 
 `paperprune.prune` with sGLP-IB and sTLP-IB on torchvision's ResNet-50 (its prunable groups
 found by `paperprune.discover`) at 50% fewer MACs, with generated images (the cost does not
@@ -210,7 +210,7 @@ def markdown(result):
         + (f" Note: {result['note']}." if result.get("note") else ""), "",
         f"torchvision ResNet-50, {a['size']}x{a['size']}, {a['classes']} classes, {a['per_class']} generated images "
         f"per class (N = {n}), 50% fewer MACs, `paperprune.prune` with the groups `paperprune.discover` finds "
-        f"({m['layers']} layers, {m['channels']} channels). Target (issue 14, 224x224, 1,000 classes, 2 per class): "
+        f"({m['layers']} layers, {m['channels']} channels). Target (224x224, 1,000 classes, 2 per class): "
         "under 20 min and 12 GiB on this CPU.", "",
         "Wall seconds, and in brackets the process's CPU seconds (user + system), which do not depend on how busy "
         "the shared machine was.", "",

@@ -1,4 +1,4 @@
-"""Latency budget benchmark (issue 15; results in benchmarks/results/latency.{json,md}, with machine and date).
+"""Latency budget benchmark (results in benchmarks/results/latency.{json,md}, with machine and date).
 
 For VGG-16 and ResNet-56 on Fashion-MNIST (32x32) on this CPU at batch 64 in deployed mode
 (`paperprune.deploy.prepare_for_inference`), criterion `l1` (filter L1 norms, no lasso). ResNet-56

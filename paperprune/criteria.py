@@ -353,7 +353,7 @@ class APIBCriterion(LassoCriterion):
 
 
 #: the responses of the class-wise criteria: the class kernels (METHOD.md section 2), or those plus APIB's
-#: response (the consuming layer's output kernel) as one more column (issue 12's ablation)
+#: response (the consuming layer's output kernel) as one more column (an ablation)
 RESPONSES = ("class", "class+output")
 
 

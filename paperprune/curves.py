@@ -1,7 +1,7 @@
 """Pruning curves without fine-tuning: top-1 against FLOPs reduction for every criterion and seed.
 
 The cheapest discriminating measurement of a criterion is the accuracy of the pruned model
-before any fine-tuning, over several FLOPs targets (issue 12 item 4). For each (criterion,
+before any fine-tuning, over several FLOPs targets. For each (criterion,
 seed) the statistics are computed once, on that seed's calibration sample (`random` draws its
 scores from the seed), and every target reuses them: only the budget bisection and the surgery
 run per target. Each point records top-1 on the test loader raw and after adaptive BatchNorm
@@ -18,8 +18,7 @@ each of its points records its `allocation`, and the reports show it as a row of
 
 `criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`, or the block
 statistics of METHOD.md section 2b, `{"statistics": "block", "block_size": 20, "permutations": 3}`)
-go to every criterion (`create_criterion`): an ablation variant is a curves record of its own (issue 12
-item 6), its options part of the record's config and of its folder's identity. `curves.json` has
+go to every criterion (`create_criterion`): an ablation variant is a curves record of its own, its options part of the record's config and of its folder's identity. `curves.json` has
 one schema, `paperprune.record.CurvesRecord`: written through `write_curves`, read through
 `read_curves`.
 """

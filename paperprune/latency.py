@@ -1,4 +1,4 @@
-"""A measured latency model: the whole model's latency for any assignment of prunable widths (issue 15).
+"""A measured latency model: the whole model's latency for any assignment of prunable widths.
 
 Reconstruction, not from the paper (which budgets MACs only, METHOD.md section 2, "Automatic
 budget"); the lookup-table idea is HALP's (Shen et al., NeurIPS 2022).

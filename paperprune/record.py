@@ -7,7 +7,7 @@ declared here (and the few value rules in the `_check` hooks) and raise `RecordE
 key. The README's "What a run records" table is `markdown_table()` (tests/test_record.py fails
 when the two differ).
 
-Schema versions: 1 (until 2026-12-02) required only `schema`, `status`, `config`, `baseline`,
+Schema versions: 1 required only `schema`, `status`, `config`, `baseline`,
 `pruned`, `environment`, `lam`, `layers`, `latency`, `timings`; 2 adds `pruned.correct` (the
 per-image correctness of the final evaluation, for paired comparisons) and requires every field
 the writer fills. A field marked "since 2" reads as None from a version-1 record.
@@ -30,7 +30,7 @@ __all__ = ["SCHEMA", "RecordError", "RunRecord", "Evaluation", "Pruned", "Layer"
            "CurvesTimings", "CurvesRecord", "read_curves", "write_curves"]
 
 SCHEMA = 2
-#: curves.json: 1 until 2026-12-02 (no `schema` key; it reads as 1), 2 adds `config.criterion_options`
+#: curves.json: 1 (no `schema` key; it reads as 1), 2 adds `config.criterion_options`
 #: and requires every field the writer fills
 CURVES_SCHEMA = 2
 

@@ -86,17 +86,17 @@ def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
 QUICK_SAMPLES = 10  # calibration images per class of the quick profile
 QUICK_TEST_PER_CLASS = 300
 
-# The evidence profiles (issue 12 items 4-7), sized by the measured costs in COSTS (`python -m
-# paperprune.reproduce --profile evidence --dry-run` prints the estimate). Items 4-6 on both baselines plus two
+# The evidence profiles, sized by the measured costs in COSTS (`python -m
+# paperprune.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
 # trainings do not fit one 150-minute run on this project's 2-core CPU: measured, one curves point of ResNet-56
 # (two bf16 evaluations of the 10,000 test images) costs ~30 s, VGG-16's about twice that, so the whole
 # design is ~270 minutes. It is split in two profiles of <= 150 minutes each:
 # - `evidence`: the shipped ResNet-56 (trained by `python -m paperprune train` with this recipe for 15 epochs,
-#   its record in paperprune/resources/pretrained/; retraining it costs ~70 minutes): curves (item 4), the
-#   ablation (item 6), the fine-tuned comparison at -55% (item 5);
+#   its record in paperprune/resources/pretrained/; retraining it costs ~70 minutes): curves, the
+#   ablation, the fine-tuned comparison at -55%;
 # - `evidence-vgg16`: VGG-16 retrained on all 60,000 images (EVIDENCE_VGG16_EPOCHS), its curves and ablation
 #   (at 60% only);
-# - `evidence-vgg16-finetune`: the fine-tuned comparison at -61% (item 5) from evidence-vgg16's baseline (trained
+# - `evidence-vgg16-finetune`: the fine-tuned comparison at -61% from evidence-vgg16's baseline (trained
 #   there, if it is not yet, by either profile), which does not fit beside its curves.
 EVIDENCE_VGG16_EPOCHS = 4
 EVIDENCE_REDUCTIONS = {"resnet56": 0.55, "vgg16": 0.61}  # APIB's ResNet-56 target; the paper's VGG-16 figure
@@ -105,9 +105,9 @@ EVIDENCE_TARGETS = [0.30, 0.45, 0.60, 0.75]
 #: two of the curves' targets, so each variant pairs with the main curves (VGG-16: the second only, to fit)
 EVIDENCE_ABLATION_TARGETS = [0.45, 0.60]
 EVIDENCE_SAMPLES = 10  # calibration images per class, as the quick profile
-#: the short fine-tune of item 5: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01
+#: the short fine-tune: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01
 EVIDENCE_FINETUNE = dict(finetune_epochs=1, per_class=1000, batch_size=128, finetune_lr=0.01)
-#: the ablation variants of item 6, each a curves job of its own beside the main (signed, embedding) curves:
+#: the ablation variants, each a curves job of its own beside the main (signed, embedding) curves:
 #: signed vs B >= 0 (the three lasso criteria); structure: graph (sglp) vs tree from embeddings (stlp) vs tree
 #: from the taxonomy vs none (classwise) -- the taxonomy tree is the one not in the main curves; the class
 #: kernels vs those plus APIB's response (the consuming layer's output)
@@ -188,7 +188,7 @@ def profiles() -> dict[str, Profile]:
 
 
 def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> list[dict]:
-    """Item 4's curves and item 6's ablation variants of one baseline (`start`: where it comes from)."""
+    """The curves and the ablation variants of one baseline (`start`: where it comes from)."""
     grid = dict(dataset="fashion-mnist", arch=arch, seeds=EVIDENCE_SEEDS, samples_per_class=EVIDENCE_SAMPLES,
                 bn_images=256, test_per_class=None, precision="auto", **start)
     return [dict(grid, methods=list(METHODS), targets=EVIDENCE_TARGETS)] + [
@@ -197,20 +197,20 @@ def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> l
 
 
 def _evidence() -> list[Profile]:
-    """Issue 12 item 7's evidence, in three profiles (see the EVIDENCE_* constants above)."""
+    """The evidence, in three profiles (see the EVIDENCE_* constants above)."""
     vgg16 = [dict(dataset="fashion-mnist", arch="vgg16", epochs=EVIDENCE_VGG16_EPOCHS, lr=0.1, weight_decay=1e-4,
                   batch_size=128, seed=0, precision="auto")]
     def what(ablation_targets):
         return (f"pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds (10 images per "
-                "class), 30/45/60/75% FLOPs, top-1 on all 10,000 test images raw and after adaptive BN (item 4); the "
+                "class), 30/45/60/75% FLOPs, top-1 on all 10,000 test images raw and after adaptive BN; the "
                 f"ablation as curves variants at {'/'.join(f'{100 * t:.0f}' for t in ablation_targets)}% (B >= 0; "
-                "the taxonomy tree; APIB's response added) (item 6)")
+                "the taxonomy tree; APIB's response added)")
     def finetuned(arch, start):
         return [dict(dataset="fashion-mnist", arch=arch, method=m, seed=s, flops_reduction=EVIDENCE_REDUCTIONS[arch],
                      samples_per_class=EVIDENCE_SAMPLES, **start, **EVIDENCE_FINETUNE)
                 for m in METHODS for s in EVIDENCE_SEEDS]
 
-    recipe = ("one epoch over 10,000 class-balanced training images at lr 0.01 (item 5). Evaluations in bf16 "
+    recipe = ("one epoch over 10,000 class-balanced training images at lr 0.01. Evaluations in bf16 "
               "where the CPU runs it.")
     resnet = Profile(
         "evidence",
@@ -240,7 +240,7 @@ def _evidence() -> list[Profile]:
 
 #: Costs on this project's 2-core CPU (2 threads; Fashion-MNIST at 32x32), the basis of `estimate`.
 #: ResNet-56, measured: train_step_s, one bf16 autocast + channels_last training step at batch 128 on a quiet
-#: machine (issue 12 item 1; the shipped model's epochs took 240-340 s, 0.51-0.73 s a step, beside other jobs);
+#: machine (the shipped model's epochs took 240-340 s, 0.51-0.73 s a step, beside other jobs);
 #: eval_bf16_s, one bf16 evaluation of the 10,000 test images by the unpruned model, fitted to the quick
 #: profile's curves.json (figures/quick/records: evaluate_s of 60 points, two evaluations of 5,000 images
 #: each); statistics_s (once per criterion and seed) and select_s (selection, surgery and adaptive BN per

@@ -13,7 +13,7 @@ pruning is automatic.
 the unpruned model's MACs.
 
 The same bisection serves any cost that shrinks with the widths: `select_channels(...,
-cost=LatencyModel)` budgets predicted latency instead of MACs (issue 15, paperprune.latency),
+cost=LatencyModel)` budgets predicted latency instead of MACs (paperprune.latency),
 and `round_to` rounds each layer's kept width up to a multiple (the device's efficient one,
 from the latency table), the criterion's ranking choosing the channels that fill it.
 

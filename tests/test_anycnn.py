@@ -1,4 +1,4 @@
-"""Any CNN with one call (issue 14): discovery through Torch-Pruning's DependencyGraph finds the
+"""Any CNN with one call: discovery through Torch-Pruning's DependencyGraph finds the
 inner widths of nine torchvision networks nobody listed; `prune` then meets the FLOPs target
 and the pruned model equals the original with the removed channels masked where they are
 consumed; pruned models of any kind save and load; refusals name their cause. CPU, small

@@ -1,4 +1,4 @@
-"""The bad-input table (issue 11): each input a hostile but fair user might type, over the CLIs,
+"""The bad-input table: each input a hostile but fair user might type, over the CLIs,
 the Python API and damaged stage files. Each row asserts the exit code (2) or the exception
 (PaperpruneError), that the message names the bad value, that there is no traceback, and that
 nothing was written (or only what the row says)."""

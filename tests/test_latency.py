@@ -1,4 +1,4 @@
-"""The latency model and the latency budget (issue 15), with a deterministic fake timing function.
+"""The latency model and the latency budget, with a deterministic fake timing function.
 
 The fake costs each conv ceil(in/P) * ceil(out/P) * output positions * kernel area (a staircase of
 period P in both widths, separable, so the table's prediction is exact) and each linear in * out (small),

@@ -1,5 +1,5 @@
 """One run per folder: the OS lock, atomic writes that never delete a live writer's temporary,
-two runs started at once, and a baseline cache keyed by the data's identity (issue 11)."""
+two runs started at once, and a baseline cache keyed by the data's identity."""
 import gzip
 import json
 import os

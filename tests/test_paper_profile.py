@@ -1,4 +1,4 @@
-"""Smoke test of `reproduce --profile paper` (issue 11): every grid cell (CIFAR-10, CIFAR-100,
+"""Smoke test of `reproduce --profile paper`: every grid cell (CIFAR-10, CIFAR-100,
 ImageNet; each dataset's architectures; all seven criteria) runs end to end on CPU, on tiny
 generated files in the exact on-disk formats a user brings (CIFAR's python-pickle folders, an
 ImageNet ImageFolder tree of JPEGs) with tiny schedules, so that a user with the data and GPUs

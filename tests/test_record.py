@@ -125,7 +125,7 @@ def _curves(schema: int | None = 2) -> dict:
 def test_curves_record_reads_both_versions_and_writes_what_it_reads(tmp_path):
     from paperprune.record import CURVES_SCHEMA, CurvesRecord, markdown_table, read_curves, write_curves
 
-    old = CurvesRecord.from_dict(_curves(None))  # curves.json as written until 2026-12-02
+    old = CurvesRecord.from_dict(_curves(None))  # curves.json of schema 1 (no schema key)
     assert old.schema == 1 and old.config.criterion_options is None and old.points[1].error == "no"
     record = CurvesRecord.from_dict(_curves())
     assert record.schema == CURVES_SCHEMA and record.config.criterion_options == {}

@@ -155,10 +155,10 @@ def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "figs").exists()
 
 
-# --------------------------------------------------------------------------- the evidence profile (issue 12 item 7)
+# --------------------------------------------------------------------------- the evidence profiles
 
 def test_evidence_profiles_plan(tmp_path):
-    """Items 4-6 on both baselines: the shipped ResNet-56 (`evidence`, with the fine-tuned runs) and a
+    """Curves, ablation and fine-tuning on both baselines: the shipped ResNet-56 (`evidence`, with the fine-tuned runs) and a
     VGG-16 trained on the whole training set (`evidence-vgg16`); every curves job and run starts from
     its profile's baseline; each profile's estimate fits 150 minutes."""
     from paperprune.curves import _check_grid
@@ -182,19 +182,19 @@ def test_evidence_profiles_plan(tmp_path):
             _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
                         job.get("criterion_options"))
         main = [job for _, job in curves if not job.get("criterion_options")]
-        assert len(main) == 1  # item 4
+        assert len(main) == 1  # the main curves
         assert set(main[0]["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
         variants = {out.name: job for out, job in curves if job.get("criterion_options")}
         assert set(variants) == {f"fashion-mnist-{arch}-{v}"
                                  for v in ("nonnegative", "structure-taxonomy", "response-class+output")}
-        for job in variants.values():  # item 6: targets of the main curves, so each variant pairs with them
+        for job in variants.values():  # the ablation: targets of the main curves, so each variant pairs with them
             assert len(job["targets"]) == (2 if arch == "resnet56" else 1)
             assert set(job["targets"]) <= set(main[0]["targets"])
         assert profile.latency_repeats == 0
         minutes = {stage: s / 60 for stage, s in reproduce.estimate(profile).items()}
         assert sum(minutes.values()) <= 150 and minutes["curves"] > 0
     assert reproduce.plan(vgg, tmp_path) == []
-    # item 5 for VGG-16: its own profile, from evidence-vgg16's baseline (the same folder, the same recipe)
+    # the fine-tuned comparison of VGG-16: its own profile, from evidence-vgg16's baseline (the same folder, the same recipe)
     finetune = reproduce.profiles()["evidence-vgg16-finetune"]
     assert reproduce.plan_baselines(finetune, tmp_path) == baselines and finetune.curves == []
     assert sum(reproduce.estimate(finetune).values()) / 60 <= 150

@@ -166,7 +166,7 @@ def tied(levels=3, sizes=(64, 64, 128, 128), seed=0):
 
 @pytest.mark.parametrize("target", [0.4, 0.5, 0.8])
 def test_tied_scores_land_within_tolerance_by_a_deterministic_split(target):
-    """Issue 11 (HRank on VGG-16): with tied scores no level meets the target; the tie is split by the
+    """HRank on VGG-16: with tied scores no level meets the target; the tie is split by the
     documented secondary key, and the result is within 1%, keeps the score order, and is reproducible."""
     crit, cost, scores = tied()
     reductions = set()
@@ -205,7 +205,7 @@ def test_ties_split_no_further_than_the_bracket_allows():
 
 
 def test_keep_in_parts_keeps_equal_counts_chosen_per_part():
-    """Layers read by a grouped conv (issue 14): each of the P contiguous parts keeps ceil(width / P)
+    """Layers read by a grouped conv: each of the P contiguous parts keeps ceil(width / P)
     channels, the criterion's own (mask) first, then by rank; positions differ between parts."""
     from paperprune.select import keep_in_parts
 

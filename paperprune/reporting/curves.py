@@ -1,4 +1,4 @@
-"""The verdict's evidence (issue 12 item 8): pruning curves and the fine-tuned comparison as tables,
+"""The verdict's evidence: pruning curves and the fine-tuned comparison as tables,
 figures and paired confidence intervals.
 
 Inputs: a curves record (`curves.json` of `paperprune.curves.run`: one point per criterion, seed
