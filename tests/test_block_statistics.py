@@ -1,6 +1,7 @@
 """Block statistics (METHOD.md section 2b): the estimator against a direct numpy implementation, the
 known answer B = S = N, M = 1 (section 2's exact statistics), the streamed pass's memory, and the
 options refused with a clear error."""
+import os
 import types
 
 import numpy as np
@@ -145,7 +146,7 @@ def _peak_growth(run) -> int:
     return status("VmHWM:") - before
 
 
-def test_the_streamed_pass_holds_blocks_not_the_calibration_features():
+def _streamed_pass_memory() -> None:
     """8 channels of 64 x 64 maps (128 KiB per sample). Block statistics at N = 800 peak no higher than
     at N = 80 (within 4 MiB); the exact statistics, which hold N x the features, grow by more than
     30 MiB from N = 80 to 240: the measurement sees what block statistics avoid."""
@@ -155,7 +156,8 @@ def test_the_streamed_pass_holds_blocks_not_the_calibration_features():
         open("/proc/self/clear_refs", "w").close()
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        pytest.skip("needs Linux's resettable peak RSS (/proc/self/clear_refs) and glibc")
+        print("SKIP needs Linux's resettable peak RSS (/proc/self/clear_refs) and glibc")
+        return
     # a fixed mmap threshold: freed buffers of >= 1 MiB go back to the system at once, so the resident
     # peak follows the live tensors instead of glibc's heap history (M_MMAP_THRESHOLD = -3)
     libc.mallopt(-3, 1 << 20)
@@ -175,6 +177,23 @@ def test_the_streamed_pass_holds_blocks_not_the_calibration_features():
     assert large - small < 4 * 2**20, (small, large)
     exact_small, exact_large = growth(80), growth(240)
     assert exact_large - exact_small > 30 * 2**20, (exact_small, exact_large)
+
+
+def test_the_streamed_pass_holds_blocks_not_the_calibration_features():
+    """`_streamed_pass_memory` in a fresh one-thread process: a process's resident peak carries the
+    history of every test before it (freed arenas, thread pools), which hides what one call allocates."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path.insert(0, {str(here)!r}); import test_block_statistics as t; "
+            "t._streamed_pass_memory(); print('OK')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if "SKIP" in done.stdout:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- options

@@ -72,7 +72,8 @@ def test_report_notebook_on_fixture_runs(tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     assert reproduce.main(["--profile", "huge"]) == 2
-    assert ("unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, evidence-vgg16-finetune, fmnist, "
+    assert ("unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, evidence-vgg16-finetune, verdict, "
+            "verdict-vgg16, fmnist, "
             "paper") in capsys.readouterr().err
     assert reproduce.main(["--profile", "quick", "--notebooks", str(tmp_path)]) == 2
     assert "experiment.ipynb not found" in capsys.readouterr().err
@@ -319,7 +320,8 @@ def test_a_profile_with_baselines_from_uses_the_other_profiles_baseline_without_
     assert reproduce.main(["--profile", "tiny-ft", "--runs-root", str(runs), "--figures", str(figs)]) == 0, \
         capsys.readouterr().err
     run = json.loads((runs / "tiny-ft" / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").read_text())
-    assert run["config"]["pretrained"] == str(weights) and weights.stat().st_mtime_ns == before
+    # the run names the shared weights as records do (outside the repository: by file name, with their hash)
+    assert run["config"]["pretrained"] == weights.name and weights.stat().st_mtime_ns == before
     assert not (runs / "tiny-ft" / "baselines").exists() and not (figs / "records" / "baselines").exists()
     assert (figs / "records" / "synthetic" / "resnet56" / "l1-fr0p40-s0" / "run.json").is_file()
 
