@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data import DatasetInfo, DeviceLoader, class_balanced_batch, dataset_info, load_tensors
+from .lasso import SOLVER_MAX_ITER
 from .models import PrunableLayer, create_model, prunable_layers
 from .utils import PaperpruneError
 
@@ -229,7 +230,7 @@ class Controls:
     targets: torch.Tensor
 
     def selections(self, keep: int, *, methods: Sequence[str] | None = None,
-                   max_iter: int = 20000) -> dict[str, list[int]]:
+                   max_iter: int = SOLVER_MAX_ITER) -> dict[str, list[int]]:
         """The channels each lasso keeps at exactly `keep` channels: the plain class-wise lasso, sGLP-IB,
         sTLP-IB, their shuffled-class controls, the l2,1 lasso (one group of all classes: row-coupled,
         no structure) and the single label-kernel lasso. gamma = lam / 2 for the graphs (the criteria's
