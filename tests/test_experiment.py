@@ -195,7 +195,7 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     cmd = [sys.executable, "-m", "paperprune", "run", "--dataset", "fashion-mnist", "--arch", "resnet56",
            "--method", "l1", "--flops-reduction", "0.5", "--pretrain-epochs", "1", "--finetune-epochs", "4",
            "--per-class", "30", "--test-per-class", "5", "--samples-per-class", "5", "--batch-size", "50",
-           "--device", "cpu", "--no-progress", "--no-deployed-latency", "--out", str(out)]
+           "--device", "cpu", "--no-progress", "--latency-repeats", "0", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = out / "finetune" / "metrics.jsonl"
