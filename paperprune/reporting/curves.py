@@ -252,6 +252,12 @@ def paired_runs(runs: Sequence[dict], *, confidence: float = 0.95) -> list[dict]
                                        _classwise_rank(r["method"])))
 
 
+def _kept_jaccard(a: dict, b: dict) -> float:
+    """Jaccard of the (layer, channel) pairs two curves points keep."""
+    return jaccard({(layer, c) for layer, kept in a["kept"].items() for c in kept},
+                   {(layer, c) for layer, kept in b["kept"].items() for c in kept})
+
+
 def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> Table:
     """An ablation variant (a curves record with criterion options, e.g. B >= 0) against the main
     curves of the same baseline, per method and target both hold: top-1 of each (mean ± std over the
@@ -277,13 +283,17 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
             rows.append([_method_label(method), f"{100 * target:g}", str(len(seeds)),
                          _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
                          f"{d['diff']:+.2f}", _interval(d),
-                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}"])
+                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}",
+                         _cell([_kept_jaccard(ours[method, s], theirs[method, s]) for s in seeds
+                                if "kept" in ours[method, s] and "kept" in theirs[method, s]])])
     what = CURVE_METRICS[metric][1]
     return Table(f"Ablation {_variant(variant)} vs main curves, {what}, no fine-tuning: {_what(main)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "Main top-1 (%)", "Variant top-1 (%)", "Δ top-1", "CI",
-                  "Variant FLOPs ↓ (%)"], rows,
+                  "Variant FLOPs ↓ (%)", "Kept overlap"], rows,
                  ["Δ = variant − main in top-1 points: the mean over seeds of the per-seed differences on the same "
-                  "seeds (calibration samples) and test images.", _ci_note(confidence)])
+                  "seeds (calibration samples) and test images.", _ci_note(confidence),
+                  "Kept overlap: Jaccard of the (layer, channel) pairs the variant and the main curves keep at that "
+                  "seed and target, mean ± std over seeds (1 = the same channels; — where a record holds no kept channels)."])
 
 
 # --------------------------------------------------------------------------- figures
