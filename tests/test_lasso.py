@@ -484,3 +484,13 @@ def test_sglp_split_warm_start(sparse_graph_problem, nonnegative, monkeypatch):
     assert warm.objective == pytest.approx(cold.objective, rel=1e-9)
     ref = _cvx_value(Q, R, lam, nonnegative=nonnegative, graph=graph, gamma=0.5 * lam)
     assert float(torch.linalg.norm(warm.B - cold.B)) <= _distance_bound(Q, [cold.objective, warm.objective], ref)
+
+
+def test_docstring_examples():
+    """The examples in paperprune.lasso's docstrings run and print what they show."""
+    import doctest
+
+    import paperprune.lasso
+
+    result = doctest.testmod(paperprune.lasso, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
