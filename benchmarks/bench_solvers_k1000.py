@@ -94,7 +94,7 @@ def run(sizes, classes, knn, fractions, methods, max_iter, dtype, before=None):
                         rows.append(row)
                         print({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()},
                               flush=True)
-                    warm = {version: res.B for version, res in results.items()}
+                warm = {version: res.B for version, res in results.items()}  # the next lam starts from this one
     return rows
 
 

@@ -14,17 +14,19 @@ Bottleneck. Everything in this module is reconstruction:
   lasso of Kim & Xing (2009; ICML 2010), including the node weights built from cluster heights;
 - both solvers are scaled, over-relaxed ADMM (Boyd et al. 2011) with an exact B-update (a
   Sylvester system diagonalised once), rho started from sqrt(lambda_min lambda_max) of Q
-  (Ghadimi et al. 2015) and rebalanced from the residuals; the sTLP X-update is the exact tree-structured
-  prox of Jenatton et al. (JMLR 2011). Chen et al. (AoAS 2012) propose smoothing proximal gradient
-  for the graph penalty; ADMM reaches the 1e-5 relative objective gap the tests demand, which
+  (Ghadimi et al. 2015) and rebalanced from the residuals; from 100 classes on, sGLP gives the
+  fusion to a consensus copy of B whose update is one sparse solve with 2 I + D^T D (SuperLU,
+  factored once per graph), where the exact update would cost 2 C K^2 per iteration; the sTLP
+  X-update is the exact tree-structured prox of Jenatton et al. (JMLR 2011). Chen et al.
+  (AoAS 2012) propose smoothing proximal gradient for the graph penalty; ADMM reaches the 1e-5 relative objective gap the tests demand, which
   SPG's smoothing bias makes costly, and on these ill-conditioned Q (one Perron eigenvalue far
   above the rest) needs 2-3x fewer iterations than FISTA;
 - a working set of rows (glmnet's strong rules, Celer) solves each problem on the channels that
   can be non-zero, checking the KKT condition of the others; pruned layers keep few channels.
 
-The solvers use torch only, run in float32 or float64 on whichever device Q and R live on, and
-never loop over channels or classes in Python (the tree prox loops over tree levels, the
-working set over rounds).
+The solvers use torch (and scipy for the sparse factorisation on the CPU), run in float32 or
+float64 on whichever device Q and R live on, and never loop over channels or classes in Python
+(the tree prox loops over tree levels, the working set over rounds).
 """
 from __future__ import annotations
 
@@ -371,7 +373,8 @@ _SPLIT_CLASSES = 100
 @dataclass(frozen=True)
 class _FusionSystem:
     """The fused block of `_admm_split` for the signed incidence D (E, K) of a graph: Dp = [I; D] (K + E, K),
-    its transpose, and D and D^T (the zero-row check's, `_fusion_violation`) as sparse CSR matrices, `solve(V)` = V (2 I + D^T D)^-1 for V (C, K), and ||D||_2^2.
+    its transpose, and D and D^T (the zero-row check's, `_fusion_violation`) as sparse CSR matrices;
+    `solve(V)` = V (2 I + D^T D)^-1 for V (C, K), and `norm2` = ||D||_2^2.
     On the CPU the solve is SuperLU's (scipy.sparse.linalg.splu, minimum-degree ordering of the symmetric
     pattern, factored once per graph and dtype): at K = 1,000 on a 5-nearest-class graph its factors hold
     about 3 nnz(2 I + D^T D), so a solve costs about C x 44,000 multiply-adds where a dense inverse costs
@@ -523,8 +526,8 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
 
 def _fusion_violation(H, D, gw, step: float, outside: Callable, steps: int = _FUSION_STEPS):
     """`D` is the pair (D, D^T) of the signed incidence (E, K) and its transpose, dense or sparse CSR (many
-    classes), or None without edges. Upper bound on each row's KKT violation at zero for sGLP: min over fusion multipliers
-    |Y_e| <= gamma w_e of ||outside(H + Y D)||, where H = Q B - R and `outside(V)` is V's part
+    classes), or None without edges. Upper bound on each row's KKT violation at zero for sGLP: min over
+    fusion multipliers |Y_e| <= gamma w_e of ||outside(H + Y D)||, where H = Q B - R and `outside(V)` is V's part
     outside the l1 term's subdifferential at zero: the signed soft-threshold of V at lam for the
     signed problem (a zero row is optimal iff some Y makes |H + Y D| <= lam), min(V + lam, 0) for
     B >= 0 (optimal iff H + lam + Y D >= 0). Both are gradients of 1/2 dist^2 to a convex set, so
