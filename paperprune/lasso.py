@@ -720,8 +720,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
     (`_admm`, 2 C K^2 + C^2 K per iteration). From 100 classes a consensus copy W of B takes the
     fusion (`_admm_split`): its update is one sparse solve with 2 I + D^T D, factored once per
     graph by SuperLU and reused by every solve of the budget bisection, so an iteration costs
-    C^2 K + C nnz(factor) + C (K + 2E); it needs somewhat more iterations (1.0-1.4x on
-    benchmarks/bench_solvers_k1000.py's instances) and reaches the same optimum (the tests
+    C^2 K + C nnz(factor) + C (K + 2E); it takes 0.9-2x the exact update's iterations on
+    benchmarks/bench_solvers_k1000.py's instances and reaches the same optimum (the tests
     compare the two). Timings: benchmarks/results/solvers-k1000.md.
 
     Certificate: ADMM's relative dual residual <= tol and primal residual <= tol / 10 on the
