@@ -14,7 +14,7 @@ Bottleneck. Everything in this module is reconstruction:
   lasso of Kim & Xing (2009; ICML 2010), including the node weights built from cluster heights;
 - both solvers are scaled, over-relaxed ADMM (Boyd et al. 2011) with an exact B-update (a
   Sylvester system diagonalised once), rho started from sqrt(lambda_min lambda_max) of Q
-  (Ghadimi et al. 2015) and rebalanced from the residuals; from 100 classes on, sGLP gives the
+  (Ghadimi et al. 2015) and rebalanced from the residuals; from 200 classes on, sGLP gives the
   fusion to a consensus copy of B whose update is one sparse solve with 2 I + D^T D (SuperLU,
   factored once per graph), where the exact update would cost 2 C K^2 per iteration; the sTLP
   X-update is the exact tree-structured prox of Jenatton et al. (JMLR 2011). Chen et al.
@@ -157,8 +157,8 @@ def tree_prox(X: torch.Tensor, tree: ClassTree, threshold: float, *, nonnegative
     return Yt.T.contiguous()
 
 
-#: from this many classes on, the tree prox uses segment sums; below it dense mask products, whose
-#: per-operation overhead is lower
+#: from this many classes on, the tree prox uses segment sums and sGLP's exact update products with the
+#: sparse incidence; below it dense products, whose per-operation overhead is lower
 _SEGMENT_CLASSES = 100
 
 
@@ -242,12 +242,14 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     q, Uq, UqT = eig
     L = max(float(q[-1]), torch.finfo(Rl.dtype).eps)
     rho = _start_rho(q, L) if rho is None else rho
-    if fusion is not None:  # the dense forms: Dp Vp and its transpose, one product each way per iteration
+    if fusion is not None:
         Dp, DpT, Vp, VpT, shift = fusion
-        into, back = Dp @ Vp, VpT @ DpT
-        base, S = UqT @ Rl @ Vp, X @ DpT
+        sparse = Dp.layout == torch.sparse_csr
+        if not sparse:  # the dense forms: Dp Vp and its transpose, one product each way per iteration
+            into, back = Dp @ Vp, VpT @ DpT
+        base, S = UqT @ Rl @ Vp, _times_sparse(X, Dp)
     else:
-        Dp, shift, base, S = None, None, None, X
+        Dp, shift, base, S, sparse = None, None, None, X, False
     # B Dp^T = Uq M Vp^T Dp^T with M = (Uq^T Rl Vp + rho Uq^T (S - U) Dp Vp) / (q + rho p) (C, K). For
     # K < C the products are taken as M^T (K, C) times the C x C factors: equal, and with MKL on one
     # CPU thread 1.2x faster at C = 64, K = 10 and 1.5x at C = 256 (within 5% slower at C ~ 2K).
@@ -270,19 +272,24 @@ def _admm(eig, Rl, fusion, split, X, Y, *, rho, scale, tol, primal_tol, max_iter
     for it in range(1, max_iter + 1):
         if Dp is None:
             BD = torch.addmm(b0, inverse, S - U, alpha=rho)
-        elif classes_first:
+        elif not sparse and classes_first:
             M = torch.addmm(base, back @ (S - U).T, Uq, alpha=rho).mul_(inverse)
             BD = (M @ UqT).T @ back
-        else:
+        elif not sparse:
             M = torch.addmm(base, UqT, (S - U) @ into, alpha=rho).mul_(inverse)
             BD = (Uq @ M) @ back
+        elif classes_first:
+            M = torch.addmm(base, VpT @ (DpT @ (S - U).T), Uq, alpha=rho).mul_(inverse)
+            BD = _times_sparse((M @ UqT).T @ VpT, Dp)
+        else:
+            M = torch.addmm(base, UqT, _times_sparse(S - U, DpT) @ Vp, alpha=rho).mul_(inverse)
+            BD = _times_sparse((Uq @ M) @ VpT, Dp)
         S_prev = S
         S, U = split(torch.lerp(S, BD, relax).add_(U), rho)  # relax B Dp^T + (1 - relax) S_prev + U
         if it % check and it < max_iter:
             continue
-        dual = torch.stack([S - S_prev, U])
-        r_rel, s_rel = _relative_residuals([BD - S], [BD], [S], dual if Dp is None else dual @ Dp, rho, scale / L,
-                                           scale)
+        dual = [S - S_prev, U] if Dp is None else [_times_sparse(d, DpT) for d in (S - S_prev, U)]
+        r_rel, s_rel = _relative_residuals([BD - S], [BD], [S], dual, rho, scale / L, scale)
         if r_rel <= primal_tol and s_rel <= tol:
             converged = True
             break
@@ -366,8 +373,10 @@ def _times_sparse(X, A):
 _FUSION_CACHE: dict = {}
 _FUSION_CACHE_SIZE = 4
 #: from this many classes on, sGLP uses `_admm_split` with a sparse factorisation (`_FusionSystem`); below
-#: it `_admm`'s exact B-update in the dense eigenbasis of I + D^T D, which needs fewer iterations
-_SPLIT_CLASSES = 100
+#: it `_admm`'s exact B-update in the dense eigenbasis of I + D^T D, which needs fewer iterations: on
+#: 5-nearest-class graphs (C = 128) the two took about equal time at K = 150, the split 0.8-0.9x at K = 250
+#: and 0.5x at K = 1,000
+_SPLIT_CLASSES = 200
 
 
 @dataclass(frozen=True)
@@ -435,8 +444,8 @@ def _fusion_system(graph: ClassGraph, K: int, device, dtype) -> _FusionSystem:
 
 def _fusion_basis(graph: ClassGraph, K: int, device, dtype):
     """What `_admm` or `_admm_split` takes for the signed incidence D (E, K) of `graph`: from `_SPLIT_CLASSES`
-    classes on a `_FusionSystem`, below it (Dp, Dp^T, Vp, Vp^T, shift) with Dp = [I; D] (K + E, K), Vp the
-    eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a row. Either depends on the
+    classes on a `_FusionSystem`, below it (Dp, Dp^T, Vp, Vp^T, shift) with Dp = [I; D] (K + E, K) (sparse CSR
+    from `_SEGMENT_CLASSES` classes), Vp the eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a row. Either depends on the
     graph only: the last few are kept, keyed by its edges and signs, so the solves of one graph along the
     budget bisection share them."""
     source = torch.cat([graph.edges.double().flatten().cpu(), graph.signs.double().cpu()])
@@ -448,7 +457,10 @@ def _fusion_basis(graph: ClassGraph, K: int, device, dtype):
         else:
             Dp = torch.cat([torch.eye(K, dtype=dtype, device=device), graph.incidence(K, device=device, dtype=dtype)])
             p, Vp = torch.linalg.eigh(Dp.T @ Dp)
-            value = (Dp, Dp.T.contiguous(), Vp, Vp.T.contiguous(), p.clamp_min(1.0)[None, :])
+            DpT = Dp.T.contiguous()
+            if K >= _SEGMENT_CLASSES:  # products with the sparse Dp cost C (K + 2E) instead of C K (K + E)
+                Dp, DpT = _sparse(Dp), _sparse(DpT)
+            value = (Dp, DpT, Vp, Vp.T.contiguous(), p.clamp_min(1.0)[None, :])
         while len(_FUSION_CACHE) >= _FUSION_CACHE_SIZE:
             _FUSION_CACHE.pop(next(iter(_FUSION_CACHE)))
         _FUSION_CACHE[key] = value
@@ -716,8 +728,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
     min 1/2 tr(B^T Q B) - <R, B> + lam |X|_1 + gamma sum_e w_e |Z[:, e]|_1 s.t. B = X,
     B D^T = Z, with D (E, K) the signed incidence and S = [X, Z] updated by soft-thresholding
     (on B >= 0 the l1 term is linear: R becomes R - lam and X = max(V, 0)). Below
-    `_SPLIT_CLASSES` (100) classes the B-update is exact in the eigenbases of Q and of I + D^T D
-    (`_admm`, 2 C K^2 + C^2 K per iteration). From 100 classes a consensus copy W of B takes the
+    `_SPLIT_CLASSES` (200) classes the B-update is exact in the eigenbases of Q and of I + D^T D
+    (`_admm`, 2 C K^2 + C^2 K per iteration). From 200 classes a consensus copy W of B takes the
     fusion (`_admm_split`): its update is one sparse solve with 2 I + D^T D, factored once per
     graph by SuperLU and reused by every solve of the budget bisection, so an iteration costs
     C^2 K + C nnz(factor) + C (K + 2E); it takes 0.9-2x the exact update's iterations on
@@ -779,7 +791,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
     elif isinstance(fusion, _FusionSystem):  # D and D^T, sparse
         D, norm2 = (fusion.D, fusion.DT), fusion.norm2
     else:
-        D, norm2 = (fusion[0][K:], fusion[1][:, K:]), float(fusion[-1].max()) - 1
+        D, norm2 = graph.incidence(K, device=R.device, dtype=R.dtype), float(fusion[-1].max()) - 1
+        D = (D, D.T.contiguous()) if K < _SEGMENT_CLASSES else (_sparse(D), _sparse(D.T.contiguous()))
     step = 1.0 / max(norm2, 1.0)  # 1 / ||D||_2^2
 
     result = _working_set(Q, R, B, fusion, Rl, split,
