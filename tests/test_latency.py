@@ -196,8 +196,14 @@ def batches():
 
 
 def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, batches):
-    monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
+    """The table from the fake timer (a table timed on a loaded machine can put a jump where the bisection
+    cannot meet the target); the candidates measured for real, beside the base."""
     import warnings
+
+    import paperprune.latency
+
+    monkeypatch.setenv("PAPERPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(paperprune.latency, "measure_us", FakeTimer(1))
 
     model = Tiny((32, 64, 64)).eval()
     with warnings.catch_warnings(record=True) as caught:  # real timings of a tiny model: it may miss
@@ -517,5 +523,5 @@ def test_the_module_doctests_run():
 
     import paperprune.latency
 
-    result = doctest.testmod(paperprune.latency, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(paperprune.latency)
     assert result.attempted > 0 and result.failed == 0
