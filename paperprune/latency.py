@@ -604,7 +604,8 @@ def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tens
 def _next_ask(points: list[tuple[float, float]], target: float) -> tuple[float, str]:
     """The predicted reduction to ask for next, from the measured (predicted, measured) reductions so far.
 
-    One point: the line through the unpruned model (0, 0) and it (the prediction off by a factor).
+    One point: the line through the unpruned model (0, 0) and it (the prediction off by a factor;
+    a measured reduction <= 0, no line: twice the predicted one).
     More: the secant through the two points measured nearest the target, unless their predicted
     reductions nearly coincide or the secant's slope is not within a factor 2 of the proportional
     one (then it is fitting timing noise): the proportional line through the nearest point.

@@ -70,7 +70,8 @@ class PruneReport:
                          f"predicted -{100 * lat['predicted_reduction']:.1f}%, measured "
                          f"{lat['measured_before_us'] / 1e3:.2f} -> {lat['measured_after_us'] / 1e3:.2f} ms "
                          f"(-{100 * lat['measured_reduction']:.1f}%"
-                         + (f", step {lat['chosen_step']} of {len(lat['steps'])} measured)" if lat.get("steps") else ")")
+                         + (f", step {lat['chosen_step']} of {sum('miss' in s for s in lat['steps'])} measured)"
+                            if "chosen_step" in lat else ")")
                          + (f" MISSED the target by more than {lat['tolerance']}" if lat.get("missed") else ""))
         if self.images_per_class:
             lines.append(f"calibration: {self.num_calibration} images, {min(self.images_per_class)} to "
