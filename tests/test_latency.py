@@ -237,7 +237,7 @@ def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, me
     ([], r"no budget: pass --flops-reduction F or --latency-reduction L"),
 ])
 def test_run_cli_validates_the_latency_budget_before_writing(tmp_path, capsys, flags, message):
-    from paperprune.cli import main
+    from paperprune.lab.cli import main
 
     out = tmp_path / "run"
     rc = main(["run", "--dataset", "synthetic", "--arch", "resnet56", "--method", "l1", "--pretrain-epochs", "1",
