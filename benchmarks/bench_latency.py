@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 import paperprune
-from paperprune.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
 from paperprune.deploy import DEPLOY_MODE
+from paperprune.lab.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.io import environment_info
+from paperprune.lab.train import TrainConfig, evaluate, train
 from paperprune.latency import LATENCY_TOLERANCE, MEASURE_ROUNDS, LatencyModel, clock_name
 from paperprune.models import prunable_layers
-from paperprune.train import TrainConfig, evaluate, train
-from paperprune.utils import PaperpruneError, atomic_write_json, atomic_write_text, environment_info
+from paperprune.utils import PaperpruneError, atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD = "l1"

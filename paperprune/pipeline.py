@@ -462,7 +462,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
     `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
     adaptive BN, which EagleEye (Li et al., ECCV 2020) uses to score pruned candidates; it
-    recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.curves`).
+    recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.lab.curves`).
     """
     from .flops import count_flops_params
     from .latency import LatencyModel, calibrate, check_budget, latency_record
@@ -559,7 +559,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         raise RuntimeError(f"internal error: the pruned model has {macs} MACs / {params} params but the budget "
                            f"rule predicted {selection.macs} / {selection.params}")
     if adapt_bn:
-        from .curves import adapt_batchnorm
+        from .features import adapt_batchnorm
 
         start = time.perf_counter()
         adapt_batchnorm(pruned, data, adapt_bn, device)

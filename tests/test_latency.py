@@ -233,7 +233,7 @@ def test_tiny_model_prunes_to_a_latency_budget_on_cpu(tmp_path, monkeypatch, bat
     # the record round-trips through a run record (run.json's latency_budget)
     from test_record import _current
 
-    from paperprune.record import RunRecord, read_run, write_run
+    from paperprune.lab.record import RunRecord, read_run, write_run
 
     record = _current()
     record["latency_budget"] = lat
@@ -264,7 +264,7 @@ def test_bad_budgets_are_clear_errors(tmp_path, monkeypatch, batches, kwargs, me
     ([], r"no budget: pass --flops-reduction F or --latency-reduction L"),
 ])
 def test_run_cli_validates_the_latency_budget_before_writing(tmp_path, capsys, flags, message):
-    from paperprune.cli import main
+    from paperprune.lab.cli import main
 
     out = tmp_path / "run"
     rc = main(["run", "--dataset", "synthetic", "--arch", "resnet56", "--method", "l1", "--pretrain-epochs", "1",
