@@ -1,11 +1,11 @@
 """Batch reproduction: run a profile's stages, then rebuild every table and figure.
 
-    python -m paperprune.reproduce --profile NAME [--jobs N] [--devices 0,1,...]   (NAME: see `profiles`)
+    python -m paperprune.lab.reproduce --profile NAME [--jobs N] [--devices 0,1,...]   (NAME: see `profiles`)
 
 A profile has up to three stages, run in this order, each skipped where its record is there:
 1. baselines: `python -m paperprune train` into RUNS/PROFILE/baselines/<arch>/ (resumes from its
    checkpoint; done when final.pt is there);
-2. pruning curves: `notebooks/curves.ipynb` (`paperprune.curves.run`, resumable per (criterion,
+2. pruning curves: `notebooks/curves.ipynb` (`paperprune.lab.curves.run`, resumable per (criterion,
    seed)) into RUNS/PROFILE/curves/<dataset>-<arch>[-<variant>]/; done when curves.json is there;
 3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
    done when run.json is there.
@@ -36,11 +36,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .criteria import CLASSWISE, METHODS
-from .models.pretrained import PRETRAINED, pretrained_path
-from .utils import DirLock, PaperpruneError, atomic_write_json
+from ..criteria import CLASSWISE, METHODS
+from ..models.pretrained import PRETRAINED, pretrained_path
+from ..utils import PaperpruneError, atomic_write_json, atomic_write_text
+from .io import DirLock
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # FLOPs reductions of the paper grid: the paper's abstract for VGG-16 (61%); otherwise APIB's
 # README targets (ResNet-56 57e6, ResNet-110 96e6, GoogLeNet 568e6, ResNet-50 1.55e9 of the
@@ -54,7 +55,7 @@ class Profile:
     name: str
     description: str
     runs: list[dict] = field(default_factory=list)
-    #: pruning-curve jobs (`paperprune.curves.run` arguments), run through notebooks/curves.ipynb
+    #: pruning-curve jobs (`paperprune.lab.curves.run` arguments), run through notebooks/curves.ipynb
     curves: list[dict] = field(default_factory=list)
     #: baselines trained first (`python -m paperprune train` settings: dataset, arch, epochs, lr, weight_decay,
     #: batch_size, seed, precision, optionally per_class); a curves job or run names one with `baseline="<arch>"`
@@ -87,7 +88,7 @@ QUICK_SAMPLES = 10  # calibration images per class of the quick profile
 QUICK_TEST_PER_CLASS = 300
 
 # The evidence profiles, sized by the measured costs in COSTS (`python -m
-# paperprune.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
+# paperprune.lab.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
 # trainings do not fit one 150-minute run on this project's 2-core CPU: measured, one curves point of ResNet-56
 # (two bf16 evaluations of the 10,000 test images) costs ~30 s, VGG-16's about twice that, so the whole
 # design is ~270 minutes. It is split in two profiles of <= 150 minutes each:
@@ -256,12 +257,12 @@ COSTS = {
     "vgg16": dict(train_step_s=0.57, eval_fp32_s=97.7, eval_bf16_s=36.6, gap=1.47,
                   statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 15.0, "other": 4.0}),
 }
-#: curves points are evaluated with BatchNorm folded (`paperprune.curves.EVALUATED`), COSTS' evaluations not:
+#: curves points are evaluated with BatchNorm folded (`paperprune.lab.curves.EVALUATED`), COSTS' evaluations not:
 #: the folded one is this much faster (bf16, l1-pruned by 30/55/75%, the median of the three targets;
 #: benchmarks/results/eval.md, 2026-12-03: ResNet-56 1.27-1.35x, VGG-16 1.04-1.08x)
 EVAL_FOLD_SPEEDUP = {"resnet56": 1.29, "vgg16": 1.07}
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
-#: the reports: per curves record 15 s of figures (the paired differences over seeds of `paperprune.seeds` cost
+#: the reports: per curves record 15 s of figures (the paired differences over seeds of `paperprune.lab.seeds` cost
 #: no measurable time); the run report 60 s
 FIGURES_S, RUN_REPORT_S = 15.0, 60.0
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
@@ -333,7 +334,7 @@ def estimate_text(profile: Profile, baselines_todo, curves_todo, runs_todo, runs
     left_c = [j for out, j in zip([o for o, _ in plan_curves(profile, runs_root)], profile.curves) if out in curves_todo]
     left_r = [r for out, r in zip([o for o, _ in plan(profile, runs_root)], profile.runs) if out in runs_todo]
     left = estimate(profile, left_b, left_c, left_r)
-    lines = [f"estimated wall time on 2 CPU cores (COSTS in paperprune/reproduce.py): "
+    lines = [f"estimated wall time on 2 CPU cores (COSTS in paperprune/lab/reproduce.py): "
              f"{sum(whole.values()) / 60:.0f} min for the whole profile, {sum(left.values()) / 60:.0f} min left"]
     lines += [f"  {stage}: {whole[stage] / 60:.0f} min ({left[stage] / 60:.0f} left)" for stage in whole]
     return "\n".join(lines)
@@ -460,32 +461,17 @@ def _run_baselines(jobs: list[tuple[Path, dict]], data_root: str | None):
     return failures, time.perf_counter() - start
 
 
-def baseline_summary(out: Path) -> dict | None:
-    """A trained baseline's final epoch (never the best): from OUT/config.json and OUT/metrics.jsonl."""
-    if not (out / "final.pt").is_file():
-        return None
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    last = history[-1]
-    return {"arch": config["arch"], "dataset": config["dataset"], "epochs": last["epoch"],
-            "test_top1": last["test_top1"], "precision": last["precision"],
-            "train_images": last["train_images"], "hours": sum(h["epoch_seconds"] for h in history) / 3600}
-
-
 def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
-    from .reporting import Table, write_table
+    from .reporting import write_table
+    from .reporting.pages import baselines_table
 
-    rows = [[b["arch"], str(b["epochs"]), f"{b['test_top1']:.2f}", b["precision"], f"{b['train_images']:,}",
-             f"{60 * b['hours']:.0f}"] for b in filter(None, (baseline_summary(out) for out, _ in jobs))]
-    if rows:
-        write_table(Table("Baselines (final epoch, never the best)",
-                          ["Arch", "Epochs", "Test top-1 (%)", "Precision", "Train images per epoch", "Minutes"],
-                          rows, ["Top-1 on the whole test set after the last epoch (`metrics.jsonl`)."]),
-                    figures / "tables", "baselines")
+    table = baselines_table([out for out, _ in jobs if (out / "final.pt").is_file()])
+    if table is not None:
+        write_table(table, figures / "tables", "baselines")
 
 
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int, device: str = "cpu") -> None:
-    """Execute the curves notebook for one job on `device` (resumable inside `paperprune.curves.run`; what
+    """Execute the curves notebook for one job on `device` (resumable inside `paperprune.lab.curves.run`; what
     the job leaves out at `curves.run`'s defaults); on failure record error.json and re-raise."""
     parameters = dict(_with_defaults(job, _curves_defaults()), out=str(out), threads=threads, device=device,
                       progress=False)
@@ -513,9 +499,8 @@ def ablation_tables(jobs: list[tuple[Path, dict]], figures: Path) -> list[Path]:
     """Each ablation variant (a curves job with criterion options) against the main curves of its dataset and
     arch (the job without options), raw and after adaptive BN, where both records are there
     (`reporting.curves.variant_table`); the files written."""
-    from .curves import variant_name
-    from .reporting import load_curves, write_table
-    from .reporting.curves import CURVE_METRICS, variant_table
+    from .reporting import load_curves
+    from .reporting.pages import ablation_report
 
     main = {(j["dataset"], j["arch"]): out for out, j in jobs if not j.get("criterion_options")}
     written = []
@@ -524,11 +509,33 @@ def ablation_tables(jobs: list[tuple[Path, dict]], figures: Path) -> list[Path]:
         if not job.get("criterion_options") or base is None or not (out / "curves.json").is_file() \
                 or not (base / "curves.json").is_file():
             continue
-        stem = f"{job['dataset']}_{job['arch']}_{variant_name(job['criterion_options'])}"
-        for metric in CURVE_METRICS:
-            table = variant_table(load_curves(base), load_curves(out), metric)
-            written += write_table(table, figures / "tables", f"ablation_{metric}_{stem}")
+        written += ablation_report(load_curves(base), load_curves(out), figures)
     return written
+
+
+#: the results page, generated from every profile's records under figures/ (`write_results_page`)
+RESULTS_PAGE = REPO / "docs" / "results.md"
+
+
+def write_results_page(figures_root: Path = REPO / "figures", page: Path = RESULTS_PAGE) -> Path:
+    """docs/results.md from the records of every profile under `figures_root` (`reporting.pages.results_page`)."""
+    from .reporting.pages import results_page
+
+    return atomic_write_text(page, results_page(figures_root, {n: p.description for n, p in profiles().items()}))
+
+
+def _rebuild(profile: Profile, figures: Path) -> int:
+    """`--rebuild`: the profile's tables and figures from its records, then the results page; runs nothing."""
+    from .reporting.pages import rebuild
+
+    if not (figures / "records").is_dir():
+        raise PaperpruneError(f"{figures / 'records'} does not exist: profile {profile.name} has no committed "
+                              "records to rebuild from; run the profile first (without --rebuild)")
+    written = rebuild(figures)
+    page = write_results_page()
+    print(f"profile {profile.name}: {len(written)} table and figure file(s) rebuilt under {figures} from its "
+          f"records; results page: {page}")
+    return 0
 
 
 def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
@@ -538,7 +545,7 @@ def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paperprune.reproduce", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m paperprune.lab.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", help=" | ".join(profiles()))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own kernel process)")
     parser.add_argument("--devices", default=None,
@@ -552,6 +559,10 @@ def main(argv=None) -> int:
                         help="folder of <dataset>-<arch>.pt baselines to use instead of pretraining")
     parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder holding experiment.ipynb")
     parser.add_argument("--dry-run", action="store_true", help="list the grid and what is done, run nothing")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the profile's tables and figures from its committed records "
+                             "(figures/PROFILE/records) and the results page docs/results.md from every "
+                             "profile's records; run nothing")
     args = parser.parse_args(argv)
     try:
         return _main(args)
@@ -645,6 +656,8 @@ def _main(args) -> int:
         if not (notebooks / name).is_file():
             raise PaperpruneError(f"{notebooks / name} not found; pass --notebooks pointing at the "
                                   "repository's notebooks/ folder")
+    if args.rebuild:
+        return _rebuild(all_profiles[args.profile], Path(args.figures or REPO / "figures" / args.profile))
     devices = _devices(args.devices)
     for flag, folder in (("--data-root", args.data_root), ("--pretrained-dir", args.pretrained_dir)):
         if folder is not None and not Path(folder).is_dir():
@@ -687,6 +700,8 @@ def _main(args) -> int:
         own_baselines = baselines if profile.baselines_from is None else []  # else recorded with their profile's
         copied = collect_records(runs_root / profile.name, [out for out, _ in own_baselines + curve_jobs + planned],
                                  figures / "records")
+        if figures == (REPO / "figures" / profile.name).resolve():
+            write_results_page()
     print(f"baselines took {train_seconds:.0f} s, curves {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and "
           f"figures under {figures}" + (f"; report: {report}" if report else "")
           + f"; {copied} record file(s) under {figures / 'records'}")
