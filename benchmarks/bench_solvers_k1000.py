@@ -36,7 +36,7 @@ from bench_solvers import hsic_like_instance  # noqa: E402
 
 import paperprune.lasso  # noqa: E402
 from paperprune.structure import class_graph_from_embeddings, class_tree_from_embeddings  # noqa: E402
-from paperprune.utils import atomic_write_json
+from paperprune.utils import atomic_write_json  # noqa: E402
 from paperprune.lab.io import environment_info  # noqa: E402
 
 
