@@ -18,9 +18,9 @@ Bottleneck. Everything in this module is reconstruction:
   fusion to a consensus copy of B whose update is one sparse solve with 2 I + D^T D (SuperLU,
   factored once per graph), where the exact update would cost 2 C K^2 per iteration; the sTLP
   X-update is the exact tree-structured prox of Jenatton et al. (JMLR 2011). Chen et al.
-  (AoAS 2012) propose smoothing proximal gradient for the graph penalty; ADMM reaches the 1e-5 relative objective gap the tests demand, which
-  SPG's smoothing bias makes costly, and on these ill-conditioned Q (one Perron eigenvalue far
-  above the rest) needs 2-3x fewer iterations than FISTA;
+  (AoAS 2012) propose smoothing proximal gradient for the graph penalty; ADMM reaches the 1e-5
+  relative objective gap the tests demand, which SPG's smoothing bias makes costly, and on these
+  ill-conditioned Q (one Perron eigenvalue far above the rest) needs 2-3x fewer iterations than FISTA;
 - a working set of rows (glmnet's strong rules, Celer) solves each problem on the channels that
   can be non-zero, checking the KKT condition of the others; pruned layers keep few channels.
 
@@ -385,9 +385,10 @@ class _FusionSystem:
     its transpose, and D and D^T (the zero-row check's, `_fusion_violation`) as sparse CSR matrices;
     `solve(V)` = V (2 I + D^T D)^-1 for V (C, K), and `norm2` = ||D||_2^2.
     On the CPU the solve is SuperLU's (scipy.sparse.linalg.splu, minimum-degree ordering of the symmetric
-    pattern, factored once per graph and dtype): at K = 1,000 on a 5-nearest-class graph its factors hold
-    about 3 nnz(2 I + D^T D), so a solve costs about C x 44,000 multiply-adds where a dense inverse costs
-    C x 10^6. On other devices it is a product with the dense inverse (no host round trip per iteration)."""
+    pattern, factored once per graph and dtype): at K = 1,000 on a 5-nearest-class graph its L and U hold
+    44,000 non-zeros (6 nnz(2 I + D^T D)), so a solve costs about C x 44,000 multiply-adds where a dense
+    inverse costs C x 10^6. On other devices it is a product with the dense inverse (no host round trip
+    per iteration)."""
 
     Dp: torch.Tensor
     DpT: torch.Tensor
@@ -422,7 +423,7 @@ def _fusion_system(graph: ClassGraph, K: int, device, dtype) -> _FusionSystem:
     eye = torch.arange(K)
     rows, cols, values = (torch.cat([eye, d_rows + K]), torch.cat([eye, d_cols]),
                           torch.cat([torch.ones(K, dtype=d_values.dtype), d_values]))
-    Dp = sp.csr_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(K + graph.num_edges, K))
+    Dp = sp.csr_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(K + E, K))
     M = (Dp.T @ Dp + sp.identity(K)).tocsc()  # 2 I + D^T D
     norm2 = float(eigsh(M, k=1, which="LA", return_eigenvectors=False, tol=1e-10)[0]) - 2
     if torch.device(device).type == "cpu":
@@ -444,10 +445,10 @@ def _fusion_system(graph: ClassGraph, K: int, device, dtype) -> _FusionSystem:
 
 def _fusion_basis(graph: ClassGraph, K: int, device, dtype):
     """What `_admm` or `_admm_split` takes for the signed incidence D (E, K) of `graph`: from `_SPLIT_CLASSES`
-    classes on a `_FusionSystem`, below it (Dp, Dp^T, Vp, Vp^T, shift) with Dp = [I; D] (K + E, K) (sparse CSR
-    from `_SEGMENT_CLASSES` classes), Vp the eigenvectors of Dp^T Dp = I + D^T D and shift its eigenvalues (>= 1) as a row. Either depends on the
-    graph only: the last few are kept, keyed by its edges and signs, so the solves of one graph along the
-    budget bisection share them."""
+    classes on a `_FusionSystem`, below it (Dp, Dp^T, Vp, Vp^T, shift) with Dp = [I; D] (K + E, K) (sparse
+    CSR from `_SEGMENT_CLASSES` classes), Vp the eigenvectors of Dp^T Dp = I + D^T D and shift its
+    eigenvalues (>= 1) as a row. Either depends on the graph only: the last few are kept, keyed by its
+    edges and signs, so the solves of one graph along the budget bisection share them."""
     source = torch.cat([graph.edges.double().flatten().cpu(), graph.signs.double().cpu()])
     split = K >= _SPLIT_CLASSES
     key = (split, K, graph.num_edges, dtype, str(device), hashlib.sha1(source.numpy().tobytes()).hexdigest())
