@@ -618,11 +618,15 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     ...     nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
     ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
     >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+
+    A channel of this two-layer net carries about 6% of its MACs, hence the wider `tolerance`:
+
     >>> pruned, report = paperprune.prune(model, [(images, labels)], method="stlp",
-    ...                                   flops_reduction=0.4, samples_per_class=10, progress=False)
+    ...                                   flops_reduction=0.4, samples_per_class=10,
+    ...                                   tolerance=0.05, progress=False)
     >>> [(row["name"], row["width_before"]) for row in report.layers]
     [('0', 16), ('3', 16)]
-    >>> abs(report.macs_reduction - 0.4) <= 0.01
+    >>> abs(report.macs_reduction - 0.4) <= 0.05
     True
     >>> pruned(images).shape, model[0].out_channels
     (torch.Size([40, 4]), 16)

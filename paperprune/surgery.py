@@ -475,7 +475,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None =
     >>> _ = torch.manual_seed(0)
     >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
     >>> pruned, _ = paperprune.prune(make(), [(images, labels)], method="stlp", flops_reduction=0.4,
-    ...                              samples_per_class=10, progress=False)
+    ...                              samples_per_class=10, tolerance=0.05, progress=False)
     >>> folder = tempfile.TemporaryDirectory()
     >>> path = paperprune.save_pruned(pruned, Path(folder.name) / "pruned.pt")
     >>> path.name
