@@ -30,7 +30,7 @@ normalisation. Choices made here, not taken from any paper:
   "Zero" is exact: ||a||^2 + ||b||^2 - 2 a.b leaves rounding residue on identical maps (the
   silent ones above all), so pairs whose maps are identical, recognised by equal squared norms
   and equal projections on a fixed random direction, count as zero whatever the rounding
-  (METHOD.md section 2, "Bandwidth").
+  (METHOD.md section 2, "Statistics").
 - Dead channels: a channel whose feature maps are identical on every sample (relative
   spread below 100 machine epsilons of the features' dtype), or whose centred kernel has
   a Frobenius norm at rounding level, gets Kbar = 0: its rows of Q and R are zero and it is

@@ -1,7 +1,7 @@
 """Channel surgery, exact MACs/params prediction and pruned-model checkpoints.
 
 Reconstruction, not from the paper (its abstract says nothing about surgery): a prunable
-layer (METHOD.md section 2, "Which layers are prunable") loses output channels of its conv;
+layer (METHOD.md section 2, "Prunable layers") loses output channels of its conv;
 everything coupled to them (its BatchNorm, the consumers' input channels, through
 concatenations for DenseNet, depthwise convs and squeeze-excitation gates) follows. The
 coupling is found by Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVPR 2023);
