@@ -500,8 +500,9 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         models (`paperprune.create_model`) list their prunable layers and classifier; for any other
         CNN both are found through Torch-Pruning's DependencyGraph (`paperprune.discover`).
     data : iterable of (images, labels)
-        Re-iterable batches (a DataLoader, or a list of tuples): images (B, C, H, W) float,
-        normalised as the model expects; labels (B,) integer class indices in [0, K).
+        Batches (a DataLoader, a list of tuples, any iterable; re-iterable when `adapt_bn` > 0):
+        images (B, C, H, W) float, normalised as the model expects; labels (B,) integer class
+        indices in [0, K). A class-balanced calibration set is drawn from the first batches.
     method : {"stlp", "sglp", "classwise", "apib", "hrank", "l1", "random"}, default "stlp"
         Channel-selection criterion (`paperprune.criteria`).
     flops_reduction : float in (0, 1), optional
