@@ -5,6 +5,7 @@ import doctest
 import importlib
 import inspect
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,6 @@ def test_contract_check_can_fail():
 
     probe.__module__ = module.__name__
     module.probe = probe
-    import sys
     sys.modules[module.__name__] = module
     try:
         errors = contract_errors(f"{module.__name__}.probe")
@@ -102,7 +102,7 @@ def test_contract_check_can_fail():
     assert any(e.startswith("EX01") for e in errors) and any(e.startswith("PR01") for e in errors), errors
 
 
-def run_examples(module: str) -> tuple[int, dict[str, float]]:
+def run_examples(module: str) -> tuple[int, dict[str, str]]:
     """Run every example in `module` (one thread, torch's global RNG restored after each docstring);
     returns the number of docstrings with examples and the examples that failed or took SECONDS or more."""
     mod = importlib.import_module(module)
@@ -145,7 +145,7 @@ def test_documented_have_examples_that_run():
 
 @pytest.mark.parametrize("name", CORE)
 def test_core_modules_declare_all(name):
-    """`__all__` exists, names only objects the module defines or re-exports on purpose, and has no duplicates."""
+    """`__all__` is a list of public names, each defined in the module, none twice."""
     module = importlib.import_module(f"paperprune.{name}")
     assert isinstance(getattr(module, "__all__", None), list), f"paperprune.{name} has no __all__ list"
     names = module.__all__
