@@ -32,8 +32,21 @@ def jaccard(a, b) -> float:
 
 @dataclass
 class Comparison:
-    """Kept channels of several criteria at one budget. `kept[method][layer]` lists the kept
-    channel indices; `reports[method]` is that criterion's PruneReport."""
+    """Kept channels of several criteria at one budget, as `compare_selections` returns them.
+
+    Parameters
+    ----------
+    methods : list of str
+        The entries compared, in order (criterion names, or "name:allocation").
+    kept : dict of str to dict of str to list of int
+        ``kept[entry][layer]``: the channel indices the entry keeps in that layer.
+    reports : dict of str to PruneReport
+        Each entry's report.
+
+    See Also
+    --------
+    jaccard : The overlap of two kept sets.
+    """
 
     methods: list[str]
     kept: dict[str, dict[str, list[int]]]
