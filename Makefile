@@ -14,7 +14,7 @@ TUTORIALS ?= notebooks/0*.ipynb
 .PHONY: reproduce test install data browser docs benchmarks lab clean
 
 reproduce: install data
-	$(PY) -m paperprune.reproduce --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m paperprune.lab.reproduce --profile $(PROFILE) --jobs $(JOBS)
 
 # The tutorials run twice: with the default threads and with one, since a reduction's order (and so the
 # last digits of a result) depends on the thread count.

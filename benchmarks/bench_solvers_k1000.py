@@ -26,7 +26,8 @@ from bench_solvers import hsic_like_instance  # noqa: E402
 
 from paperprune.lasso import solve_sglp, solve_stlp  # noqa: E402
 from paperprune.structure import class_graph_from_embeddings, class_tree_from_embeddings  # noqa: E402
-from paperprune.utils import atomic_write_json, environment_info  # noqa: E402
+from paperprune.utils import atomic_write_json
+from paperprune.lab.io import environment_info  # noqa: E402
 
 
 def run(sizes, classes, knn, fractions, max_iter, dtype):

@@ -100,7 +100,8 @@ class PruneReport:
     num_calibration: int
     budget_steps: int
     timings: dict[str, float] = field(default_factory=dict)
-    #: with a latency budget: paperprune.latency.latency_record (target, predicted, measured, table key, MACs)
+    #: with a latency budget: paperprune.latency.latency_record (target, predicted and measured latency, each
+    #: measured correction step, table key, MACs)
     latency: dict | None = None
     #: images the pruned model's BatchNorm statistics were re-estimated on (0: not re-estimated)
     adapted_bn_images: int = 0
@@ -133,8 +134,10 @@ class PruneReport:
             lines.append(f"latency ({lat['mode']}, batch {lat['batch_size']}): target -{100 * lat['target_reduction']:.1f}%, "
                          f"predicted -{100 * lat['predicted_reduction']:.1f}%, measured "
                          f"{lat['measured_before_us'] / 1e3:.2f} -> {lat['measured_after_us'] / 1e3:.2f} ms "
-                         f"(-{100 * lat['measured_reduction']:.1f}%)"
-                         + (" MISSED the target by more than its tolerance" if lat.get("missed") else ""))
+                         f"(-{100 * lat['measured_reduction']:.1f}%"
+                         + (f", step {lat['chosen_step']} of {sum('miss' in s for s in lat['steps'])} measured)"
+                            if "chosen_step" in lat else ")")
+                         + (f" MISSED the target by more than {lat['tolerance']}" if lat.get("missed") else ""))
         if self.images_per_class:
             lines.append(f"calibration: {self.num_calibration} images, {min(self.images_per_class)} to "
                          f"{max(self.images_per_class)} per class (asked {self.samples_per_class})")
@@ -551,8 +554,9 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     latency_reduction : float in (0, 1), optional
         Budget latency instead of MACs (not both): fraction of the measured latency to remove. The
         level is bisected against a `paperprune.latency.LatencyModel` measured on `device`, then
-        corrected by measuring at most 3 pruned candidates (`paperprune.latency.calibrate`; the
-        steps in ``report.latency["steps"]``).
+        corrected by measuring each pruned candidate beside the unpruned model
+        (`paperprune.latency.calibrate`: at most 3 candidates, stopping within 0.02 of the target;
+        each step in ``report.latency["steps"]``, a warning naming a miss after the last).
     latency_mode : {"eager", "deployed"}, default "eager"
         How latency is measured (`paperprune.latency`).
     latency_batch_size : int, default 64
@@ -606,7 +610,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
 
     `adapt_bn` is adaptive BN, which EagleEye (Li et al., ECCV 2020) uses to score pruned
     candidates; it recovers much of the accuracy a cut loses before any fine-tuning
-    (`paperprune.curves`).
+    (`paperprune.features.adapt_batchnorm`; its effect on the curves in `paperprune.lab.curves`).
 
     Examples
     --------
@@ -714,7 +718,8 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     else:  # predicted, then corrected by measuring the pruned candidates (paperprune.latency.calibrate)
         selection, steps = calibrate(select, lambda s: prune_channels(copy.deepcopy(unpruned), layers, s.keep,
                                                                       input_size),
-                                     latency.measure, float(latency_reduction), latency.measure(unpruned))
+                                     lambda candidate: latency.measure_side_by_side(unpruned, candidate),
+                                     float(latency_reduction))
     timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()
@@ -726,16 +731,12 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         raise RuntimeError(f"internal error: the pruned model has {macs} MACs / {params} params but the budget "
                            f"rule predicted {selection.macs} / {selection.params}")
     if adapt_bn:
-        from .curves import adapt_batchnorm
+        from .features import adapt_batchnorm
 
         start = time.perf_counter()
         adapt_batchnorm(pruned, data, adapt_bn, device)
         timings["adapt_bn_s"] = time.perf_counter() - start
-    record = None
-    if latency is not None:
-        start = time.perf_counter()
-        record = latency_record(latency, selection, latency_reduction, unpruned, pruned, multiples, steps)
-        timings["latency_measure_s"] = time.perf_counter() - start
+    record = None if latency is None else latency_record(latency, selection, latency_reduction, steps, multiples)
     pruned.train(was_training)
     report = PruneReport(
         method=method, flops_reduction_target=None if flops_reduction is None else float(flops_reduction),

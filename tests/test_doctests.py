@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: the core modules (the package without its lab); each declares `__all__`
 CORE = ["ib", "structure", "lasso", "criteria", "select", "options", "discover", "surgery", "flops", "deploy",
-        "latency", "tp", "pipeline", "compare", "models"]
+        "latency", "tp", "pipeline", "compare", "models", "features"]
 
 #: the public functions and classes whose docstrings carry the full numpydoc contract and a run Example
 DOCUMENTED = [
@@ -34,6 +34,7 @@ DOCUMENTED = [
     "paperprune.compare.compare_selections",
     "paperprune.tp.Importance",
     "paperprune.criteria.Criterion",
+    "paperprune.latency.LatencyModel",
 ]
 
 #: numpydoc validation codes enforced on DOCUMENTED (numpydoc.validate.ERROR_MSGS): a docstring

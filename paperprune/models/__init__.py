@@ -92,7 +92,7 @@ def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
 
 
 def input_size(info) -> tuple[int, int, int]:
-    """(C, H, W) of a dataset's images, from a `paperprune.data.DatasetInfo`."""
+    """(C, H, W) of a dataset's images, from a `paperprune.lab.data.DatasetInfo`."""
     return (int(info.in_channels), int(info.image_size), int(info.image_size))
 
 
