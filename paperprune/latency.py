@@ -68,6 +68,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "time_forward"]
+
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
 GRID_POINTS = 8
