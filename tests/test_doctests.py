@@ -35,6 +35,8 @@ DOCUMENTED = [
     "paperprune.tp.Importance",
     "paperprune.criteria.Criterion",
     "paperprune.latency.LatencyModel",
+    "paperprune.lasso.solve_sglp",
+    "paperprune.lasso.solve_stlp",
 ]
 
 #: numpydoc validation codes enforced on DOCUMENTED (numpydoc.validate.ERROR_MSGS): a docstring
