@@ -16,7 +16,7 @@ ONE_THREAD_TUTORIALS ?= notebooks/02_sglp_ib.ipynb notebooks/03_stlp_ib.ipynb no
 .PHONY: reproduce test install data browser docs benchmarks lab clean
 
 reproduce: install data
-	$(PY) -m paperprune.reproduce --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m paperprune.lab.reproduce --profile $(PROFILE) --jobs $(JOBS)
 
 # The tutorials run with the default threads, and those of ONE_THREAD_TUTORIALS again with one: a reduction's
 # order (and so the last digits of a result) depends on the thread count, and their stored outputs come from

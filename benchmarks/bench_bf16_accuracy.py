@@ -1,7 +1,7 @@
 """Does bf16 training reach the fp32 accuracy? A short recorded comparison on Fashion-MNIST.
 
 The same model, seed, data subset, batches and schedule, trained once per precision with
-`paperprune.train.train` (fp32; bf16 autocast + channels_last), each evaluated on the full
+`paperprune.lab.train.train` (fp32; bf16 autocast + channels_last), each evaluated on the full
 10,000-image test set after its final epoch (never the best epoch; the per-epoch monitor uses
 the first 1,000 test images to keep the run short on a shared CPU). The bf16-trained model is
 also evaluated in fp32, to separate training from evaluation precision. Noise: the binomial
@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paperprune.data import make_loaders  # noqa: E402
+from paperprune.lab.data import make_loaders  # noqa: E402
 from paperprune.models import create_model  # noqa: E402
-from paperprune.train import TrainConfig, evaluate, train  # noqa: E402
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
+from paperprune.lab.train import TrainConfig, evaluate, train  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paperprune  # noqa: E402
 from paperprune import ib  # noqa: E402
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors  # noqa: E402
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors  # noqa: E402
 from paperprune.models import prunable_layers  # noqa: E402
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
+from paperprune.lab.io import environment_info  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,5 +1,5 @@
 """Evaluation benchmark: the curves' test evaluation with BatchNorm folded into the convolutions
-(`paperprune.curves`, `paperprune.deploy.fold_batchnorm`) against the model as pruned, side by side.
+(`paperprune.lab.curves`, `paperprune.deploy.fold_batchnorm`) against the model as pruned, side by side.
 
 ResNet-56 (the shipped Fashion-MNIST model) and VGG-16 (initialised with seed 0: timing does not
 depend on the weights), each pruned by l1 to 30/55/75% fewer FLOPs; per model, the bf16 (autocast +
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 import paperprune
-from paperprune.curves import correct_per_image
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.curves import correct_per_image
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.deploy import fold_batchnorm
-from paperprune.train import resolve_precision
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
+from paperprune.lab.train import resolve_precision
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,7 +26,8 @@ import paperprune
 import paperprune.lasso as lasso
 from paperprune import ib
 from paperprune.discover import discover
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1 << 30

@@ -38,7 +38,8 @@ import paperprune  # noqa: E402
 import paperprune.lasso as lasso  # noqa: E402
 from paperprune import ib  # noqa: E402
 from paperprune.criteria import LassoCriterion  # noqa: E402
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1 << 30

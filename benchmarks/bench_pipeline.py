@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 import paperprune
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.deploy import DEPLOY_MODE, prepare_for_inference
-from paperprune.experiment import measure_latency
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info
+from paperprune.lab.experiment import measure_latency
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

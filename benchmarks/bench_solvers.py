@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paperprune.lasso import solve_sglp, solve_stlp  # noqa: E402
 from paperprune.structure import class_graph_from_embeddings, class_tree_from_embeddings  # noqa: E402
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text
+from paperprune.lab.io import environment_info  # noqa: E402
 
 LAM_FRACTION = 0.5
 GAMMA_RATIO = 0.5

@@ -6,7 +6,7 @@ Measures on Fashion-MNIST (the same uint8 images for all):
    after a warm-up;
 3. training throughput of ResNet-56 and VGG-16 in each precision mode: fp32 NCHW (the old
    CPU path), fp32 channels_last, bf16 autocast NCHW, bf16 autocast + channels_last (what
-   `paperprune.train` uses where the CPU runs bf16), and with --compile the same step under
+   `paperprune.lab.train` uses where the CPU runs bf16), and with --compile the same step under
    torch.compile; same init and batches, timed in alternating blocks, as ratios to fp32 NCHW;
 4. the time of one training epoch of each of the six models in the precision `train` picks
    (`--precision`, default auto), EXTRAPOLATED from a few timed steps of batch 128 (plus a few
@@ -35,10 +35,11 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paperprune.data import DeviceLoader, dataset_info, load_tensors  # noqa: E402
+from paperprune.lab.data import DeviceLoader, dataset_info, load_tensors  # noqa: E402
 from paperprune.models import create_model, list_models  # noqa: E402
-from paperprune.train import resolve_precision  # noqa: E402
-from paperprune.utils import atomic_write_json, atomic_write_text, environment_info, resolve_device  # noqa: E402
+from paperprune.lab.train import resolve_precision  # noqa: E402
+from paperprune.utils import atomic_write_json, atomic_write_text, resolve_device
+from paperprune.lab.io import environment_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,7 +98,7 @@ def loader_throughput(loader, device, steps: int, warmup: int) -> float:
 
 
 def train_step_fn(model, device, precision: str = "fp32", channels_last: bool = False, compile: bool = False):
-    """One SGD step as `paperprune.train` takes it: autocast in `precision`, fp32 loss and weights."""
+    """One SGD step as `paperprune.lab.train` takes it: autocast in `precision`, fp32 loss and weights."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if channels_last:
@@ -243,7 +244,7 @@ def markdown(res: dict) -> str:
         f"Load average before/after: {res['loadavg_before']} / {res['loadavg_after']} "
         "(other processes sharing the CPUs inflate every time below).",
         "",
-        f"Fashion-MNIST, batch {cfg['batch_size']}. DeviceLoader = paperprune.data.DeviceLoader "
+        f"Fashion-MNIST, batch {cfg['batch_size']}. DeviceLoader = paperprune.lab.data.DeviceLoader "
         "(batched crop+flip, normalisation in one gather). torchvision = PIL dataset + Pad(2), "
         f"RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize, "
         f"DataLoader(num_workers={cfg['workers']}).",
@@ -278,7 +279,7 @@ def markdown(res: dict) -> str:
         f"warm-up) and {cfg['eval_batches']} timed evaluation batches of {cfg['batch_size']}, scaled to "
         f"{res['epochs'][0]['train_steps_per_epoch'] if res['epochs'] else '?'} training steps "
         "(60000 images, drop_last) + 79 test batches (10000 images). DeviceLoader batches, precision "
-        f"{res['epochs'][0]['precision'] if res['epochs'] else '?'} (what `paperprune.train` picks here"
+        f"{res['epochs'][0]['precision'] if res['epochs'] else '?'} (what `paperprune.lab.train` picks here"
         f"{' with --precision ' + cfg['precision'] if cfg['precision'] != 'auto' else ''}), "
         f"{env['torch_threads']} torch thread(s).",
         "",
@@ -308,7 +309,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision-warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time the bf16 + channels_last step under torch.compile")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="precision of the one-epoch estimates (as paperprune.train resolves it)")
+                   help="precision of the one-epoch estimates (as paperprune.lab.train resolves it)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice); 1 is faster on a shared, oversubscribed CPU")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -340,7 +341,7 @@ def main(argv=None) -> int:
     print(f"resnet56 training: DeviceLoader {tr['device_loader']:.1f} img/s, torchvision "
           f"{tr['torchvision']:.1f} img/s, {tr['ratio']:.2f}x", flush=True)
 
-    from paperprune.train import cpu_supports_bf16
+    from paperprune.lab.train import cpu_supports_bf16
 
     res["cpu_supports_bf16"] = cpu_supports_bf16() if device.type == "cpu" else None
     modes = ["fp32", "fp32+cl", "bf16", "bf16+cl"] + (["bf16+cl+compile"] if args.compile else [])

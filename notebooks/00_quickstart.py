@@ -12,7 +12,7 @@
 # on a CPU in a few minutes, small class-balanced subsets: 20 calibration images per class,
 # 500 training images for the fine-tuning epoch and 500 test images. The accuracies are
 # therefore coarse (see the noise estimate below the results); the full experiments
-# (`python -m paperprune.reproduce`) fine-tune for real on the whole data.
+# (`python -m paperprune.lab.reproduce`) fine-tune for real on the whole data.
 #
 # **What comes from the paper and what is reconstruction.** Only the abstract of Liu et al.,
 # *Automatic Pruning via Structured Lasso with Class-wise Information* (arXiv 2502.09125) is
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 import paperprune
-from paperprune.curves import adapt_batchnorm
-from paperprune.experiment import measure_latency
+from paperprune.features import adapt_batchnorm
+from paperprune.lab.experiment import measure_latency
 from paperprune.models import prunable_layers
-from paperprune.train import TrainConfig, evaluate, train
-from paperprune.tutorial import fashion_mnist, shipped_resnet56
+from paperprune.lab.train import TrainConfig, evaluate, train
+from paperprune.lab.tutorial import fashion_mnist, shipped_resnet56
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 size = (1, 32, 32)  # Fashion-MNIST, zero-padded to 32x32, one channel
@@ -135,7 +135,7 @@ fig.tight_layout()
 #
 # Right after surgery every BatchNorm still holds the running statistics of the unpruned
 # network, whose inputs have changed; re-estimating them on a few images (adaptive BN, as
-# EagleEye does; `paperprune.curves.adapt_batchnorm`) repairs that without training. Then every
+# EagleEye does; `paperprune.features.adapt_batchnorm`) repairs that without training. Then every
 # model, the unpruned one included, gets the same one epoch of SGD (lr 0.01, cosine, batch 50)
 # over the 500 training images.
 
@@ -167,7 +167,7 @@ for accuracy in (0.92, 0.85):
 # what that epoch alone does. One model, one seed and one epoch cannot rank criteria: a margin
 # over random channels on this draw says nothing about other seeds, other budgets or the
 # strongest class-agnostic criterion (L1, HRank, APIB). The recorded grid of criteria, FLOPs
-# targets and seeds (`python -m paperprune.reproduce`) is where that is measured, and
+# targets and seeds (`python -m paperprune.lab.reproduce`) is where that is measured, and
 # `05_does_it_pay` reads it, with intervals over seeds.
 #
 # ## What the pruned model costs

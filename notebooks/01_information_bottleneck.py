@@ -36,11 +36,11 @@ from matplotlib.patches import Rectangle
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from paperprune.data import DeviceLoader, class_balanced_batch, load_tensors
+from paperprune.lab.data import DeviceLoader, class_balanced_batch, load_tensors
 from paperprune.ib import channel_features, channel_kernels, hsic, layer_statistics, normalized_hsic
 from paperprune.lasso import sglp_objective, solve_sglp
 from paperprune.structure import ClassGraph
-from paperprune.tutorial import fashion_mnist, shipped_resnet56, tutorial_layer
+from paperprune.lab.tutorial import fashion_mnist, shipped_resnet56, tutorial_layer
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 NO_EDGES = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.float64),

@@ -30,11 +30,11 @@ from IPython.display import display
 from matplotlib.colors import SymLogNorm
 from matplotlib.lines import Line2D
 
-from paperprune import reporting
+from paperprune.lab import reporting
 from paperprune.ib import class_embeddings, layer_statistics
 from paperprune.lasso import lasso_path, solve_sglp
 from paperprune.structure import ClassGraph, class_graph_from_embeddings
-from paperprune.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
+from paperprune.lab.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 ROW_TOL = 1e-6   # a row of B with a smaller norm counts as zero (channel pruned)

@@ -31,13 +31,13 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 from scipy.cluster.hierarchy import linkage
 
-from paperprune import reporting
+from paperprune.lab import reporting
 from paperprune.compare import compare_selections, jaccard
 from paperprune.ib import class_embeddings, layer_statistics
 from paperprune.lasso import solve_sglp, solve_stlp, tree_prox
 from paperprune.structure import ClassGraph, ClassTree, class_tree_from_embeddings, class_tree_from_taxonomy
 from paperprune.surgery import MacsPredictor
-from paperprune.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
+from paperprune.lab.tutorial import fashion_mnist, plot_convergence, shipped_resnet56, tutorial_layer
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 ROW_TOL = 1e-6   # a row of B with a smaller norm counts as zero (channel pruned)

@@ -30,8 +30,8 @@ from paperprune.compare import compare_selections
 from paperprune.criteria import Calibration, create_criterion
 from paperprune.ib import layer_statistics
 from paperprune.surgery import MacsPredictor
-from paperprune.tutorial import PLANTED_LAYER, VITAL, PlantedNet, fashion_mnist, per_class_accuracy, planted_controls, \
-    planted_data, shipped_resnet56, tutorial_layer
+from paperprune.lab.tutorial import (PLANTED_LAYER, VITAL, PlantedNet, fashion_mnist, per_class_accuracy,
+                                     planted_controls, planted_data, shipped_resnet56, tutorial_layer)
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 NAMES = {"random": "random", "l1": "L1", "hrank": "HRank", "apib": "APIB", "classwise": "class-wise",
@@ -107,7 +107,7 @@ fig.tight_layout()
 # what each ingredient changes. APIB and the class-wise lasso differ in two ways at once: the
 # response (the consuming layer's output vs the labels) and one task vs one per class. The
 # single label-kernel lasso (one task, the multi-class label kernel $L_{ij} = 1[y_i = y_j]$,
-# built in `paperprune.tutorial.planted_controls`) sits between them and separates the two.
+# built in `paperprune.lab.tutorial.planted_controls`) sits between them and separates the two.
 # Random's row is the chance level of each budget.
 
 # %%
@@ -165,7 +165,7 @@ fig.tight_layout()
 #
 # On a trained network we do not know which channels *should* be kept. The `synthetic`
 # dataset has 9 classes in 3 superclasses (coloured tints); `PlantedNet`
-# (`paperprune.tutorial`) is one 1x1 conv of 12 channels set by hand. Channel 0 is the only
+# (`paperprune.lab.tutorial`) is one 1x1 conv of 12 channels set by hand. Channel 0 is the only
 # detector of superclass 0 (red) and a weak one (it fires on about half of its superclass);
 # channels 1-5 and 6-10 are five copies each of a strong detector of superclass 1 and 2 that
 # differ in where they start to fire (copies 1 and 6 on nearly all of their superclass, each

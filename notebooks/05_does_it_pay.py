@@ -20,7 +20,7 @@
 #
 # The seed (the calibration draw; for fine-tuned runs also the training order) is the unit of
 # replication (`METHOD.md` section 6): every interval here is a 95% t-interval over seeds
-# (`paperprune.seeds`), and a criterion is compared with another through its per-seed paired
+# (`paperprune.lab.seeds`), and a criterion is compared with another through its per-seed paired
 # differences. With three seeds the t quantile is 4.3 (printed below), so intervals are wide;
 # that is the honest width of three seeds.
 #
@@ -47,9 +47,9 @@ from scipy import stats
 from IPython.display import display
 
 from paperprune.criteria import AGNOSTIC, CLASSWISE
-from paperprune.reporting import load_curves, load_references, load_runs
-from paperprune.reporting.records import METHOD_LABELS
-from paperprune.seeds import paired_difference, summarize
+from paperprune.lab.reporting import load_curves, load_references, load_runs
+from paperprune.lab.reporting.records import METHOD_LABELS
+from paperprune.lab.seeds import paired_difference, summarize
 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 pd.set_option("display.width", 160, "display.max_columns", 20, "display.max_rows", 200)
@@ -61,7 +61,7 @@ LABEL = {m: METHOD_LABELS[m] for m in ORDER}
 # ## The records
 #
 # Every `curves.json` and every run folder under `figures/evidence*/records/`, read through the
-# package's record schema (`paperprune.record`), which refuses a malformed record by name.
+# package's record schema (`paperprune.lab.record`), which refuses a malformed record by name.
 
 # %%
 curve_files = sorted(ROOT.glob("figures/evidence*/records/curves/*/curves.json"))
@@ -254,7 +254,7 @@ if not tuned.empty:
 # the highest mean top-1 there (the strongest competitor the records show): the mean of the
 # per-seed differences (class-wise minus class-agnostic; the same seed means the same
 # calibration images for both) and its 95% t-interval with n - 1 degrees of freedom
-# (`paperprune.seeds.paired_difference`). **wins**: the interval lies above 0; **loses**: below
+# (`paperprune.lab.seeds.paired_difference`). **wins**: the interval lies above 0; **loses**: below
 # 0; **unresolved**: it contains 0; **equal on every seed**: the two top-1 agree on every seed
 # (typically both at chance, 10%, where pruning without BN re-estimation breaks the network).
 # Choosing the best class-agnostic criterion on the same seeds favours that side a little; a

@@ -9,8 +9,8 @@
 # and reused for every target. A criterion entry `name:uniform` runs the criterion under the
 # uniform allocation (every layer keeps the same fraction of its channels, the L1-norm and HRank
 # papers' protocol, METHOD.md section 2, "Allocation") instead of the global one; its points
-# are rows of their own. Done by `paperprune.curves.run` (resumable: a rerun skips the
-# finished (criterion, seed) chunks); `python -m paperprune.reproduce` runs this notebook
+# are rows of their own. Done by `paperprune.lab.curves.run` (resumable: a rerun skips the
+# finished (criterion, seed) chunks); `python -m paperprune.lab.reproduce` runs this notebook
 # through papermill and leaves the executed copy next to `curves.json`.
 
 # %% tags=["parameters"]
@@ -24,7 +24,7 @@ seeds = [0, 1]
 samples_per_class = 3
 bn_images = 36
 test_per_class = 4
-criterion_options = {}  # e.g. {"nonnegative": True}: an ablation variant (paperprune.curves.check_options)
+criterion_options = {}  # e.g. {"nonnegative": True}: an ablation variant (paperprune.lab.curves.check_options)
 precision = "fp32"  # of the test evaluations; "auto": bf16 autocast where the CPU has it
 data_root = None
 out = "runs/curves-demo"
@@ -35,8 +35,9 @@ progress = True
 # %%
 import torch
 
-from paperprune import create_model, curves
-from paperprune.data import dataset_info
+from paperprune import create_model
+from paperprune.lab import curves
+from paperprune.lab.data import dataset_info
 
 if threads:
     torch.set_num_threads(int(threads))

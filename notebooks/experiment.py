@@ -1,11 +1,11 @@
 # %% [markdown]
 # # One pruning run
 #
-# Pretrain (or load) the baseline, compute the class-wise statistics, select channels under the automatic budget, prune, fine-tune, evaluate. Everything is done by `paperprune.experiment.run_experiment`; this notebook is its parameterised, executed record. `python -m paperprune.reproduce` runs it through papermill and leaves the executed copy next to the run's `run.json`. Stages are cached: re-executing resumes an interrupted run.
+# Pretrain (or load) the baseline, compute the class-wise statistics, select channels under the automatic budget, prune, fine-tune, evaluate. Everything is done by `paperprune.lab.experiment.run_experiment`; this notebook is its parameterised, executed record. `python -m paperprune.lab.reproduce` runs it through papermill and leaves the executed copy next to the run's `run.json`. Stages are cached: re-executing resumes an interrupted run.
 
 # %% tags=["parameters"]
-# Any field of paperprune.experiment.RunConfig can be set here or injected by papermill (as
-# `python -m paperprune.reproduce` does); a field left unset takes RunConfig's own default, so
+# Any field of paperprune.lab.experiment.RunConfig can be set here or injected by papermill (as
+# `python -m paperprune.lab.reproduce` does); a field left unset takes RunConfig's own default, so
 # this cell lists only what differs from it: a quick demo on the synthetic dataset. (A latency
 # budget instead of the MACs one: latency_reduction = 0.4 and flops_reduction = None.)
 dataset = "synthetic"
@@ -32,7 +32,7 @@ from dataclasses import fields
 
 import torch
 
-from paperprune.experiment import RunConfig, run_experiment
+from paperprune.lab.experiment import RunConfig, run_experiment
 
 if threads:
     torch.set_num_threads(int(threads))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from paperprune import cli, reproduce
-from paperprune.data import DeviceLoader
-from paperprune.experiment import RunConfig, run_experiment
+from paperprune.lab import cli, reproduce
+from paperprune.lab.data import DeviceLoader
+from paperprune.lab.experiment import RunConfig, run_experiment
 from paperprune.utils import PaperpruneError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -364,10 +364,10 @@ OTHER_API_ROWS = [
      "input_size=(3, 32, 32) does not fit"),
     ("count_flops_params 'big'", lambda m: __import__("paperprune.flops").flops.count_flops_params(m, "big"),
      "input_size='big'"),
-    ("make_loaders per_class 0", lambda m: __import__("paperprune.data").data.make_loaders("synthetic", per_class=0),
+    ("make_loaders per_class 0", lambda m: __import__("paperprune.lab.data").data.make_loaders("synthetic", per_class=0),
      "per_class=0"),
     ("make_loaders per_class 100000",
-     lambda m: __import__("paperprune.data").data.make_loaders("synthetic", per_class=100000), "per_class=100000"),
+     lambda m: __import__("paperprune.lab.data").data.make_loaders("synthetic", per_class=100000), "per_class=100000"),
     ("DeviceLoader batch_size 0", lambda m: DeviceLoader(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2),
                                                          batch_size=0, mean=(0,), std=(1,), train=False),
      "batch_size must be >= 1, got 0"),
@@ -378,7 +378,7 @@ OTHER_API_ROWS = [
     ("RunConfig nonnegative 'yes'", lambda m: RunConfig(dataset="synthetic", arch="resnet56", method="l1",
                                                         flops_reduction=0.5, pretrain_epochs=1,
                                                         nonnegative="yes").validate(), "nonnegative='yes'"),
-    ("curves entry l1:layerwise", lambda m: __import__("paperprune.curves").curves.run(
+    ("curves entry l1:layerwise", lambda m: __import__("paperprune.lab.curves").curves.run(
         "synthetic", "resnet56", "/nonexistent/curves", weights="/nonexistent/base.pt", methods=["l1:layerwise"]),
      "allocation='layerwise' is not known"),
     ("compare_selections allocation 'per-layer'", lambda m: __import__("paperprune.compare").compare.compare_selections(
@@ -561,7 +561,7 @@ def test_failed_run_never_blocks_the_corrected_rerun(tmp_path, finished, capsys)
 
 
 def test_samples_per_class_beyond_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
-    import paperprune.experiment as experiment
+    import paperprune.lab.experiment as experiment
 
     monkeypatch.setattr(experiment, "_available_bytes", lambda device: 5 * 2**29)
     config = RunConfig(**dict(SMALL, dataset="fashion-mnist", samples_per_class=1000))
@@ -601,8 +601,8 @@ RECORD_ROWS = [  # (how run.json is edited, what the message names)
 
 @pytest.mark.parametrize("damage, names", RECORD_ROWS, ids=[r[1] for r in RECORD_ROWS])
 def test_run_record_values_checked_when_read(tmp_path, finished, damage, names):
-    from paperprune.record import read_run
-    from paperprune.reporting import load_runs
+    from paperprune.lab.record import read_run
+    from paperprune.lab.reporting import load_runs
 
     shutil.copytree(finished / "out", tmp_path / "out")
     path = tmp_path / "out" / "run.json"
@@ -619,7 +619,7 @@ def test_run_record_values_checked_when_read(tmp_path, finished, damage, names):
 
 
 def test_empty_curve_reported_as_empty(tmp_path):
-    from paperprune.reporting.curves import curves_report
+    from paperprune.lab.reporting.curves import curves_report
 
     record = {"config": {"dataset": "synthetic", "arch": "resnet56"}, "points": []}
     with pytest.warns(UserWarning, match="holds no points \\(an empty curve\\)"):

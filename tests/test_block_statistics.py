@@ -199,8 +199,8 @@ def test_the_streamed_pass_holds_blocks_not_the_calibration_features():
 # ----------------------------------------------------------------------------- options
 
 def _tiny_prune(**options):
-    from paperprune.tutorial import PlantedNet
-    from paperprune.data import class_balanced_batch, load_tensors
+    from paperprune.lab.tutorial import PlantedNet
+    from paperprune.lab.data import class_balanced_batch, load_tensors
 
     x, y = class_balanced_batch(*load_tensors("synthetic", "train"), 20, seed=0)
     images = x.float() / 255
@@ -240,8 +240,8 @@ def test_prune_records_the_statistics_it_used():
 def test_run_config_and_cli_take_the_options():
     from dataclasses import fields
 
-    from paperprune.cli import build_parser
-    from paperprune.experiment import RunConfig
+    from paperprune.lab.cli import build_parser
+    from paperprune.lab.experiment import RunConfig
 
     args = build_parser().parse_args(["run", "--dataset", "fashion-mnist", "--arch", "resnet56", "--method", "sglp",
                                       "--flops-reduction", "0.5", "--pretrain-epochs", "1", "--out", "x",
@@ -260,9 +260,9 @@ def test_run_config_and_cli_take_the_options():
 @pytest.mark.filterwarnings("ignore:classwise. the solver stopped")
 def test_compare_selections_gives_the_statistics_options_to_the_lasso_criteria_only():
     from paperprune.compare import compare_selections
-    from paperprune.data import class_balanced_batch, load_tensors
+    from paperprune.lab.data import class_balanced_batch, load_tensors
     from paperprune.models import PrunableLayer
-    from paperprune.tutorial import PlantedNet
+    from paperprune.lab.tutorial import PlantedNet
 
     x, y = class_balanced_batch(*load_tensors("synthetic", "train"), 20, seed=0)
     images = x.float() / 255

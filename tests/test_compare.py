@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from paperprune.compare import compare_selections, jaccard
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.ib import layer_statistics
 from paperprune.models import PrunableLayer
-from paperprune.tutorial import VITAL, PlantedNet  # the planted layer tutorial 04 shows
+from paperprune.lab.tutorial import VITAL, PlantedNet  # the planted layer tutorial 04 shows
 from paperprune.utils import PaperpruneError
 
 LAYERS = [PrunableLayer("conv", "conv", "relu", "classifier")]
@@ -77,7 +77,7 @@ def test_the_controls_problem_is_the_regression_and_its_l21_lasso_is_sklearns():
 
     from paperprune.lasso import solve_stlp
     from paperprune.structure import ClassTree
-    from paperprune.tutorial import planted_controls
+    from paperprune.lab.tutorial import planted_controls
 
     images, labels = _calibration(0, per_class=8)  # 72 samples: a design of 72^2 rows
     controls = planted_controls(PlantedNet(*_calibration(0)), LAYERS[0], images, labels, 9)
@@ -99,7 +99,7 @@ def test_the_controls_keep_exactly_the_budget_and_what_they_keep():
     """Each control keeps exactly 3 channels; on the planted layer every label-supervised lasso, with or
     without a structure, with a shuffled one, row-coupled or with one label kernel, keeps the vital channel
     on both draws (what tutorial 04 reports)."""
-    from paperprune.tutorial import planted_controls
+    from paperprune.lab.tutorial import planted_controls
 
     for seed in (0, 1):
         images, labels = _calibration(seed)

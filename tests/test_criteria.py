@@ -8,7 +8,7 @@ import torch
 
 import paperprune
 from paperprune.criteria import Calibration, create_criterion
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.ib import channel_features, feature_statistics, layer_statistics
 from paperprune.models import list_models, prunable_layers
 from paperprune.utils import PaperpruneError
@@ -178,7 +178,7 @@ def test_response_option_is_refused_where_it_means_nothing():
         create_criterion("classwise", response="output")
     with pytest.raises(PaperpruneError, match="applies to the class-wise criteria"):
         create_criterion("apib", response="class+output")
-    from paperprune.experiment import RunConfig
+    from paperprune.lab.experiment import RunConfig
 
     with pytest.raises(PaperpruneError, match=r"response='class\+output' \(--response\) only applies with a "
                                               r"class-wise criterion .*\(method 'l1'\)"):

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from paperprune import create_model, curves, prune
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune import create_model, features, prune
+from paperprune.lab import curves
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.models import prunable_layers
-from paperprune.record import CurvePoint
-from paperprune.stats import unpack_correct
+from paperprune.lab.record import CurvePoint
+from paperprune.lab.stats import unpack_correct
 from paperprune.utils import PaperpruneError, _json_default
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,13 +123,13 @@ def test_adapt_batchnorm_uses_exactly_the_first_images():
     model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3))
     x = torch.randn(40, 1, 4, 4)
     data = [(x[i:i + 10], None) for i in range(0, 40, 10)] + [(1e6 * torch.ones(10, 1, 4, 4), None)]
-    curves.adapt_batchnorm(model, data, images=40, device="cpu")
+    features.adapt_batchnorm(model, data, images=40, device="cpu")
     with torch.no_grad():
         feats = model[0](x)
     torch.testing.assert_close(model[1].running_mean, feats.mean(dim=(0, 2, 3)))
     assert model[1].momentum == 0.1 and not model.training and int(model[1].num_batches_tracked) == 4
     with pytest.raises(PaperpruneError, match="held 50 images, fewer than images=60"):
-        curves.adapt_batchnorm(model, data, images=60, device="cpu")
+        features.adapt_batchnorm(model, data, images=60, device="cpu")
 
 
 def test_run_writes_a_record_with_a_summary(tmp_path):
@@ -179,7 +180,7 @@ def test_prune_adapt_bn_equals_adapting_the_pruned_model(setup):
     plain, report0 = prune(model, data, method="l1", flops_reduction=0.4, device="cpu", progress=False)
     adapted, report = prune(model, data, method="l1", flops_reduction=0.4, device="cpu", progress=False,
                             adapt_bn=20)
-    curves.adapt_batchnorm(plain, data, 20, "cpu")
+    features.adapt_batchnorm(plain, data, 20, "cpu")
     for (name, a), b in zip(adapted.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
     assert report.adapted_bn_images == 20 and report0.adapted_bn_images == 0 and "adapt_bn_s" in report.timings
@@ -237,7 +238,7 @@ def test_a_damaged_chunk_names_its_file(tmp_path):
 
 
 def test_precision_is_resolved_and_recorded(tmp_path):
-    from paperprune.train import resolve_precision
+    from paperprune.lab.train import resolve_precision
 
     torch.manual_seed(0)
     weights = tmp_path / "base.pt"
@@ -251,8 +252,8 @@ def test_precision_is_resolved_and_recorded(tmp_path):
 
 
 def test_variant_table_pairs_a_variant_with_its_main_curves():
-    from paperprune.reporting.curves import variant_table
-    from paperprune.stats import pack_correct
+    from paperprune.lab.reporting.curves import variant_table
+    from paperprune.lab.stats import pack_correct
 
     def record(options, right):  # 20 test images; seed s gets the first right + s right
         points = [{"method": "sglp", "seed": s, "target": 0.3, "macs_reduction": 0.3, "top1": 5.0 * (right + s),
@@ -291,9 +292,9 @@ def test_uniform_entries_are_points_of_their_own_and_the_weights_are_named_relat
     absolute path (written before) resumes."""
     import hashlib
 
-    from paperprune.reporting.curves import curves_table
+    from paperprune.lab.reporting.curves import curves_table
 
-    monkeypatch.setattr("paperprune.utils.REPO_ROOT", tmp_path)
+    monkeypatch.setattr("paperprune.lab.io.REPO_ROOT", tmp_path)
     torch.manual_seed(0)
     weights = tmp_path / "baselines" / "base.pt"
     weights.parent.mkdir()
@@ -321,7 +322,7 @@ def test_uniform_entries_are_points_of_their_own_and_the_weights_are_named_relat
     again = curves.run("synthetic", "resnet56", tmp_path / "out", **grid)
     assert sorted(again["timings"]["resumed_chunks"]) == ["l1-s0", "l1-uniform-s0"]
     # a record written before: an absolute weights path and points without an allocation still read (as global)
-    from paperprune.record import read_curves
+    from paperprune.lab.record import read_curves
 
     old = dict(record, config=dict(record["config"], weights=str(weights)),
                points=[{k: v for k, v in p.items() if k != "allocation"} for p in record["points"]])

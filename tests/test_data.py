@@ -1,4 +1,4 @@
-"""Tests for paperprune.data: real Fashion-MNIST files, generated CIFAR pickles and ImageFolder
+"""Tests for paperprune.lab.data: real Fashion-MNIST files, generated CIFAR pickles and ImageFolder
 trees in the exact on-disk formats, the device loader's augmentation/sharding and the
 synthetic planted hierarchy."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paperprune import data
+from paperprune.lab import data
 from paperprune.utils import DataNotFoundError, PaperpruneError
 
 FASHION_DIR = data.SYSTEM_FASHION_MNIST

@@ -1,6 +1,6 @@
 """The results page and the README's verdict hold the numbers the committed records give.
 
-docs/results.md is generated from the records (figures/*/records) by `paperprune.reporting.pages`;
+docs/results.md is generated from the records (figures/*/records) by `paperprune.lab.reporting.pages`;
 the committed page must be what the records give today. The README's verdict quotes means ± std,
 paired differences and their intervals: each one is in a record table.
 """
@@ -16,13 +16,13 @@ QUOTED = re.compile(r"\d+\.\d+ ± \d+\.\d+|\[[-+]\d+\.\d+, [-+]\d+\.\d+\]|(?<![\
 def test_results_page_is_generated_from_the_records():
     """docs/results.md is what `--rebuild` writes from the committed records: a number changed by hand, or a
     record changed without regenerating the page, fails here."""
-    from paperprune.reporting.pages import results_page
-    from paperprune.reproduce import profiles
+    from paperprune.lab.reporting.pages import results_page
+    from paperprune.lab.reproduce import profiles
 
     page = results_page(ROOT / "figures", {n: p.description for n, p in profiles().items()})
     committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert committed == page, ("docs/results.md differs from the records; regenerate it with "
-                               "`python -m paperprune.reproduce --profile quick --rebuild`")
+                               "`python -m paperprune.lab.reproduce --profile quick --rebuild`")
     assert page.count("| resnet56 |") >= 20 and "## `evidence`" in page
 
 
@@ -32,7 +32,7 @@ def test_results_page_reads_a_changed_record(tmp_path):
     import json
     import shutil
 
-    from paperprune.reporting.pages import results_page
+    from paperprune.lab.reporting.pages import results_page
 
     shutil.copytree(ROOT / "figures" / "quick" / "records", tmp_path / "quick" / "records")
     path = tmp_path / "quick" / "records" / "curves" / "fashion-mnist-resnet56" / "curves.json"
@@ -50,7 +50,7 @@ def test_rebuilt_tables_are_the_committed_ones(tmp_path):
     """`rebuild` of the quick profile from its records writes the committed tables, byte for byte."""
     import shutil
 
-    from paperprune.reporting.pages import rebuild
+    from paperprune.lab.reporting.pages import rebuild
 
     shutil.copytree(ROOT / "figures" / "quick" / "records", tmp_path / "records")
     written = [p for p in rebuild(tmp_path) if p.suffix == ".md"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from paperprune.deploy import DEPLOY_MODE
-from paperprune.experiment import RunConfig, run_experiment
+from paperprune.lab.experiment import RunConfig, run_experiment
 from paperprune.flops import count_flops_params
-from paperprune.record import SCHEMA, RunRecord
-from paperprune.stats import unpack_correct
+from paperprune.lab.record import SCHEMA, RunRecord
+from paperprune.lab.stats import unpack_correct
 from paperprune.surgery import load_pruned
 from paperprune.utils import PaperpruneError
 
@@ -88,7 +88,7 @@ def test_a_pretrained_baseline_is_named_by_its_hash_and_a_repository_path(tiny_r
     path (written before) is the same run."""
     root, record = tiny_run
     cache = next((root / "_baselines").iterdir())
-    monkeypatch.setattr("paperprune.utils.REPO_ROOT", root)
+    monkeypatch.setattr("paperprune.lab.io.REPO_ROOT", root)
     config = RunConfig(**dict(TINY, method="l1", pretrained=str(cache / "final.pt"), pretrain_epochs=0,
                               finetune_epochs=0))
     run = run_experiment(config, tmp_path / "out", progress=False, latency_repeats=0)
@@ -232,11 +232,11 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
 def test_a_record_names_the_commit_the_process_imported(monkeypatch):
     """A long run is written after the checkout may have moved on: the record names the code that
     ran (the commit at import), and HEAD at writing beside it when they differ."""
-    from paperprune import utils
+    from paperprune.lab import io
 
-    monkeypatch.setattr(utils, "IMPORTED_COMMIT", "a" * 40)
-    monkeypatch.setattr(utils, "git_commit", lambda path=None: "b" * 40)
-    env = utils.environment_info("cpu")
+    monkeypatch.setattr(io, "IMPORTED_COMMIT", "a" * 40)
+    monkeypatch.setattr(io, "git_commit", lambda path=None: "b" * 40)
+    env = io.environment_info("cpu")
     assert env["git_commit"] == "a" * 40 and env["git_commit_now"] == "b" * 40
-    monkeypatch.setattr(utils, "git_commit", lambda path=None: "a" * 40)
-    assert "git_commit_now" not in utils.environment_info("cpu")
+    monkeypatch.setattr(io, "git_commit", lambda path=None: "a" * 40)
+    assert "git_commit_now" not in io.environment_info("cpu")

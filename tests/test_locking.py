@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from paperprune.experiment import RunConfig, run_experiment
-from paperprune.utils import DirLock, PaperpruneError, atomic_write_text
+from paperprune.lab.experiment import RunConfig, run_experiment
+from paperprune.lab.io import DirLock
+from paperprune.utils import PaperpruneError, atomic_write_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -35,7 +36,7 @@ def _wait_for(predicate, proc, seconds=120):
 
 def test_second_holder_is_refused_naming_the_first(tmp_path):
     folder = str(tmp_path / "run")
-    child = _child(f"from paperprune.utils import DirLock\nimport time\nwith DirLock({folder!r}, 'run'):\n"
+    child = _child(f"from paperprune.lab.io import DirLock\nimport time\nwith DirLock({folder!r}, 'run'):\n"
                    "    print('held', flush=True)\n    time.sleep(60)")
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(PaperpruneError, match=rf"run folder .* is in use by pid {child.pid} on "):
@@ -138,9 +139,9 @@ def write_fashion(folder: Path, train_per_class=12, test_per_class=4, shift=0, s
 
 @pytest.mark.slow
 def test_changed_data_root_or_data_retrains_the_baseline(tmp_path):
-    from paperprune.experiment import _test_loader, load_weights
+    from paperprune.lab.experiment import _test_loader, load_weights
     from paperprune.models import create_model
-    from paperprune.train import evaluate
+    from paperprune.lab.train import evaluate
 
     base = dict(dataset="fashion-mnist", arch="resnet56", method="l1", flops_reduction=0.5, pretrain_epochs=1,
                 finetune_epochs=0, samples_per_class=3, batch_size=40, device="cpu")

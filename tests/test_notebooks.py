@@ -1,7 +1,7 @@
 """The notebooks as code: every notebook under notebooks/ is a py:percent script paired with its
 executed .ipynb (jupytext.toml), and the pair holds the same cells; the experiment notebook's
 parameters are RunConfig's fields, listed only where they differ from RunConfig's defaults;
-and the tutorials' shared helpers (paperprune.tutorial) on known answers."""
+and the tutorials' shared helpers (paperprune.lab.tutorial) on known answers."""
 import ast
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -11,8 +11,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from paperprune.experiment import RunConfig
-from paperprune.reproduce import profiles
+from paperprune.lab.experiment import RunConfig
+from paperprune.lab.reproduce import profiles
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PAIRED = sorted({p.stem for p in NOTEBOOKS.glob("*.ipynb")} | {p.stem for p in NOTEBOOKS.glob("*.py")})
@@ -70,7 +70,7 @@ def test_tutorial_accuracy_per_class_and_per_group_known_answers():
     import torch
     from torch import nn
 
-    from paperprune.tutorial import per_class_accuracy
+    from paperprune.lab.tutorial import per_class_accuracy
 
     class Shift(nn.Module):
         def forward(self, x):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from paperprune import reproduce
+from paperprune.lab import reproduce
 from paperprune.criteria import METHODS
-from paperprune.experiment import RunConfig, run_experiment
+from paperprune.lab.experiment import RunConfig, run_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parent.parent

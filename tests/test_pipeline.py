@@ -7,7 +7,7 @@ from torch import nn
 
 import paperprune
 from paperprune.criteria import LASSO, METHODS
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.flops import count_flops_params
 from paperprune.pipeline import gather_calibration
 from paperprune.utils import PaperpruneError

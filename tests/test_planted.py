@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import paperprune
-from paperprune.data import class_balanced_batch, dataset_info, load_tensors
+from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.ib import class_embeddings
 from paperprune.structure import class_tree_from_embeddings
 from paperprune.models import PrunableLayer

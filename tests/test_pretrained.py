@@ -10,8 +10,8 @@ import torch
 
 import paperprune.models.pretrained as pre
 from paperprune import create_model
-from paperprune.data import make_loaders
-from paperprune.train import TrainConfig, evaluate, train
+from paperprune.lab.data import make_loaders
+from paperprune.lab.train import TrainConfig, evaluate, train
 from paperprune.utils import PaperpruneError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

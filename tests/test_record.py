@@ -1,4 +1,4 @@
-"""The one schema of run.json (paperprune.record): it reads every committed record, names what is
+"""The one schema of run.json (paperprune.lab.record): it reads every committed record, names what is
 wrong with a bad one, writes only what it reads back, and is the table of docs/records.md."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperprune.record import SCHEMA, RecordError, RunRecord, markdown_table, read_run, write_run
-from paperprune.stats import pack_correct
+from paperprune.lab.record import SCHEMA, RecordError, RunRecord, markdown_table, read_run, write_run
+from paperprune.lab.stats import pack_correct
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "runs" / "fashion-mnist" / "resnet56" / "sglp-f50-spc32-s0" / "run.json"
@@ -106,7 +106,7 @@ def test_docs_table_is_the_schema():
 # --------------------------------------------------------------------------- curves.json
 
 def _curves(schema: int | None = 2) -> dict:
-    """A curves record as paperprune.curves writes it (schema None: as it wrote it before the key existed)."""
+    """A curves record as paperprune.lab.curves writes it (schema None: as it wrote it before the key existed)."""
     point = {"method": "sglp", "seed": 0, "target": 0.3, "statistics_s": 1.0, "level": 0.2, "macs_reduction": 0.31,
              "params_reduction": 0.3, "widths": {"a": 2}, "kept": {"a": [0, 3]}, "top1": 50.0, "top1_bn": 60.0,
              "correct": pack_correct([True, False]), "correct_bn": pack_correct([True, True]), "evaluate_s": 0.1}
@@ -123,7 +123,7 @@ def _curves(schema: int | None = 2) -> dict:
 
 
 def test_curves_record_reads_both_versions_and_writes_what_it_reads(tmp_path):
-    from paperprune.record import CURVES_SCHEMA, CurvesRecord, markdown_table, read_curves, write_curves
+    from paperprune.lab.record import CURVES_SCHEMA, CurvesRecord, markdown_table, read_curves, write_curves
 
     old = CurvesRecord.from_dict(_curves(None))  # curves.json of schema 1 (no schema key)
     assert old.schema == 1 and old.config.criterion_options is None and old.points[1].error == "no"
@@ -143,7 +143,7 @@ def test_curves_record_reads_both_versions_and_writes_what_it_reads(tmp_path):
     (lambda r: r.update(schema=3), r"schema is 3; .* upgrade"),
 ])
 def test_a_bad_curves_record_names_the_key(tmp_path, change, message):
-    from paperprune.record import read_curves
+    from paperprune.lab.record import read_curves
 
     record = _curves()
     change(record)

@@ -1,4 +1,4 @@
-"""Tests for paperprune.reporting on the fixture run directories in tests/fixtures/runs.
+"""Tests for paperprune.lab.reporting on the fixture run directories in tests/fixtures/runs.
 
 Expected numbers are computed here from the fixture files themselves (statistics module), never
 hard-coded, and compared with the rendered cells.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperprune import reporting
+from paperprune.lab import reporting
 from paperprune.utils import PaperpruneError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
@@ -127,7 +127,7 @@ def test_missing_grid_cells_read_not_run(runs):
 
 def test_references_csv_and_rows(runs):
     refs = reporting.load_references()
-    path = Path(reporting.__file__).parents[1] / "resources" / "reference_numbers.csv"
+    path = Path(reporting.__file__).parents[2] / "resources" / "reference_numbers.csv"
     with path.open(newline="", encoding="utf-8") as f:
         raw = list(csv.DictReader(f))
     assert len(refs) == len(raw) > 0
@@ -338,7 +338,7 @@ CURVE_METHODS = {
 
 
 def _curves_record(tmp_path=None) -> dict:
-    from paperprune.stats import pack_correct
+    from paperprune.lab.stats import pack_correct
 
     points = []
     for method, (correct, kept) in CURVE_METHODS.items():
@@ -459,7 +459,7 @@ def test_uniform_rows_are_their_own_and_can_be_the_reference():
 
 
 def _finetuned(tmp_path, method: str, seed: int, correct: np.ndarray | None) -> None:
-    from paperprune.stats import pack_correct
+    from paperprune.lab.stats import pack_correct
 
     record = _fixture("fashion-mnist/resnet56/sglp-f50-spc32-s0")
     record["config"].update(method=method, seed=seed)

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 import torch
 
-from paperprune import reproduce
-from paperprune.reporting import load_runs
+from paperprune.lab import reproduce
+from paperprune.lab.reporting import load_runs
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "runs"
@@ -76,8 +76,8 @@ def test_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["quick", "fmnist", "paper"])
 def test_profiles_are_valid_configs(name):
-    from paperprune.curves import _check_grid
-    from paperprune.experiment import RunConfig
+    from paperprune.lab.curves import _check_grid
+    from paperprune.lab.experiment import RunConfig
     from paperprune.models.pretrained import list_pretrained
 
     profile = reproduce.profiles()[name]
@@ -139,7 +139,7 @@ def test_curve_jobs_run_report_and_are_skipped_when_done(tmp_path, monkeypatch, 
 def test_second_batch_on_the_same_runs_is_refused(tmp_path, monkeypatch, capsys):
     import os
 
-    from paperprune.utils import DirLock
+    from paperprune.lab.io import DirLock
 
     monkeypatch.setattr(reproduce, "profiles", tiny_profile)
     with DirLock(tmp_path / "runs" / "tiny", "reproduce batch"):
@@ -157,8 +157,8 @@ def test_evidence_profiles_plan(tmp_path):
     """Curves, ablation and fine-tuning on both baselines: the shipped ResNet-56 (`evidence`, with the fine-tuned runs) and a
     VGG-16 trained on the whole training set (`evidence-vgg16`); every curves job and run starts from
     its profile's baseline; each profile's estimate fits 150 minutes."""
-    from paperprune.curves import _check_grid
-    from paperprune.experiment import RunConfig
+    from paperprune.lab.curves import _check_grid
+    from paperprune.lab.experiment import RunConfig
     from paperprune.models.pretrained import pretrained_path
 
     resnet, vgg = reproduce.profiles()["evidence"], reproduce.profiles()["evidence-vgg16"]
@@ -227,7 +227,7 @@ def test_verdict_profiles_plan(tmp_path):
     uniform allocation, 3,000 test images, 30/45/60/75%; the shipped ResNet-56 and a VGG-16 trained 20 epochs at
     weight decay 5e-4 in the profile's own baselines folder; the estimate says how long (no test of a bound: it
     spans sessions, and each stage resumes)."""
-    from paperprune.curves import _check_grid
+    from paperprune.lab.curves import _check_grid
     from paperprune.select import split_entry
 
     resnet, vgg = reproduce.profiles()["verdict"], reproduce.profiles()["verdict-vgg16"]
@@ -348,7 +348,7 @@ def test_every_injected_parameter_is_declared_by_the_notebook(tmp_path, monkeypa
 
     import papermill
 
-    from paperprune.experiment import RunConfig
+    from paperprune.lab.experiment import RunConfig
 
     seen = {}
     monkeypatch.setattr(reproduce, "_execute", lambda path, final, parameters, **k: seen.update(parameters))

@@ -1,4 +1,4 @@
-"""paperprune.seeds against independent computations: scipy's t-interval, the analytic limit of the
+"""paperprune.lab.seeds against independent computations: scipy's t-interval, the analytic limit of the
 two-level bootstrap, and the coverage of seed-level vs image-only intervals on a fixture whose
 between-seed variance is known (METHOD.md section 6)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from paperprune.seeds import NO_INTERVAL, paired_difference, summarize, two_level_bootstrap
+from paperprune.lab.seeds import NO_INTERVAL, paired_difference, summarize, two_level_bootstrap
 from paperprune.utils import PaperpruneError
 
 

@@ -1,4 +1,4 @@
-"""paperprune.stats on fixtures with known answers: aggregation over seeds, binomial noise,
+"""paperprune.lab.stats on fixtures with known answers: aggregation over seeds, binomial noise,
 and packing of per-image correctness (intervals over seeds: tests/test_seeds.py)."""
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from paperprune.stats import (
-    aggregate,
-    binomial_std,
-    pack_correct,
-    unpack_correct,
-)
+from paperprune.lab.stats import aggregate, binomial_std, pack_correct, unpack_correct
 from paperprune.utils import PaperpruneError
 
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import paperprune.train as train_mod
-from paperprune.cli import main
-from paperprune.data import DeviceLoader, make_loaders
+import paperprune.lab.train as train_mod
+from paperprune.lab.cli import main
+from paperprune.lab.data import DeviceLoader, make_loaders
 from paperprune.models import create_model
-from paperprune.train import CHECKPOINT, FINAL, METRICS, TrainConfig, evaluate, train
+from paperprune.lab.train import CHECKPOINT, FINAL, METRICS, TrainConfig, evaluate, train
 from paperprune.utils import PaperpruneError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def run_until(monkeypatch, stop_epoch, *args, **kwargs):
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file of `folder` but its lock file (paperprune.utils.DirLock), which a refused run may
+    """Every file of `folder` but its lock file (paperprune.lab.io.DirLock), which a refused run may
     leave behind: it must then be empty, i.e. released and naming no holder."""
     lock = folder / ".lock"
     assert not lock.exists() or lock.read_bytes() == b"", "a finished or refused run left its lock held"

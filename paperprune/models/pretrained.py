@@ -109,8 +109,8 @@ def export(run_dir: str | Path, arch: str, tag: str, out_dir: str | Path | None 
     precision it was trained in; `check` adds the fp32 top-1 on the first `check_images` test
     images (what the tests re-measure). Returns the record.
     """
-    from ..data import make_loaders
-    from ..train import FINAL, METRICS, evaluate
+    from ..lab.data import make_loaders
+    from ..lab.train import FINAL, METRICS, evaluate
     from . import create_model
 
     entry, run_dir = _entry(arch, tag), Path(run_dir)

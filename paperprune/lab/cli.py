@@ -18,7 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .utils import DirLock, PaperpruneError, atomic_write_json
+from ..utils import PaperpruneError, atomic_write_json
+from .io import DirLock
 
 CONFIG = "config.json"
 
@@ -76,16 +77,10 @@ def _add_train(subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import data
-    from .models import create_model, list_models
-    from .train import (
-        TrainConfig,
-        cleanup_distributed,
-        init_distributed,
-        load_checkpoint,
-        resolve_precision,
-        train,
-    )
-    from .utils import environment_info, resolve_device, seed_everything
+    from ..models import create_model, list_models
+    from .train import TrainConfig, cleanup_distributed, init_distributed, load_checkpoint, resolve_precision, train
+    from .io import environment_info
+    from ..utils import resolve_device, seed_everything
 
     if args.dataset not in data.DATASETS:
         raise PaperpruneError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
@@ -238,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (2 for bad input, 130 when interrupted)."""
-    from .options import closest
+    from ..options import closest
 
     parser = build_parser()
     try:

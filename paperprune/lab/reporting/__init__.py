@@ -1,11 +1,11 @@
 """Tables and figures from recorded runs, side by side with the published numbers.
 
 Split by job: `records` loads run directories (run.json through its one schema,
-`paperprune.record`; error.json) and the published numbers, and aggregates seeds; `tables`
+`paperprune.lab.record`; error.json) and the published numbers, and aggregates seeds; `tables`
 renders Markdown / LaTeX / CSV; `figures` draws PNG / PDF; `curves` turns a curves.json record
-(`paperprune.curves`) and fine-tuned runs into the verdict's tables, figures and paired
-confidence intervals over seeds (`paperprune.seeds`); `build` writes the whole report of a
-runs root. Every public name is importable from `paperprune.reporting`.
+(`paperprune.lab.curves`) and fine-tuned runs into the verdict's tables, figures and paired
+confidence intervals over seeds (`paperprune.lab.seeds`); `build` writes the whole report of a
+runs root. Every public name is importable from `paperprune.lab.reporting`.
 
 Published numbers: only the two rows of `paperprune/resources/reference_numbers.csv` with method
 "paper (abstract)" are from the paper (arXiv 2502.09125), and only from its abstract, which does
@@ -22,10 +22,9 @@ from .build import build_reports
 from .curves import (AGNOSTIC, CLASSWISE, CURVE_METRICS, curve_overlap, curves_report, curves_table, load_curves,
                      paired_curves, paired_runs, paired_table, plot_curve_widths, plot_curves, plot_overlap,
                      variant_table)
-from .figures import (plot_class_graph, plot_class_tree, plot_layer_widths, plot_sensitivity, plot_tradeoff,
-                      save_figure)
-from .records import (ABLATION_METHODS, BOOKKEEPING_KEYS, DATASET_ORDER, FIXTURE_HOSTNAME, GRID, METHOD_LABELS,
-                      MISSING, NOT_RUN, PAPER_METHODS, SENSITIVITY_PARAMS, load_references, load_runs)
+from .figures import plot_class_graph, plot_class_tree, plot_layer_widths, plot_sensitivity, plot_tradeoff, save_figure
+from .records import (ABLATION_METHODS, BOOKKEEPING_KEYS, DATASET_ORDER, FIXTURE_HOSTNAME, GRID, METHOD_LABELS, MISSING,
+                      NOT_RUN, PAPER_METHODS, SENSITIVITY_PARAMS, load_references, load_runs)
 from .tables import Table, ablation_table, failed_runs_summary, results_table, sensitivity_table, write_table
 
 __all__ = [

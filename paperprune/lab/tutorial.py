@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..lasso import SOLVER_MAX_ITER
+from ..models import PrunableLayer, create_model, prunable_layers
+from ..utils import PaperpruneError
 from .data import DatasetInfo, DeviceLoader, class_balanced_batch, dataset_info, load_tensors
-from .lasso import SOLVER_MAX_ITER
-from .models import PrunableLayer, create_model, prunable_layers
-from .utils import PaperpruneError
 
 __all__ = ["TutorialData", "fashion_mnist", "plot_convergence", "shipped_resnet56", "tutorial_layer", "PlantedNet",
            "COPY_QUANTILES", "planted_data", "PLANTED_LAYER", "VITAL", "per_class_accuracy", "Controls",
@@ -235,8 +235,8 @@ class Controls:
         sTLP-IB, their shuffled-class controls, the l2,1 lasso (one group of all classes: row-coupled,
         no structure) and the single label-kernel lasso. gamma = lam / 2 for the graphs (the criteria's
         default gamma_ratio). `methods` picks some of them by name (default: all)."""
-        from .lasso import solve_sglp, solve_stlp
-        from .structure import ClassGraph, ClassTree
+        from ..lasso import solve_sglp, solve_stlp
+        from ..structure import ClassGraph, ClassTree
 
         K = self.R.shape[1]
         none = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
@@ -260,8 +260,8 @@ def planted_controls(model: nn.Module, layer: PrunableLayer, images: torch.Tenso
                      num_classes: int, shuffle_seed: int = 0) -> Controls:
     """`Controls` of `layer` (of a model whose final nn.Linear is `model.classifier`) on the calibration draw (`images`, `labels`), in float64; classes are permuted
     with `shuffle_seed` for the shuffled structures. Materialises the N x N kernels: small N only."""
-    from .ib import channel_features, channel_kernels, class_embeddings, layer_statistics
-    from .structure import class_graph_from_embeddings, class_tree_from_embeddings
+    from ..ib import channel_features, channel_kernels, class_embeddings, layer_statistics
+    from ..structure import class_graph_from_embeddings, class_tree_from_embeddings
 
     stats = layer_statistics(model, [layer], images, labels, num_classes, dtype=torch.float64)[layer.name]
     kernels = channel_kernels(channel_features(model, [layer], images)[layer.name], dtype=torch.float64)

@@ -10,9 +10,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..utils import PaperpruneError, atomic_write_bytes
-from .records import (_METRICS, _complete, _group, _group_labels, _group_stats, _is_number, _method_label,
-                      _method_rank, _reference_stats, _run_metrics, _show, _stat, _sweeps, load_references)
+from ...utils import PaperpruneError, atomic_write_bytes
+from .records import (_METRICS, _complete, _group, _group_labels, _group_stats, _is_number, _method_label, _method_rank,
+                      _reference_stats, _run_metrics, _show, _stat, _sweeps, load_references)
 
 def _figure(width: float = 4.8, height: float = 3.4) -> tuple[Figure, Any]:
     fig = Figure(figsize=(width, height), layout="constrained")

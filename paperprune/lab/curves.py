@@ -7,8 +7,8 @@ scores from the seed), and every target reuses them: only the budget bisection a
 run per target. Each point records top-1 on the test loader raw and after adaptive BatchNorm
 (`adapt_batchnorm`: the BN running statistics re-estimated on a few hundred training images,
 as EagleEye, Li et al., ECCV 2020, does to rank pruned candidates), plus the per-image
-correctness of both, packed (`paperprune.stats.pack_correct`), for the two-level bootstrap of
-`paperprune.seeds`.
+correctness of both, packed (`paperprune.lab.stats.pack_correct`), for the two-level bootstrap of
+`paperprune.lab.seeds`.
 
 A criterion entry is a criterion name (the global allocation) or "name:uniform", the same
 criterion under the uniform allocation (METHOD.md section 2, "Allocation"; `paperprune.select`):
@@ -19,7 +19,7 @@ each of its points records its `allocation`, and the reports show it as a row of
 `criterion_options` (e.g. `{"nonnegative": True}`, `{"structure": "taxonomy"}`, or the block
 statistics of METHOD.md section 2b, `{"statistics": "block", "block_size": 20, "permutations": 3}`)
 go to every criterion (`create_criterion`): an ablation variant is a curves record of its own, its options part of the record's config and of its folder's identity. `curves.json` has
-one schema, `paperprune.record.CurvesRecord`: written through `write_curves`, read through
+one schema, `paperprune.lab.record.CurvesRecord`: written through `write_curves`, read through
 `read_curves`.
 """
 from __future__ import annotations
@@ -36,52 +36,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .criteria import METHODS, Calibration, LassoCriterion, check_method, create_criterion
-from .pipeline import gather_calibration, model_parts
-from .select import allocate, select_channels, split_entry
+from ..criteria import METHODS, Calibration, LassoCriterion, check_method, create_criterion
+from ..features import adapt_batchnorm
+from ..pipeline import gather_calibration, model_parts
+from ..select import allocate, select_channels, split_entry
+from ..surgery import MacsPredictor, prune_channels
+from ..utils import PaperpruneError, _json_default, resolve_device
+from .io import recorded_path, state_sha256
 from .stats import pack_correct
-from .surgery import MacsPredictor, prune_channels
-from .utils import PaperpruneError, _json_default, recorded_path, resolve_device, state_sha256
 
-__all__ = ["TARGETS", "adapt_batchnorm", "check_options", "correct_per_image", "pruning_curves", "run",
+__all__ = ["TARGETS", "check_options", "correct_per_image", "pruning_curves", "run",
            "variant_name"]
 
 TARGETS = (0.30, 0.45, 0.60, 0.75)
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, data: Iterable, images: int, device) -> nn.Module:
-    """Re-estimate every BatchNorm's running mean and variance on the first `images` images of
-    `data` (train-mode forwards, cumulative average, no gradient); weights are untouched. In place;
-    the model is returned in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if images < 1 or not bns:
-        raise PaperpruneError(f"adapt_batchnorm needs images >= 1 and a model with BatchNorm layers; got "
-                              f"images={images} and {len(bns)} BatchNorm layers")
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the batches seen
-    model.train()
-    seen = 0
-    for x, _ in data:
-        x = x[: images - seen].to(device)
-        model(x)
-        seen += len(x)
-        if seen >= images:
-            break
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    if seen < images:
-        raise PaperpruneError(f"adapt_batchnorm: the data held {seen} images, fewer than images={images}")
-    return model.eval()
-
-
-@torch.no_grad()
 def correct_per_image(model: nn.Module, loader: Iterable, device, precision: str = "fp32") -> np.ndarray:
     """Boolean vector: is the top-1 prediction right, per test image in loader order (eval mode).
     `precision` "bf16" (or "fp16") evaluates under autocast with channels_last images, as
-    `paperprune.train.evaluate` does; "fp32" without."""
+    `paperprune.lab.train.evaluate` does; "fp32" without."""
     from .train import _autocast
 
     model.eval()
@@ -117,7 +91,7 @@ def pruning_curves(model: nn.Module, calibration: Callable[[int], Iterable], tes
     layer), statistics_s (the shared statistics' time), evaluate_s, evaluated, and for the lasso
     criteria unconverged_layers
     (layers whose solve stopped at max_iter, also warned about). `precision` is that of the test
-    evaluations (a `paperprune.train.resolve_precision` result; BN statistics are always re-estimated
+    evaluations (a `paperprune.lab.train.resolve_precision` result; BN statistics are always re-estimated
     in fp32).
     """
     entries = [split_entry(entry) for entry in methods]
@@ -163,7 +137,7 @@ def _folded(model: nn.Module, precision: str) -> nn.Module:
     """A copy of `model` with its BatchNorms folded, for evaluation only (channels_last under autocast). The
     curves' models are the paper models, which torch.fx traces; one it cannot trace is an error, not a
     silently slower evaluation."""
-    from .deploy import fold_batchnorm
+    from ..deploy import fold_batchnorm
 
     folded = fold_batchnorm(model)
     return folded if precision == "fp32" else folded.to(memory_format=torch.channels_last)
@@ -198,7 +172,7 @@ def _option_names() -> set[str]:
     (which the curves set per chunk)."""
     import inspect
 
-    from .criteria import _CRITERIA
+    from ..criteria import _CRITERIA
 
     return {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters
             if name not in ("self", "seed")}
@@ -268,16 +242,17 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     the same command skips finished chunks, and a folder holding curves of another config is
     refused. Returns the record (config, environment,
     points, timings, and `summary`: mean/std over seeds of top1 and top1_bn per method, allocation and target).
-    The config names the baseline by `baseline_sha256` (`paperprune.utils.state_sha256`) and a `weights`
-    file by its path relative to the repository (`paperprune.utils.recorded_path`), never an absolute one.
+    The config names the baseline by `baseline_sha256` (`paperprune.lab.io.state_sha256`) and a `weights`
+    file by its path relative to the repository (`paperprune.lab.io.recorded_path`), never an absolute one.
     """
     from .data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
     from .experiment import load_weights
-    from .models import create_model
+    from ..models import create_model
     from .record import CURVES_SCHEMA, CurvePoint, CurvesConfig, CurvesRecord, CurvesTimings, write_curves
     from .stats import aggregate
     from .train import resolve_precision
-    from .utils import DirLock, atomic_write_json, environment_info
+    from .io import DirLock, environment_info
+    from ..utils import atomic_write_json
 
     if (pretrained is None) == (weights is None):
         raise PaperpruneError("pass exactly one baseline: pretrained= (shipped weights) or weights= (a state_dict file)")
@@ -287,7 +262,7 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     precision = resolve_precision(precision, device)
     info = dataset_info(dataset, data_root)
     if criterion_options.get("statistics") == "block":
-        from .ib import check_block_samples, check_statistics
+        from ..ib import check_block_samples, check_statistics
 
         check_block_samples(int(samples_per_class) * info.num_classes,
                             check_statistics("block", criterion_options.get("block_size"))[1])
@@ -395,7 +370,7 @@ def _options(text: str | None) -> dict:
 
 
 def main(argv=None) -> int:
-    """python -m paperprune.curves --dataset fashion-mnist --arch resnet56 --pretrained fashion-mnist --out DIR"""
+    """python -m paperprune.lab.curves --dataset fashion-mnist --arch resnet56 --pretrained fashion-mnist --out DIR"""
     import argparse
 
     p = argparse.ArgumentParser(description="pruning curves without fine-tuning (top-1 against FLOPs reduction)")
@@ -429,7 +404,7 @@ def main(argv=None) -> int:
                      precision=args.precision, data_root=args.data_root,
                      progress=not args.no_progress)
     except PaperpruneError as exc:
-        print(f"paperprune.curves: error: {exc}", file=sys.stderr)
+        print(f"paperprune.lab.curves: error: {exc}", file=sys.stderr)
         return 2
     for row in record["summary"]["top1_bn"]:
         print(f"{row['method']:>10} ({row['allocation']}) target {row['target']:.2f}: top-1 after adaptive BN "

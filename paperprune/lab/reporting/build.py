@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..utils import atomic_write_text, recorded_path
+from ...utils import atomic_write_text
+from ..io import recorded_path
 from .curves import paired_runs, paired_table
 from .figures import plot_layer_widths, plot_sensitivity, plot_tradeoff, save_figure
 from .records import (DATASET_ORDER, NOT_RUN, SENSITIVITY_PARAMS, _complete, _datasets, _datasets_rank, _is_fixture,
@@ -62,7 +63,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
         title = "Fine-tuned: each class-wise criterion against the best class-agnostic one"
         entry("paired", write_table(paired_table(paired, title), out / "tables", "paired_finetuned"),
               "each class-wise criterion's top-1 difference from the best class-agnostic one, with the 95% "
-              "t-interval of the mean paired difference over seeds (paperprune.seeds).")
+              "t-interval of the mean paired difference over seeds (paperprune.lab.seeds).")
     else:
         index.append("- paired differences of fine-tuned runs: skipped (no class-wise and class-agnostic runs of "
                      "one configuration record per-image correctness, run.json schema 2).")

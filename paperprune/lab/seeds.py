@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from .utils import PaperpruneError
+from ..utils import PaperpruneError
 
 __all__ = ["SeedSummary", "NO_INTERVAL", "paired_difference", "summarize", "two_level_bootstrap"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import DataNotFoundError, PaperpruneError, as_number, resolve_device
+from ..utils import DataNotFoundError, PaperpruneError, as_number, resolve_device
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 

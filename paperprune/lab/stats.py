@@ -1,10 +1,10 @@
 """Records of seeds and test images: aggregation over seeds, binomial noise, packed per-image correctness.
 
 `aggregate` gives mean +- std over seeds per (arch, method, target); intervals over seeds and
-the comparison of two criteria are `paperprune.seeds` (METHOD.md section 6). Per-image
+the comparison of two criteria are `paperprune.lab.seeds` (METHOD.md section 6). Per-image
 correctness is stored packed (`pack_correct`: numpy.packbits, base64) so a record of 10,000
 test images costs 1.7 kB; `unpack_correct` gives back the per-seed arrays that
-`paperprune.seeds.two_level_bootstrap` takes.
+`paperprune.lab.seeds.two_level_bootstrap` takes.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .utils import PaperpruneError
+from ..utils import PaperpruneError
 
 __all__ = ["aggregate", "binomial_std", "pack_correct", "unpack_correct"]
 

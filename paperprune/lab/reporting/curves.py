@@ -1,14 +1,14 @@
 """The verdict's evidence: pruning curves and the fine-tuned comparison as tables,
 figures and paired confidence intervals.
 
-Inputs: a curves record (`curves.json` of `paperprune.curves.run`: one point per criterion, seed
+Inputs: a curves record (`curves.json` of `paperprune.lab.curves.run`: one point per criterion, seed
 and FLOPs target, with top-1 raw and after adaptive BN and the per-image correctness of both),
 and run records of fine-tuned runs (`run.json`, schema 2: `pruned.correct`). Seeds aggregate as
 mean +- sample std (ddof 1) with n. A class-wise criterion (CLASSWISE) is compared with the best
 class-agnostic one (AGNOSTIC under either allocation, the highest mean top-1 at that target, so
 the comparison is against the strongest competitor the test set shows) by its per-seed paired
 differences method - reference on the same seeds and test images, with the t-interval over seeds
-of `paperprune.seeds.paired_difference` (n - 1 degrees of freedom; METHOD.md section 6).
+of `paperprune.lab.seeds.paired_difference` (n - 1 degrees of freedom; METHOD.md section 6).
 
 A criterion run under the uniform allocation (`paperprune.select`, a curves point's or run's
 `allocation`) is a row of its own, keyed "l1:uniform" and labelled "L1-norm (uniform)".
@@ -23,12 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..compare import Comparison, jaccard
-from ..criteria import AGNOSTIC, CLASSWISE
+from ...compare import Comparison, jaccard
+from ...criteria import AGNOSTIC, CLASSWISE
+from ...utils import PaperpruneError
 from ..record import read_curves
 from ..seeds import NO_INTERVAL, paired_difference, summarize
 from ..stats import unpack_correct
-from ..utils import PaperpruneError
 from .figures import _figure, save_figure
 from .records import BOOKKEEPING_KEYS, _canon, _complete, _entry, _method_label, _method_rank, _stat
 from .tables import Table, write_table
@@ -45,7 +45,7 @@ CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after ad
 
 def load_curves(path: str | Path) -> dict:
     """A curves record (`curves.json`, or the folder holding it) read through its one schema,
-    `paperprune.record.read_curves` (RecordError naming the key): every point names its method,
+    `paperprune.lab.record.read_curves` (RecordError naming the key): every point names its method,
     seed and target and has either an `error` or all of macs_reduction, top1, top1_bn, correct,
     correct_bn and widths. Returned as the dict curves.json holds (a version-1 record's later
     fields None); points with an error stay in `points` (tables count them)."""
@@ -150,7 +150,7 @@ def _interval(row: dict) -> str:
 
 def _ci_note(confidence: float) -> str:
     return (f"CI: {100 * confidence:g}% t-interval of the mean paired difference over seeds (n − 1 degrees of "
-            "freedom; paperprune.seeds.paired_difference, METHOD.md section 6); one seed gives no interval. The "
+            "freedom; paperprune.lab.seeds.paired_difference, METHOD.md section 6); one seed gives no interval. The "
             "seed (calibration draw) is the unit: an interval that excludes 0 is a difference beyond what another "
             "draw of seeds would change.")
 
@@ -311,7 +311,7 @@ def _frame(points: Sequence[dict]):
 
 def _band(errorbar) -> tuple[str, Any]:
     """(the band's caption, seaborn's `errorbar`): "sd" as seaborn draws it, ("ci", level) as the
-    t-interval of the mean over seeds of `paperprune.seeds.summarize`."""
+    t-interval of the mean over seeds of `paperprune.lab.seeds.summarize`."""
     if errorbar == "sd":
         return "band: ± 1 sample std over seeds", "sd"
     if isinstance(errorbar, tuple) and len(errorbar) == 2 and errorbar[0] == "ci" and 0 < errorbar[1] < 100:
@@ -328,7 +328,7 @@ def _band(errorbar) -> tuple[str, Any]:
 def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
     """Top-1 against the FLOPs reduction reached, one line per criterion (mean over seeds) with a band
     ("sd", ± one sample std, the default; or ("ci", 95), the t-interval of the mean over seeds of
-    `paperprune.seeds.summarize`), raw and after adaptive BN side by side."""
+    `paperprune.lab.seeds.summarize`), raw and after adaptive BN side by side."""
     import seaborn as sns
 
     band, errorbar = _band(errorbar)
@@ -422,12 +422,12 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     holds a class-wise and a class-agnostic criterion), curves figure, kept widths and overlap
     heatmap (two criteria or more) at `target` (default: the recorded target nearest 55%,
     ResNet-56's operating point) under out_dir/tables and out_dir/figures; file names end in the
-    dataset, the arch and the variant (`paperprune.curves.variant_name` of its criterion options)."""
+    dataset, the arch and the variant (`paperprune.lab.curves.variant_name` of its criterion options)."""
     out = Path(out_dir)
     c = record["config"]
     if not record["points"]:
         warnings.warn(f"the curves record of {c.get('arch')} on {c.get('dataset')} holds no points (an empty curve): "
-                      "nothing to report; run paperprune.curves for it first", stacklevel=2)
+                      "nothing to report; run paperprune.lab.curves for it first", stacklevel=2)
         return {}
     stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
     stem = stem.replace("/", "_")

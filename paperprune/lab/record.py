@@ -1,5 +1,5 @@
 """One definition of `run.json`: the record a run writes (experiment), reads back and checks (reporting);
-and of `curves.json`, the record of `paperprune.curves.run` (`CurvesRecord`, `read_curves`, `write_curves`).
+and of `curves.json`, the record of `paperprune.lab.curves.run` (`CurvesRecord`, `read_curves`, `write_curves`).
 
 `RunRecord` and the blocks it holds are the schema. `write_run` validates a record before it is
 written atomically; `read_run` / `RunRecord.from_dict` check every key against the field types
@@ -23,7 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .utils import PaperpruneError, _json_default, atomic_write_json
+from ..utils import PaperpruneError, _json_default, atomic_write_json
 
 __all__ = ["SCHEMA", "RecordError", "RunRecord", "Evaluation", "Pruned", "Layer", "Packed", "DataIdentity",
            "Timings", "read_run", "write_run", "markdown_table", "CURVES_SCHEMA", "CurvePoint", "CurvesConfig",
@@ -48,10 +48,10 @@ def _field(doc: str, since: int | None = None, optional: bool = False):
 
 @dataclass(kw_only=True)
 class Packed:
-    """Per-image top-1 correctness in test-loader order, as `paperprune.stats.pack_correct` packs it."""
+    """Per-image top-1 correctness in test-loader order, as `paperprune.lab.stats.pack_correct` packs it."""
 
     n: int = _field("number of test images")
-    bits: str = _field("base64 of numpy.packbits of the booleans (`paperprune.stats.unpack_correct` reads it)")
+    bits: str = _field("base64 of numpy.packbits of the booleans (`paperprune.lab.stats.unpack_correct` reads it)")
 
     def _check(self, where: str) -> None:
         try:
@@ -133,7 +133,7 @@ class Layer:
 
 @dataclass(kw_only=True)
 class DataIdentity:
-    """The data a run read (`paperprune.data.data_identity`)."""
+    """The data a run read (`paperprune.lab.data.data_identity`)."""
 
     root: str = _field("the resolved folder read")
     fingerprint: str = _field("hash of the files' names, sizes and dates")
@@ -157,11 +157,11 @@ class RunRecord:
 
     schema: int = _field(f"version of this schema ({SCHEMA} now; 1 still reads)")
     status: str = _field("\"complete\" (a failed run leaves error.json instead)")
-    config: dict = _field("every setting of the run: `dataclasses.asdict(paperprune.experiment.RunConfig)`")
+    config: dict = _field("every setting of the run: `dataclasses.asdict(paperprune.lab.experiment.RunConfig)`")
     data: DataIdentity | None = _field("the data identity", since=2)
     baseline_cache: str | None = _field("the cache folder of the baseline (null with `--pretrained`)", since=2,
                                         optional=True)
-    environment: dict = _field("package versions, device, git commit, host, date (`utils.environment_info`)")
+    environment: dict = _field("package versions, device, git commit, host, date (`lab.io.environment_info`)")
     precision: str | None = _field("the precision training and evaluation used: fp32, bf16 or fp16", since=2)
     baseline: Evaluation = _field("the baseline before pruning")
     pruned: Pruned = _field("the pruned model")
@@ -174,7 +174,8 @@ class RunRecord:
                            "with `base_ms`, `pruned_ms`, `repeats`; at batch 64 also `deployed_base_ms` / "
                            "`deployed_pruned_ms` after `prepare_for_inference` (mode in `deployed`; "
                            "`--no-deployed-latency` skips them); `{}` with `--latency-repeats 0`")
-    latency_budget: dict | None = _field("with `--latency-reduction`: target, predicted and measured latency "
+    latency_budget: dict | None = _field("with `--latency-reduction`: target, predicted and measured latency, "
+                                         "each measured correction step "
                                          "(`latency.latency_record`); else null", since=2, optional=True)
     timings: Timings = _field("seconds per stage")
     resumed: list[str] | None = _field("stages taken from earlier work instead of computed by this invocation: "
@@ -295,7 +296,7 @@ class CurvePoint:
 
     @classmethod
     def from_dict(cls, point: Any, where: str = "point") -> CurvePoint:
-        """One point as `paperprune.curves` writes it (all fields of the current schema), checked."""
+        """One point as `paperprune.lab.curves` writes it (all fields of the current schema), checked."""
         obj = _build(cls, point, f"{where}.", CURVES_SCHEMA)
         if obj.error is None:
             obj._require(cls.MEASURED_SINCE_2, where)
@@ -308,7 +309,7 @@ class CurvePoint:
 
 @dataclass(kw_only=True)
 class CurvesConfig:
-    """What defines a curves record (`paperprune.curves.run`); `out/config.json` holds the same."""
+    """What defines a curves record (`paperprune.lab.curves.run`); `out/config.json` holds the same."""
 
     dataset: str = _field("the dataset")
     arch: str = _field("the architecture")
@@ -318,10 +319,10 @@ class CurvesConfig:
     bn_images: int = _field("training images of adaptive BN")
     pretrained: str | None = _field("shipped weights' tag (`create_model(pretrained=)`), or null", since=2)
     weights: str | None = _field("the baseline's state_dict file, relative to the repository (its name alone "
-                                 "when outside it; `paperprune.utils.recorded_path`), or null; older records may "
+                                 "when outside it; `paperprune.lab.io.recorded_path`), or null; older records may "
                                  "hold an absolute path", since=2)
     baseline_sha256: str | None = _field("sha256 of the baseline's state_dict tensors "
-                                         "(`paperprune.utils.state_sha256`)", since=2)
+                                         "(`paperprune.lab.io.state_sha256`)", since=2)
     methods: list[str] | None = _field("the criterion entries: a name (global allocation) or `name:uniform`",
                                        since=2)
     samples_per_class: int | None = _field("calibration images per class", since=2)
@@ -341,15 +342,15 @@ class CurvesTimings:
 
 @dataclass(kw_only=True)
 class CurvesRecord:
-    """`OUT/curves.json` of `python -m paperprune.curves` (and of notebooks/curves.ipynb)."""
+    """`OUT/curves.json` of `python -m paperprune.lab.curves` (and of notebooks/curves.ipynb)."""
 
     schema: int = _field(f"version of this schema ({CURVES_SCHEMA} now; a record without it is version 1)")
     config: CurvesConfig = _field("the curves' settings")
-    environment: dict = _field("package versions, device, git commit, host, date (`utils.environment_info`)")
+    environment: dict = _field("package versions, device, git commit, host, date (`lab.io.environment_info`)")
     points: list[CurvePoint] = _field("one per criterion, seed and target")
     timings: CurvesTimings | None = _field("wall time", since=2)
     summary: dict | None = _field("`top1` and `top1_bn`: mean, std and n over seeds per method (allocation) and target "
-                                  "(`paperprune.stats.aggregate`)", since=2)
+                                  "(`paperprune.lab.stats.aggregate`)", since=2)
 
     def _check(self, where: str) -> None:
         if self.schema >= 2:
@@ -378,7 +379,7 @@ class CurvesRecord:
 def read_curves(path: str | Path) -> CurvesRecord:
     """`path` (a curves.json) read and checked; RecordError naming the file, the problem and the fix."""
     return _read(path, CurvesRecord,
-                 "pass the curves.json that `python -m paperprune.curves` wrote (or rerun it into that folder)",
+                 "pass the curves.json that `python -m paperprune.lab.curves` wrote (or rerun it into that folder)",
                  "{path}: {error}")
 
 

@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .utils import PaperpruneError, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
+from ..utils import PaperpruneError, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
 
 __all__ = [
     "TrainConfig",

@@ -10,7 +10,7 @@ committed page to what this module writes.
 
 Comparisons follow METHOD.md section 6: the seed is the unit, each class-wise criterion is compared
 with the strongest class-agnostic one at that target (either allocation) by the per-seed paired
-differences and their t-interval (`paperprune.seeds.paired_difference`).
+differences and their t-interval (`paperprune.lab.seeds.paired_difference`).
 """
 from __future__ import annotations
 
@@ -231,12 +231,12 @@ def results_page(figures_root: str | Path, descriptions: Mapping[str, str]) -> s
             sections += lines
             verdict += rows
     head = ["# Results", "",
-            "Generated from the records committed under `figures/` by `python -m paperprune.reproduce --rebuild`; "
+            "Generated from the records committed under `figures/` by `python -m paperprune.lab.reproduce --rebuild`; "
             "tests/test_docs_results.py fails when this page and the records disagree. Every comparison pairs a "
             "class-wise criterion with the class-agnostic criterion (L1, HRank, APIB, random, under either "
             "allocation) that has the highest mean top-1 at that target, over the same seeds and test images; the "
             "interval is the 95% t-interval of the mean per-seed difference (n − 1 degrees of freedom, "
-            "`paperprune.seeds.paired_difference`, METHOD.md section 6). Top-1 is the final evaluation, never a "
+            "`paperprune.lab.seeds.paired_difference`, METHOD.md section 6). Top-1 is the final evaluation, never a "
             "best epoch. How to rerun each profile: [Reproducing](reproducing.md).", "",
             "## The verdict, comparison by comparison", ""]
     for what, rows in verdict:

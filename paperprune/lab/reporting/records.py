@@ -1,7 +1,7 @@
 """Loading run records and aggregating them: run directories, published numbers, seed groups.
 
 Inputs are the run directories written by `python -m paperprune run`: `run.json` for a complete
-run, read and checked through its one schema (`paperprune.record`), `error.json` for a failed
+run, read and checked through its one schema (`paperprune.lab.record`), `error.json` for a failed
 one. Published numbers come from `paperprune/resources/reference_numbers.csv` (METHOD.md sections
 4-5). Seeds of one configuration aggregate as mean +- sample std (ddof=1) with n.
 """
@@ -18,8 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ...utils import PaperpruneError
 from ..record import RecordError, RunRecord
-from ..utils import PaperpruneError
 
 DATASET_ORDER = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
@@ -103,7 +103,7 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def _load_run_dir(directory: Path, root: Path) -> dict:
-    """The record of one run directory, checked by paperprune.record, or a failed entry saying why."""
+    """The record of one run directory, checked by paperprune.lab.record, or a failed entry saying why."""
     tag = {"path": directory, "relpath": directory.relative_to(root).as_posix() or "."}
     run_file = directory / "run.json"
     if run_file.is_file():
@@ -133,7 +133,7 @@ def _load_run_dir(directory: Path, root: Path) -> dict:
 def load_runs(root: str | Path) -> list[dict]:
     """Every run directory under `root` (recursively), sorted by path.
 
-    A directory with a run.json that `paperprune.record` accepts gives its record (`to_dict()`:
+    A directory with a run.json that `paperprune.lab.record` accepts gives its record (`to_dict()`:
     fields a schema-1 record lacks read as None) plus `path`, `relpath` and status "complete".
     A directory with error.json, or with a run.json that does not parse or does not follow the
     schema, gives status "failed" with `error` (and `traceback` when error.json has one) and
@@ -238,7 +238,7 @@ def _run_source(group: Sequence[dict]) -> str:
 def _entry(method: str, allocation: str | None = None) -> str:
     """A criterion as tables key it (`paperprune.select.entry_name`): "l1", or "l1:uniform" under the
     uniform allocation; None (a record from before the allocation was recorded) is global."""
-    from ..select import entry_name
+    from ...select import entry_name
 
     return entry_name(method, allocation)
 

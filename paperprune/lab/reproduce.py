@@ -1,11 +1,11 @@
 """Batch reproduction: run a profile's stages, then rebuild every table and figure.
 
-    python -m paperprune.reproduce --profile NAME [--jobs N] [--devices 0,1,...]   (NAME: see `profiles`)
+    python -m paperprune.lab.reproduce --profile NAME [--jobs N] [--devices 0,1,...]   (NAME: see `profiles`)
 
 A profile has up to three stages, run in this order, each skipped where its record is there:
 1. baselines: `python -m paperprune train` into RUNS/PROFILE/baselines/<arch>/ (resumes from its
    checkpoint; done when final.pt is there);
-2. pruning curves: `notebooks/curves.ipynb` (`paperprune.curves.run`, resumable per (criterion,
+2. pruning curves: `notebooks/curves.ipynb` (`paperprune.lab.curves.run`, resumable per (criterion,
    seed)) into RUNS/PROFILE/curves/<dataset>-<arch>[-<variant>]/; done when curves.json is there;
 3. runs: `notebooks/experiment.ipynb` per run in its own kernel process (resumable per stage);
    done when run.json is there.
@@ -36,11 +36,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .criteria import CLASSWISE, METHODS
-from .models.pretrained import PRETRAINED, pretrained_path
-from .utils import DirLock, PaperpruneError, atomic_write_json, atomic_write_text
+from ..criteria import CLASSWISE, METHODS
+from ..models.pretrained import PRETRAINED, pretrained_path
+from ..utils import PaperpruneError, atomic_write_json, atomic_write_text
+from .io import DirLock
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # FLOPs reductions of the paper grid: the paper's abstract for VGG-16 (61%); otherwise APIB's
 # README targets (ResNet-56 57e6, ResNet-110 96e6, GoogLeNet 568e6, ResNet-50 1.55e9 of the
@@ -54,7 +55,7 @@ class Profile:
     name: str
     description: str
     runs: list[dict] = field(default_factory=list)
-    #: pruning-curve jobs (`paperprune.curves.run` arguments), run through notebooks/curves.ipynb
+    #: pruning-curve jobs (`paperprune.lab.curves.run` arguments), run through notebooks/curves.ipynb
     curves: list[dict] = field(default_factory=list)
     #: baselines trained first (`python -m paperprune train` settings: dataset, arch, epochs, lr, weight_decay,
     #: batch_size, seed, precision, optionally per_class); a curves job or run names one with `baseline="<arch>"`
@@ -87,7 +88,7 @@ QUICK_SAMPLES = 10  # calibration images per class of the quick profile
 QUICK_TEST_PER_CLASS = 300
 
 # The evidence profiles, sized by the measured costs in COSTS (`python -m
-# paperprune.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
+# paperprune.lab.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
 # trainings do not fit one 150-minute run on this project's 2-core CPU: measured, one curves point of ResNet-56
 # (two bf16 evaluations of the 10,000 test images) costs ~30 s, VGG-16's about twice that, so the whole
 # design is ~270 minutes. It is split in two profiles of <= 150 minutes each:
@@ -256,12 +257,12 @@ COSTS = {
     "vgg16": dict(train_step_s=0.57, eval_fp32_s=97.7, eval_bf16_s=36.6, gap=1.47,
                   statistics_s={"lasso": 10.0, "other": 3.0}, select_s={"lasso": 15.0, "other": 4.0}),
 }
-#: curves points are evaluated with BatchNorm folded (`paperprune.curves.EVALUATED`), COSTS' evaluations not:
+#: curves points are evaluated with BatchNorm folded (`paperprune.lab.curves.EVALUATED`), COSTS' evaluations not:
 #: the folded one is this much faster (bf16, l1-pruned by 30/55/75%, the median of the three targets;
 #: benchmarks/results/eval.md, 2026-12-03: ResNet-56 1.27-1.35x, VGG-16 1.04-1.08x)
 EVAL_FOLD_SPEEDUP = {"resnet56": 1.29, "vgg16": 1.07}
 KERNEL_S = 10.0  # starting a papermill kernel and importing torch and paperprune, per notebook
-#: the reports: per curves record 15 s of figures (the paired differences over seeds of `paperprune.seeds` cost
+#: the reports: per curves record 15 s of figures (the paired differences over seeds of `paperprune.lab.seeds` cost
 #: no measurable time); the run report 60 s
 FIGURES_S, RUN_REPORT_S = 15.0, 60.0
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000
@@ -333,7 +334,7 @@ def estimate_text(profile: Profile, baselines_todo, curves_todo, runs_todo, runs
     left_c = [j for out, j in zip([o for o, _ in plan_curves(profile, runs_root)], profile.curves) if out in curves_todo]
     left_r = [r for out, r in zip([o for o, _ in plan(profile, runs_root)], profile.runs) if out in runs_todo]
     left = estimate(profile, left_b, left_c, left_r)
-    lines = [f"estimated wall time on 2 CPU cores (COSTS in paperprune/reproduce.py): "
+    lines = [f"estimated wall time on 2 CPU cores (COSTS in paperprune/lab/reproduce.py): "
              f"{sum(whole.values()) / 60:.0f} min for the whole profile, {sum(left.values()) / 60:.0f} min left"]
     lines += [f"  {stage}: {whole[stage] / 60:.0f} min ({left[stage] / 60:.0f} left)" for stage in whole]
     return "\n".join(lines)
@@ -470,7 +471,7 @@ def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
 
 
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int, device: str = "cpu") -> None:
-    """Execute the curves notebook for one job on `device` (resumable inside `paperprune.curves.run`; what
+    """Execute the curves notebook for one job on `device` (resumable inside `paperprune.lab.curves.run`; what
     the job leaves out at `curves.run`'s defaults); on failure record error.json and re-raise."""
     parameters = dict(_with_defaults(job, _curves_defaults()), out=str(out), threads=threads, device=device,
                       progress=False)
@@ -544,7 +545,7 @@ def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paperprune.reproduce", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m paperprune.lab.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", help=" | ".join(profiles()))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own kernel process)")
     parser.add_argument("--devices", default=None,

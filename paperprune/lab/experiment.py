@@ -1,6 +1,6 @@
 """End-to-end runs: pretrain (or load) -> statistics -> selection -> surgery -> fine-tune -> evaluate.
 
-`run_experiment(RunConfig, out)` writes `out/run.json` through `paperprune.record` (its one schema,
+`run_experiment(RunConfig, out)` writes `out/run.json` through `paperprune.lab.record` (its one schema,
 also the README's table). Every setting
 is validated, and the data and a `--pretrained` checkpoint are checked, before anything is
 written. The run then owns `out` through an OS lock (`out/.lock`) for its whole life: a second
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .lasso import SOLVER_MAX_ITER
-from .utils import (DirLock, PaperpruneError, as_number, atomic_write_json, environment_info, recorded_path,
-                    resolve_device, seed_everything, state_sha256)
+from ..lasso import SOLVER_MAX_ITER
+from ..utils import PaperpruneError, as_number, atomic_write_json, resolve_device, seed_everything
+from .io import DirLock, environment_info, recorded_path, state_sha256
 
 STRUCTURES = ("embedding", "taxonomy")
 
@@ -76,12 +76,12 @@ class RunConfig:
 
         Messages name the setting as both the API and the CLI spell it, the value given and the fix.
         """
-        from .criteria import LASSO, RESPONSES, check_method
-        from .ib import check_statistics
+        from ..criteria import LASSO, RESPONSES, check_method
+        from ..ib import check_statistics
         from .data import DATASETS
-        from .latency import check_budget
-        from .models import list_models
-        from .select import ALLOCATIONS
+        from ..latency import check_budget
+        from ..models import list_models
+        from ..select import ALLOCATIONS
 
         for name, known in (("dataset", DATASETS), ("arch", list_models()), ("structure", STRUCTURES),
                             ("response", RESPONSES), ("allocation", ALLOCATIONS)):
@@ -99,7 +99,7 @@ class RunConfig:
         if self.flops_reduction is None and self.latency_reduction is None:
             raise PaperpruneError("no budget: pass --flops-reduction F or --latency-reduction L (flops_reduction= "
                                   "or latency_reduction= in the API), e.g. 0.5")
-        from .options import check_options
+        from ..options import check_options
 
         check_options(asdict(self), spell=lambda name: f" ({_flag(name)})")
         if not isinstance(self.latency_rounding, (bool, np.bool_)):
@@ -144,7 +144,7 @@ class RunConfig:
             raise PaperpruneError(f"structure='taxonomy' (--structure taxonomy): {self.dataset} has no known class "
                                   "hierarchy; use --structure embedding")
         if self.statistics == "block":
-            from .ib import check_block_samples
+            from ..ib import check_block_samples
 
             check_block_samples(self.samples_per_class * info.num_classes, self.block_size)
         if self.knn is not None and self.knn > info.num_classes - 1:
@@ -232,7 +232,7 @@ def _latency(base, pruned, input_size, cpu_repeats: int, deployed: bool) -> dict
     """Forward times of base and pruned: eager at CPU batch 1 and 64 (CUDA batch 64 when present) and,
     when `deployed`, also after `paperprune.deploy.prepare_for_inference` at batch 64 (compiling is
     seconds per model, so batch 1 is eager only)."""
-    from .deploy import DEPLOY_MODE, prepare_for_inference
+    from ..deploy import DEPLOY_MODE, prepare_for_inference
 
     def times(device, batch_size, repeats, warmup, deploy):
         row = {}
@@ -314,7 +314,7 @@ def _baseline(config: RunConfig, data: dict, info, cache_dir: Path, device, prog
 
     A trained baseline is cached by the baseline settings and the data identity; the cache
     folder is locked while it is trained and evaluated (other runs wait for it)."""
-    from .models import create_model
+    from ..models import create_model
     from .train import TrainConfig, train
 
     seed_everything(config.seed)
@@ -345,7 +345,7 @@ def _baseline(config: RunConfig, data: dict, info, cache_dir: Path, device, prog
 
 def _evaluation(config: RunConfig, model, path: Path, device, input_size) -> dict:
     """The baseline's test metrics and size, read from `path` or computed and written there."""
-    from .flops import count_flops_params
+    from ..flops import count_flops_params
     from .train import evaluate, resolve_precision
 
     if path.is_file():
@@ -447,10 +447,10 @@ def _available_bytes(device: torch.device) -> int | None:
 def _check_model(config: RunConfig, info, input_size, device) -> None:
     """Before anything is written: the floor omega alone must allow the target, the calibration
     statistics must fit in memory, and a --pretrained checkpoint must fit the model."""
-    from .ib import DEFAULT_MAX_BYTES
-    from .models import create_model, prunable_layers
-    from .select import check_floor
-    from .surgery import MacsPredictor
+    from ..ib import DEFAULT_MAX_BYTES
+    from ..models import create_model, prunable_layers
+    from ..select import check_floor
+    from ..surgery import MacsPredictor
 
     model = create_model(config.arch, num_classes=info.num_classes, in_channels=info.in_channels)
     layers = prunable_layers(model)
@@ -529,14 +529,14 @@ def _claim(out: Path, record_config: dict, data: dict, restart: bool) -> dict | 
 def _validated(config: RunConfig, out: Path, latency_repeats, deployed_latency: bool):
     """Every check that can run before anything is written: (device, info, data identity, input size)."""
     from .data import class_counts, data_identity, dataset_info
-    from .models import input_size as model_input_size
+    from ..models import input_size as model_input_size
 
     config.validate()
     latency_repeats = as_number(latency_repeats, "latency_repeats (--latency-repeats)", int)
     if latency_repeats < 0:
         raise PaperpruneError(f"latency_repeats={latency_repeats} (--latency-repeats) must be >= 0 (0: no timing)")
     if deployed_latency and latency_repeats > 0:
-        from .deploy import check_compiler
+        from ..deploy import check_compiler
 
         check_compiler()
     _check_out(out)
@@ -552,7 +552,7 @@ def _validated(config: RunConfig, out: Path, latency_repeats, deployed_latency: 
 
 def _recorded_config(config: RunConfig) -> dict:
     """The config as records hold it: `asdict(config)` with `pretrained` named relative to the repository
-    (`paperprune.utils.recorded_path`), never by an absolute path of this machine."""
+    (`paperprune.lab.io.recorded_path`), never by an absolute path of this machine."""
     return {**asdict(config), "pretrained": recorded_path(config.pretrained)}
 
 
@@ -591,7 +591,7 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
 def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, input_size, progress,
          latency_repeats, deployed_latency) -> dict:
     """The stages, each skipped when its artifact is there; timings are cumulative over resumes."""
-    from .flops import count_flops_params
+    from ..flops import count_flops_params
     from .record import SCHEMA, DataIdentity, Evaluation, Layer, Packed, Pruned, RunRecord, Timings, write_run
     from .stats import pack_correct
     from .train import evaluate, resolve_precision
@@ -635,8 +635,8 @@ def _run(config: RunConfig, out: Path, cache_dir: Path, device, info, data, inpu
 
 def _prune_stage(config: RunConfig, out: Path, base, info, input_size, test_loader, device, progress):
     """(pruned model, prune.json record, resumed?): read back when both artifacts are there."""
-    from .pipeline import prune
-    from .surgery import load_pruned, save_pruned
+    from ..pipeline import prune
+    from ..surgery import load_pruned, save_pruned
     from .train import evaluate, resolve_precision
 
     pruned_path, prune_path = out / "pruned.pt", out / "prune.json"
