@@ -68,6 +68,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "time_forward"]
+
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
 GRID_POINTS = 8
@@ -235,9 +237,77 @@ def _timer_name(timer) -> str:
 
 
 class LatencyModel:
-    """Predicted latency (microseconds) of `model` with its prunable layers cut to any widths.
+    """Predicted latency (microseconds) of a model with its prunable layers cut to any widths.
 
-    Build with `LatencyModel.build(...)`; `predict(widths)` is a few small numpy ops.
+    The cost a latency budget bisects: `predict(widths)` is the whole model's latency at one
+    batch size, in one mode, on one device, read from a table of measured units (module
+    docstring) in a few small numpy ops. Build it with `LatencyModel.build`, which measures the
+    table or loads it from the cache; the constructor only assembles a built table.
+
+    Parameters
+    ----------
+    table : dict
+        The measured table (`build` writes and reads it): `full_us`, the whole unpruned model's
+        time; `units`, per distinct unit its time at full width and its curves over input and
+        output widths; `key` and `key_hash`, what the table is valid for.
+    predictor : paperprune.surgery.MacsPredictor
+        The model's prunable layers (names, full widths) and how each width reaches each unit.
+    units : list of dict
+        The varying units (`_units`): module name, `Unit`, calls per forward, dependency rows.
+    device : torch.device or str
+        The device the table was measured on (and `measure*` run on).
+
+    Attributes
+    ----------
+    names, full_widths : list of str, dict of str to int
+        The prunable layers and their unpruned widths.
+    full_us : float
+        The unpruned model's measured latency.
+    rest_us, unit_scale : float
+        The latency outside the units, and the factor the units count at (1 unless the whole
+        model is faster than its units alone; module docstring).
+
+    Returns
+    -------
+    LatencyModel
+        ``latency(widths)`` / ``latency.predict(widths)`` -> float microseconds, with layers
+        missing from `widths` at full width; `measure_side_by_side(base, pruned)` measures two
+        models as the table would; `errors` compares predictions with measured models.
+
+    Notes
+    -----
+    Reconstruction, not from the paper, which budgets MACs (METHOD.md section 2c: one global
+    level bisected until the cost is within 1% of the target; section 4 for the MACs). A latency
+    budget bisects the same level with this model as the cost, then `calibrate` corrects the
+    prediction by measuring the pruned candidates. The prediction is exact for units whose cost
+    is a product of an input and an output factor; its errors on real hardware are listed in the
+    module docstring and measured by `errors`.
+
+    Examples
+    --------
+    A deterministic stand-in timer (parameters x batch, a product of input and output factors,
+    so the prediction is exact) instead of the clock:
+
+    >>> import copy, tempfile, torch
+    >>> from torch import nn
+    >>> from paperprune.latency import LatencyModel
+    >>> from paperprune.pipeline import resolve_layers
+    >>> from paperprune.surgery import prune_channels
+    >>> model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    ...                       nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    >>> layers = resolve_layers(model, {"0": "2", "3": "5"})
+    >>> def params_us(module, example, mode):
+    ...     return float(sum(p.numel() for p in module.parameters()) * len(example))
+    >>> latency = LatencyModel.build(model, layers, (1, 8, 8), batch_size=4, timer=params_us,
+    ...                              cache_dir=tempfile.mkdtemp(), progress=False)
+    >>> latency.full_widths, latency.key["batch_size"], latency.key["mode"]
+    ({'0': 8, '3': 16}, 4, 'eager')
+    >>> round(latency.predict({"0": 4, "3": 8}) / latency.full_us, 3)
+    0.307
+    >>> cut = prune_channels(copy.deepcopy(model), layers, {"0": torch.arange(4), "3": torch.arange(8)}, (1, 8, 8))
+    >>> latency.predict({"0": 4, "3": 8}) == params_us(cut, torch.zeros(4, 1, 8, 8), "eager")
+    True
     """
 
     def __init__(self, table: dict, predictor, units: list[dict], device):
@@ -354,6 +424,11 @@ class LatencyModel:
             result[name] = best
         return result
 
+    def measure_side_by_side(self, base: nn.Module, pruned: nn.Module, **kwargs) -> dict:
+        """`measure_side_by_side` of `base` and `pruned` at this table's batch size, mode and device."""
+        example = torch.randn(self.key["batch_size"], *self.key["input_size"], device=self.device)
+        return measure_side_by_side(base, pruned, example, self._mode, **kwargs)
+
     def measure(self, model: nn.Module, timer=None) -> float:
         """Latency (microseconds) of `model` as measured for this table (same batch, mode and device)."""
         timer = timer or measure_us
@@ -456,92 +531,202 @@ def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch
     return None
 
 
-#: how far (in reduction, absolute) the measured latency reduction may land from the target before
-#: `latency_record` warns and records the miss
-MEASURED_TOLERANCE = 0.05
-#: `calibrate` stops once a measured reduction lies this close to the target, or after MEASURED_STEPS models
-CALIBRATION_TOLERANCE = 0.02
+#: a latency budget is met when the measured reduction lies within this (absolute) of the target
+LATENCY_TOLERANCE = 0.02
+#: at most this many pruned models are measured to correct the prediction (`calibrate`)
 MEASURED_STEPS = 3
+#: `measure_side_by_side`: untimed forwards of each model first, then timed rounds (one forward of each
+#: model per round, the order alternating); each model's latency is its median over the rounds
+MEASURE_WARMUP = 3
+MEASURE_ROUNDS = 7
 
 
-def calibrate(select, build, measure, target: float, base_us: float, *, tolerance: float = CALIBRATION_TOLERANCE,
+def forward_us(module, example: torch.Tensor) -> float:
+    """One forward of `module(example)` (microseconds, on the `clock_name` clock)."""
+    return time_forward(module, example, repeats=1, warmup=0)
+
+
+def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tensor, mode: str, *,
+                         rounds: int = MEASURE_ROUNDS, warmup: int = MEASURE_WARMUP, timer=forward_us) -> dict:
+    """Latency of `base` and `pruned`, measured together so that both see the same machine state.
+
+    Parameters
+    ----------
+    base, pruned : nn.Module
+        The unpruned and the pruned model (not modified; copies are run in eval mode).
+    example : torch.Tensor
+        The input, shape (batch, *input_size), on the device to measure on.
+    mode : str
+        "eager" or "deployed" (each model run through `paperprune.deploy.prepare_for_inference`).
+    rounds, warmup : int
+        `warmup` untimed forwards of each model, then `rounds` rounds of one timed forward of each,
+        the order alternating from round to round.
+    timer : callable
+        ``timer(module, example) -> microseconds`` for one forward (default `forward_us`); tests
+        inject a deterministic one.
+
+    Returns
+    -------
+    dict
+        `before_us`, `after_us`: the median over the rounds of each model's time; `reduction`:
+        1 - after_us / before_us; `reduction_range`: the smallest and largest per-round reduction
+        (the measurement's spread); `rounds`, `warmup`.
+
+    Notes
+    -----
+    The median over interleaved rounds keeps one preempted or cache-cold forward from moving the
+    result, and slow drifts of the machine (other jobs, clock) move both models alike. In mode
+    "deployed" it ends with `torch._dynamo.reset()` (module docstring, "Side effect").
+    """
+    from .deploy import prepare_for_inference
+
+    if rounds < 1 or warmup < 0:
+        raise PaperpruneError(f"rounds={rounds}, warmup={warmup}: give rounds >= 1 and warmup >= 0")
+    models = [_copy_to(m, example.device) for m in (base, pruned)]
+    try:
+        if mode == "deployed":
+            models = [prepare_for_inference(m, example) for m in models]
+        times = [[], []]
+        with torch.inference_mode():
+            for m in models:
+                for _ in range(warmup):
+                    m(example)
+        for r in range(rounds):
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                times[i].append(float(timer(models[i], example)))
+    finally:
+        if mode == "deployed":
+            torch._dynamo.reset()  # needed, with a process-wide side effect: see the module docstring
+    before, after = (float(np.median(t)) for t in times)
+    per_round = [1.0 - a / b for b, a in zip(*times)]
+    return {"before_us": before, "after_us": after, "reduction": 1.0 - after / before,
+            "reduction_range": [min(per_round), max(per_round)], "rounds": rounds, "warmup": warmup}
+
+
+def _next_ask(points: list[tuple[float, float]], target: float) -> tuple[float, str]:
+    """The predicted reduction to ask for next, from the measured (predicted, measured) reductions so far.
+
+    One point: the line through the unpruned model (0, 0) and it (the prediction off by a factor;
+    a measured reduction <= 0, no line: twice the predicted one).
+    More: the secant through the two points measured nearest the target, unless their predicted
+    reductions nearly coincide or the secant's slope is not within a factor 2 of the proportional
+    one (then it is fitting timing noise): the proportional line through the nearest point.
+    """
+    near = sorted(points, key=lambda pm: abs(pm[1] - target))
+    (p0, m0), steps0 = near[0], points.index(near[0]) + 1
+    proportional = (target * p0 / m0 if m0 > 0 else 2 * p0,
+                    f"proportional: predicted x {p0:.4f}/{m0:.4f}, the line through (0, 0) and step {steps0}")
+    if len(near) < 2:
+        return proportional
+    (p1, m1) = near[1]
+    steps1 = points.index(near[1]) + 1
+    if abs(p1 - p0) < 1e-3 or m0 <= 0:
+        return proportional
+    slope = (m1 - m0) / (p1 - p0)
+    if not 0.5 <= slope / (m0 / p0) <= 2.0:
+        return proportional
+    return p0 + (target - m0) / slope, f"secant through steps {steps0} and {steps1} (slope {slope:.3f})"
+
+
+def calibrate(select, build, measure, target: float, *, tolerance: float = LATENCY_TOLERANCE,
               steps: int = MEASURED_STEPS) -> tuple[object, list[dict]]:
-    """Correct a latency budget by measurement: the selection whose measured reduction is nearest `target`.
+    """A latency budget corrected by measurement: the pruned model whose measured reduction is nearest `target`.
+
+    The budget rule bisects the predicted latency; each step measures the chosen model against the
+    unpruned one and moves the target on the prediction, until the measured reduction lies within
+    `tolerance` of `target` or `steps` models were measured. A miss after the last step is warned
+    about, naming the target, what was measured and the model kept.
 
     Parameters
     ----------
     select : callable
         ``select(predicted_target) -> Selection``: the budget rule on predicted latency
-        (`paperprune.select.select_channels` with a `LatencyModel` cost).
-    build, measure : callable
-        ``build(selection) -> model`` (the pruned model) and ``measure(model) -> microseconds``.
+        (`paperprune.select.select_channels` with a `LatencyModel` cost); a PaperpruneError
+        means the predicted target is out of reach.
+    build : callable
+        ``build(selection) -> model``: the pruned model.
+    measure : callable
+        ``measure(model) -> dict`` with `before_us`, `after_us` and `reduction`: the unpruned and the
+        pruned model measured side by side (`LatencyModel.measure_side_by_side`).
     target : float
         The latency reduction asked for, a fraction in (0, 1).
-    base_us : float
-        The unpruned model's measured latency.
-    tolerance, steps : float, int
-        Stop when |measured - target| <= tolerance, or after `steps` measured models.
+    tolerance : float
+        How close (absolute) the measured reduction must come to `target`.
+    steps : int
+        At most this many models are measured.
 
     Returns
     -------
-    (Selection, list of dict)
-        The selection measured nearest the target, and one record per measured step
-        (`asked_predicted`, `predicted_reduction`, `measured_reduction`).
+    selection : Selection
+        The selection measured nearest the target.
+    history : list of dict
+        One record per step: `step`, `target`, `asked_predicted` (the predicted reduction asked of the
+        budget rule), `correction` (how that was derived from the earlier steps), then either
+        `predicted_reduction`, the measurement's keys (`measured_reduction` = its `reduction`,
+        `before_us`, `after_us`, `reduction_range`, ...), `miss` (measured - target) and `chosen`
+        (true for the step returned), or `refused` (the budget rule's message).
 
     Notes
     -----
-    The first step asks the predicted latency for `target`. The measured reduction is then read
-    as a function of the predicted one through the unpruned model (0, 0) and the measured
-    steps: the next step asks for the predicted reduction where the secant through the two
-    points measured nearest the target meets it (a predictor low by a constant factor is
-    corrected in one step). Reconstruction of this project, not from the paper (METHOD.md
-    section 2 budgets MACs only).
+    Reconstruction of this project, not from the paper (METHOD.md section 2c bisects one global
+    level against the MACs; here the cost is the predicted latency). The measured reduction is
+    read as a function of the predicted one: the first step asks the prediction for `target`;
+    the next asks where the line through (0, 0) and the first measurement meets `target` (a
+    predictor off by a factor is corrected in one step); later ones use the secant through the
+    two measurements nearest the target (`_next_ask`).
     """
-    points, history, best = [(0.0, 0.0)], [], None
-    asked = float(target)
-    for _ in range(steps):
+    history, points, chosen = [], [], None
+    asked, correction = float(target), "none: the target itself"
+    for step in range(1, steps + 1):
+        row = {"step": step, "target": float(target), "asked_predicted": asked, "correction": correction}
         try:
             selection = select(asked)
-        except PaperpruneError:
-            if best is None:
+        except PaperpruneError as e:
+            if chosen is None:
                 raise
-            break  # the corrected target is beyond what the criterion reaches: keep the nearest measured
+            history.append({**row, "refused": str(e)})
+            break
+        measured = measure(build(selection))
         predicted = 1.0 - selection.cost / selection.base_cost
-        measured = 1.0 - measure(build(selection)) / base_us
-        history.append({"asked_predicted": asked, "predicted_reduction": predicted, "measured_reduction": measured})
-        if best is None or abs(measured - target) < abs(best[1] - target):
-            best = (selection, measured)
-        if abs(measured - target) <= tolerance:
+        row.update(predicted_reduction=predicted, measured_reduction=float(measured["reduction"]),
+                   **{k: v for k, v in measured.items() if k != "reduction"},
+                   miss=float(measured["reduction"]) - float(target), chosen=False)
+        history.append(row)
+        if chosen is None or abs(row["miss"]) < abs(chosen[1]["miss"]):
+            chosen = (selection, row)
+        if abs(row["miss"]) <= tolerance:
             break
-        points.append((predicted, measured))
-        (p0, m0), (p1, m1) = sorted(points, key=lambda pm: abs(pm[1] - target))[:2]
-        if m1 == m0:
-            break
-        asked = min(max(p0 + (target - m0) * (p1 - p0) / (m1 - m0), 0.01), 0.99)
-    return best[0], history
+        points.append((predicted, row["measured_reduction"]))
+        asked, correction = _next_ask(points, float(target))
+        asked = min(max(asked, 0.01), 0.99)
+    selection, row = chosen
+    row["chosen"] = True
+    if abs(row["miss"]) > tolerance:
+        warnings.warn(
+            f"latency_reduction={float(target):.3f} missed: after {len([h for h in history if 'miss' in h])} measured "
+            f"models the nearest (step {row['step']}) measured {row['measured_reduction']:.3f} less latency, "
+            f"{abs(row['miss']):.3f} from the target (tolerance {tolerance}); measured per step: "
+            + ", ".join(f"{h['measured_reduction']:.3f}" if "miss" in h else "refused" for h in history)
+            + ". The prediction could not be corrected on this model and machine (timing noise or a target beyond "
+            "what pruning reaches); report.latency['steps'] holds each step", stacklevel=3)
+    return selection, history
 
 
-def latency_record(latency: LatencyModel, selection, target: float, base: nn.Module, pruned: nn.Module,
-                   multiples: dict | None, steps: list[dict] | None = None) -> dict:
-    """What a latency-budgeted prune records: target, predicted and measured latency (base and pruned
-    measured one after the other now), the table's key, the MACs that resulted and `steps` (those of
-    `calibrate`). A measured reduction more than MEASURED_TOLERANCE from the target is warned about
-    (both numbers) and recorded as `missed`."""
-    before_us, after_us = latency.measure(base), latency.measure(pruned)
-    measured = 1.0 - after_us / before_us
-    missed = abs(measured - float(target)) > MEASURED_TOLERANCE
-    if missed:
-        warnings.warn(f"latency_reduction={float(target):.3f} missed: the pruned model measured {measured:.3f} less "
-                      f"latency ({before_us / 1e3:.2f} -> {after_us / 1e3:.2f} ms), more than {MEASURED_TOLERANCE} "
-                      f"from the target (predicted {1.0 - selection.cost / selection.base_cost:.3f}); the latency "
-                      "table's prediction was off on this model and machine", stacklevel=3)
-    return {"missed": missed, "tolerance": MEASURED_TOLERANCE, "steps": steps or [], "target_reduction": float(target), "mode": latency.key["mode"], "batch_size": latency.key["batch_size"],
-            "device": latency.key["device"], "threads": latency.key["threads"], "table_key": latency.key_hash,
+def latency_record(latency: LatencyModel, selection, target: float, steps: list[dict],
+                   multiples: dict | None) -> dict:
+    """What a latency-budgeted prune records: the target, the predicted and the measured latency of the model
+    kept (its `calibrate` step, chosen), every step, the table's key and the MACs that resulted.
+    `missed` is true when the measured reduction lies more than LATENCY_TOLERANCE from the target."""
+    chosen = next(step for step in steps if step.get("chosen"))
+    return {"target_reduction": float(target), "missed": abs(chosen["miss"]) > LATENCY_TOLERANCE,
+            "tolerance": LATENCY_TOLERANCE, "steps": steps, "chosen_step": chosen["step"],
+            "mode": latency.key["mode"], "batch_size": latency.key["batch_size"], "device": latency.key["device"],
+            "threads": latency.key["threads"], "clock": latency.key["clock"], "table_key": latency.key_hash,
             "table": latency.table.get("path"), "key": latency.key,
             "predicted_before_us": selection.base_cost, "predicted_after_us": selection.cost,
             "predicted_reduction": 1.0 - selection.cost / selection.base_cost,
-            "measured_before_us": before_us, "measured_after_us": after_us,
-            "measured_reduction": 1.0 - after_us / before_us,
-            "prediction_error": selection.cost / after_us - 1.0, "clock": latency.key["clock"],
+            "measured_before_us": chosen["before_us"], "measured_after_us": chosen["after_us"],
+            "measured_reduction": chosen["measured_reduction"],
+            "prediction_error": selection.cost / chosen["after_us"] - 1.0,
             "macs_before": selection.base_macs, "macs_after": selection.macs,
             "macs_reduction": 1.0 - selection.macs / selection.base_macs, "multiples": multiples}

@@ -274,6 +274,16 @@ def test_variant_table_pairs_a_variant_with_its_main_curves():
         variant_table(record({}, 10), dict(record({"nonnegative": True}, 12), config={
             **record({}, 0)["config"], "test_images": 10}))
 
+    # kept overlap: seed 0 keeps the same 4 channels, seed 1 shares 2 of 6 -> Jaccard 1 and 1/3, mean 0.67
+    main, variant = record({}, 10), record({"nonnegative": True}, 10)
+    for p, kept in zip(main["points"], ({"a": [0, 1], "b": [0, 1]}, {"a": [0, 1], "b": [2, 3]})):
+        p["kept"] = kept
+    for p, kept in zip(variant["points"], ({"a": [0, 1], "b": [0, 1]}, {"a": [0, 1], "b": [4, 5]})):
+        p["kept"] = kept
+    (overlap,) = variant_table(main, variant).rows
+    assert overlap[-1] == f"0.67 ± {np.std([1.0, 1 / 3], ddof=1):.2f}"
+    assert same[-1] == "—"  # records without kept channels
+
 
 def test_uniform_entries_are_points_of_their_own_and_the_weights_are_named_relatively(tmp_path, monkeypatch):
     """The entry "l1:uniform" beside "l1": its own chunk and points (allocation "uniform", one kept fraction in every

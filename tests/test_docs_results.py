@@ -1,8 +1,8 @@
 """The results page and the README's verdict hold the numbers the committed records give.
 
-docs/results.md shows tables that the report build wrote from the records (figures/*/tables/*.md):
-each table there is the record table named just before it, row for row. The README's verdict
-quotes means ± std, paired differences and their intervals: each one is in a record table.
+docs/results.md is generated from the records (figures/*/records) by `paperprune.lab.reporting.pages`;
+the committed page must be what the records give today. The README's verdict quotes means ± std,
+paired differences and their intervals: each one is in a record table.
 """
 from __future__ import annotations
 
@@ -10,31 +10,54 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD_TABLE = re.compile(r"`(figures/[^`]+/tables/[^`]+\.md)`")
 QUOTED = re.compile(r"\d+\.\d+ ± \d+\.\d+|\[[-+]\d+\.\d+, [-+]\d+\.\d+\]|(?<![\w.])[-+]\d+\.\d{2}\b")
 
 
-def _tables_with_sources(text: str) -> list[tuple[str | None, list[str]]]:
-    """Each markdown table of `text` with the record table that the last paragraph naming one names first."""
-    found, source = [], None
-    for block in re.split(r"\n\s*\n", text):
-        lines = block.splitlines()
-        rows = [line for line in lines if line.startswith("|")]
-        if rows:
-            found.append((source, rows))
-        elif paths := RECORD_TABLE.findall(block):
-            source = paths[0]
-    return found
+def test_results_page_is_generated_from_the_records():
+    """docs/results.md is what `--rebuild` writes from the committed records: a number changed by hand, or a
+    record changed without regenerating the page, fails here."""
+    from paperprune.lab.reporting.pages import results_page
+    from paperprune.lab.reproduce import profiles
+
+    page = results_page(ROOT / "figures", {n: p.description for n, p in profiles().items()})
+    committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert committed == page, ("docs/results.md differs from the records; regenerate it with "
+                               "`python -m paperprune.lab.reproduce --profile quick --rebuild`")
+    assert page.count("| resnet56 |") >= 20 and "## `evidence`" in page
 
 
-def test_results_tables_are_the_records_tables():
-    tables = _tables_with_sources((ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
-    assert len(tables) >= 5
-    for source, rows in tables:
-        assert source is not None, f"no record table named before the table starting {rows[0]!r}"
-        record = (ROOT / source).read_text(encoding="utf-8")
-        missing = [row for row in rows if row not in record]
-        assert not missing, f"rows of docs/results.md not in {source}:\n" + "\n".join(missing)
+def test_results_page_reads_a_changed_record(tmp_path):
+    """The page follows the records: one seed's top-1 changed in a copy of the quick profile's curves record
+    changes the page's curves table in that cell's mean."""
+    import json
+    import shutil
+
+    from paperprune.lab.reporting.pages import results_page
+
+    shutil.copytree(ROOT / "figures" / "quick" / "records", tmp_path / "quick" / "records")
+    path = tmp_path / "quick" / "records" / "curves" / "fashion-mnist-resnet56" / "curves.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    before = results_page(tmp_path, {"quick": "the quick profile"})
+    point = next(p for p in record["points"] if p["method"] == "l1" and abs(p["target"] - 0.3) < 1e-9)
+    point["top1_bn"] += 3.0  # L1 is deterministic: three identical seeds, so its mean moves by 1.00
+    path.write_text(json.dumps(record), encoding="utf-8")
+    after = results_page(tmp_path, {"quick": "the quick profile"})
+    assert "| L1-norm | 30 | 3 | 29.9 ± 0.0 | 10.40 ± 0.00 | 45.60 ± 0.00 | 0 |" in before
+    assert "| L1-norm | 30 | 3 | 29.9 ± 0.0 | 10.40 ± 0.00 | 46.60 ± 1.73 | 0 |" in after
+
+
+def test_rebuilt_tables_are_the_committed_ones(tmp_path):
+    """`rebuild` of the quick profile from its records writes the committed tables, byte for byte."""
+    import shutil
+
+    from paperprune.lab.reporting.pages import rebuild
+
+    shutil.copytree(ROOT / "figures" / "quick" / "records", tmp_path / "records")
+    written = [p for p in rebuild(tmp_path) if p.suffix == ".md"]
+    assert len(written) >= 3
+    for path in written:
+        committed = ROOT / "figures" / "quick" / path.relative_to(tmp_path)
+        assert path.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), path.name
 
 
 def test_readme_verdict_quotes_the_records():

@@ -174,7 +174,8 @@ class RunRecord:
                            "with `base_ms`, `pruned_ms`, `repeats`; at batch 64 also `deployed_base_ms` / "
                            "`deployed_pruned_ms` after `prepare_for_inference` (mode in `deployed`; "
                            "`--no-deployed-latency` skips them); `{}` with `--latency-repeats 0`")
-    latency_budget: dict | None = _field("with `--latency-reduction`: target, predicted and measured latency "
+    latency_budget: dict | None = _field("with `--latency-reduction`: target, predicted and measured latency, "
+                                         "each measured correction step "
                                          "(`latency.latency_record`); else null", since=2, optional=True)
     timings: Timings = _field("seconds per stage")
     resumed: list[str] | None = _field("stages taken from earlier work instead of computed by this invocation: "

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..criteria import CLASSWISE, METHODS
 from ..models.pretrained import PRETRAINED, pretrained_path
-from ..utils import PaperpruneError, atomic_write_json
+from ..utils import PaperpruneError, atomic_write_json, atomic_write_text
 from .io import DirLock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -461,28 +461,13 @@ def _run_baselines(jobs: list[tuple[Path, dict]], data_root: str | None):
     return failures, time.perf_counter() - start
 
 
-def baseline_summary(out: Path) -> dict | None:
-    """A trained baseline's final epoch (never the best): from OUT/config.json and OUT/metrics.jsonl."""
-    if not (out / "final.pt").is_file():
-        return None
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    last = history[-1]
-    return {"arch": config["arch"], "dataset": config["dataset"], "epochs": last["epoch"],
-            "test_top1": last["test_top1"], "precision": last["precision"],
-            "train_images": last["train_images"], "hours": sum(h["epoch_seconds"] for h in history) / 3600}
-
-
 def _baselines_table(jobs: list[tuple[Path, dict]], figures: Path) -> None:
-    from .reporting import Table, write_table
+    from .reporting import write_table
+    from .reporting.pages import baselines_table
 
-    rows = [[b["arch"], str(b["epochs"]), f"{b['test_top1']:.2f}", b["precision"], f"{b['train_images']:,}",
-             f"{60 * b['hours']:.0f}"] for b in filter(None, (baseline_summary(out) for out, _ in jobs))]
-    if rows:
-        write_table(Table("Baselines (final epoch, never the best)",
-                          ["Arch", "Epochs", "Test top-1 (%)", "Precision", "Train images per epoch", "Minutes"],
-                          rows, ["Top-1 on the whole test set after the last epoch (`metrics.jsonl`)."]),
-                    figures / "tables", "baselines")
+    table = baselines_table([out for out, _ in jobs if (out / "final.pt").is_file()])
+    if table is not None:
+        write_table(table, figures / "tables", "baselines")
 
 
 def execute_curves(notebook: Path, out: Path, job: dict, *, threads: int, device: str = "cpu") -> None:
@@ -514,9 +499,8 @@ def ablation_tables(jobs: list[tuple[Path, dict]], figures: Path) -> list[Path]:
     """Each ablation variant (a curves job with criterion options) against the main curves of its dataset and
     arch (the job without options), raw and after adaptive BN, where both records are there
     (`reporting.curves.variant_table`); the files written."""
-    from .curves import variant_name
-    from .reporting import load_curves, write_table
-    from .reporting.curves import CURVE_METRICS, variant_table
+    from .reporting import load_curves
+    from .reporting.pages import ablation_report
 
     main = {(j["dataset"], j["arch"]): out for out, j in jobs if not j.get("criterion_options")}
     written = []
@@ -525,11 +509,33 @@ def ablation_tables(jobs: list[tuple[Path, dict]], figures: Path) -> list[Path]:
         if not job.get("criterion_options") or base is None or not (out / "curves.json").is_file() \
                 or not (base / "curves.json").is_file():
             continue
-        stem = f"{job['dataset']}_{job['arch']}_{variant_name(job['criterion_options'])}"
-        for metric in CURVE_METRICS:
-            table = variant_table(load_curves(base), load_curves(out), metric)
-            written += write_table(table, figures / "tables", f"ablation_{metric}_{stem}")
+        written += ablation_report(load_curves(base), load_curves(out), figures)
     return written
+
+
+#: the results page, generated from every profile's records under figures/ (`write_results_page`)
+RESULTS_PAGE = REPO / "docs" / "results.md"
+
+
+def write_results_page(figures_root: Path = REPO / "figures", page: Path = RESULTS_PAGE) -> Path:
+    """docs/results.md from the records of every profile under `figures_root` (`reporting.pages.results_page`)."""
+    from .reporting.pages import results_page
+
+    return atomic_write_text(page, results_page(figures_root, {n: p.description for n, p in profiles().items()}))
+
+
+def _rebuild(profile: Profile, figures: Path) -> int:
+    """`--rebuild`: the profile's tables and figures from its records, then the results page; runs nothing."""
+    from .reporting.pages import rebuild
+
+    if not (figures / "records").is_dir():
+        raise PaperpruneError(f"{figures / 'records'} does not exist: profile {profile.name} has no committed "
+                              "records to rebuild from; run the profile first (without --rebuild)")
+    written = rebuild(figures)
+    page = write_results_page()
+    print(f"profile {profile.name}: {len(written)} table and figure file(s) rebuilt under {figures} from its "
+          f"records; results page: {page}")
+    return 0
 
 
 def build_reports(runs_root: Path, figures: Path, notebooks: Path) -> Path:
@@ -553,6 +559,10 @@ def main(argv=None) -> int:
                         help="folder of <dataset>-<arch>.pt baselines to use instead of pretraining")
     parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder holding experiment.ipynb")
     parser.add_argument("--dry-run", action="store_true", help="list the grid and what is done, run nothing")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the profile's tables and figures from its committed records "
+                             "(figures/PROFILE/records) and the results page docs/results.md from every "
+                             "profile's records; run nothing")
     args = parser.parse_args(argv)
     try:
         return _main(args)
@@ -646,6 +656,8 @@ def _main(args) -> int:
         if not (notebooks / name).is_file():
             raise PaperpruneError(f"{notebooks / name} not found; pass --notebooks pointing at the "
                                   "repository's notebooks/ folder")
+    if args.rebuild:
+        return _rebuild(all_profiles[args.profile], Path(args.figures or REPO / "figures" / args.profile))
     devices = _devices(args.devices)
     for flag, folder in (("--data-root", args.data_root), ("--pretrained-dir", args.pretrained_dir)):
         if folder is not None and not Path(folder).is_dir():
@@ -688,6 +700,8 @@ def _main(args) -> int:
         own_baselines = baselines if profile.baselines_from is None else []  # else recorded with their profile's
         copied = collect_records(runs_root / profile.name, [out for out, _ in own_baselines + curve_jobs + planned],
                                  figures / "records")
+        if figures == (REPO / "figures" / profile.name).resolve():
+            write_results_page()
     print(f"baselines took {train_seconds:.0f} s, curves {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and "
           f"figures under {figures}" + (f"; report: {report}" if report else "")
           + f"; {copied} record file(s) under {figures / 'records'}")

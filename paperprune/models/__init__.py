@@ -3,7 +3,7 @@
 The six architectures are HRank's set (VGG-16, ResNet-56/110, GoogLeNet, DenseNet-40 on
 32x32 inputs; torchvision ResNet-50 on 224x224). The paper's abstract only says "six model
 architectures"; which ones and which layers are prunable is reconstruction from the
-lineage (APIB / HRank / CHIP), see METHOD.md section 2 "Which layers are prunable".
+lineage (APIB / HRank / CHIP), see METHOD.md section 2 "Prunable layers".
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from ...utils import atomic_write_text
+from ..io import recorded_path
 from .curves import paired_runs, paired_table
 from .figures import plot_layer_widths, plot_sensitivity, plot_tradeoff, save_figure
 from .records import (DATASET_ORDER, NOT_RUN, SENSITIVITY_PARAMS, complete_runs, datasets_of, datasets_rank,
@@ -28,7 +29,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
         "results", "ablation", "paired", "sensitivity", "tradeoff", "layer_widths", "sensitivity_figures",
         "failed_runs", "index")}
     index = ["# paperprune report", "",
-             f"Built from `{runs_root}`: {len(complete)} complete run(s), "
+             f"Built from `{recorded_path(runs_root)}`: {len(complete)} complete run(s), "
              f"{len(runs) - len(complete)} failed run(s).", ""]
     if any(is_fixture(r) for r in complete):
         index += ["**WARNING: some runs are test fixtures (environment.hostname = \"fixture\") with invented "

@@ -70,15 +70,17 @@ def _methods(points: Sequence[dict]) -> list[str]:
     return sorted({_key(p) for p in points}, key=method_rank)
 
 
-def _variant(record: dict) -> str:
+def record_variant(record: dict) -> str:
+    """The ablation variant of a curves record ("" for the main record; `curves.variant_name`)."""
     from ..curves import variant_name
 
     return variant_name(record["config"].get("criterion_options"))
 
 
-def _what(record: dict) -> str:
+def record_title(record: dict) -> str:
+    """"ARCH on DATASET (variant)", how pages and tables name a curves record."""
     c = record["config"]
-    variant = _variant(record)
+    variant = record_variant(record)
     return f"{c.get('arch', '?')} on {c.get('dataset', '?')}" + (f" ({variant})" if variant else "")
 
 
@@ -118,7 +120,7 @@ def curves_table(record: dict) -> Table:
                      + "); their layers are named in the record's `unconverged_layers`.")
     elif any("unconverged_layers" in p for p in record["points"]):
         notes.append("Every lasso solve behind these points converged (none stopped at max_iter).")
-    return Table(f"Pruning curves: {_what(record)}",
+    return Table(f"Pruning curves: {record_title(record)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "FLOPs ↓ (%)", "Top-1 raw (%)", "Top-1 adaptive BN (%)",
                   "Unreached"], rows, notes)
 
@@ -252,6 +254,12 @@ def paired_runs(runs: Sequence[dict], *, confidence: float = 0.95) -> list[dict]
                                        _classwise_rank(r["method"])))
 
 
+def _kept_jaccard(a: dict, b: dict) -> float:
+    """Jaccard of the (layer, channel) pairs two curves points keep."""
+    return jaccard({(layer, c) for layer, kept in a["kept"].items() for c in kept},
+                   {(layer, c) for layer, kept in b["kept"].items() for c in kept})
+
+
 def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> Table:
     """An ablation variant (a curves record with criterion options, e.g. B >= 0) against the main
     curves of the same baseline, per method and target both hold: top-1 of each (mean ± std over the
@@ -262,7 +270,7 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
     keys = ("dataset", "arch", "baseline_sha256", "samples_per_class", "test_images")
     differ = [k for k in keys if main["config"].get(k) != variant["config"].get(k)]
     if differ:
-        raise PaperpruneError(f"the variant {_what(variant)} and the main curves {_what(main)} differ in "
+        raise PaperpruneError(f"the variant {record_title(variant)} and the main curves {record_title(main)} differ in "
                               f"{', '.join(differ)}: pair a variant with the curves of its own baseline and grid")
     key, rows = CURVE_METRICS[metric][0], []
     for target in _targets(variant):
@@ -277,13 +285,17 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
             rows.append([method_label(method), f"{100 * target:g}", str(len(seeds)),
                          _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
                          f"{d['diff']:+.2f}", _interval(d),
-                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}"])
+                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}",
+                         _cell([_kept_jaccard(ours[method, s], theirs[method, s]) for s in seeds
+                                if "kept" in ours[method, s] and "kept" in theirs[method, s]])])
     what = CURVE_METRICS[metric][1]
-    return Table(f"Ablation {_variant(variant)} vs main curves, {what}, no fine-tuning: {_what(main)}",
+    return Table(f"Ablation {record_variant(variant)} vs main curves, {what}, no fine-tuning: {record_title(main)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "Main top-1 (%)", "Variant top-1 (%)", "Δ top-1", "CI",
-                  "Variant FLOPs ↓ (%)"], rows,
+                  "Variant FLOPs ↓ (%)", "Kept overlap"], rows,
                  ["Δ = variant − main in top-1 points: the mean over seeds of the per-seed differences on the same "
-                  "seeds (calibration samples) and test images.", _ci_note(confidence)])
+                  "seeds (calibration samples) and test images.", _ci_note(confidence),
+                  "Kept overlap: Jaccard of the (layer, channel) pairs the variant and the main curves keep at that "
+                  "seed and target, mean ± std over seeds (1 = the same channels; — where a record holds no kept channels)."])
 
 
 # --------------------------------------------------------------------------- figures
@@ -324,7 +336,7 @@ def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
     band, errorbar = _band(errorbar)
     points = _ok(record)
     if not points:
-        raise PaperpruneError(f"the curves record of {_what(record)} has no point that reached its target")
+        raise PaperpruneError(f"the curves record of {record_title(record)} has no point that reached its target")
     df = _frame(points)
     order = [method_label(m) for m in _methods(points)]
     fig = Figure(figsize=(8.4, 3.6), layout="constrained")
@@ -337,7 +349,7 @@ def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
         ax.set_title(f"{what}", fontsize=9)
     axes[1].legend(fontsize=6, title=None)
     n = len({p["seed"] for p in points})
-    fig.suptitle(f"Pruning curves without fine-tuning: {_what(record)} ({band}, {n} seeds)", fontsize=9)
+    fig.suptitle(f"Pruning curves without fine-tuning: {record_title(record)} ({band}, {n} seeds)", fontsize=9)
     return fig
 
 
@@ -350,7 +362,7 @@ def plot_curve_widths(record: dict, target: float, errorbar: Any = "sd") -> Figu
     band, errorbar = _band(errorbar)
     points = _ok(record, target)
     if not points:
-        raise PaperpruneError(f"no point of {_what(record)} reached target {target}; recorded targets: "
+        raise PaperpruneError(f"no point of {record_title(record)} reached target {target}; recorded targets: "
                               f"{', '.join(f'{t:g}' for t in _targets(record))}")
     df = pd.DataFrame([{"Criterion": method_label(_key(p)), "layer": i, "kept": w}
                        for p in points for i, w in enumerate(p["widths"].values())])
@@ -360,7 +372,7 @@ def plot_curve_widths(record: dict, target: float, errorbar: Any = "sd") -> Figu
                  markersize=3, linewidth=1, seed=0, ax=ax)
     ax.set_xlabel("prunable layer (index, model order)")
     ax.set_ylabel("channels kept")
-    ax.set_title(f"Kept widths at {100 * target:g}% fewer FLOPs: {_what(record)}\n({band})", fontsize=9)
+    ax.set_title(f"Kept widths at {100 * target:g}% fewer FLOPs: {record_title(record)}\n({band})", fontsize=9)
     ax.legend(fontsize=6)
     return fig
 
@@ -419,14 +431,14 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
         warnings.warn(f"the curves record of {c.get('arch')} on {c.get('dataset')} holds no points (an empty curve): "
                       "nothing to report; run paperprune.lab.curves for it first", stacklevel=2)
         return {}
-    stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
+    stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), record_variant(record))))
     stem = stem.replace("/", "_")
     targets = _targets(record)
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
     for metric, (_, what) in CURVE_METRICS.items():
         rows = paired_curves(record, metric)
-        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
+        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {record_title(record)}"
         if rows:
             written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
                                                       f"paired_{metric}_{stem}")
@@ -435,7 +447,7 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
                                     f"widths_{100 * target:g}_{stem}")
     if len(_methods(_ok(record, target))) > 1:
         methods, matrix, seed = curve_overlap(record, target)
-        title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{_what(record)}, seed {seed}"
+        title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{record_title(record)}, seed {seed}"
         written["overlap"] = save_figure(plot_overlap(matrix, methods, title), out / "figures",
                                          f"overlap_{100 * target:g}_{stem}")
     return written
