@@ -544,6 +544,11 @@ def check_max_iter(max_iter) -> int:
     return int(max_iter)
 
 
+def criterion_options() -> set[str]:
+    """The option names some criterion's constructor takes (what `create_criterion` accepts)."""
+    return {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters} - {"self"}
+
+
 def create_criterion(method: str, **options) -> Criterion:
     """The criterion named `method` (one of METHODS).
 
@@ -554,7 +559,7 @@ def create_criterion(method: str, **options) -> Criterion:
     from .options import unknown_name
 
     check_method(method)
-    known = {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters} - {"self"}
+    known = criterion_options()
     for name in options:
         if name not in known:
             raise unknown_name(name, known, "criterion option")

@@ -107,7 +107,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     """
     from torch._inductor import config as inductor_config
 
-    from .pipeline import check_images
+    from .features import check_images
 
     check_images(model, example_input, "example_input")
     model = fold_batchnorm(model)

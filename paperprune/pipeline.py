@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .criteria import LASSO, Calibration, create_criterion
+from .features import check_images, first_conv
 from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .select import allocate, check_allocation, select_channels
@@ -205,7 +206,7 @@ def model_parts(model: nn.Module, layers, classifier: str | None, data, input_si
         raise PaperpruneError(f"{type(model).__name__} has no convolution; paperprune prunes the output "
                               "channels of convolutions (filters), so there is nothing to prune")
     if input_size is None:
-        input_size, data = _first_shape(data)
+        input_size, data = first_shape(data)
     given = layers
     if (own or layers is not None) and classifier is not None:
         layers = resolve_layers(model, layers)
@@ -269,8 +270,8 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
     """The number of classes, after checking that `classifier` produces the model's logits: an nn.Linear
     with K outputs, or a conv with K channels before global pooling, where the model's output is (B, K);
     a `num_classes` given must be that K."""
+    from .discover import example_input
     from .options import closest
-    from .surgery import _example_input
 
     heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     fix = "name the layer producing the logits (an nn.Linear, or a conv whose channels are the classes)"
@@ -283,7 +284,7 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
         raise PaperpruneError(f"classifier={classifier!r} is a {type(head).__name__}; {fix}")
     k = head.out_features if isinstance(head, nn.Linear) else head.out_channels
     seen = []
-    out = _forward(model, _example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
+    out = _forward(model, example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
     shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
     if not seen or not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != k:
         what = "is not called in the forward pass" if not seen else f"gives {k} {'outputs' if isinstance(head, nn.Linear) else 'channels'}"
@@ -300,10 +301,10 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
 def check_observed(model: nn.Module, layers, input_size) -> None:
     """Refuse a (conv, observe) pair whose observed module does not carry the conv's own channels: moving
     one channel of the conv's output must move that channel of the observed output, and only that one."""
-    from .surgery import _example_input
+    from .discover import example_input
 
-    example = torch.randn(2, *_example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
-    example = example.to(_example_input(model, input_size))
+    example = torch.randn(2, *example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
+    example = example.to(example_input(model, input_size))
     for layer in layers:
         conv, observe = model.get_submodule(layer.conv), model.get_submodule(layer.observe)
 
@@ -336,40 +337,6 @@ def check_observed(model: nn.Module, layers, input_size) -> None:
                                   f"channels {sorted(moved)[:6]}){fix}")
 
 
-def first_conv(model: nn.Module) -> nn.Module | None:
-    """The model's first convolution in module order (its stem): what the images must fit."""
-    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-
-
-def check_images(model: nn.Module, x, what: str = "images") -> None:
-    """Refuse `x` unless it is a float (B, C, H, W) tensor with the channels of the model's first conv;
-    the message names what was expected, what came, and the usual fix (channels last, no channel axis)."""
-    conv = first_conv(model)
-    channels = None if conv is None else conv.in_channels
-    expected = f"float (B, {channels if channels else 'C'}, H, W) tensors"
-    if not torch.is_tensor(x):
-        raise PaperpruneError(f"{what} must be a torch.Tensor ({expected}); got a {type(x).__name__}")
-    shape = tuple(x.shape)
-    hint = ""
-    if x.dim() == 3 and channels == 1:
-        hint = "; images without a channel axis: pass images.unsqueeze(1)"
-    elif x.dim() == 3 and channels and x.shape[0] == channels:
-        hint = "; a single image, not a batch: pass image.unsqueeze(0) or batches from a DataLoader"
-    elif x.dim() == 4 and channels and x.shape[1] != channels and x.shape[-1] == channels:
-        hint = "; channels-last batches: pass images.permute(0, 3, 1, 2)"
-    elif x.dim() == 4 and channels and x.shape[1] != channels:
-        hint = (f"; pass data of the model's input format (e.g. "
-                f"{'images.mean(1, keepdim=True) for grey' if channels == 1 else 'images.expand(-1, 3, -1, -1) for RGB'})")
-    if x.dim() == 4 and channels and x.shape[1] != channels:
-        raise PaperpruneError(f"{what} have {x.shape[1]} channels (shape {shape}) but the model's first conv takes "
-                              f"{channels}: it expects {expected}{hint}")
-    if x.dim() != 4:
-        raise PaperpruneError(f"{what} have shape {shape} but the model expects {expected}{hint}")
-    if not x.is_floating_point():
-        raise PaperpruneError(f"{what} are {x.dtype} {shape}; the model expects {expected}: convert them, e.g. "
-                              "images.float() / 255 and the normalisation the model was trained with")
-
-
 def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
     """Check `data`'s first batch against `model` before any tracing; returns `data` ready to be read
     from its start. A `torch.utils.data.Dataset` (single samples) is refused for a DataLoader over it,
@@ -397,7 +364,7 @@ def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
     return itertools.chain([batch], iterator) if iterator is data else data
 
 
-def _first_shape(data) -> tuple[tuple[int, ...], object]:
+def first_shape(data) -> tuple[tuple[int, ...], object]:
     """The (C, H, W) of `data`'s first batch, and `data` ready to be read again from its start."""
     iterator = iter(data)
     try:

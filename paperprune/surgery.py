@@ -37,37 +37,20 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import channel_groups, classify_group
+from .discover import channel_groups, check_input_size, classify_group, example_input
 from .utils import PaperpruneError, atomic_torch_save
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels", "save_pruned",
-           "widths"]
+__all__ = ["COUNTED", "FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels",
+           "save_pruned", "widths"]
 
 FORMAT = "paperprune-pruned-model"
 FORMAT_VERSION = 2
 
 _CONV = nn.modules.conv._ConvNd
 _BN = nn.modules.batchnorm._BatchNorm
-_COUNTED = (_CONV, nn.Linear)
+#: the module types whose MACs are counted
+COUNTED = (_CONV, nn.Linear)
 _RECORDED = (_CONV, nn.Linear, _BN, nn.AdaptiveAvgPool2d)
-
-
-def _check_input_size(input_size) -> tuple[int, ...]:
-    try:
-        size = tuple(int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise PaperpruneError(f"input_size={input_size!r} is not a shape; pass (C, H, W), e.g. (3, 32, 32)") from None
-    if len(size) != 3 or min(size) < 1:
-        raise PaperpruneError(f"input_size={input_size!r} must be three positive ints (C, H, W), e.g. (3, 32, 32)")
-    return size
-
-
-def _example_input(model: nn.Module, input_size) -> torch.Tensor:
-    size = _check_input_size(input_size)
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
-    device = p.device if p is not None else torch.device("cpu")
-    return torch.zeros(1, *size, dtype=dtype, device=device)
 
 
 def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
@@ -121,7 +104,7 @@ class _Graph:
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
-                example = _example_input(model, input_size).requires_grad_(True)
+                example = example_input(model, input_size).requires_grad_(True)
                 self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
         finally:
             for h in hooks:
@@ -214,7 +197,7 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
     by new tensors: build optimizers after surgery. `input_size` is recorded on the model
     (`paperprune_input_size`, which `save_pruned` stores).
     """
-    size = _check_input_size(input_size)
+    size = check_input_size(input_size)
     convs = _layer_convs(model, layers)
     unknown = sorted(set(keep) - set(convs))
     if unknown:
@@ -287,7 +270,7 @@ class MacsPredictor:
         self._index = {name: j for j, name in enumerate(self.names)}
 
         graph = _Graph(model, input_size)
-        counted = [m for m in graph.positions if isinstance(m, _COUNTED)]
+        counted = [m for m in graph.positions if isinstance(m, COUNTED)]
         self._counted_names = [graph.names[m] for m in counted]
         norms = [m for m in graph.positions if isinstance(m, _BN)] if self.bn else []
         pools = [m for m in graph.positions if isinstance(m, nn.AdaptiveAvgPool2d)] if self.bn else []
@@ -507,7 +490,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None =
     size = input_size if input_size is not None else getattr(model, "paperprune_input_size", None)
     state = model.state_dict()
     record.update({
-        "input_size": list(_check_input_size(size)) if size is not None else None,
+        "input_size": list(check_input_size(size)) if size is not None else None,
         "model_class": type(model).__name__,
         "modules": _structure(model),
         "attributes": _attributes(model),

@@ -111,7 +111,7 @@ class Importance(torch_pruning.importance.Importance):
                  include=("inner", "grouped"), level: float = 0.0, **options):
         from .criteria import Calibration, create_criterion
         from .discover import discover
-        from .pipeline import _first_shape, check_data, gather_calibration, model_parts
+        from .pipeline import check_data, first_shape, gather_calibration, model_parts
 
         from .options import check_options
 
@@ -120,7 +120,7 @@ class Importance(torch_pruning.importance.Importance):
         data = check_data(model, data)
         if layers is None and not hasattr(type(model), "prunable_layers"):
             if input_size is None:
-                input_size, data = _first_shape(data)
+                input_size, data = first_shape(data)
             found = discover(model, input_size, include=include)
             layers, classifier = found.layers, classifier or found.classifier
             if not layers:

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import torch
 
+from paperprune.criteria import METHODS
 from paperprune.lab import reproduce
 from paperprune.lab.reporting import load_runs
 
@@ -94,7 +95,7 @@ def test_quick_profile_is_the_shipped_resnet56_curves():
     (job,) = reproduce.profiles()["quick"].curves
     assert not reproduce.profiles()["quick"].runs
     assert (job["dataset"], job["arch"], job["pretrained"]) == ("fashion-mnist", "resnet56", "fashion-mnist")
-    assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(reproduce.METHODS) and job["test_per_class"] >= 300
+    assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(METHODS) and job["test_per_class"] >= 300
     description = reproduce.profiles()["quick"].description  # printed by `make reproduce`: says what runs
     assert f"{10 * job['test_per_class']:,} test images ({job['test_per_class']} per class)" in description
     assert f"({job['samples_per_class']} images per class)" in description
@@ -179,7 +180,7 @@ def test_evidence_profiles_plan(tmp_path):
                         job.get("criterion_options"))
         main = [job for _, job in curves if not job.get("criterion_options")]
         assert len(main) == 1  # the main curves
-        assert set(main[0]["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
+        assert set(main[0]["methods"]) == set(METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
         variants = {out.name: job for out, job in curves if job.get("criterion_options")}
         assert set(variants) == {f"fashion-mnist-{arch}-{v}"
                                  for v in ("nonnegative", "structure-taxonomy", "response-class+output")}
@@ -198,7 +199,7 @@ def test_evidence_profiles_plan(tmp_path):
     for profile, arch, start, reduction in ((resnet, "resnet56", shipped, 0.55), (finetune, "vgg16", vgg_weights, 0.61)):
         runs = reproduce.plan(profile, tmp_path)
         assert {(p["arch"], p["method"], p["seed"]) for _, p in runs} == {
-            (arch, m, s) for m in reproduce.METHODS for s in (0, 1, 2)}
+            (arch, m, s) for m in METHODS for s in (0, 1, 2)}
         for out, params in runs:
             assert out.relative_to(tmp_path).parts[0] == profile.name
             assert params["pretrained"] == start and params["pretrain_epochs"] == 0
@@ -239,7 +240,7 @@ def test_verdict_profiles_plan(tmp_path):
         assert job["arch"] == arch and "baseline" not in job and len(job["seeds"]) >= 10
         assert job["test_per_class"] * 10 >= 3000 and job["targets"] == [0.30, 0.45, 0.60, 0.75]
         entries = {split_entry(m, "global") for m in job["methods"]}
-        assert {(m, "global") for m in reproduce.METHODS} | {(m, "uniform") for m in ("l1", "hrank", "random")} \
+        assert {(m, "global") for m in METHODS} | {(m, "uniform") for m in ("l1", "hrank", "random")} \
             == entries
         _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
                     job.get("criterion_options"))
