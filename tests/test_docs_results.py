@@ -95,3 +95,25 @@ def test_readme_snippet_uses_names_that_exist():
                 importlib.import_module(alias.name)
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "paperprune":
             assert hasattr(importlib.import_module("paperprune"), node.attr), f"paperprune.{node.attr}"
+
+
+def test_epochs_table_follows_each_criterion_over_fine_tuning_epochs():
+    """Top-1 after each epoch, mean ± std over seeds per criterion entry (uniform runs their own row); runs
+    without the per-epoch record give no table."""
+    import numpy as np
+
+    from paperprune.lab.reporting.pages import _epochs_table
+
+    def run(method, seed, history, allocation="global"):
+        return {"status": "complete", "config": {"method": method, "seed": seed, "allocation": allocation},
+                "pruned": {"finetune_top1": history}}
+
+    runs = [run("sglp", 0, [80.0, 85.0, 90.0]), run("sglp", 1, [82.0, 86.0, 91.0]),
+            run("hrank", 0, [70.0, 88.0, 89.0], "uniform"), run("apib", 0, None)]
+    table = _epochs_table(runs)
+    assert table.columns == ["Method", "n", "Epoch 1", "Epoch 2", "Epoch 3"]
+    rows = {r[0]: r[1:] for r in table.rows}
+    assert rows["sGLP-IB"] == ["2", f"81.00 ± {np.std([80, 82], ddof=1):.2f}", "85.50 ± 0.71", "90.50 ± 0.71"]
+    assert rows["HRank (uniform)"] == ["1", "70.00", "88.00", "89.00"]
+    assert "APIB (HSIC lasso)" not in rows
+    assert _epochs_table([run("apib", 0, None)]) is None

@@ -387,3 +387,16 @@ def test_estimate_counts_what_is_left(tmp_path):
     assert one_epoch == pytest.approx(469 * step + test)  # 60,000 images at 128, then the 10,000 test images
     assert whole["baselines"] > one_epoch
     assert reproduce.estimate(reproduce.profiles()["paper"]) is None  # no measured costs for CIFAR
+
+
+def test_uniform_entries_in_a_run_grid_are_runs_of_their_own():
+    """"hrank:uniform" in a profile's run grid is hrank under the uniform allocation, in a folder of its own
+    beside hrank's; every run of the fine-tune profile has a distinct folder."""
+    from paperprune.lab.reproduce import plan, profiles
+
+    profile = profiles()["verdict-finetune"]
+    runs = {(r["method"], r.get("allocation", "global"), r["seed"]) for r in profile.runs}
+    assert ("hrank", "uniform", 0) in runs and ("hrank", "global", 0) in runs and len(runs) == 8 * 5
+    folders = [out.name for out, _ in plan(profile, Path("runs"))]
+    assert len(set(folders)) == len(folders) and "hrank-uniform-fr0p55-s0" in folders and "hrank-fr0p55-s0" in folders
+    assert all(r["finetune_epochs"] >= 3 and r["per_class"] is None for r in profile.runs)

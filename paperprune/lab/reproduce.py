@@ -39,6 +39,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..criteria import CLASSWISE
+from ..select import split_entry
 from ..models.pretrained import PRETRAINED, pretrained_path
 from ..utils import PaperpruneError, atomic_write_json, atomic_write_text
 from .io import DirLock
@@ -69,10 +70,16 @@ class Profile:
 
 def expand_grid(grid: dict) -> list[dict]:
     """The runs of one of a profile's `run_grids`: every (dataset, arch), method and seed, in that order,
-    each with its arch's `flops_reduction` and the grid's `settings`."""
-    return [dict(dataset=dataset, arch=arch, method=method, seed=seed, flops_reduction=grid["flops_reduction"][arch],
-                 **grid["settings"])
-            for (dataset, arch), method, seed in itertools.product(grid["datasets_archs"], grid["methods"], grid["seeds"])]
+    each with its arch's `flops_reduction` and the grid's `settings`. A method entry "name:uniform" is that
+    criterion under the uniform allocation (`select.split_entry`); plain names keep the settings' allocation."""
+    runs = []
+    for (dataset, arch), entry, seed in itertools.product(grid["datasets_archs"], grid["methods"], grid["seeds"]):
+        run = dict(dataset=dataset, arch=arch, method=entry, seed=seed, flops_reduction=grid["flops_reduction"][arch],
+                   **grid["settings"])
+        if ":" in entry:
+            run["method"], run["allocation"] = split_entry(entry)
+        runs.append(run)
+    return runs
 
 
 def load_profile(module: str) -> Profile:
@@ -192,7 +199,8 @@ def estimate_text(profile: Profile, baselines_todo, curves_todo, runs_todo, runs
 
 def run_dir(runs_root: Path, profile: str, params: dict) -> Path:
     fr = f"{params['flops_reduction']:.2f}".replace(".", "p")
-    return runs_root / profile / params["dataset"] / params["arch"] / f"{params['method']}-fr{fr}-s{params['seed']}"
+    method = params["method"] + ("-uniform" if params.get("allocation", "global") == "uniform" else "")
+    return runs_root / profile / params["dataset"] / params["arch"] / f"{method}-fr{fr}-s{params['seed']}"
 
 
 def error_message(e: BaseException) -> str:

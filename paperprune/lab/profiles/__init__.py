@@ -3,5 +3,5 @@
 `paperprune.lab.reproduce.profiles`."""
 
 #: the profiles' modules, in the order `--profile` lists them
-MODULES = ("quick", "evidence", "evidence_vgg16", "evidence_vgg16_finetune", "verdict", "verdict_vgg16", "fmnist",
-           "paper")
+MODULES = ("quick", "evidence", "evidence_vgg16", "evidence_vgg16_finetune", "verdict", "verdict_vgg16",
+           "verdict_finetune", "block", "block_50pc", "block_100pc", "fmnist", "paper")

@@ -86,7 +86,7 @@ def record_title(record: dict) -> str:
 
 # --------------------------------------------------------------------------- tables
 
-def _cell(values: Sequence[float], scale: float = 1.0, decimals: int = 2) -> str:
+def mean_std_cell(values: Sequence[float], scale: float = 1.0, decimals: int = 2) -> str:
     stat = mean_std_n(values)
     if stat is None:
         return "—"
@@ -104,8 +104,8 @@ def curves_table(record: dict) -> Table:
             ok = [p for p in at if _key(p) == method and "error" not in p]
             failed = sum(1 for p in at if _key(p) == method and "error" in p)
             rows.append([method_label(method), f"{100 * target:g}", str(len(ok)),
-                         _cell([p["macs_reduction"] for p in ok], 100.0, 1), _cell([p["top1"] for p in ok]),
-                         _cell([p["top1_bn"] for p in ok]), str(failed)])
+                         mean_std_cell([p["macs_reduction"] for p in ok], 100.0, 1), mean_std_cell([p["top1"] for p in ok]),
+                         mean_std_cell([p["top1_bn"] for p in ok]), str(failed)])
     c = record["config"]
     notes = [f"Pruned without fine-tuning; top-1 on {c.get('test_images', '?')} test images, mean ± sample std "
              f"(ddof=1) over n calibration seeds ({', '.join(str(s) for s in c.get('seeds', []))}).",
@@ -283,10 +283,10 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
             d = _difference({s: ours[method, s][metric] for s in seeds}, {s: theirs[method, s][metric] for s in seeds},
                             confidence)
             rows.append([method_label(method), f"{100 * target:g}", str(len(seeds)),
-                         _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
+                         mean_std_cell([theirs[method, s][metric] for s in seeds]), mean_std_cell([ours[method, s][metric] for s in seeds]),
                          f"{d['diff']:+.2f}", _interval(d),
-                         f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}",
-                         _cell([_kept_jaccard(ours[method, s], theirs[method, s]) for s in seeds
+                         f"{mean_std_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}",
+                         mean_std_cell([_kept_jaccard(ours[method, s], theirs[method, s]) for s in seeds
                                 if "kept" in ours[method, s] and "kept" in theirs[method, s]])])
     what = CURVE_METRICS[metric][1]
     return Table(f"Ablation {record_variant(variant)} vs main curves, {what}, no fine-tuning: {record_title(main)}",

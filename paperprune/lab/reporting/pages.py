@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .curves import (CURVE_METRICS, curves_report, curves_table, load_curves, paired_curves, paired_runs, paired_table,
+from .curves import (CURVE_METRICS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table,
                      record_title, record_variant, variant_table)
-from .records import complete_runs, load_runs, method_label
+from ...select import entry_name
+from .records import complete_runs, load_runs, method_label, method_rank
 from .tables import Table, results_table, write_table
 
 __all__ = ["ablation_report", "baseline_summary", "baselines_table", "rebuild", "results_page", "verdict_counts"]
@@ -128,6 +129,25 @@ def _fine_tune(runs: Sequence[dict]) -> str:
     return "; ".join(parts)
 
 
+def _epochs_table(runs: Sequence[dict]) -> Table | None:
+    """Top-1 after each fine-tuning epoch (`pruned.finetune_top1`), mean ± std over seeds per criterion: whether
+    the criteria's order changes as fine-tuning lengthens. None where no run records it."""
+    by_method: dict[str, list[list[float]]] = {}
+    for r in complete_runs(runs):
+        history = (r.get("pruned") or {}).get("finetune_top1")
+        if history:
+            by_method.setdefault(entry_name(r["config"]["method"], r["config"].get("allocation")), []).append(history)
+    if not by_method:
+        return None
+    epochs = max(len(h) for hs in by_method.values() for h in hs)
+    rows = [[method_label(m), str(len(hs))]
+            + [mean_std_cell([h[e] for h in hs if len(h) > e]) for e in range(epochs)]
+            for m, hs in sorted(by_method.items(), key=lambda kv: method_rank(kv[0]))]
+    return Table("Top-1 (%) after each fine-tuning epoch", ["Method", "n"] + [f"Epoch {e + 1}" for e in range(epochs)],
+                 rows, ["Mean ± sample std over seeds of the top-1 on the test images after each epoch; the last "
+                        "column is the final evaluation."])
+
+
 def _is_short(runs: Sequence[dict]) -> bool:
     """A fine-tune shorter than one pass over all the training data: one epoch or less over a subset."""
     return all((r["config"].get("finetune_epochs") or 0) <= 1 and r["config"].get("per_class") is not None
@@ -206,6 +226,9 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
         lines += [f"### {label}: {_fine_tune(found.runs)}", ""]
         for dataset in sorted({r["config"].get("dataset") for r in complete_runs(found.runs)}):
             lines += _table_block(results_table(found.runs, dataset), f"{rel}/tables/results_{dataset}.md")
+        epochs = _epochs_table(found.runs)
+        if epochs is not None:
+            lines += _table_block(epochs, f"{rel}/records (run.json: pruned.finetune_top1)")
         rows = paired_runs(found.runs)
         if rows:
             title = "Fine-tuned: each class-wise criterion against the best class-agnostic one"
