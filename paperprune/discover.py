@@ -12,6 +12,8 @@ the group of removing its output channels is classified (`classify_group`):
   through a multiplication (a squeeze-excitation gate) stays inside the group. Prunable by
   default: these are the widths the lineage prunes.
 - `residual`: the width is added to another conv's output (a residual add): kept.
+- `coupled`: an MLP's hidden features that reach more than activations and the next linear
+  layers (below): kept.
 - `concat`: the channels are concatenated with others (DenseNet, Inception outputs): kept
   by default, as the lineage keeps them for torchvision-style Inception and DenseNet.
 - `grouped`: a grouped (not depthwise) conv (RegNet's, ResNeXt's) reads them, or writes them.
@@ -23,6 +25,16 @@ the group of removing its output channels is classified (`classify_group`):
   after a concatenation makes the group 'concat', and surgery refuses it by `channel_groups`).
   A width written by a grouped conv and read by an ordinary one (the ResNeXt bottleneck's middle
   width) is pruned as its own layer, in the writer's groups, beside the width the writer reads.
+
+The hidden width of an MLP is found the same way: for every linear layer applied to tokens
+(N, L, C) or channels-last maps (N, H, W, C) whose output features pass one or more channel-wise
+activations into linear layers reading exactly them (`_mlp_candidate`), the group of removing
+its output features is built. It is `inner` when it holds nothing but the activations, the next
+linear layers' input features and the reshapes of applying them to tokens; `coupled` (kept) when
+anything else takes part (a LayerNorm over the features, a split into attention heads, a
+flatten); residual streams stay whole as for convs. A classifier head's hidden layers, on (N, C)
+vectors, are not considered. The layer's `conv` is then that linear layer, its channels last
+(`channel_axis`).
 
 Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
 `activation`) the point where the channels are as the next layer consumes them (after BN,
@@ -309,7 +321,8 @@ def _classifier(trace: _Trace) -> str | None:
 
 
 def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> Discovery:
-    """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor) and its classifier.
+    """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor, MLP hidden widths
+    included) and its classifier.
 
     `include` lists the group kinds to prune (module docstring): the default is the lineage's
     convention, inner widths, those read by grouped convs included (kept in equal parts per
