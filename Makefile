@@ -9,18 +9,21 @@ FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 PROFILE ?= quick
 JOBS ?= 1
 TESTS ?= tests notebooks/0*.ipynb
-TUTORIALS ?= notebooks/0*.ipynb
+# the tutorials whose asserts a near-tie could decide: solver convergence, kept sets against cvxpy's, counts over
+# calibration draws (00, 01 and 05 assert with margins far above the last digits, or read records only)
+ONE_THREAD_TUTORIALS ?= notebooks/02_sglp_ib.ipynb notebooks/03_stlp_ib.ipynb notebooks/04_what_changes_the_selection.ipynb
 
 .PHONY: reproduce test install data browser docs benchmarks lab clean
 
 reproduce: install data
 	$(PY) -m paperprune.lab.reproduce --profile $(PROFILE) --jobs $(JOBS)
 
-# The tutorials run twice: with the default threads and with one, since a reduction's order (and so the
-# last digits of a result) depends on the thread count.
+# The tutorials run with the default threads, and those of ONE_THREAD_TUTORIALS again with one: a reduction's
+# order (and so the last digits of a result) depends on the thread count, and their stored outputs come from
+# one thread.
 test: install $(DOCS_STAMP) data browser
 	$(PY) -m pytest $(TESTS) --nbval-lax -p no:cacheprovider
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest $(TUTORIALS) --nbval-lax -p no:cacheprovider
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest $(ONE_THREAD_TUTORIALS) --nbval-lax -p no:cacheprovider
 
 install: $(STAMP)
 

@@ -16,11 +16,20 @@ keeps this a test of discovery and surgery, not of a criterion's statistics.
 
     python benchmarks/bench_torchvision.py                       # every model, writes docs/any-cnn.md
     python benchmarks/bench_torchvision.py --models resnet18 squeezenet1_1 --out /tmp/t.md
+
+Each model runs in a child process, so one that exhausts the machine's memory (regnet_y_128gf's 645 M
+parameters in float64 and the copies the checks need) is a row of its own ("killed") instead of the end
+of the run. The rows are kept in a JSON file beside the table (`--out` with .json); a rerun skips the
+models it already holds (`--fresh` starts over).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -168,22 +177,49 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_child(name: str, size: int, target: float) -> dict:
+    """`one(name)` in a child process (its memory is returned when it ends); a child killed by a signal
+    (the kernel's out-of-memory killer) gives an "error" row naming the signal."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--size", str(size), "--reduction",
+                               str(target), "--row", str(out)], capture_output=True, text=True, check=False)
+        if out.is_file():
+            return json.loads(out.read_text())
+    how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"model": name, "input": f"3x{max(size, MIN_SIZE.get(name, 0))}x{max(size, MIN_SIZE.get(name, 0))}",
+            "result": "error", "seconds": time.perf_counter() - start,
+            "reason": f"the check's process was killed ({how}; out of memory on this {memory:.0f} GiB machine?): "
+                      + (done.stderr.strip().splitlines() or [""])[-1][:200]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="default: every torchvision classifier")
     parser.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
     parser.add_argument("--reduction", type=float, default=0.5, help="flops_reduction (default 0.5)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "any-cnn.md")
+    parser.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child: one model, its row to --row
+    parser.add_argument("--row", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if args.one is not None:
+        args.row.write_text(json.dumps(one(args.one, args.size, args.reduction)))
+        return 0
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     names = args.models or torchvision.models.list_models(module=torchvision.models)
+    store = args.out.with_suffix(".json")
+    done = {} if args.fresh or not store.is_file() else {r["model"]: r for r in json.loads(store.read_text())}
     rows = []
     for name in names:
-        rows.append(one(name, args.size, args.reduction))
-        r = rows[-1]
+        r = done.get(name) or run_child(name, args.size, args.reduction)
+        rows.append(r)
         print(f"{name:<24} {r['result']:<12} {r['seconds']:6.1f}s {r.get('reason', '')[:100]}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table(rows, args))  # after every model: a long run leaves its table so far
+        store.write_text(json.dumps(rows, indent=1))  # after every model: a long run resumes from here
+        args.out.write_text(table(rows, args))
     return 0 if all(r["result"] in ("pruned", "refused") for r in rows) else 1
 
 

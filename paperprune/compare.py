@@ -24,7 +24,6 @@ from .utils import PaperpruneError
 __all__ = ["Comparison", "compare_selections", "jaccard"]
 
 
-
 def jaccard(a, b) -> float:
     """|a & b| / |a | b| of two sets (1.0 for two empty sets)."""
     a, b = set(a), set(b)
@@ -33,8 +32,21 @@ def jaccard(a, b) -> float:
 
 @dataclass
 class Comparison:
-    """Kept channels of several criteria at one budget. `kept[method][layer]` lists the kept
-    channel indices; `reports[method]` is that criterion's PruneReport."""
+    """Kept channels of several criteria at one budget, as `compare_selections` returns them.
+
+    Parameters
+    ----------
+    methods : list of str
+        The entries compared, in order (criterion names, or "name:allocation").
+    kept : dict of str to dict of str to list of int
+        ``kept[entry][layer]``: the channel indices the entry keeps in that layer.
+    reports : dict of str to PruneReport
+        Each entry's report.
+
+    See Also
+    --------
+    jaccard : The overlap of two kept sets.
+    """
 
     methods: list[str]
     kept: dict[str, dict[str, list[int]]]
@@ -62,12 +74,66 @@ class Comparison:
 
 def compare_selections(model: nn.Module, data, methods=METHODS, flops_reduction: float = 0.5,
                        progress: bool = True, **options) -> Comparison:
-    """Run every criterion in `methods` at the same `flops_reduction` with the same `options`
-    (any keyword of `paperprune.prune`: samples_per_class, nonnegative, structure, seed, allocation,
-    ...) and return their kept sets, keyed by the entries given. An entry is a criterion name, under
-    `options`' allocation (default "global"), or "name:global" / "name:uniform" (`split_entry`). Each
-    criterion gets the options that apply to it (`paperprune.options.applies`: the lasso's, the class
-    graph's, ... go only where they mean something), so one set of options serves every criterion."""
+    """Run several criteria at one MACs budget on the same model and data; return their kept channels.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (not modified).
+    data : iterable of (images, labels)
+        Re-iterable batches, as for `paperprune.prune`: images (B, C, H, W), labels (B,).
+    methods : sequence of str, default all of `paperprune.criteria.METHODS`
+        At least two different entries: a criterion name, run under `options`' allocation
+        (default "global"), or "name:global" / "name:uniform" (`paperprune.select.split_entry`).
+    flops_reduction : float in (0, 1), default 0.5
+        The MACs reduction every criterion is pruned to.
+    progress : bool, default True
+        Show a progress bar over the criteria.
+    **options
+        Any keyword of `paperprune.prune` (samples_per_class, nonnegative, structure, seed,
+        allocation, tolerance, ...). Each criterion gets the options that apply to it
+        (`paperprune.options.applies`), so one set of options serves every criterion.
+
+    Returns
+    -------
+    Comparison
+        ``kept[entry][layer]``: the kept channel indices; ``reports[entry]``: the `PruneReport`;
+        `Comparison.overlap` gives the (M, M) Jaccard overlaps of the M entries' kept sets.
+
+    Raises
+    ------
+    PaperpruneError
+        For fewer than two different entries, an unknown criterion, or any input `prune` refuses.
+
+    Notes
+    -----
+    Every criterion runs through `paperprune.prune` with the same calibration set, so the
+    budgets match to the budget rule's tolerance (METHOD.md section 2, "Automatic budget"); a
+    kept set is the set of (layer, channel) pairs a criterion keeps. The class-agnostic
+    criteria are best compared under both allocations (METHOD.md section 2, "Allocation").
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from paperprune.compare import compare_selections
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+    >>> cmp = compare_selections(model, [(images, labels)], methods=["stlp", "classwise", "l1:uniform"],
+    ...                          flops_reduction=0.4, samples_per_class=10, tolerance=0.05,
+    ...                          progress=False)
+    >>> cmp.methods, cmp.layers
+    (['stlp', 'classwise', 'l1:uniform'], ['0', '3'])
+    >>> all(abs(r.macs_reduction - 0.4) <= 0.05 for r in cmp.reports.values())
+    True
+    >>> overlap = cmp.overlap()
+    >>> overlap.shape, bool((overlap.diagonal() == 1).all()), bool((overlap == overlap.T).all())
+    ((3, 3), True, True)
+    """
     methods = list(methods)
     if len(methods) < 2 or len(set(methods)) != len(methods):
         raise PaperpruneError(f"methods={methods!r}: give at least two different criteria to compare")

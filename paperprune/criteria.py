@@ -40,6 +40,10 @@ from .ib import check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .utils import PaperpruneError
 
+__all__ = ["AGNOSTIC", "CLASSWISE", "LASSO", "METHODS", "RESPONSES", "APIBCriterion", "Calibration",
+           "ClasswiseCriterion", "Criterion", "HRankCriterion", "L1Criterion", "LassoCriterion", "RandomCriterion",
+           "SGLPCriterion", "STLPCriterion", "ScoreCriterion", "check_method", "create_criterion"]
+
 METHODS = ("random", "l1", "hrank", "apib", "classwise", "sglp", "stlp")
 #: the criteria with class-wise information (METHOD.md section 2), and the class-agnostic ones they are compared with
 CLASSWISE = ("classwise", "sglp", "stlp")
@@ -50,7 +54,13 @@ LASSO = ("apib", "classwise", "sglp", "stlp")
 
 @dataclass
 class Calibration:
-    """A class-balanced calibration set (METHOD.md: n samples per class over K classes)."""
+    """A class-balanced calibration set: n samples per class over K classes (METHOD.md section 2).
+
+    `images` (N, C, H, W) float, normalised as the model expects; `labels` (N,) in [0, K);
+    `num_classes` K; `taxonomy` the dataset's superclasses ({name: classes}, for
+    ``structure="taxonomy"``); `classifier` the module producing the logits, whose input gives
+    the class embeddings.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -60,7 +70,62 @@ class Calibration:
 
 
 class Criterion:
-    """Base class. Subclasses set `name` and implement `prepare` and `select`."""
+    """The contract every channel-selection criterion meets: prepared once, then asked for kept sets by level.
+
+    A criterion is prepared once on a model, its prunable layers and a calibration set
+    (`prepare`); it then maps a level in `bounds()` to a kept-channel mask per layer
+    (`select`). Higher levels keep fewer channels, and the highest keeps none, so the budget
+    rule (`paperprune.select`) can bisect the one global level to a MACs target. Subclasses set
+    `name` and implement `prepare`, `bounds` and `select`; `describe` says what a level means,
+    for the report.
+
+    Attributes
+    ----------
+    name : str
+        The criterion's name (`METHODS`).
+    channels : dict of str to int
+        Channels C of each prepared layer, by layer name.
+
+    See Also
+    --------
+    create_criterion : The criterion of a given name.
+    ScoreCriterion : A criterion given by one score per channel.
+    paperprune.tp.Importance : Any criterion as a Torch-Pruning importance.
+
+    Notes
+    -----
+    The lasso criteria's level u is lam = lam_lo * exp(u), lam_lo = 1e-4 lam_hi, lam_hi the
+    first doubling of max |R| at which every layer's B is zero (METHOD.md section 2,
+    "Automatic budget"); their ranking is B's row norms (section 2, "Penalties"). The score
+    criteria's level is a threshold on scores divided by their layer's maximum. The ranking is
+    used to top a layer up to the floor omega and, under the uniform allocation, to choose which
+    channels each layer keeps (section 2, "Allocation").
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from paperprune.criteria import Calibration, create_criterion
+    >>> from paperprune.models import PrunableLayer
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    >>> layers = [PrunableLayer("conv1", conv="0", observe="2"), PrunableLayer("conv2", conv="3", observe="5")]
+    >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+    >>> criterion = create_criterion("stlp")
+    >>> criterion.prepare(model, layers, Calibration(images, labels, num_classes=4, classifier="8"))
+    >>> criterion.channels
+    {'conv1': 16, 'conv2': 16}
+    >>> lo, hi = criterion.bounds()
+    >>> mask, ranking = criterion.select(lo)["conv1"]
+    >>> mask.dtype, tuple(mask.shape), tuple(ranking.shape)
+    (torch.bool, (16,), (16,))
+    >>> kept = [sum(int(m.sum()) for m, _ in criterion.select(u).values()) for u in (lo, (lo + hi) / 2, hi)]
+    >>> kept[0] >= kept[1] >= kept[2] == 0
+    True
+    """
 
     name = "criterion"
 
@@ -68,12 +133,36 @@ class Criterion:
         self.channels: dict[str, int] = {}
 
     def prepare(self, model: nn.Module, layers, calibration: Calibration) -> None:
+        """Compute what `select` needs (statistics, scores) once; sets `channels`.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The trained model, in eval mode.
+        layers : sequence of PrunableLayer
+            The layers to score.
+        calibration : Calibration
+            The class-balanced calibration set.
+        """
         raise NotImplementedError
 
     def bounds(self) -> tuple[float, float]:
+        """The range (lo, hi) of levels: lo keeps the most channels, hi none."""
         raise NotImplementedError
 
     def select(self, level: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer name: the kept mask (C,) bool at `level` and a ranking (C,) of its channels.
+
+        Parameters
+        ----------
+        level : float
+            A level within `bounds()`; higher keeps fewer channels.
+
+        Returns
+        -------
+        dict of str to (torch.Tensor, torch.Tensor)
+            The mask and the ranking (higher is more important) of each prepared layer.
+        """
         raise NotImplementedError
 
     def describe(self, level: float) -> dict:
@@ -462,6 +551,11 @@ def check_max_iter(max_iter) -> int:
     return int(max_iter)
 
 
+def criterion_options() -> set[str]:
+    """The option names some criterion's constructor takes (what `create_criterion` accepts)."""
+    return {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters} - {"self"}
+
+
 def create_criterion(method: str, **options) -> Criterion:
     """The criterion named `method` (one of METHODS).
 
@@ -472,7 +566,7 @@ def create_criterion(method: str, **options) -> Criterion:
     from .options import unknown_name
 
     check_method(method)
-    known = {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters} - {"self"}
+    known = criterion_options()
     for name in options:
         if name not in known:
             raise unknown_name(name, known, "criterion option")

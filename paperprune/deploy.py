@@ -19,6 +19,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .utils import PaperpruneError
 
+__all__ = ["DEPLOY_MODE", "check_compiler", "fold_batchnorm", "prepare_for_inference"]
+
 #: The deployment path `prepare_for_inference` applies, as recorded next to deployed latencies.
 DEPLOY_MODE = "fold-bn+channels_last+inductor-freezing"
 
@@ -105,7 +107,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     """
     from torch._inductor import config as inductor_config
 
-    from .pipeline import check_images
+    from .features import check_images
 
     check_images(model, example_input, "example_input")
     model = fold_batchnorm(model)

@@ -58,8 +58,8 @@ from torch import nn
 from .models import PrunableLayer
 from .utils import PaperpruneError
 
-__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_axis", "channel_groups", "classify_group", "discover",
-           "unit_width"]
+__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_axis", "channel_groups", "check_input_size",
+           "classify_group", "discover", "example_input", "unit_width"]
 
 KINDS = ("inner", "concat", "grouped", "residual", "coupled")
 
@@ -85,6 +85,27 @@ def channel_axis(module: nn.Module) -> int:
     """Where the root module puts its channels in its output: 1 for a conv (N, C, ...), -1 for a linear
     layer (N, ..., C): tokens (N, L, C) or channels-last maps (N, H, W, C)."""
     return -1 if isinstance(module, nn.Linear) else 1
+
+
+def check_input_size(input_size) -> tuple[int, ...]:
+    """`input_size` as a (C, H, W) tuple of positive ints, or a PaperpruneError naming it."""
+    try:
+        size = tuple(int(s) for s in input_size)
+    except (TypeError, ValueError):
+        raise PaperpruneError(f"input_size={input_size!r} is not a shape; pass (C, H, W), e.g. (3, 32, 32)") from None
+    if len(size) != 3 or min(size) < 1:
+        raise PaperpruneError(f"input_size={input_size!r} must be three positive ints (C, H, W), e.g. (3, 32, 32)")
+    return size
+
+
+def example_input(model: nn.Module, input_size) -> torch.Tensor:
+    """A zero batch of one image of `input_size` (C, H, W), in the dtype and on the device of the model's
+    parameters: what tracing a model runs on."""
+    size = check_input_size(input_size)
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
+    device = p.device if p is not None else torch.device("cpu")
+    return torch.zeros(1, *size, dtype=dtype, device=device)
 
 
 def _is_depthwise(module) -> bool:
@@ -335,9 +356,7 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     if unknown:
         raise PaperpruneError(f"include={tuple(include)!r}: unknown kinds {sorted(unknown)}; choose from "
                               f"{KINDS[:3]} (residual widths are never pruned, METHOD.md section 2)")
-    from .surgery import _example_input
-
-    trace = _Trace(model, _example_input(model, input_size))
+    trace = _Trace(model, example_input(model, input_size))
     classifier = _classifier(trace)
     layers, skipped, covered = [], {}, set()
     for module in trace.order:

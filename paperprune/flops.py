@@ -22,6 +22,8 @@ from torch.nn.modules.conv import _ConvNd
 
 from .utils import PaperpruneError, as_number
 
+__all__ = ["check_input_size", "count_flops_params", "count_params", "layer_macs"]
+
 
 def _module_macs(module: nn.Module, inputs, output: torch.Tensor, bn: bool) -> int:
     if isinstance(module, _ConvNd):

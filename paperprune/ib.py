@@ -30,7 +30,7 @@ normalisation. Choices made here, not taken from any paper:
   "Zero" is exact: ||a||^2 + ||b||^2 - 2 a.b leaves rounding residue on identical maps (the
   silent ones above all), so pairs whose maps are identical, recognised by equal squared norms
   and equal projections on a fixed random direction, count as zero whatever the rounding
-  (METHOD.md section 2, "Bandwidth").
+  (METHOD.md section 2, "Statistics").
 - Dead channels: a channel whose feature maps are identical on every sample (relative
   spread below 100 machine epsilons of the features' dtype), or whose centred kernel has
   a Frobenius norm at rounding level, gets Kbar = 0: its rows of Q and R are zero and it is
@@ -89,12 +89,44 @@ _EXTRA_ROWS = 3    # the output-kernel tile, the class mask and their stack, per
 
 @dataclass
 class LayerStatistics:
-    """METHOD.md section 2 statistics of one prunable layer.
+    """The statistics of one prunable layer: redundancy Q, class-wise relevance R, output relevance.
 
-    redundancy: Q (C, C); relevance: R (C, K); output_relevance: (C,) normalised HSIC with
-    the model-output kernel (zeros when no outputs were given); dead: bool (C,) channels
-    with Kbar = 0; missing_classes: classes without calibration samples (R column zero);
-    num_samples: N.
+    Parameters
+    ----------
+    name : str
+        The layer's name.
+    redundancy : torch.Tensor, shape (C, C)
+        Q_km = <Kbar^(k), Kbar^(m)>_F: symmetric, positive semi-definite, unit diagonal except for
+        dead channels (zero rows and columns).
+    relevance : torch.Tensor, shape (C, K)
+        R_kc = <Kbar^(k), Lbar^(c)>_F, the normalised HSIC between channel k and class c (zero
+        columns for `missing_classes`).
+    output_relevance : torch.Tensor, shape (C,)
+        Normalised HSIC between each channel and one response kernel (the logits, or the consuming
+        layer's output); zeros when no response was given.
+    dead : torch.Tensor of bool, shape (C,)
+        Channels with Kbar = 0: constant maps, or a centred kernel at rounding level.
+    missing_classes : list of int
+        Classes without calibration samples.
+    num_samples : int
+        N, the calibration samples the statistics come from.
+
+    Notes
+    -----
+    METHOD.md section 2, "Statistics" (the exact estimator) and section 2b (the block estimator,
+    which gives the same fields). The lasso criteria solve f(B) = 1/2 tr(B^T Q B) - tr(R^T B)
+    over B (C, K) (section 2, "Objective").
+
+    Examples
+    --------
+    >>> import torch
+    >>> from paperprune.ib import feature_statistics
+    >>> _ = torch.manual_seed(0)
+    >>> stats = feature_statistics(torch.randn(12, 5, 3, 3), torch.arange(12) % 3, 4, name="demo")
+    >>> stats.name, stats.num_samples, stats.missing_classes
+    ('demo', 12, [3])
+    >>> tuple(stats.redundancy.shape), tuple(stats.relevance.shape), tuple(stats.dead.shape)
+    ((5, 5), (5, 4), (5,))
     """
 
     name: str
@@ -262,10 +294,46 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 def hsic(x: Tensor, y: Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
-    """Biased HSIC estimate tr(K H L H) / (N-1)^2 (Gretton et al. 2005) between samples
-    x (N, ...) and y (N, ...), Gaussian kernels with the median bandwidth of this module.
-    One-hot labels as y give a kernel that, once centred, is proportional to the centred
-    delta kernel 1[y_i = y_j] = sum_c L^(c)_ij. Same tiled code as `feature_statistics`."""
+    """Biased HSIC estimate tr(K H L H) / (N - 1)^2 between two samples (Gretton et al., 2005).
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, ...)
+        One sample per row; trailing axes are flattened.
+    y : torch.Tensor, shape (N, ...)
+        The paired samples.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Memory budget of one kernel tile.
+
+    Returns
+    -------
+    torch.Tensor, shape ()
+        The estimate, in x's float dtype (float32 for integer input).
+
+    See Also
+    --------
+    normalized_hsic : The same statistic, normalised to [0, 1].
+
+    Notes
+    -----
+    Gaussian kernels K of x and L of y with the median bandwidth of METHOD.md section 2,
+    "Statistics" (exact zero distances left out); H = I - 11^T/N. One-hot labels as y give a
+    kernel that, once centred, is proportional to the centred delta kernel 1[y_i = y_j] =
+    sum_c L^(c)_ij. Same tiled code as `feature_statistics`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from paperprune.ib import hsic
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(50, 3, dtype=torch.float64)
+    >>> y = x.square() + 0.1 * torch.randn(50, 3, dtype=torch.float64)
+    >>> z = torch.randn(50, 3, dtype=torch.float64)
+    >>> hsic(x, y).shape
+    torch.Size([])
+    >>> bool(hsic(x, y) > 2 * hsic(x, z))
+    True
+    """
     n = x.shape[0]
     dt = _float_dtype(x, None)
     kx = _GaussianKernels(_as_stack(x, dt), source_eps=_eps(x.dtype), max_bytes=max_bytes)
@@ -275,8 +343,46 @@ def hsic(x: Tensor, y: Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
 
 
 def normalized_hsic(x: Tensor, y: Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
-    """<Kbar_x, Kbar_y>_F in [0, 1] (METHOD.md section 2 normalisation); 0 when either
-    variable is constant. Same tiled code as `feature_statistics`."""
+    """Normalised HSIC <Kbar_x, Kbar_y>_F in [0, 1] between two samples; 0 when either is constant.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, ...)
+        One sample per row; trailing axes are flattened.
+    y : torch.Tensor, shape (N, ...)
+        The paired samples.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Memory budget of one kernel tile.
+
+    Returns
+    -------
+    torch.Tensor, shape ()
+        The normalised HSIC, in x's float dtype.
+
+    See Also
+    --------
+    hsic : The unnormalised estimate.
+    channel_kernels : The normalised kernels Kbar themselves, for small N.
+
+    Notes
+    -----
+    Kbar = H K H / ||H K H||_F with the Gaussian kernel and median bandwidth of METHOD.md
+    section 2, "Statistics": the quantity Q and R are made of. Same tiled code as
+    `feature_statistics`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from paperprune.ib import channel_kernels, normalized_hsic
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(50, 3, dtype=torch.float64)
+    >>> y = x.square() + 0.1 * torch.randn(50, 3, dtype=torch.float64)
+    >>> round(float(normalized_hsic(x, x)), 6), float(normalized_hsic(x, torch.zeros(50, 2)))
+    (1.0, 0.0)
+    >>> kx, ky = channel_kernels(x[:, None]), channel_kernels(y[:, None])
+    >>> torch.allclose(normalized_hsic(x, y), (kx[0] * ky[0]).sum())
+    True
+    """
     features = x.reshape(x.shape[0], 1, -1)
     stats = feature_statistics(features, None, 0, outputs=y.reshape(y.shape[0], -1),
                                max_bytes=max_bytes, dtype=_float_dtype(x, None))
@@ -369,19 +475,72 @@ def feature_statistics(features: Tensor, labels: Tensor | None, num_classes: int
                        outputs: Tensor | None = None, name: str = "",
                        max_bytes: int = DEFAULT_MAX_BYTES,
                        dtype: torch.dtype | None = None) -> LayerStatistics:
-    """Q, R and output relevance (METHOD.md section 2) from features (N, C, ...) of one layer.
+    """Redundancy Q, class-wise relevance R and output relevance of one layer from its feature maps.
 
-    `labels` (N,) in [0, num_classes) give the one-vs-rest class kernels, via
-    <H K H, L^(c)>_F = 1_c^T (H K H) 1_c (class-block sums of the centred kernel);
-    `outputs` (N, ...) the output kernel. Computed in `dtype` (default: the features' float
-    dtype; float32 on GPU, float64 for exact tests) on the features' device.
+    Parameters
+    ----------
+    features : torch.Tensor, shape (N, C, ...)
+        Each sample's C channel maps (any trailing shape, flattened to D = H*W), N >= 2.
+    labels : torch.Tensor of int, shape (N,), or None
+        Class indices in [0, num_classes); None gives zero relevance.
+    num_classes : int
+        K.
+    outputs : torch.Tensor, shape (N, ...), optional
+        The response whose kernel gives `output_relevance` (logits, or a consumer's output).
+    name : str, default ""
+        The layer's name, for the result.
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Memory budget of one kernel tile (see Notes).
+    dtype : torch.dtype, optional
+        Precision of the computation: default the features' float dtype; float32 on GPU, float64
+        for exact tests. Computed on the features' device.
 
-    Memory bound: besides a (C, N, D) copy of the features, the peak is
-    about 2 * (C + 3) * rows * (N - r0) * itemsize <= max_bytes for a tile of `rows` rows
-    starting at r0 (tiles get taller as the triangle narrows; at least one row, so the floor
-    is 2 (C + 3) N itemsize). Cost: about N^2 C (2D + C + 2) flops (two kernel passes over
-    the upper triangle, N^2 C D each; the Gram of the centred tiles, N^2 C^2) and N^2 C
-    exponentials, D = H*W.
+    Returns
+    -------
+    LayerStatistics
+        Q (C, C), R (C, K), output relevance (C,), dead channels and missing classes.
+
+    See Also
+    --------
+    layer_statistics : The same for every prunable layer of a model.
+    channel_kernels : The kernels Kbar materialised, the direct form for small N.
+
+    Notes
+    -----
+    METHOD.md section 2, "Statistics": Gaussian channel kernels with the median bandwidth
+    (exact zero distances left out), centred and Frobenius-normalised; one-vs-rest class kernels
+    L^(c), through <H K H, L^(c)>_F = 1_c^T (H K H) 1_c (the class-block sums of the centred
+    kernel). The C kernels of size N x N are never materialised: row tiles of the upper triangle
+    are evaluated twice (row means for the centring, then the inner products, in float64
+    accumulators).
+
+    Memory: besides a (C, N, D) copy of the features, the peak is about
+    2 (C + 3) rows (N - r0) itemsize <= max_bytes for a tile of `rows` rows starting at r0 (at
+    least one row, so the floor is 2 (C + 3) N itemsize). Cost: about N^2 C (2D + C + 2) flops
+    and N^2 C exponentials.
+
+    Examples
+    --------
+    Q has a unit diagonal, a constant channel is dead, and R is the inner product of the
+    normalised kernels (computed directly here):
+
+    >>> import torch
+    >>> from paperprune.ib import channel_kernels, feature_statistics
+    >>> _ = torch.manual_seed(0)
+    >>> features = torch.randn(30, 4, 5, 5, dtype=torch.float64)
+    >>> features[:, 3] = 0
+    >>> labels = torch.arange(30) % 3
+    >>> stats = feature_statistics(features, labels, 4)
+    >>> tuple(stats.redundancy.shape), tuple(stats.relevance.shape), stats.missing_classes
+    ((4, 4), (4, 4), [3])
+    >>> stats.dead.tolist(), stats.redundancy.diagonal().round(decimals=6).tolist()
+    ([False, False, False, True], [1.0, 1.0, 1.0, 0.0])
+    >>> H = torch.eye(30, dtype=torch.float64) - 1 / 30
+    >>> one = (labels == 1).double()
+    >>> L = H @ torch.outer(one, one) @ H
+    >>> kbar = channel_kernels(features)
+    >>> torch.allclose(stats.relevance[:, 1], (kbar * L / L.norm()).sum((1, 2)))
+    True
     """
     if features.dim() < 2 or features.shape[0] < 2:
         raise PaperpruneError(f"features must be (N, C, ...) with N >= 2 samples; got shape {tuple(features.shape)}")
@@ -590,42 +749,94 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
                      max_bytes: int = DEFAULT_MAX_BYTES, device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None, statistics: str = "exact", block_size: int | None = None,
                      permutations: int | None = None, seed: int = 0) -> dict[str, LayerStatistics]:
-    """METHOD.md section 2 statistics (Q, R, output relevance) of every layer in `layers`.
+    """Redundancy Q, class-wise relevance R and output relevance of every prunable layer of a model.
 
-    `response` is the kernel behind `output_relevance`: "logits" (the model's output), "consumer"
-    (the output of each layer's `consumer` module: APIB's response, METHOD.md section 2) or None
-    (class kernels only; output_relevance is zero).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (run in eval mode without gradients; training flags restored).
+    layers : sequence of PrunableLayer
+        Objects with `name` and `observe` (the module whose output is the channels after BN and
+        activation), and `consumer` for ``response="consumer"``.
+    images : torch.Tensor, shape (N, C, H, W)
+        Calibration images, normalised as the model expects; N >= 2. May live on the CPU; they
+        are moved batch by batch.
+    labels : torch.Tensor of int, shape (N,)
+        Class indices in [0, num_classes).
+    num_classes : int
+        K.
+    response : {"logits", "consumer", None}, default "logits"
+        The kernel behind `output_relevance`: the model's output, the output of each layer's
+        `consumer` module (APIB's response), or none (zeros).
+    batch_size : int, optional
+        Forward batch; default 64, or for ``statistics="block"`` `block_batch_size` (80 for blocks
+        of 20).
+    max_bytes : int, default DEFAULT_MAX_BYTES
+        Memory budget: layers are processed in groups whose features fit it (one forward pass
+        per group), and each layer's kernel tiles fit it (`feature_statistics`).
+    device : str or torch.device, optional
+        Where the statistics are computed; default the model's device.
+    dtype : torch.dtype, optional
+        Precision; default float32 (float64 for exact tests).
+    statistics : {"exact", "block"}, default "exact"
+        The exact estimator, O(N^2) per channel, or the block estimator, O(N B M) per channel.
+    block_size : int, optional
+        B, samples per block (default 20); must divide N and the batch.
+    permutations : int, optional
+        M, random partitions of each batch into blocks (default 3).
+    seed : int, default 0
+        Seeds the block partitions (`block_partitions`).
 
-    `images` (N, C, H, W) float, normalised as the model expects (may live on the CPU; they
-    are moved batch by batch); `labels` (N,) in [0, num_classes). Statistics are computed on
-    `device` (default: the model's) in `dtype` (default float32; float64 for exact tests).
-    `batch_size` is the forward batch (default 64; see below for block statistics).
+    Returns
+    -------
+    dict of str to LayerStatistics
+        One entry per layer, keyed by name: Q (C, C), R (C, K), output relevance (C,).
 
-    `statistics="block"` estimates Q, R and the output relevance from blocks (METHOD.md section
-    2b): `block_partitions(labels, ..., seed=seed)` cuts the class-stratified calibration set
-    into batches of `batch_size` samples (default `block_batch_size`: 80 for blocks of 20) and
-    each batch `permutations` times (default 3) into blocks of `block_size` (default 20), which
-    must divide N and the batch. One forward pass streams the batches: each batch's features
-    become the centred B x B kernels of their blocks, whose inner products are accumulated in
-    float64, and are freed, so memory is the blocks of one batch (C x M S B per layer, held
-    across the batch only for the layers awaiting their response), never N x the features.
-    Bandwidths (section 2's median rule) come from the first batch on which a channel varies.
-    Cost per layer: about N M B C (2D + C) flops, against about N^2 C (2D + C) for "exact";
-    with B = S = N and M = 1 it is the exact estimator.
+    See Also
+    --------
+    feature_statistics : The same from one layer's feature maps.
 
-    Memory: layers are processed in consecutive groups whose features, N * C * H*W * itemsize
-    summed over the group, fit `max_bytes` (one forward pass per group; a single layer's
-    features are always held whole), then each layer's kernels are tiled so that a tile fits
-    `max_bytes` (bound and cost in `feature_statistics`).
+    Notes
+    -----
+    The exact estimator is METHOD.md section 2, "Statistics"; ``response="consumer"`` is the
+    response of the APIB baseline (section 2, "The APIB baseline"). The block estimator is
+    section 2b: the class-stratified calibration set is streamed in batches, each cut
+    `permutations` times into blocks of `block_size`; each block's centred B x B kernels are
+    reduced to float64 inner products and freed, so memory is one batch's blocks (C x M S B per
+    layer), never N x the features. Bandwidths come from the first batch on which a channel
+    varies. Cost per layer: about N M B C (2D + C) flops against N^2 C (2D + C) for "exact";
+    with B = S = N and M = 1 the two are equal (Examples).
 
-    ResNet-50 on ImageNet (K = 1000, N = 1000 n, float32): the largest layer features are
-    layer2.0.conv1's, 128 x 56 x 56 floats = 1.6 MB per sample, so N = 30,000 (30 images per
-    class) needs 48 GB and fits an 80 GB GPU, N = 40,000 is the practical ceiling. The
-    whole model costs about 9.1e6 N^2 flops (sum over its 32 layers of C (2D + C + 2)):
-    0.9 PFLOP at N = 10,000, 8.2 PFLOP at N = 30,000, plus 7.6e3 N^2 exponentials and
-    memory-bound elementwise passes over the tiles (the layers' C sum to 7,552). Estimated,
-    not measured: about half a minute at N = 10,000 and 5-10 minutes at N = 30,000 on one
-    H100 in fp32 (TF32 matmuls, if enabled globally, are faster and less exact).
+    ResNet-50 on ImageNet (K = 1000, float32), estimated, not measured: the largest layer
+    features are layer2.0.conv1's, 1.6 MB per sample, so N = 30,000 needs 48 GB of an 80 GB GPU
+    (N = 40,000 is the practical ceiling); the whole model costs about 9.1e6 N^2 flops (0.9 PFLOP
+    at N = 10,000, 8.2 at N = 30,000) plus 7.6e3 N^2 exponentials: about half a minute at
+    N = 10,000 and 5-10 minutes at N = 30,000 on one H100 in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from paperprune.ib import layer_statistics
+    >>> from paperprune.models import PrunableLayer
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    ...     nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+    ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    >>> layers = [PrunableLayer("conv1", conv="0", observe="2", consumer="3")]
+    >>> images, labels = torch.randn(24, 3, 8, 8), torch.arange(24) % 3
+    >>> exact = layer_statistics(model, layers, images, labels, 3, dtype=torch.float64)
+    >>> tuple(exact["conv1"].redundancy.shape), tuple(exact["conv1"].relevance.shape)
+    ((8, 8), (8, 3))
+
+    One block holding every sample, one partition: the block estimator is the exact one.
+
+    >>> block = layer_statistics(model, layers, images, labels, 3, dtype=torch.float64,
+    ...                          statistics="block", block_size=24, permutations=1)
+    >>> all(torch.allclose(getattr(block["conv1"], f), getattr(exact["conv1"], f))
+    ...     for f in ("redundancy", "relevance", "output_relevance"))
+    True
     """
     if num_classes < 1:
         raise PaperpruneError(f"num_classes must be >= 1, got {num_classes}")

@@ -68,6 +68,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "time_forward"]
+
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
 GRID_POINTS = 8
@@ -179,7 +181,7 @@ class Unit:
 
 def _units(model: nn.Module, layers, input_size):
     """The varying units (`MacsPredictor.counted()` rows whose widths depend on a prunable layer)."""
-    from .surgery import _COUNTED, MacsPredictor
+    from .surgery import COUNTED, MacsPredictor
 
     predictor = MacsPredictor(model, layers, input_size)
     shapes, calls = {}, {}
@@ -189,7 +191,7 @@ def _units(model: nn.Module, layers, input_size):
         shapes.setdefault(names[module], tuple(inputs[0].shape[2:]))
         calls[names[module]] = calls.get(names[module], 0) + 1
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _COUNTED)]
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, COUNTED)]
     modes = {m: m.training for m in model.modules()}
     p = next(model.parameters())
     try:
@@ -348,7 +350,7 @@ class LatencyModel:
         predictor, units = _units(model, layers, input_size)
         import torchvision
 
-        from . import __version__
+        from .version import __version__
         from .deploy import DEPLOY_MODE
 
         structure = hashlib.sha256(f"{type(model).__qualname__}|{model!r}|{[(l.name, l.conv) for l in layers]}|"

@@ -12,16 +12,82 @@ from torch import nn
 
 from .criteria import LASSO, Calibration, create_criterion
 from .discover import channel_axis, unit_width
+from .features import check_images, first_conv
 from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .select import allocate, check_allocation, select_channels
 from .utils import PaperpruneError, as_number, resolve_device
 
+__all__ = ["PruneReport", "prune"]
+
 
 @dataclass
 class PruneReport:
-    """What `prune` did: per-layer widths (and the kept channel indices), MACs and params before and
-    after, lam, timings."""
+    """What `prune` did: per-layer widths and kept channels, MACs and parameters before and after,
+    the level reached, timings.
+
+    Parameters
+    ----------
+    method : str
+        The criterion (`paperprune.criteria.METHODS`).
+    flops_reduction_target : float or None
+        The MACs reduction asked for; None under a latency budget.
+    level : float
+        The criterion's level reached by the budget rule (lasso criteria: lam = lam_lo * exp(level)).
+    criterion : dict
+        The criterion's description at that level (`Criterion.describe`): lam and gamma, the lasso's
+        own support, unconverged layers, ...
+    layers : list of dict
+        One row per prunable layer: ``name``, ``width_before``, ``width_after`` and ``kept``, the
+        kept channel indices in increasing order.
+    macs_before, macs_after, params_before, params_after : int
+        Conv and linear MACs and parameters (METHOD.md section 4) of the input and the pruned model.
+    samples_per_class : int
+        Calibration images asked for per class.
+    num_calibration : int
+        Calibration images drawn, N.
+    budget_steps : int
+        Bisection steps the budget rule took.
+    timings : dict of str to float
+        Seconds per stage: ``statistics_s``, ``selection_s``, ``surgery_s``, and where they ran
+        ``latency_table_s``, ``adapt_bn_s``, ``latency_measure_s``.
+    latency : dict or None
+        Under a latency budget, `paperprune.latency.latency_record`: target, predicted and measured
+        reductions, table key, MACs.
+    adapted_bn_images : int
+        Images the pruned model's BatchNorm statistics were re-estimated on (0: not re-estimated).
+    allocation : {"global", "uniform"}
+        How the budget was shared between layers (`paperprune.select.ALLOCATIONS`).
+    images_per_class : list of int
+        Calibration images drawn per class (fewer than `samples_per_class` where the data held fewer).
+
+    Attributes
+    ----------
+    macs_reduction, params_reduction : float
+        1 - after / before.
+
+    Notes
+    -----
+    MACs and parameters follow METHOD.md section 4 (conv and linear layers, BatchNorm excluded);
+    `level` and `criterion` are those of the budget rule (METHOD.md section 2, "Automatic budget"
+    and "Allocation"). `to_dict` is the form run records store.
+
+    Examples
+    --------
+    >>> from paperprune.pipeline import PruneReport
+    >>> report = PruneReport(method="l1", flops_reduction_target=0.5, level=0.3, criterion={},
+    ...                      layers=[{"name": "conv1", "width_before": 16, "width_after": 8,
+    ...                               "kept": [0, 2, 4, 6, 8, 10, 12, 14]}],
+    ...                      macs_before=4000, macs_after=2000, params_before=500, params_after=300,
+    ...                      samples_per_class=10, num_calibration=40, budget_steps=12)
+    >>> report.macs_reduction, report.params_reduction
+    (0.5, 0.4)
+    >>> print(report.summary())
+    l1: MACs 0.00M -> 0.00M (-50.0%), params 0.001M -> 0.000M (-40.0%), level 0.3
+      conv1                               16 ->     8
+    >>> sorted(report.to_dict())[:4]
+    ['adapted_bn_images', 'allocation', 'budget_steps', 'criterion']
+    """
 
     method: str
     flops_reduction_target: float | None
@@ -142,7 +208,7 @@ def model_parts(model: nn.Module, layers, classifier: str | None, data, input_si
         raise PaperpruneError(f"{type(model).__name__} has no convolution; paperprune prunes the output "
                               "channels of convolutions (filters), so there is nothing to prune")
     if input_size is None:
-        input_size, data = _first_shape(data)
+        input_size, data = first_shape(data)
     given = layers
     if (own or layers is not None) and classifier is not None:
         layers = resolve_layers(model, layers)
@@ -206,8 +272,8 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
     """The number of classes, after checking that `classifier` produces the model's logits: an nn.Linear
     with K outputs, or a conv with K channels before global pooling, where the model's output is (B, K);
     a `num_classes` given must be that K."""
+    from .discover import example_input
     from .options import closest
-    from .surgery import _example_input
 
     heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     fix = "name the layer producing the logits (an nn.Linear, or a conv whose channels are the classes)"
@@ -220,7 +286,7 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
         raise PaperpruneError(f"classifier={classifier!r} is a {type(head).__name__}; {fix}")
     k = head.out_features if isinstance(head, nn.Linear) else head.out_channels
     seen = []
-    out = _forward(model, _example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
+    out = _forward(model, example_input(model, input_size), {head: lambda m, i, o: seen.append(o)})
     shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
     if not seen or not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] != k:
         what = "is not called in the forward pass" if not seen else f"gives {k} {'outputs' if isinstance(head, nn.Linear) else 'channels'}"
@@ -237,10 +303,10 @@ def check_head(model: nn.Module, classifier: str, num_classes, input_size) -> in
 def check_observed(model: nn.Module, layers, input_size) -> None:
     """Refuse a (conv, observe) pair whose observed module does not carry the conv's own channels: moving
     one channel of the conv's output must move that channel of the observed output, and only that one."""
-    from .surgery import _example_input
+    from .discover import example_input
 
-    example = torch.randn(2, *_example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
-    example = example.to(_example_input(model, input_size))
+    example = torch.randn(2, *example_input(model, input_size).shape[1:], generator=torch.Generator().manual_seed(0))
+    example = example.to(example_input(model, input_size))
     for layer in layers:
         conv, observe = model.get_submodule(layer.conv), model.get_submodule(layer.observe)
         axis = channel_axis(conv)
@@ -277,40 +343,6 @@ def check_observed(model: nn.Module, layers, input_size) -> None:
                                   f"channels {sorted(moved)[:6]}){fix}")
 
 
-def first_conv(model: nn.Module) -> nn.Module | None:
-    """The model's first convolution in module order (its stem): what the images must fit."""
-    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-
-
-def check_images(model: nn.Module, x, what: str = "images") -> None:
-    """Refuse `x` unless it is a float (B, C, H, W) tensor with the channels of the model's first conv;
-    the message names what was expected, what came, and the usual fix (channels last, no channel axis)."""
-    conv = first_conv(model)
-    channels = None if conv is None else conv.in_channels
-    expected = f"float (B, {channels if channels else 'C'}, H, W) tensors"
-    if not torch.is_tensor(x):
-        raise PaperpruneError(f"{what} must be a torch.Tensor ({expected}); got a {type(x).__name__}")
-    shape = tuple(x.shape)
-    hint = ""
-    if x.dim() == 3 and channels == 1:
-        hint = "; images without a channel axis: pass images.unsqueeze(1)"
-    elif x.dim() == 3 and channels and x.shape[0] == channels:
-        hint = "; a single image, not a batch: pass image.unsqueeze(0) or batches from a DataLoader"
-    elif x.dim() == 4 and channels and x.shape[1] != channels and x.shape[-1] == channels:
-        hint = "; channels-last batches: pass images.permute(0, 3, 1, 2)"
-    elif x.dim() == 4 and channels and x.shape[1] != channels:
-        hint = (f"; pass data of the model's input format (e.g. "
-                f"{'images.mean(1, keepdim=True) for grey' if channels == 1 else 'images.expand(-1, 3, -1, -1) for RGB'})")
-    if x.dim() == 4 and channels and x.shape[1] != channels:
-        raise PaperpruneError(f"{what} have {x.shape[1]} channels (shape {shape}) but the model's first conv takes "
-                              f"{channels}: it expects {expected}{hint}")
-    if x.dim() != 4:
-        raise PaperpruneError(f"{what} have shape {shape} but the model expects {expected}{hint}")
-    if not x.is_floating_point():
-        raise PaperpruneError(f"{what} are {x.dtype} {shape}; the model expects {expected}: convert them, e.g. "
-                              "images.float() / 255 and the normalisation the model was trained with")
-
-
 def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
     """Check `data`'s first batch against `model` before any tracing; returns `data` ready to be read
     from its start. A `torch.utils.data.Dataset` (single samples) is refused for a DataLoader over it,
@@ -338,7 +370,7 @@ def check_data(model: nn.Module, data, *, passes: int = 1) -> object:
     return itertools.chain([batch], iterator) if iterator is data else data
 
 
-def _first_shape(data) -> tuple[tuple[int, ...], object]:
+def first_shape(data) -> tuple[tuple[int, ...], object]:
     """The (C, H, W) of `data`'s first batch, and `data` ready to be read again from its start."""
     iterator = iter(data)
     try:
@@ -428,47 +460,154 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
           latency_rounding: bool = False, adapt_bn: int = 0, statistics: str = "exact",
           block_size: int | None = None, permutations: int | None = None,
           allocation: str = "global") -> tuple[nn.Module, PruneReport]:
-    """Prune `model` to remove `flops_reduction` of its MACs (default 0.5) with the criterion `method`.
+    """Prune a trained CNN to a MACs (or latency) budget with one channel-selection criterion.
 
-    `data` is any iterable of (images, labels) batches (a DataLoader); a class-balanced
-    calibration set of `samples_per_class` per class is drawn from it. The input model is not
-    modified: a pruned deep copy is returned with a `PruneReport`. `layers` names the
-    prunable layers of a user's own CNN (see `resolve_layers`) and `classifier` its final
-    nn.Linear (whose input is the class embedding); the six paper models know theirs, and for
-    any other CNN both are found through Torch-Pruning's DependencyGraph (`model_parts`).
+    A class-balanced calibration set is drawn from `data`; the criterion `method` is prepared on it
+    (for the lasso criteria: the statistics Q (C, C) and R (C, K) of every prunable layer and the
+    structured lasso over B (C, K)); one global level (lam for the lasso criteria) is bisected until
+    the pruned model's MACs reduction is within `tolerance` of `flops_reduction`; the channels kept
+    at that level are cut from a deep copy of `model` with everything coupled to them. The input
+    model is not modified.
 
-    The lasso criteria solve the signed problem unless `nonnegative=True` (the B >= 0
-    ablation, METHOD.md section 2); `structure` picks the class tree of sTLP-IB and the class
-    graph of sGLP-IB ('embedding' or the dataset's 'taxonomy'), `rho` and `knn` the graph's
-    edges (|corr| > rho, or each class's knn most correlated classes); `response="class+output"`
-    adds APIB's response (the consuming layer's output) to the class-wise criteria's class kernels.
-    `max_iter` bounds the lasso solver's iterations per solve; a solve that stops there is named in
-    the report's `criterion["unconverged_layers"]` and warned about.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained CNN taking float images (B, C, H, W) and returning logits (B, K). The six built-in
+        models (`paperprune.create_model`) list their prunable layers and classifier; for any other
+        CNN both are found through Torch-Pruning's DependencyGraph (`paperprune.discover`).
+    data : iterable of (images, labels)
+        Batches (a DataLoader, a list of tuples, any iterable; re-iterable when `adapt_bn` > 0):
+        images (B, C, H, W) float, normalised as the model expects; labels (B,) integer class
+        indices in [0, K). A class-balanced calibration set is drawn from the first batches.
+    method : {"stlp", "sglp", "classwise", "apib", "hrank", "l1", "random"}, default "stlp"
+        Channel-selection criterion (`paperprune.criteria`).
+    flops_reduction : float in (0, 1), optional
+        Fraction of the MACs to remove; 0.5 when neither this nor `latency_reduction` is given.
+    input_size : tuple of int, optional
+        (C, H, W) of one input; default: read from the first batch of `data`.
+    layers : dict of str to str, or sequence of PrunableLayer or (str, str), optional
+        Prunable layers of a user's CNN as {conv: observe} module names, `observe` being the module
+        whose output is the conv's channels after BN and activation. Default: the model's own list,
+        else what `paperprune.discover` finds (the inner widths).
+    num_classes : int, optional
+        K; read from the classifier and checked against it when given.
+    samples_per_class : int, default 20
+        Calibration images drawn per class; N = K * samples_per_class.
+    omega : int, default 4
+        Per-layer floor: every prunable layer keeps at least `omega` channels.
+    gamma_ratio : float, default 0.5
+        Structure penalty weight gamma = gamma_ratio * lam (sGLP-IB, sTLP-IB).
+    nonnegative : bool, default False
+        Solve with B >= 0 (HSIC Lasso's form), an ablation of the signed default.
+    structure : {"embedding", "taxonomy"}, default "embedding"
+        Class graph (sGLP-IB) and tree (sTLP-IB) from the class-mean embeddings, or from the
+        dataset's known taxonomy (`taxonomy`).
+    response : {"class", "class+output"}, default "class"
+        Class kernels only, or also APIB's response (the consuming layer's output kernel) as one
+        more column of R, for the class-wise criteria.
+    rho : float in [0, 1), default 0.5
+        Class graph edge where |corr| > rho.
+    knn : int, optional
+        Instead of `rho`, join each class to its `knn` most correlated classes.
+    max_iter : int, default `paperprune.lasso.SOLVER_MAX_ITER`
+        Lasso solver iterations per solve; a solve stopped there is listed in
+        ``report.criterion["unconverged_layers"]`` and warned about.
+    taxonomy : dict of str to list of int, optional
+        Superclass name to its classes, for ``structure="taxonomy"``.
+    classifier : str, optional
+        Module name of the layer producing the logits (its input is the class embedding).
+    seed : int, default 0
+        Seeds the `random` criterion and the block partitions.
+    tolerance : float, default 0.01
+        Accepted distance between the achieved and the target reduction.
+    device : str or torch.device, optional
+        Where statistics and solves run; default: the model's device.
+    progress : bool, default True
+        Show progress bars.
+    latency_reduction : float in (0, 1), optional
+        Budget latency instead of MACs (not both): fraction of the measured latency to remove. The
+        level is bisected against a `paperprune.latency.LatencyModel` measured on `device`, then
+        corrected by measuring each pruned candidate beside the unpruned model
+        (`paperprune.latency.calibrate`: at most 3 candidates, stopping within 0.02 of the target;
+        each step in ``report.latency["steps"]``, a warning naming a miss after the last).
+    latency_mode : {"eager", "deployed"}, default "eager"
+        How latency is measured (`paperprune.latency`).
+    latency_batch_size : int, default 64
+        Batch size latency is measured at.
+    latency_rounding : bool, default False
+        Round kept widths up to the multiples the latency table shows to be nearly free.
+    adapt_bn : int, default 0
+        Re-estimate the pruned model's BatchNorm statistics on the first `adapt_bn` images of
+        `data`, read again from its start (so `data` must be re-iterable); 0 leaves them as trained.
+    statistics : {"exact", "block"}, default "exact"
+        How the lasso criteria estimate Q and R: exact, O(N^2) per channel, or the block
+        estimator, O(N B M) per channel in one streamed forward pass, the better choice when N is
+        large (docs/usage-statistics.md). "block" is refused for a criterion without statistics.
+    block_size : int, optional
+        Samples per block B for ``statistics="block"`` (default 20); must divide N. Refused with
+        ``statistics="exact"``, as is `permutations`.
+    permutations : int, optional
+        Random partitions M for ``statistics="block"`` (default 3).
+    allocation : {"global", "uniform"}, default "global"
+        One level shared by every layer (per-layer ratios fall out of the criterion), or the same
+        kept fraction in every layer with the criterion's scores choosing which channels (for the
+        lasso criteria: B's row norms at the weakest lam).
 
-    `latency_reduction` budgets latency instead of MACs (not both): the same level is bisected
-    against a `paperprune.latency.LatencyModel` measured on `device` at `latency_batch_size` in
-    `latency_mode` ("eager" or "deployed"), then corrected by measuring each pruned candidate beside
-    the unpruned model (`paperprune.latency.calibrate`: at most 3 candidates, stopping within 0.02 of
-    the target; each step in `report.latency["steps"]`, a warning naming a miss after the last);
-    `latency_rounding` rounds kept widths up to the multiples the table shows to be nearly free.
+    Returns
+    -------
+    pruned : torch.nn.Module
+        A pruned deep copy of `model`, on `device`, in the input model's training mode.
+    report : PruneReport
+        Widths and kept channel indices per layer, MACs and parameters before and after, the
+        level reached, the criterion's description and timings.
 
-    `statistics` is how the lasso criteria estimate Q and R: "exact" (METHOD.md section 2, the
-    default, O(N^2) per channel) or "block" (section 2b: blocks of `block_size` samples, default
-    20, over `permutations` seeded random partitions, default 3, in one streamed forward pass;
-    O(N B M) per channel and memory of one batch's blocks). Block is the better choice when N is
-    large: many classes, or many calibration images per class (docs/usage-statistics.md).
-    `block_size` must divide the N = classes x samples_per_class calibration samples; block
-    options are refused with "exact", and "block" with a criterion that has no statistics.
-    `allocation` shares the budget between layers (METHOD.md section 2, "Allocation";
-    `paperprune.select`): "global" (default) bisects the criterion's one level across layers, so per-layer ratios fall
-    out of the criterion; "uniform" keeps the same fraction of channels in every layer, bisected to
-    the target, the criterion's scores choosing which channels (for the lasso criteria, B's row
-    norms at the weakest lam).
+    Raises
+    ------
+    PaperpruneError
+        On bad input: the message names the value and the fix.
 
-    `adapt_bn` > 0 re-estimates the pruned model's BatchNorm running statistics on the first
-    `adapt_bn` images of `data` (iterated again from its start, so pass a re-iterable loader):
-    adaptive BN, which EagleEye (Li et al., ECCV 2020) uses to score pruned candidates; it
-    recovers much of the accuracy a cut loses before any fine-tuning (see `paperprune.lab.curves`).
+    Notes
+    -----
+    Reconstruction choices, with their METHOD.md sections:
+
+    - Statistics: Gaussian channel kernels with the median bandwidth, one-vs-rest class kernels,
+      centred and Frobenius-normalised (section 2, "Statistics"); block estimator (section 2b).
+    - Objective: multi-task HSIC regression, signed by default (section 2, "Objective"); the
+      tree-guided group lasso of sTLP-IB and the graph-guided fused lasso of sGLP-IB (section 2,
+      "Penalties"); the class graph and tree from class-mean embeddings of the classifier's input
+      (section 2, "Class structure").
+    - Budget: one global lam bisected to the MACs target, gamma tied to lam, floor omega
+      (section 2, "Automatic budget"); `allocation` (section 2, "Allocation").
+    - Prunable layers: inner widths only, residual widths kept (section 2, "Prunable layers").
+    - MACs and parameters: conv and linear layers (section 4).
+
+    `adapt_bn` is adaptive BN, which EagleEye (Li et al., ECCV 2020) uses to score pruned
+    candidates; it recovers much of the accuracy a cut loses before any fine-tuning
+    (`paperprune.features.adapt_batchnorm`; its effect on the curves in `paperprune.lab.curves`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import paperprune
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+
+    A channel of this two-layer net carries about 6% of its MACs, hence the wider `tolerance`:
+
+    >>> pruned, report = paperprune.prune(model, [(images, labels)], method="stlp",
+    ...                                   flops_reduction=0.4, samples_per_class=10,
+    ...                                   tolerance=0.05, progress=False)
+    >>> [(row["name"], row["width_before"]) for row in report.layers]
+    [('0', 16), ('3', 16)]
+    >>> abs(report.macs_reduction - 0.4) <= 0.05
+    True
+    >>> pruned(images).shape, model[0].out_channels
+    (torch.Size([40, 4]), 16)
     """
     from .flops import count_flops_params
     from .latency import LatencyModel, calibrate, check_budget, latency_record

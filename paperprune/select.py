@@ -53,6 +53,9 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, as_number
 
+__all__ = ["ALLOCATIONS", "Selection", "UniformAllocation", "allocate", "check_allocation", "entry_name",
+           "select_channels", "split_entry"]
+
 
 @dataclass
 class Selection:

@@ -1,7 +1,7 @@
 """Channel surgery, exact MACs/params prediction and pruned-model checkpoints.
 
 Reconstruction, not from the paper (its abstract says nothing about surgery): a prunable
-layer (METHOD.md section 2, "Which layers are prunable") loses output channels of its conv;
+layer (METHOD.md section 2, "Prunable layers") loses output channels of its conv;
 everything coupled to them (its BatchNorm, the consumers' input channels, through
 concatenations for DenseNet, depthwise convs and squeeze-excitation gates) follows. The
 coupling is found by Torch-Pruning's DependencyGraph (Fang et al., DepGraph, CVPR 2023);
@@ -37,37 +37,20 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import channel_groups, classify_group, unit_width
+from .discover import channel_groups, check_input_size, classify_group, example_input, unit_width
 from .utils import PaperpruneError, atomic_torch_save
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels", "save_pruned",
-           "widths"]
+__all__ = ["COUNTED", "FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels",
+           "save_pruned", "widths"]
 
 FORMAT = "paperprune-pruned-model"
 FORMAT_VERSION = 2
 
 _CONV = nn.modules.conv._ConvNd
 _BN = nn.modules.batchnorm._BatchNorm
-_COUNTED = (_CONV, nn.Linear)
+#: the module types whose MACs are counted
+COUNTED = (_CONV, nn.Linear)
 _RECORDED = (_CONV, nn.Linear, _BN, nn.AdaptiveAvgPool2d)
-
-
-def _check_input_size(input_size) -> tuple[int, ...]:
-    try:
-        size = tuple(int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise PaperpruneError(f"input_size={input_size!r} is not a shape; pass (C, H, W), e.g. (3, 32, 32)") from None
-    if len(size) != 3 or min(size) < 1:
-        raise PaperpruneError(f"input_size={input_size!r} must be three positive ints (C, H, W), e.g. (3, 32, 32)")
-    return size
-
-
-def _example_input(model: nn.Module, input_size) -> torch.Tensor:
-    size = _check_input_size(input_size)
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
-    device = p.device if p is not None else torch.device("cpu")
-    return torch.zeros(1, *size, dtype=dtype, device=device)
 
 
 def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
@@ -122,7 +105,7 @@ class _Graph:
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
-                example = _example_input(model, input_size).requires_grad_(True)
+                example = example_input(model, input_size).requires_grad_(True)
                 self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
         finally:
             for h in hooks:
@@ -216,7 +199,7 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
     by new tensors: build optimizers after surgery. `input_size` is recorded on the model
     (`paperprune_input_size`, which `save_pruned` stores).
     """
-    size = _check_input_size(input_size)
+    size = check_input_size(input_size)
     convs = _layer_convs(model, layers)
     unknown = sorted(set(keep) - set(convs))
     if unknown:
@@ -289,7 +272,7 @@ class MacsPredictor:
         self._index = {name: j for j, name in enumerate(self.names)}
 
         graph = _Graph(model, input_size)
-        counted = [m for m in graph.positions if isinstance(m, _COUNTED)]
+        counted = [m for m in graph.positions if isinstance(m, COUNTED)]
         self._counted_names = [graph.names[m] for m in counted]
         norms = [m for m in graph.positions if isinstance(m, _BN)] if self.bn else []
         pools = [m for m in graph.positions if isinstance(m, nn.AdaptiveAvgPool2d)] if self.bn else []
@@ -425,13 +408,75 @@ def _arch_record(model: nn.Module, arch, num_classes, in_channels) -> dict:
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None = None,
                 num_classes: int | None = None, in_channels: int | None = None, input_size=None) -> Path:
-    """Write any pruned model (atomically) as plain tensors, ints and strings: readable with weights_only=True.
+    """Write a pruned model to one file that `load_pruned` rebuilds, without pickled Python objects.
 
-    The pattern of Torch-Pruning's `tp.state_dict`: every module's attributes (`_attributes`)
-    and the state dict, plus the module names and types to check the model it is loaded into.
-    `arch`, `num_classes`, `in_channels` default to what the model carries (paperprune.create_model
-    records them; a built-in arch is checked against the model) and `input_size` to the size
-    `prune` recorded; a model from elsewhere needs none of them.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The pruned model (from `prune`, or cut by any other means), not its state dict.
+    path : str or os.PathLike
+        The file to write, atomically (a complete file or none); its directory is created.
+    arch : str, optional
+        Built-in architecture name (`paperprune.list_models`); default: the one `create_model`
+        recorded on the model, checked against it. A model from elsewhere needs none.
+    num_classes : int, optional
+        K; default: the recorded one.
+    in_channels : int, optional
+        Input channels of the first conv; default: the recorded one.
+    input_size : tuple of int, optional
+        (C, H, W) of one input; default: the size `prune` recorded on the model.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    PaperpruneError
+        If `model` is not an nn.Module (a state dict, say) or `path` is a directory.
+
+    See Also
+    --------
+    load_pruned : Rebuild the model from the file.
+
+    Notes
+    -----
+    The pattern of Torch-Pruning's ``tp.state_dict``, restricted to what ``torch.load(...,
+    weights_only=True)`` reads: every module's plain attributes (ints, floats, bools, strings;
+    a conv's ``in_channels``, ``out_channels``, ``groups``, ...), the state dict as CPU tensors and
+    the module names and types, which `load_pruned` checks against the model it loads into
+    (format ``FORMAT``, version ``FORMAT_VERSION``). Which channels a prunable layer loses
+    follows METHOD.md section 2, "Prunable layers".
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from torch import nn
+    >>> import paperprune
+    >>> def make():
+    ...     return nn.Sequential(
+    ...         nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ...         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    >>> _ = torch.manual_seed(0)
+    >>> images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+    >>> pruned, _ = paperprune.prune(make(), [(images, labels)], method="stlp", flops_reduction=0.4,
+    ...                              samples_per_class=10, tolerance=0.05, progress=False)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = paperprune.save_pruned(pruned, Path(folder.name) / "pruned.pt")
+    >>> path.name
+    'pruned.pt'
+    >>> loaded = paperprune.load_pruned(path, model=make)
+    >>> [p.shape for p in loaded.parameters()] == [p.shape for p in pruned.parameters()]
+    True
+    >>> sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in make().parameters())
+    True
+    >>> torch.allclose(loaded(images), pruned.eval()(images))
+    True
+    >>> folder.cleanup()
     """
     if isinstance(model, Mapping):
         raise PaperpruneError(f"save_pruned was given a {type(model).__name__} (a state dict?), not the pruned "
@@ -451,7 +496,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: str | None =
     size = input_size if input_size is not None else getattr(model, "paperprune_input_size", None)
     state = model.state_dict()
     record.update({
-        "input_size": list(_check_input_size(size)) if size is not None else None,
+        "input_size": list(check_input_size(size)) if size is not None else None,
         "model_class": type(model).__name__,
         "modules": _structure(model),
         "attributes": _attributes(model),
@@ -512,11 +557,60 @@ def _resize(model: nn.Module, state: dict) -> None:
 
 
 def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a model written by `save_pruned`, returned on CPU, in eval mode, with the saved floating dtype.
+    """Rebuild a model written by `save_pruned`: on CPU, in eval mode, with the saved floating dtype.
 
-    The six built-in models are rebuilt by `create_model`; any other needs `model`: an unpruned
-    instance of the same architecture (restored in place, as `tp.load_state_dict` does) or a
-    function returning one. Its module names and types must be those saved.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by `save_pruned`.
+    model : torch.nn.Module or callable, optional
+        For a model other than the six built-in ones (which `create_model` rebuilds): an unpruned
+        instance of the same architecture, restored in place, or a function returning one. Its
+        module names and types must be those saved.
+
+    Returns
+    -------
+    torch.nn.Module
+        The pruned model with the saved widths and weights.
+
+    Raises
+    ------
+    PaperpruneError
+        If the file is missing, damaged, of another kind (a pickled whole model is refused: unpickling
+        can run any code) or of an unknown version, or `model` has another module structure.
+
+    See Also
+    --------
+    save_pruned : Write the file.
+
+    Notes
+    -----
+    As Torch-Pruning's ``tp.load_state_dict``: the saved module attributes are set on the unpruned
+    model, every parameter and buffer takes its saved shape, and the state dict loads strictly.
+    The file is read with ``torch.load(..., weights_only=True)``. Version 1 files (built-in models
+    only, the widths of the prunable layers of METHOD.md section 2, "Prunable layers") are
+    rebuilt by cutting each layer to its saved width before loading.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> import paperprune
+    >>> from paperprune.models import prunable_layers
+    >>> from paperprune.surgery import prune_channels
+    >>> model = paperprune.create_model("resnet56", num_classes=4, in_channels=1).eval()
+    >>> first = prunable_layers(model)[0]
+    >>> _ = prune_channels(model, [first], {first.name: torch.arange(8)}, (1, 32, 32))
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = paperprune.save_pruned(model, Path(folder.name) / "resnet56-pruned.pt")
+    >>> loaded = paperprune.load_pruned(path)
+    >>> type(loaded).__name__, loaded.get_submodule(first.conv).out_channels
+    ('CifarResNet', 8)
+    >>> x = torch.randn(2, 1, 32, 32)
+    >>> torch.allclose(loaded(x), model(x))
+    True
+    >>> folder.cleanup()
     """
     from .models import create_model
 

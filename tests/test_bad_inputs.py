@@ -364,10 +364,11 @@ OTHER_API_ROWS = [
      "input_size=(3, 32, 32) does not fit"),
     ("count_flops_params 'big'", lambda m: __import__("paperprune.flops").flops.count_flops_params(m, "big"),
      "input_size='big'"),
-    ("make_loaders per_class 0", lambda m: __import__("paperprune.lab.data").data.make_loaders("synthetic", per_class=0),
+    ("make_loaders per_class 0",
+     lambda m: __import__("paperprune.lab.data").lab.data.make_loaders("synthetic", per_class=0),
      "per_class=0"),
     ("make_loaders per_class 100000",
-     lambda m: __import__("paperprune.lab.data").data.make_loaders("synthetic", per_class=100000), "per_class=100000"),
+     lambda m: __import__("paperprune.lab.data").lab.data.make_loaders("synthetic", per_class=100000), "per_class=100000"),
     ("DeviceLoader batch_size 0", lambda m: DeviceLoader(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2),
                                                          batch_size=0, mean=(0,), std=(1,), train=False),
      "batch_size must be >= 1, got 0"),
@@ -378,7 +379,7 @@ OTHER_API_ROWS = [
     ("RunConfig nonnegative 'yes'", lambda m: RunConfig(dataset="synthetic", arch="resnet56", method="l1",
                                                         flops_reduction=0.5, pretrain_epochs=1,
                                                         nonnegative="yes").validate(), "nonnegative='yes'"),
-    ("curves entry l1:layerwise", lambda m: __import__("paperprune.lab.curves").curves.run(
+    ("curves entry l1:layerwise", lambda m: __import__("paperprune.lab.curves").lab.curves.run(
         "synthetic", "resnet56", "/nonexistent/curves", weights="/nonexistent/base.pt", methods=["l1:layerwise"]),
      "allocation='layerwise' is not known"),
     ("compare_selections allocation 'per-layer'", lambda m: __import__("paperprune.compare").compare.compare_selections(

@@ -15,7 +15,7 @@ from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.models import prunable_layers
 from paperprune.lab.record import CurvePoint
 from paperprune.lab.stats import unpack_correct
-from paperprune.utils import PaperpruneError, _json_default
+from paperprune.utils import PaperpruneError, json_default
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +108,7 @@ def test_a_stopped_solve_is_recorded_in_its_point(setup):
                                          seeds=(0,), bn_images=32, device="cpu", progress=False, max_iter=5)
     layers = {layer.name for layer in prunable_layers(model)}
     assert point["unconverged_layers"] and set(point["unconverged_layers"]) <= layers
-    CurvePoint.from_dict(json.loads(json.dumps(point, default=_json_default)), "classwise-s0")
+    CurvePoint.from_dict(json.loads(json.dumps(point, default=json_default)), "classwise-s0")
 
 
 def test_unreachable_target_is_recorded(setup):

@@ -195,7 +195,7 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     cmd = [sys.executable, "-m", "paperprune", "run", "--dataset", "fashion-mnist", "--arch", "resnet56",
            "--method", "l1", "--flops-reduction", "0.5", "--pretrain-epochs", "1", "--finetune-epochs", "4",
            "--per-class", "30", "--test-per-class", "5", "--samples-per-class", "5", "--batch-size", "50",
-           "--device", "cpu", "--no-progress", "--no-deployed-latency", "--out", str(out)]
+           "--device", "cpu", "--no-progress", "--latency-repeats", "0", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = out / "finetune" / "metrics.jsonl"
@@ -229,12 +229,18 @@ def test_killed_mid_finetune_resumes_and_completes(tmp_path):
     assert record["timings"]["finetune_s"] == pytest.approx(finetune_s)
 
 
-def test_a_record_names_the_commit_the_process_imported(monkeypatch):
+def test_a_record_names_the_commit_the_run_started_on(monkeypatch):
     """A long run is written after the checkout may have moved on: the record names the code that
-    ran (the commit at import), and HEAD at writing beside it when they differ."""
+    ran (the commit read once, as the run starts), and HEAD at writing beside it when they differ."""
     from paperprune.lab import io
 
-    monkeypatch.setattr(io, "IMPORTED_COMMIT", "a" * 40)
+    monkeypatch.setattr(io, "_RUN_COMMIT", [])
+    monkeypatch.setattr(io, "git_commit", lambda path=None: "c" * 40)
+    assert io.run_commit() == "c" * 40
+    monkeypatch.setattr(io, "git_commit", lambda path=None: "d" * 40)
+    assert io.run_commit() == "c" * 40
+
+    monkeypatch.setattr(io, "_RUN_COMMIT", ["a" * 40])
     monkeypatch.setattr(io, "git_commit", lambda path=None: "b" * 40)
     env = io.environment_info("cpu")
     assert env["git_commit"] == "a" * 40 and env["git_commit_now"] == "b" * 40

@@ -82,8 +82,8 @@ def test_atomic_write_removes_only_provably_stale_temporaries(tmp_path):
 def _run_cmd(out, method, cache, epochs=2):
     return [sys.executable, "-m", "paperprune", "run", "--dataset", "synthetic", "--arch", "resnet56", "--method",
             method, "--flops-reduction", "0.5", "--pretrain-epochs", str(epochs), "--finetune-epochs", "1",
-            "--per-class", "16", "--test-per-class", "4", "--samples-per-class", "3", "--batch-size", "24",
-            "--device", "cpu", "--no-progress", "--no-deployed-latency", "--latency-repeats", "1",
+            "--per-class", "8", "--test-per-class", "4", "--samples-per-class", "3", "--batch-size", "24",
+            "--device", "cpu", "--no-progress", "--no-deployed-latency", "--latency-repeats", "0",
             "--out", str(out), "--cache-dir", str(cache)]
 
 

@@ -1,10 +1,11 @@
-"""Smoke test of `reproduce --profile paper`: every grid cell (CIFAR-10, CIFAR-100,
-ImageNet; each dataset's architectures; all seven criteria) runs end to end on CPU, on tiny
-generated files in the exact on-disk formats a user brings (CIFAR's python-pickle folders, an
-ImageNet ImageFolder tree of JPEGs) with tiny schedules, so that a user with the data and GPUs
-meets no error we could have found here. The grid, the run folders, the parameters and the
-`--pretrained-dir` lookup are reproduce's own; each run executes `run_experiment` in this
-process (one cell per dataset also through the papermill notebook, as reproduce runs it)."""
+"""Smoke test of `reproduce --profile paper`: the grid is the paper's (CIFAR-10, CIFAR-100,
+ImageNet; each dataset's architectures; all seven criteria), and every dataset, architecture and
+criterion of it runs end to end on CPU, on tiny generated files in the exact on-disk formats a
+user brings (CIFAR's python-pickle folders, an ImageNet ImageFolder tree of JPEGs) with tiny
+schedules, so that a user with the data and GPUs meets no error we could have found here. The
+grid, the run folders, the parameters and the `--pretrained-dir` lookup are reproduce's own; each
+run executes `run_experiment` in this process (the ImageNet cell also through the papermill
+notebook, as reproduce runs it)."""
 import dataclasses
 import json
 import os
@@ -104,26 +105,35 @@ def test_the_grid_is_the_papers(paper):
             assert params["pretrained"].endswith("imagenet-resnet50.pt") and params["pretrain_epochs"] == 0
         else:
             assert params.get("pretrained") is None and params["pretrain_epochs"] == 1
+    # the cells run end to end below: every (dataset, architecture) pair and every criterion of the grid
+    grid = {(p["dataset"], p["arch"], p["method"]) for _, p in plan}
+    assert set(CELLS) <= grid and {c[:2] for c in CELLS} == cells and {c[2] for c in CELLS} == set(METHODS)
 
 
-GRID = [(run["dataset"], run["arch"], run["method"]) for run in reproduce.profiles()["paper"].runs]
-# `make test` runs all 56 cells (measured on 2 CPU cores, one thread, beside another job: 28.8 min for this
-# module, the lasso cells 2-85 s each), one of them scaled down. sGLP-IB on CIFAR-100's VGG-16: the smoke
-# model's 100 class embeddings all correlate above rho, so the graph is complete (4,950 edges), and each ADMM
-# iteration costs O(channels x classes x edges); its 512-channel solves took up to 28 s each at 6,000
-# iterations and grew along the lasso path (measured 2026-12-03: killed after 15 min). Here it links each class
-# to its 3 nearest classes (206 edges) and stops each solve at 300 iterations: 92 s, selection 61 s, every
-# other setting as planned. The complete graph's answer is checked against cvxpy in tests/test_lasso.py
-# (test_sglp_on_a_complete_100_class_graph_matches_cvxpy). PAPERPRUNE_SMOKE=full runs the cell as planned.
-FULL = os.environ.get("PAPERPRUNE_SMOKE") == "full"
-SCALED = {} if FULL else {("cifar100", "vgg16", "sglp"): dict(knn=3, max_iter=300)}
+# Eight cells run end to end: every (dataset, architecture) pair of the grid once, and every criterion. What a
+# cell exercises splits along those lines: the data loader (and its on-disk format) by dataset; the model, its
+# prunable layers, the statistics' hooks, surgery and the MACs predictor by architecture; the criterion by
+# method, on per-layer statistics whose code is the same for every architecture. Criteria that read activations
+# go where the layers are unusual (VGG-16's 512 channels, GoogLeNet's branches, DenseNet's concatenations,
+# ResNet-50's bottlenecks) and sTLP-IB to CIFAR-100's 100-class tree. Every criterion on both model families
+# meets the same MACs target in tests/test_pipeline.py; every cell's parameters form a valid RunConfig in
+# tests/test_reproduce.py::test_profiles_are_valid_configs; sGLP-IB's 100-class complete graph (what the smoke
+# model's embeddings give on CIFAR-100) is checked against cvxpy in tests/test_lasso.py.
+CELLS = [("cifar10", "vgg16", "apib"), ("cifar10", "resnet56", "random"), ("cifar10", "resnet110", "sglp"),
+         ("cifar10", "googlenet", "classwise"), ("cifar10", "densenet40", "stlp"), ("cifar100", "vgg16", "l1"),
+         ("cifar100", "resnet56", "stlp"), ("imagenet", "resnet50", "hrank")]
 
 
-@pytest.mark.parametrize("cell", GRID, ids=["-".join(c) for c in GRID])
+# PAPERPRUNE_SMOKE=full runs all 56 cells as planned (more than 40 minutes on 2 cores, one thread: sGLP-IB on
+# CIFAR-100's VGG-16 alone, on the complete 100-class graph, ran more than 15 minutes)
+RUN = [(r["dataset"], r["arch"], r["method"]) for r in reproduce.profiles()["paper"].runs] \
+    if os.environ.get("PAPERPRUNE_SMOKE") == "full" else CELLS
+
+
+@pytest.mark.parametrize("cell", RUN, ids=["-".join(c) for c in RUN])
 def test_cell_runs_end_to_end(paper, cell):
     _, tiny, plan = paper
     out, params = next((o, p) for o, p in plan if (p["dataset"], p["arch"], p["method"]) == cell)
-    params = dict(params, **SCALED.get(cell, {}))
     record = run_experiment(RunConfig(**params, device="cpu"), out, cache_dir=out.parents[2] / "_baselines",
                             progress=False, latency_repeats=tiny.latency_repeats,
                             deployed_latency=tiny.deployed_latency)
@@ -133,12 +143,13 @@ def test_cell_runs_end_to_end(paper, cell):
     assert record["data"]["root"].startswith(str((Path(params["data_root"]) / params["dataset"]).resolve()))
 
 
-def test_one_cell_per_dataset_through_the_notebook(paper, tmp_path):
-    root, tiny, plan = paper
-    for dataset in ("cifar10", "cifar100", "imagenet"):
-        out, params = next((o, p) for o, p in plan if p["dataset"] == dataset and p["method"] == "l1"
-                           and p["arch"] in ("resnet56", "resnet50"))
-        reproduce.execute_run(REPO / "notebooks" / "experiment.ipynb", tmp_path / dataset, params,
-                              cache_dir=tmp_path / "_baselines", threads=1, latency_repeats=0,
-                              deployed_latency=False)
-        assert json.loads((tmp_path / dataset / "run.json").read_text())["config"]["dataset"] == dataset
+def test_a_cell_through_the_notebook(paper, tmp_path):
+    """As reproduce runs a cell: papermill injects the ImageNet cell's parameters (its data root and the
+    --pretrained-dir baseline among them) into the experiment notebook."""
+    _, tiny, plan = paper
+    out, params = next((o, p) for o, p in plan if p["dataset"] == "imagenet" and p["method"] == "l1")
+    reproduce.execute_run(REPO / "notebooks" / "experiment.ipynb", tmp_path / "imagenet", params,
+                          cache_dir=tmp_path / "_baselines", threads=1, latency_repeats=0, deployed_latency=False)
+    record = json.loads((tmp_path / "imagenet" / "run.json").read_text())
+    assert record["config"]["dataset"] == "imagenet" and record["config"]["pretrain_epochs"] == 0
+    assert record["config"]["pretrained"].endswith("imagenet-resnet50.pt")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import paperprune.models.pretrained as pre
+from paperprune.lab.pretrained import export
 from paperprune import create_model
 from paperprune.lab.data import make_loaders
 from paperprune.lab.train import TrainConfig, evaluate, train
@@ -31,7 +32,7 @@ def test_pretrained_shape_mismatch_is_an_error():
 
 
 def test_missing_weights_file_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(pre, "_resource", lambda name: tmp_path / name)
+    monkeypatch.setattr(pre, "resource_path", lambda name: tmp_path / name)
     with pytest.raises(PaperpruneError, match=rf"resnet56:fashion-mnist are registered but "
                                               rf"{tmp_path / 'resnet56-fashion-mnist.pt'} is missing"):
         create_model("resnet56", num_classes=10, in_channels=1, pretrained="fashion-mnist")
@@ -44,7 +45,7 @@ def test_export_then_load_round_trip(tmp_path, monkeypatch):
     and its record holds the final epoch and the accuracies the loaded model re-measures."""
     entry = pre.PretrainedWeights("resnet56", "synthetic-test", "synthetic", 9, 3)
     monkeypatch.setitem(pre.PRETRAINED, ("resnet56", "synthetic-test"), entry)
-    monkeypatch.setattr(pre, "_resource", lambda name: tmp_path / "resources" / name)
+    monkeypatch.setattr(pre, "resource_path", lambda name: tmp_path / "resources" / name)
     run = tmp_path / "run"
     train_loader, test_loader, _ = make_loaders("synthetic", batch_size=18, per_class=2)
     torch.manual_seed(0)
@@ -54,7 +55,7 @@ def test_export_then_load_round_trip(tmp_path, monkeypatch):
     (run / "config.json").write_text(json.dumps({"command": "train", "dataset": "synthetic", "arch": "resnet56",
                                                  "train": {"epochs": 2, "seed": 0}}))
 
-    record = pre.export(run, "resnet56", "synthetic-test", check_images=100)
+    record = export(run, "resnet56", "synthetic-test", check_images=100)
 
     weights = tmp_path / "resources" / "resnet56-synthetic-test.pt"
     assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -77,7 +78,7 @@ def test_export_refuses_an_unfinished_run(tmp_path, monkeypatch):
                                                       "train": {"epochs": 3, "seed": 0}}))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     with pytest.raises(PaperpruneError, match=r"not a finished resnet56 run on synthetic \(1 of 3 epochs"):
-        pre.export(tmp_path, "resnet56", "synthetic-test", out_dir=tmp_path / "out")
+        export(tmp_path, "resnet56", "synthetic-test", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -85,7 +86,7 @@ def test_shipped_resnet56_fashion_mnist():
     """The shipped file is the recorded final epoch of a full-data run, and it still scores what its
     record says on the first 500 test images (fp32; 2 images of slack for another CPU's rounding)."""
     record = pre.pretrained_record("resnet56", "fashion-mnist")
-    weights = pre._resource(record["weights"])
+    weights = pre.resource_path(record["weights"])
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == record["sha256"]
     epochs = record["command"]["train"]["epochs"]
     assert record["weights_epoch"] == epochs == record["history"][-1]["epoch"] == len(record["history"])

@@ -1,5 +1,5 @@
-"""Papermill batches: the experiment notebook on tiny parameters, the report notebook, and a
-batch that keeps going past a failed run."""
+"""Papermill batches: a batch that keeps going past a failed run (its completed run the experiment
+notebook's executed record), the report notebook, the profiles and their stage chain."""
 import dataclasses
 import hashlib
 import json
@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import torch
 
+from paperprune.criteria import METHODS
 from paperprune.lab import reproduce
 from paperprune.lab.reporting import load_runs
 
@@ -19,27 +20,14 @@ TINY = dict(dataset="synthetic", arch="resnet56", pretrain_epochs=1, finetune_ep
 
 
 def tiny_profile():
-    runs = [dict(TINY, method="l1", seed=0, flops_reduction=0.5)]
+    runs = [dict(TINY, method="l1", seed=1, flops_reduction=0.4)]
     runs.append(dict(TINY, method="random", seed=0, flops_reduction=0.5, omega=64))  # unreachable: fails
-    return {"tiny": reproduce.Profile("tiny", "test profile", runs)}
-
-
-def test_experiment_notebook_records_its_run(tmp_path):
-    out = tmp_path / "run"
-    params = dict(TINY, method="sglp", seed=1, flops_reduction=0.4)
-    reproduce.execute_run(REPO / "notebooks" / "experiment.ipynb", out, params, cache_dir=tmp_path / "cache",
-                          threads=1)
-    record = json.loads((out / "run.json").read_text())
-    assert record["config"]["method"] == "sglp" and record["config"]["seed"] == 1
-    assert abs(record["pruned"]["macs_reduction"] - 0.4) <= 0.01
-    executed = nbformat.read(out / "experiment.ipynb", as_version=4)
-    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert f"-{100 * record['pruned']['macs_reduction']:.1f}%" in printed
-    assert f"latency cpu_bs64, {record['latency']['cpu_bs64']['deployed']}:" in printed
-    assert not (out / ".experiment.running.ipynb").exists() and not (out / "error.json").exists()
+    return {"tiny": reproduce.Profile("tiny", "test profile", runs, latency_repeats=1)}
 
 
 def test_batch_keeps_going_past_a_failure_and_skips_completed_runs(tmp_path, monkeypatch, capsys):
+    """The completed run is the experiment notebook's executed record: the injected method, seed and target (not
+    the notebook's demo values) are the run's, and it prints the MACs and the deployed latency it recorded."""
     monkeypatch.setattr(reproduce, "profiles", tiny_profile)
     args = ["--profile", "tiny", "--runs-root", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs")]
     assert reproduce.main(args) == 1
@@ -47,18 +35,26 @@ def test_batch_keeps_going_past_a_failure_and_skips_completed_runs(tmp_path, mon
     assert "1 run(s) failed" in err and "random-fr0p50-s0" in err and "unreachable" in err
     runs = load_runs(tmp_path / "runs" / "tiny")
     assert sorted((r["config"]["method"], r["status"]) for r in runs) == [("l1", "complete"), ("random", "failed")]
-    failed_dir = tmp_path / "runs" / "tiny" / "synthetic" / "resnet56" / "random-fr0p50-s0"
+    folder = tmp_path / "runs" / "tiny" / "synthetic" / "resnet56"
+    record = json.loads((folder / "l1-fr0p40-s1" / "run.json").read_text())
+    assert record["config"]["seed"] == 1 and abs(record["pruned"]["macs_reduction"] - 0.4) <= 0.01
+    executed = nbformat.read(folder / "l1-fr0p40-s1" / "experiment.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"-{100 * record['pruned']['macs_reduction']:.1f}%" in printed
+    assert f"latency cpu_bs64, {record['latency']['cpu_bs64']['deployed']}:" in printed
+    assert not (folder / "l1-fr0p40-s1" / ".experiment.running.ipynb").exists()
+    assert not (folder / "l1-fr0p40-s1" / "error.json").exists()
+    failed_dir = folder / "random-fr0p50-s0"
     assert (failed_dir / "error.json").is_file() and not (failed_dir / "run.json").exists()
     assert (failed_dir / "experiment-failed.ipynb").is_file()
     index = (tmp_path / "figs" / "README.md").read_text()
     assert "random-fr0p50-s0" in index
     assert (tmp_path / "figs" / "report.ipynb").is_file()
-    stamp = (tmp_path / "runs" / "tiny" / "synthetic" / "resnet56" / "l1-fr0p50-s0" / "run.json").stat().st_mtime_ns
+    stamp = (folder / "l1-fr0p40-s1" / "run.json").stat().st_mtime_ns
     assert reproduce.main(args + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "1 already complete, 1 to run" in out
-    assert (tmp_path / "runs" / "tiny" / "synthetic" / "resnet56" / "l1-fr0p50-s0" / "run.json").stat().st_mtime_ns \
-        == stamp
+    assert (folder / "l1-fr0p40-s1" / "run.json").stat().st_mtime_ns == stamp
 
 
 def test_report_notebook_on_fixture_runs(tmp_path):
@@ -99,7 +95,7 @@ def test_quick_profile_is_the_shipped_resnet56_curves():
     (job,) = reproduce.profiles()["quick"].curves
     assert not reproduce.profiles()["quick"].runs
     assert (job["dataset"], job["arch"], job["pretrained"]) == ("fashion-mnist", "resnet56", "fashion-mnist")
-    assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(reproduce.METHODS) and job["test_per_class"] >= 300
+    assert len(job["seeds"]) >= 3 and set(job["methods"]) == set(METHODS) and job["test_per_class"] >= 300
     description = reproduce.profiles()["quick"].description  # printed by `make reproduce`: says what runs
     assert f"{10 * job['test_per_class']:,} test images ({job['test_per_class']} per class)" in description
     assert f"({job['samples_per_class']} images per class)" in description
@@ -184,7 +180,7 @@ def test_evidence_profiles_plan(tmp_path):
                         job.get("criterion_options"))
         main = [job for _, job in curves if not job.get("criterion_options")]
         assert len(main) == 1  # the main curves
-        assert set(main[0]["methods"]) == set(reproduce.METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
+        assert set(main[0]["methods"]) == set(METHODS) and {0.3, 0.45, 0.6, 0.75} <= set(main[0]["targets"])
         variants = {out.name: job for out, job in curves if job.get("criterion_options")}
         assert set(variants) == {f"fashion-mnist-{arch}-{v}"
                                  for v in ("nonnegative", "structure-taxonomy", "response-class+output")}
@@ -203,7 +199,7 @@ def test_evidence_profiles_plan(tmp_path):
     for profile, arch, start, reduction in ((resnet, "resnet56", shipped, 0.55), (finetune, "vgg16", vgg_weights, 0.61)):
         runs = reproduce.plan(profile, tmp_path)
         assert {(p["arch"], p["method"], p["seed"]) for _, p in runs} == {
-            (arch, m, s) for m in reproduce.METHODS for s in (0, 1, 2)}
+            (arch, m, s) for m in METHODS for s in (0, 1, 2)}
         for out, params in runs:
             assert out.relative_to(tmp_path).parts[0] == profile.name
             assert params["pretrained"] == start and params["pretrain_epochs"] == 0
@@ -244,7 +240,7 @@ def test_verdict_profiles_plan(tmp_path):
         assert job["arch"] == arch and "baseline" not in job and len(job["seeds"]) >= 10
         assert job["test_per_class"] * 10 >= 3000 and job["targets"] == [0.30, 0.45, 0.60, 0.75]
         entries = {split_entry(m, "global") for m in job["methods"]}
-        assert {(m, "global") for m in reproduce.METHODS} | {(m, "uniform") for m in ("l1", "hrank", "random")} \
+        assert {(m, "global") for m in METHODS} | {(m, "uniform") for m in ("l1", "hrank", "random")} \
             == entries
         _check_grid(job["methods"], job["targets"], job["seeds"], job["samples_per_class"], job["bn_images"],
                     job.get("criterion_options"))
@@ -305,7 +301,9 @@ def test_a_profile_with_baselines_from_uses_the_other_profiles_baseline_without_
     chain = tiny_chain()
     ft = reproduce.Profile("tiny-ft", "runs only", runs=chain.runs, baselines=chain.baselines, baselines_from="tiny",
                            latency_repeats=0, deployed_latency=False)
-    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": dataclasses.replace(chain, runs=[]), "tiny-ft": ft})
+    # the other profile trains the baseline only (its curves are the chain test's)
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"tiny": dataclasses.replace(chain, runs=[], curves=[]),
+                                                        "tiny-ft": ft})
     monkeypatch.setattr(reproduce, "estimate", lambda *a, **k: None)
     runs = tmp_path / "runs"
     assert reproduce.main(["--profile", "tiny", "--runs-root", str(runs), "--figures", str(tmp_path / "f1")]) == 0

@@ -41,7 +41,7 @@ from ..features import adapt_batchnorm
 from ..pipeline import gather_calibration, model_parts
 from ..select import allocate, select_channels, split_entry
 from ..surgery import MacsPredictor, prune_channels
-from ..utils import PaperpruneError, _json_default, resolve_device
+from ..utils import PaperpruneError, json_default, resolve_device
 from .io import recorded_path, state_sha256
 from .stats import pack_correct
 
@@ -56,7 +56,7 @@ def correct_per_image(model: nn.Module, loader: Iterable, device, precision: str
     """Boolean vector: is the top-1 prediction right, per test image in loader order (eval mode).
     `precision` "bf16" (or "fp16") evaluates under autocast with channels_last images, as
     `paperprune.lab.train.evaluate` does; "fp32" without."""
-    from .train import _autocast
+    from .train import autocast
 
     model.eval()
     device = torch.device(device)
@@ -65,7 +65,7 @@ def correct_per_image(model: nn.Module, loader: Iterable, device, precision: str
         x = x.to(device)
         if precision != "fp32":
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out.append(model(x).argmax(1).cpu() == y.cpu())
     if not out:
         raise PaperpruneError("correct_per_image: the test loader yielded no images")
@@ -170,12 +170,9 @@ def _point(base, criterion, lasso, predictor, layers, size, target, omega, toler
 def _option_names() -> set[str]:
     """The criterion options a curves record can vary: every criterion constructor's keywords but `seed`
     (which the curves set per chunk)."""
-    import inspect
+    from ..criteria import criterion_options
 
-    from ..criteria import _CRITERIA
-
-    return {name for cls in _CRITERIA.values() for name in inspect.signature(cls.__init__).parameters
-            if name not in ("self", "seed")}
+    return criterion_options() - {"seed"}
 
 
 def check_options(methods: Sequence[str], options: dict | None) -> dict:
@@ -251,8 +248,10 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
     from .record import CURVES_SCHEMA, CurvePoint, CurvesConfig, CurvesRecord, CurvesTimings, write_curves
     from .stats import aggregate
     from .train import resolve_precision
-    from .io import DirLock, environment_info
+    from .io import DirLock, environment_info, run_commit
     from ..utils import atomic_write_json
+
+    run_commit()  # the commit the record names: the code as the run starts
 
     if (pretrained is None) == (weights is None):
         raise PaperpruneError("pass exactly one baseline: pretrained= (shipped weights) or weights= (a state_dict file)")
@@ -305,7 +304,7 @@ def run(dataset: str, arch: str, out: str | Path, *, pretrained: str | None = No
                                        targets=targets, seeds=[seed], samples_per_class=samples_per_class,
                                        bn_images=bn_images, taxonomy=info.taxonomy, device=device, progress=False,
                                        precision=precision, **criterion_options)
-                chunk = [CurvePoint.from_dict(json.loads(json.dumps(p, default=_json_default)), path.stem)
+                chunk = [CurvePoint.from_dict(json.loads(json.dumps(p, default=json_default)), path.stem)
                          for p in chunk]
                 atomic_write_json(path, [p.to_dict() for p in chunk])
             points += chunk

@@ -27,7 +27,7 @@ import torch
 
 from ..lasso import SOLVER_MAX_ITER
 from ..utils import PaperpruneError, as_number, atomic_write_json, resolve_device, seed_everything
-from .io import DirLock, environment_info, recorded_path, state_sha256
+from .io import DirLock, environment_info, recorded_path, run_commit, state_sha256
 
 STRUCTURES = ("embedding", "taxonomy")
 
@@ -568,6 +568,7 @@ def run_experiment(config: RunConfig, out: str | Path, *, cache_dir: str | Path 
     `restart` discards the stage files of another config's run in `out` (a failed run's are
     discarded without it). A failure after the start leaves `out/error.json`.
     """
+    run_commit()  # the commit the record names: the code as the run starts
     out = Path(out)
     device, info, data, input_size, latency_repeats = _validated(config, out, latency_repeats, deployed_latency)
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent / "_baselines"

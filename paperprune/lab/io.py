@@ -118,18 +118,25 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-#: the commit of the code this process imported (a long run's records are written after the
-#: checkout may have moved on: HEAD at write time would name code that did not run)
-IMPORTED_COMMIT = git_commit()
+_RUN_COMMIT: list[str | None] = []
+
+
+def run_commit() -> str | None:
+    """The commit of the code this process runs: `git_commit()` read once, at the first call (a run
+    calls it as it starts; importing reads nothing). A long run's record is written after the checkout
+    may have moved on, and HEAD at write time would name code that did not run."""
+    if not _RUN_COMMIT:
+        _RUN_COMMIT.append(git_commit())
+    return _RUN_COMMIT[0]
 
 
 def environment_info(device: str | torch.device | None = None) -> dict:
     """What a recorded result needs to be traced: versions, device, host, date, and `git_commit`,
-    the commit of the code this process imported (with `git_commit_now`, HEAD at the time of
-    writing, when the checkout changed since)."""
+    the commit of the code this process runs (`run_commit`; with `git_commit_now`, HEAD at the
+    time of writing, when the checkout changed since)."""
     import torchvision
 
-    from .. import __version__
+    from ..version import __version__
 
     try:
         import torch_pruning
@@ -140,8 +147,8 @@ def environment_info(device: str | torch.device | None = None) -> dict:
     now = git_commit()
     info = {
         "paperprune": __version__,
-        "git_commit": IMPORTED_COMMIT,
-        **({"git_commit_now": now} if now != IMPORTED_COMMIT else {}),
+        "git_commit": run_commit(),
+        **({"git_commit_now": now} if now != run_commit() else {}),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

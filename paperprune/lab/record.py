@@ -23,7 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..utils import PaperpruneError, _json_default, atomic_write_json
+from ..utils import PaperpruneError, json_default, atomic_write_json
 
 __all__ = ["SCHEMA", "RecordError", "RunRecord", "Evaluation", "Pruned", "Layer", "Packed", "DataIdentity",
            "Timings", "read_run", "write_run", "markdown_table", "CURVES_SCHEMA", "CurvePoint", "CurvesConfig",
@@ -226,7 +226,7 @@ def _read(path: str | Path, cls, fix: str, damaged: str):
 
 def _write(path: str | Path, record) -> dict:
     """Check `record` as a reader would (its class's from_dict), then write it atomically; returns the dict written."""
-    data = json.loads(json.dumps(record.to_dict(), default=_json_default))
+    data = json.loads(json.dumps(record.to_dict(), default=json_default))
     type(record).from_dict(data)
     atomic_write_json(path, data)
     return data

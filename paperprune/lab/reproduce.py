@@ -22,6 +22,8 @@ and, where the profile's costs are known, its estimated wall time.
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import itertools
 import json
 import os
@@ -36,19 +38,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..criteria import CLASSWISE, METHODS
+from ..criteria import CLASSWISE
 from ..models.pretrained import PRETRAINED, pretrained_path
 from ..utils import PaperpruneError, atomic_write_json, atomic_write_text
 from .io import DirLock
+from .profiles import MODULES as PROFILE_MODULES
 
 REPO = Path(__file__).resolve().parents[2]
-
-# FLOPs reductions of the paper grid: the paper's abstract for VGG-16 (61%); otherwise APIB's
-# README targets (ResNet-56 57e6, ResNet-110 96e6, GoogLeNet 568e6, ResNet-50 1.55e9 of the
-# published baselines) and HRank's DenseNet-40 (167.41M of 282.00M). See reference_numbers.csv.
-PAPER_REDUCTIONS = {"vgg16": 0.61, "resnet56": 0.55, "resnet110": 0.62, "googlenet": 0.63,
-                    "densenet40": 0.41, "resnet50": 0.62}
-
 
 @dataclass
 class Profile:
@@ -71,170 +67,24 @@ class Profile:
         return self.baselines_from or self.name
 
 
-def _grid(datasets_archs, methods, seeds, reductions, **common) -> list[dict]:
-    runs = []
-    for (dataset, arch), method, seed in itertools.product(datasets_archs, methods, seeds):
-        runs.append(dict(dataset=dataset, arch=arch, method=method, seed=seed,
-                         flops_reduction=reductions[arch], **common))
-    return runs
+def expand_grid(grid: dict) -> list[dict]:
+    """The runs of one of a profile's `run_grids`: every (dataset, arch), method and seed, in that order,
+    each with its arch's `flops_reduction` and the grid's `settings`."""
+    return [dict(dataset=dataset, arch=arch, method=method, seed=seed, flops_reduction=grid["flops_reduction"][arch],
+                 **grid["settings"])
+            for (dataset, arch), method, seed in itertools.product(grid["datasets_archs"], grid["methods"], grid["seeds"])]
 
 
-# The quick profile's sizes are ours, chosen for its 15-minute budget on 2 CPU cores: 63 points of a ResNet-56
-# evaluated twice (raw, adaptive BN). On 5,000 test images in bf16, unfolded, evaluation took 1,100 s of the
-# record's 1,392 s (figures/quick at fc7eadd); with BatchNorm folded (EVAL_FOLD_SPEEDUP) and 3,000 test images
-# the estimate is within 15 min (tests/test_reproduce.py checks it). 3,000 images put a binomial standard error
-# of about 0.5 points on a top-1 near 90%.
-QUICK_SAMPLES = 10  # calibration images per class of the quick profile
-QUICK_TEST_PER_CLASS = 300
-
-# The evidence profiles, sized by the measured costs in COSTS (`python -m
-# paperprune.lab.reproduce --profile evidence --dry-run` prints the estimate). Curves, ablation and fine-tuning on both baselines plus two
-# trainings do not fit one 150-minute run on this project's 2-core CPU: measured, one curves point of ResNet-56
-# (two bf16 evaluations of the 10,000 test images) costs ~30 s, VGG-16's about twice that, so the whole
-# design is ~270 minutes. It is split in two profiles of <= 150 minutes each:
-# - `evidence`: the shipped ResNet-56 (trained by `python -m paperprune train` with this recipe for 15 epochs,
-#   its record in paperprune/resources/pretrained/; retraining it costs ~70 minutes): curves, the
-#   ablation, the fine-tuned comparison at -55%;
-# - `evidence-vgg16`: VGG-16 retrained on all 60,000 images (EVIDENCE_VGG16_EPOCHS), its curves and ablation
-#   (at 60% only);
-# - `evidence-vgg16-finetune`: the fine-tuned comparison at -61% from evidence-vgg16's baseline (trained
-#   there, if it is not yet, by either profile), which does not fit beside its curves.
-EVIDENCE_VGG16_EPOCHS = 4
-EVIDENCE_REDUCTIONS = {"resnet56": 0.55, "vgg16": 0.61}  # APIB's ResNet-56 target; the paper's VGG-16 figure
-EVIDENCE_SEEDS = [0, 1, 2]
-EVIDENCE_TARGETS = [0.30, 0.45, 0.60, 0.75]
-#: two of the curves' targets, so each variant pairs with the main curves (VGG-16: the second only, to fit)
-EVIDENCE_ABLATION_TARGETS = [0.45, 0.60]
-EVIDENCE_SAMPLES = 10  # calibration images per class, as the quick profile
-#: the short fine-tune: one epoch over a class-balanced 10,000-image subset (79 steps of 128), lr 0.01
-EVIDENCE_FINETUNE = dict(finetune_epochs=1, per_class=1000, batch_size=128, finetune_lr=0.01)
-#: the ablation variants, each a curves job of its own beside the main (signed, embedding) curves:
-#: signed vs B >= 0 (the three lasso criteria); structure: graph (sglp) vs tree from embeddings (stlp) vs tree
-#: from the taxonomy vs none (classwise) -- the taxonomy tree is the one not in the main curves; the class
-#: kernels vs those plus APIB's response (the consuming layer's output)
-EVIDENCE_ABLATIONS = [({"nonnegative": True}, list(CLASSWISE)),
-                      ({"structure": "taxonomy"}, ["stlp"]),
-                      ({"response": "class+output"}, list(CLASSWISE))]
-
-
-# The verdict profiles: the evidence's curves again by the protocol METHOD.md sections 2c and 6 ask for: ten
-# calibration seeds (the unit of replication), the class-agnostic criteria under both allocations (their papers
-# set per-layer ratios; `uniform` is that protocol), 3,000 class-stratified test images, and a VGG-16 trained to
-# convergence (the lineage's CIFAR VGG weight decay, 5e-4). The fine-tuned comparison follows from them: it
-# needs the best class-agnostic variant these curves measure.
-VERDICT_SEEDS = list(range(10))
-VERDICT_METHODS = [*METHODS, "l1:uniform", "hrank:uniform", "random:uniform"]
-VERDICT_TEST_PER_CLASS = 300
-VERDICT_VGG16 = dict(dataset="fashion-mnist", arch="vgg16", epochs=20, lr=0.1, weight_decay=5e-4, batch_size=128,
-                     seed=0, precision="auto")
-
-
-def _verdict() -> list[Profile]:
-    """The verdict's pruning curves of the shipped ResNet-56 and of a converged VGG-16 (constants above)."""
-    def curves(start: dict) -> list[dict]:
-        return [dict(dataset="fashion-mnist", arch=start.get("baseline", "resnet56"), **start,
-                     methods=list(VERDICT_METHODS), targets=EVIDENCE_TARGETS, seeds=VERDICT_SEEDS,
-                     samples_per_class=EVIDENCE_SAMPLES, bn_images=256, test_per_class=VERDICT_TEST_PER_CLASS,
-                     precision="auto")]
-    what = (f"pruning curves of the seven criteria and of l1, hrank and random under the uniform allocation, "
-            f"{len(VERDICT_SEEDS)} calibration seeds ({EVIDENCE_SAMPLES} images per class), 30/45/60/75% FLOPs, "
-            f"top-1 on {10 * VERDICT_TEST_PER_CLASS:,} class-stratified test images raw and after adaptive BN "
-            "(256 training images); no fine-tuning")
-    resnet = Profile("verdict", f"Fashion-MNIST, the shipped ResNet-56: {what}.",
-                     curves=curves(dict(pretrained="fashion-mnist")), latency_repeats=0, deployed_latency=False)
-    vgg = Profile("verdict-vgg16",
-                  f"Fashion-MNIST, VGG-16 trained on all 60,000 training images ({VERDICT_VGG16['epochs']} epochs, "
-                  f"lr {VERDICT_VGG16['lr']}, cosine, weight decay {VERDICT_VGG16['weight_decay']}; the final "
-                  f"epoch's top-1 on all 10,000 test images), then {what}.",
-                  curves=curves(dict(baseline="vgg16")), baselines=[VERDICT_VGG16], latency_repeats=0,
-                  deployed_latency=False)
-    return [resnet, vgg]
+def load_profile(module: str) -> Profile:
+    """The profile defined by `paperprune/lab/profiles/<module>.py` (its `PROFILE` data)."""
+    data = copy.deepcopy(importlib.import_module(f"{__package__}.profiles.{module}").PROFILE)
+    runs = [run for grid in data.pop("run_grids", []) for run in expand_grid(grid)]
+    return Profile(**data, runs=runs)
 
 
 def profiles() -> dict[str, Profile]:
-    """The profiles. Schedules are ours unless a comment cites a source."""
-    quick = Profile(
-        "quick",
-        "Fashion-MNIST, the shipped ResNet-56 (create_model(..., pretrained='fashion-mnist')): pruning curves of "
-        f"all seven criteria at 30/55/75% FLOPs, three calibration seeds ({QUICK_SAMPLES} images per class), top-1 "
-        f"on {10 * QUICK_TEST_PER_CLASS:,} test images ({QUICK_TEST_PER_CLASS} per class) right after pruning, raw "
-        "and after adaptive BN (256 training images), evaluated in bf16 where the CPU runs it, BatchNorm folded; "
-        "no training, no fine-tuning.",
-        curves=[dict(dataset="fashion-mnist", arch="resnet56", pretrained="fashion-mnist", methods=list(METHODS),
-                     targets=[0.30, 0.55, 0.75], seeds=[0, 1, 2], samples_per_class=QUICK_SAMPLES,
-                     bn_images=256, test_per_class=QUICK_TEST_PER_CLASS, precision="auto")],
-        latency_repeats=3)
-    evidence, evidence_vgg16, evidence_vgg16_finetune = _evidence()
-    fmnist = Profile(
-        "fmnist",
-        "Fashion-MNIST, all six architectures, all criteria at 50% FLOPs, three seeds; 100 epochs of "
-        "pretraining and 50 of fine-tuning on the full training set. A GPU is recommended.",
-        _grid([("fashion-mnist", a) for a in PAPER_REDUCTIONS], METHODS, [0, 1, 2],
-              {a: 0.5 for a in PAPER_REDUCTIONS}, pretrain_epochs=100, finetune_epochs=50,
-              samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01))
-    cifar_grid = [("cifar10", a) for a in ("vgg16", "resnet56", "resnet110", "googlenet", "densenet40")]
-    cifar_grid += [("cifar100", "vgg16"), ("cifar100", "resnet56")]
-    paper = Profile(
-        "paper",
-        "The grid of METHOD.md section 3: CIFAR-10 (five models), CIFAR-100 (VGG-16, ResNet-56), "
-        "ImageNet (ResNet-50); APIB's recipe (200 epochs pretraining on CIFAR, 150 fine-tuning; "
-        "ImageNet from a pretrained ResNet-50, 90 fine-tuning). Needs the data and GPUs.",
-        _grid(cifar_grid, METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=200, finetune_epochs=150,
-              samples_per_class=20, batch_size=128, lr=0.1, finetune_lr=0.01)
-        + _grid([("imagenet", "resnet50")], METHODS, [0], PAPER_REDUCTIONS, pretrain_epochs=0,
-                finetune_epochs=90, samples_per_class=5, batch_size=128, lr=0.01, finetune_lr=0.01))
-    verdict, verdict_vgg16 = _verdict()
-    return {p.name: p for p in (quick, evidence, evidence_vgg16, evidence_vgg16_finetune, verdict, verdict_vgg16,
-                                fmnist, paper)}
-
-
-def _evidence_curves(arch: str, start: dict, ablation_targets: list[float]) -> list[dict]:
-    """The curves and the ablation variants of one baseline (`start`: where it comes from)."""
-    grid = dict(dataset="fashion-mnist", arch=arch, seeds=EVIDENCE_SEEDS, samples_per_class=EVIDENCE_SAMPLES,
-                bn_images=256, test_per_class=None, precision="auto", **start)
-    return [dict(grid, methods=list(METHODS), targets=EVIDENCE_TARGETS)] + [
-        dict(grid, methods=methods, targets=ablation_targets, criterion_options=options)
-        for options, methods in EVIDENCE_ABLATIONS]
-
-
-def _evidence() -> list[Profile]:
-    """The evidence, in three profiles (see the EVIDENCE_* constants above)."""
-    vgg16 = [dict(dataset="fashion-mnist", arch="vgg16", epochs=EVIDENCE_VGG16_EPOCHS, lr=0.1, weight_decay=1e-4,
-                  batch_size=128, seed=0, precision="auto")]
-    def what(ablation_targets):
-        return (f"pruning curves of all seven criteria, {len(EVIDENCE_SEEDS)} calibration seeds (10 images per "
-                "class), 30/45/60/75% FLOPs, top-1 on all 10,000 test images raw and after adaptive BN; the "
-                f"ablation as curves variants at {'/'.join(f'{100 * t:.0f}' for t in ablation_targets)}% (B >= 0; "
-                "the taxonomy tree; APIB's response added)")
-    def finetuned(arch, start):
-        return [dict(dataset="fashion-mnist", arch=arch, method=m, seed=s, flops_reduction=EVIDENCE_REDUCTIONS[arch],
-                     samples_per_class=EVIDENCE_SAMPLES, **start, **EVIDENCE_FINETUNE)
-                for m in METHODS for s in EVIDENCE_SEEDS]
-
-    recipe = ("one epoch over 10,000 class-balanced training images at lr 0.01. Evaluations in bf16 "
-              "where the CPU runs it.")
-    resnet = Profile(
-        "evidence",
-        "Fashion-MNIST, the shipped ResNet-56 (15 epochs on all 60,000 training images, lr 0.1, weight decay 1e-4, "
-        f"bf16; 93.14% final-epoch top-1): {what(EVIDENCE_ABLATION_TARGETS)}; the fine-tuned comparison at -55% "
-        f"FLOPs, all criteria, three seeds, {recipe}",
-        finetuned("resnet56", dict(pretrained="fashion-mnist")),
-        _evidence_curves("resnet56", dict(pretrained="fashion-mnist"), EVIDENCE_ABLATION_TARGETS),
-        latency_repeats=0, deployed_latency=False)
-    vgg = Profile(
-        "evidence-vgg16",
-        f"Fashion-MNIST, VGG-16 retrained on all 60,000 training images in bf16 ({EVIDENCE_VGG16_EPOCHS} epochs, "
-        "lr 0.1, weight decay 1e-4 as the shipped ResNet-56; the final epoch's top-1 on all 10,000 test images); "
-        f"from it: {what(EVIDENCE_ABLATION_TARGETS[-1:])}. Its fine-tuned runs are evidence-vgg16-finetune.",
-        curves=_evidence_curves("vgg16", dict(baseline="vgg16"), EVIDENCE_ABLATION_TARGETS[-1:]),
-        baselines=vgg16, latency_repeats=0, deployed_latency=False)
-    vgg_finetune = Profile(
-        "evidence-vgg16-finetune",
-        "Fashion-MNIST, evidence-vgg16's VGG-16 (trained in runs/evidence-vgg16/baselines/ if it is not yet): the "
-        f"fine-tuned comparison at -61% FLOPs, all criteria, three seeds, {recipe}",
-        finetuned("vgg16", dict(baseline="vgg16")), baselines=vgg16, baselines_from="evidence-vgg16",
-        latency_repeats=0, deployed_latency=False)
-    return [resnet, vgg, vgg_finetune]
+    """The profiles, one data module each in paperprune/lab/profiles/."""
+    return {p.name: p for p in map(load_profile, PROFILE_MODULES)}
 
 
 # --------------------------------------------------------------------------- wall-time estimate

@@ -148,7 +148,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "fp16" if device.type == "cuda" else "fp32"
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (a `resolve_precision` result) on `device`; fp32 disables it."""
     dtype = _AUTOCAST[precision]
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -231,7 +232,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device, top
         labels = labels.to(device, non_blocking=True)
         if precision != "fp32" and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(images).float()
         sums[0] += labels.numel()
         sums[1] += F.cross_entropy(logits, labels, reduction="sum").double()
@@ -521,7 +522,7 @@ def _train_epoch(run: _Run, train_loader: Iterable, epoch: int) -> dict:
         labels = labels.to(run.device, non_blocking=True)
         if run.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(run.device, run.precision):
+        with autocast(run.device, run.precision):
             logits = run.net(images)
             loss = run.criterion(logits.float(), labels)
         if not torch.isfinite(loss):

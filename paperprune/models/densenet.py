@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import init_weights, layer
+from ..layers import init_weights, layer
 
 
 class DenseLayer(nn.Module):

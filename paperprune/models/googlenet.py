@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from . import init_weights, layer
+from ..layers import init_weights, layer
 
 # (in, n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_planes), HRank / kuangliu
 INCEPTION_CFG = OrderedDict(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import init_weights, layer
+from ..layers import init_weights, layer
 
 
 class ZeroPadShortcut(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from . import layer
+from ..layers import layer
 
 
 class Bottleneck(tv_resnet.Bottleneck):

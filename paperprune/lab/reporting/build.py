@@ -8,8 +8,8 @@ from ...utils import atomic_write_text
 from ..io import recorded_path
 from .curves import paired_runs, paired_table
 from .figures import plot_layer_widths, plot_sensitivity, plot_tradeoff, save_figure
-from .records import (DATASET_ORDER, NOT_RUN, SENSITIVITY_PARAMS, _complete, _datasets, _datasets_rank, _is_fixture,
-                      _sweeps, load_references, load_runs)
+from .records import (DATASET_ORDER, NOT_RUN, SENSITIVITY_PARAMS, complete_runs, datasets_of, datasets_rank,
+                      find_sweeps, is_fixture, load_references, load_runs)
 from .tables import ablation_table, failed_runs_summary, results_table, sensitivity_table, write_table
 
 def _safe(name: str) -> str:
@@ -23,7 +23,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
     and which sections were skipped for lack of data. Failed runs are listed, never fatal."""
     runs = load_runs(runs_root)
     out = Path(out_dir)
-    complete = _complete(runs)
+    complete = complete_runs(runs)
     refs = load_references()
     written: dict[str, list[Path]] = {k: [] for k in (
         "results", "ablation", "paired", "sensitivity", "tradeoff", "layer_widths", "sensitivity_figures",
@@ -31,7 +31,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
     index = ["# paperprune report", "",
              f"Built from `{recorded_path(runs_root)}`: {len(complete)} complete run(s), "
              f"{len(runs) - len(complete)} failed run(s).", ""]
-    if any(_is_fixture(r) for r in complete):
+    if any(is_fixture(r) for r in complete):
         index += ["**WARNING: some runs are test fixtures (environment.hostname = \"fixture\") with invented "
                   "numbers; their rows are marked FIXTURE and are not results.**", ""]
 
@@ -42,8 +42,8 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
 
     index += ["## Tables", "", "Each table as Markdown (.md), LaTeX booktabs (.tex) and CSV (.csv).", ""]
     ref_datasets = {r["dataset"] for r in refs}
-    for dataset in list(DATASET_ORDER) + sorted(set(_datasets(runs)) - set(DATASET_ORDER)):
-        has_runs = bool(_complete(runs, dataset=dataset))
+    for dataset in list(DATASET_ORDER) + sorted(set(datasets_of(runs)) - set(DATASET_ORDER)):
+        has_runs = bool(complete_runs(runs, dataset=dataset))
         if not has_runs and dataset not in ref_datasets:
             index.append(f"- results on {dataset}: skipped (no completed runs and no published numbers).")
             continue
@@ -81,13 +81,13 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
 
     index += ["", "## Figures", "", "Each figure as PNG and PDF.", ""]
     pairs = sorted({(r["config"]["dataset"], r["config"]["arch"]) for r in complete},
-                   key=lambda p: (_datasets_rank(p[0]), p[1]))
+                   key=lambda p: (datasets_rank(p[0]), p[1]))
     for dataset, arch in pairs:
         stem = f"{_safe(dataset)}_{_safe(arch)}"
         entry("tradeoff", save_figure(plot_tradeoff(runs, dataset, arch, references=refs), out / "figures",
                                       f"tradeoff_{stem}"),
               f"top-1 vs FLOPs reduction on {dataset}/{arch}, one line per method; stars: published points.")
-        if any(r.get("layers") for r in _complete(runs, dataset=dataset, arch=arch)):
+        if any(r.get("layers") for r in complete_runs(runs, dataset=dataset, arch=arch)):
             entry("layer_widths", save_figure(plot_layer_widths(runs, dataset, arch), out / "figures",
                                               f"layer_widths_{stem}"),
                   f"fraction of channels kept per prunable layer on {dataset}/{arch}, by method.")
@@ -96,7 +96,7 @@ def build_reports(runs_root: str | Path, out_dir: str | Path) -> dict[str, list[
     if not pairs:
         index.append("- trade-off and layer-width figures: skipped (no completed runs).")
     for param in SENSITIVITY_PARAMS:
-        if any(param in r["config"] for r in complete) and _sweeps(runs, param):
+        if any(param in r["config"] for r in complete) and find_sweeps(runs, param):
             entry("sensitivity_figures", save_figure(plot_sensitivity(runs, param), out / "figures",
                                                      f"sensitivity_{_safe(param)}"),
                   f"top-1 vs {param}, one line per sweep.")

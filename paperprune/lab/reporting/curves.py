@@ -29,8 +29,8 @@ from ...utils import PaperpruneError
 from ..record import read_curves
 from ..seeds import NO_INTERVAL, paired_difference, summarize
 from ..stats import unpack_correct
-from .figures import _figure, save_figure
-from .records import BOOKKEEPING_KEYS, _canon, _complete, _entry, _method_label, _method_rank, _stat
+from .figures import new_figure, save_figure
+from .records import BOOKKEEPING_KEYS, canon, complete_runs, entry_key, method_label, method_rank, mean_std_n
 from .tables import Table, write_table
 
 __all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
@@ -59,7 +59,7 @@ def _ok(record: dict, target: float | None = None) -> list[dict]:
 
 def _key(point: dict) -> str:
     """A point's criterion as the tables key it: its method, with ":uniform" under the uniform allocation."""
-    return _entry(point["method"], point.get("allocation"))
+    return entry_key(point["method"], point.get("allocation"))
 
 
 def _targets(record: dict) -> list[float]:
@@ -67,25 +67,27 @@ def _targets(record: dict) -> list[float]:
 
 
 def _methods(points: Sequence[dict]) -> list[str]:
-    return sorted({_key(p) for p in points}, key=_method_rank)
+    return sorted({_key(p) for p in points}, key=method_rank)
 
 
-def _variant(record: dict) -> str:
+def record_variant(record: dict) -> str:
+    """The ablation variant of a curves record ("" for the main record; `curves.variant_name`)."""
     from ..curves import variant_name
 
     return variant_name(record["config"].get("criterion_options"))
 
 
-def _what(record: dict) -> str:
+def record_title(record: dict) -> str:
+    """"ARCH on DATASET (variant)", how pages and tables name a curves record."""
     c = record["config"]
-    variant = _variant(record)
+    variant = record_variant(record)
     return f"{c.get('arch', '?')} on {c.get('dataset', '?')}" + (f" ({variant})" if variant else "")
 
 
 # --------------------------------------------------------------------------- tables
 
 def _cell(values: Sequence[float], scale: float = 1.0, decimals: int = 2) -> str:
-    stat = _stat(values)
+    stat = mean_std_n(values)
     if stat is None:
         return "—"
     mean, std, n = stat
@@ -101,7 +103,7 @@ def curves_table(record: dict) -> Table:
         for method in _methods(at):
             ok = [p for p in at if _key(p) == method and "error" not in p]
             failed = sum(1 for p in at if _key(p) == method and "error" in p)
-            rows.append([_method_label(method), f"{100 * target:g}", str(len(ok)),
+            rows.append([method_label(method), f"{100 * target:g}", str(len(ok)),
                          _cell([p["macs_reduction"] for p in ok], 100.0, 1), _cell([p["top1"] for p in ok]),
                          _cell([p["top1_bn"] for p in ok]), str(failed)])
     c = record["config"]
@@ -118,7 +120,7 @@ def curves_table(record: dict) -> Table:
                      + "); their layers are named in the record's `unconverged_layers`.")
     elif any("unconverged_layers" in p for p in record["points"]):
         notes.append("Every lasso solve behind these points converged (none stopped at max_iter).")
-    return Table(f"Pruning curves: {_what(record)}",
+    return Table(f"Pruning curves: {record_title(record)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "FLOPs ↓ (%)", "Top-1 raw (%)", "Top-1 adaptive BN (%)",
                   "Unreached"], rows, notes)
 
@@ -126,8 +128,8 @@ def curves_table(record: dict) -> Table:
 def paired_table(rows: Sequence[dict], title: str) -> Table:
     """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against the best
     class-agnostic one, its mean paired difference in top-1 points and the t-interval over seeds."""
-    body = [[r["arch"], "—" if r["target"] is None else f"{100 * r['target']:g}", _method_label(r["method"]),
-             _method_label(r["reference"]),
+    body = [[r["arch"], "—" if r["target"] is None else f"{100 * r['target']:g}", method_label(r["method"]),
+             method_label(r["reference"]),
              f"{r['mean']:.2f}", f"{r['reference_mean']:.2f}", f"{r['diff']:+.2f}",
              _interval(r), str(r["seeds"]), str(r["images"]),
              f"{100 * r['macs_reduction']:.1f} / {100 * r['reference_macs_reduction']:.1f}"] for r in rows]
@@ -227,22 +229,22 @@ def paired_runs(runs: Sequence[dict], *, confidence: float = 0.95) -> list[dict]
     (metric "top1": the final evaluation). Runs without per-image correctness are left out, and a
     configuration without both a class-wise and a class-agnostic run gives no row."""
     groups: dict[tuple, list[dict]] = {}
-    for run in _complete(runs):
+    for run in complete_runs(runs):
         if (run.get("pruned") or {}).get("correct") is None:
             continue
-        key = tuple(sorted((k, _canon(v)) for k, v in run["config"].items()
+        key = tuple(sorted((k, canon(v)) for k, v in run["config"].items()
                            if k not in BOOKKEEPING_KEYS | {"method", "allocation"}))
         groups.setdefault(key, []).append(run)
     rows = []
     for group in groups.values():
-        data = {_canon(r.get("data")) for r in group}
+        data = {canon(r.get("data")) for r in group}
         c = group[0]["config"]
         if len(data) > 1:
             raise PaperpruneError(f"runs {[r['relpath'] for r in group]} read different data {sorted(data)}: "
                                   "their per-image results cannot be paired")
         by_method: dict[str, dict] = {}
         for r in group:
-            by_method.setdefault(_entry(r["config"]["method"], r["config"].get("allocation")), {})[
+            by_method.setdefault(entry_key(r["config"]["method"], r["config"].get("allocation")), {})[
                 r["config"].get("seed")] = (
                 unpack_correct(r["pruned"]["correct"]), r["pruned"]["top1"], r["pruned"]["macs_reduction"])
         context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": c.get("flops_reduction"),
@@ -268,7 +270,7 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
     keys = ("dataset", "arch", "baseline_sha256", "samples_per_class", "test_images")
     differ = [k for k in keys if main["config"].get(k) != variant["config"].get(k)]
     if differ:
-        raise PaperpruneError(f"the variant {_what(variant)} and the main curves {_what(main)} differ in "
+        raise PaperpruneError(f"the variant {record_title(variant)} and the main curves {record_title(main)} differ in "
                               f"{', '.join(differ)}: pair a variant with the curves of its own baseline and grid")
     key, rows = CURVE_METRICS[metric][0], []
     for target in _targets(variant):
@@ -280,14 +282,14 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
                 continue
             d = _difference({s: ours[method, s][metric] for s in seeds}, {s: theirs[method, s][metric] for s in seeds},
                             confidence)
-            rows.append([_method_label(method), f"{100 * target:g}", str(len(seeds)),
+            rows.append([method_label(method), f"{100 * target:g}", str(len(seeds)),
                          _cell([theirs[method, s][metric] for s in seeds]), _cell([ours[method, s][metric] for s in seeds]),
                          f"{d['diff']:+.2f}", _interval(d),
                          f"{_cell([100 * ours[method, s]['macs_reduction'] for s in seeds], 1.0, 1)}",
                          _cell([_kept_jaccard(ours[method, s], theirs[method, s]) for s in seeds
                                 if "kept" in ours[method, s] and "kept" in theirs[method, s]])])
     what = CURVE_METRICS[metric][1]
-    return Table(f"Ablation {_variant(variant)} vs main curves, {what}, no fine-tuning: {_what(main)}",
+    return Table(f"Ablation {record_variant(variant)} vs main curves, {what}, no fine-tuning: {record_title(main)}",
                  ["Method", "Target FLOPs ↓ (%)", "n", "Main top-1 (%)", "Variant top-1 (%)", "Δ top-1", "CI",
                   "Variant FLOPs ↓ (%)", "Kept overlap"], rows,
                  ["Δ = variant − main in top-1 points: the mean over seeds of the per-seed differences on the same "
@@ -301,7 +303,7 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
 def _frame(points: Sequence[dict]):
     import pandas as pd
 
-    df = pd.DataFrame([{"method": _key(p), "Criterion": _method_label(_key(p)), "seed": p["seed"],
+    df = pd.DataFrame([{"method": _key(p), "Criterion": method_label(_key(p)), "seed": p["seed"],
                         "target": p["target"], "macs_reduction": p["macs_reduction"], "top1": p["top1"],
                         "top1_bn": p["top1_bn"]} for p in points])
     # x: the FLOPs reduction each (criterion, target) reached, averaged over seeds, so seeds share an x
@@ -334,9 +336,9 @@ def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
     band, errorbar = _band(errorbar)
     points = _ok(record)
     if not points:
-        raise PaperpruneError(f"the curves record of {_what(record)} has no point that reached its target")
+        raise PaperpruneError(f"the curves record of {record_title(record)} has no point that reached its target")
     df = _frame(points)
-    order = [_method_label(m) for m in _methods(points)]
+    order = [method_label(m) for m in _methods(points)]
     fig = Figure(figsize=(8.4, 3.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (metric, (_, what)) in zip(axes, CURVE_METRICS.items()):
@@ -347,7 +349,7 @@ def plot_curves(record: dict, errorbar: Any = "sd") -> Figure:
         ax.set_title(f"{what}", fontsize=9)
     axes[1].legend(fontsize=6, title=None)
     n = len({p["seed"] for p in points})
-    fig.suptitle(f"Pruning curves without fine-tuning: {_what(record)} ({band}, {n} seeds)", fontsize=9)
+    fig.suptitle(f"Pruning curves without fine-tuning: {record_title(record)} ({band}, {n} seeds)", fontsize=9)
     return fig
 
 
@@ -360,17 +362,17 @@ def plot_curve_widths(record: dict, target: float, errorbar: Any = "sd") -> Figu
     band, errorbar = _band(errorbar)
     points = _ok(record, target)
     if not points:
-        raise PaperpruneError(f"no point of {_what(record)} reached target {target}; recorded targets: "
+        raise PaperpruneError(f"no point of {record_title(record)} reached target {target}; recorded targets: "
                               f"{', '.join(f'{t:g}' for t in _targets(record))}")
-    df = pd.DataFrame([{"Criterion": _method_label(_key(p)), "layer": i, "kept": w}
+    df = pd.DataFrame([{"Criterion": method_label(_key(p)), "layer": i, "kept": w}
                        for p in points for i, w in enumerate(p["widths"].values())])
-    fig, ax = _figure(6.4, 3.4)
+    fig, ax = new_figure(6.4, 3.4)
     sns.lineplot(data=df, x="layer", y="kept", hue="Criterion",
-                 hue_order=[_method_label(m) for m in _methods(points)], errorbar=errorbar, marker="o",
+                 hue_order=[method_label(m) for m in _methods(points)], errorbar=errorbar, marker="o",
                  markersize=3, linewidth=1, seed=0, ax=ax)
     ax.set_xlabel("prunable layer (index, model order)")
     ax.set_ylabel("channels kept")
-    ax.set_title(f"Kept widths at {100 * target:g}% fewer FLOPs: {_what(record)}\n({band})", fontsize=9)
+    ax.set_title(f"Kept widths at {100 * target:g}% fewer FLOPs: {record_title(record)}\n({band})", fontsize=9)
     ax.legend(fontsize=6)
     return fig
 
@@ -405,8 +407,8 @@ def plot_overlap(overlap: Comparison | np.ndarray, methods: Sequence[str] | None
     if methods is None or overlap.shape != (len(methods), len(methods)):
         raise PaperpruneError(f"overlap matrix of shape {overlap.shape} needs one method name per row and column, "
                               f"got {methods!r}")
-    labels = [_method_label(m) for m in methods]
-    fig, ax = _figure(1.4 + 0.75 * len(labels), 1.0 + 0.6 * len(labels))
+    labels = [method_label(m) for m in methods]
+    fig, ax = new_figure(1.4 + 0.75 * len(labels), 1.0 + 0.6 * len(labels))
     sns.heatmap(overlap, vmin=0.0, vmax=1.0, annot=True, fmt=".2f", annot_kws={"fontsize": 6}, cmap="viridis",
                 square=True, xticklabels=labels, yticklabels=labels, cbar_kws={"label": "Jaccard"}, ax=ax)
     ax.tick_params(labelsize=6)
@@ -429,14 +431,14 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
         warnings.warn(f"the curves record of {c.get('arch')} on {c.get('dataset')} holds no points (an empty curve): "
                       "nothing to report; run paperprune.lab.curves for it first", stacklevel=2)
         return {}
-    stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record))))
+    stem = "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), record_variant(record))))
     stem = stem.replace("/", "_")
     targets = _targets(record)
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
     for metric, (_, what) in CURVE_METRICS.items():
         rows = paired_curves(record, metric)
-        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
+        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {record_title(record)}"
         if rows:
             written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
                                                       f"paired_{metric}_{stem}")
@@ -445,7 +447,7 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
                                     f"widths_{100 * target:g}_{stem}")
     if len(_methods(_ok(record, target))) > 1:
         methods, matrix, seed = curve_overlap(record, target)
-        title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{_what(record)}, seed {seed}"
+        title = f"Overlap of kept channels at {100 * target:g}% fewer FLOPs\n{record_title(record)}, seed {seed}"
         written["overlap"] = save_figure(plot_overlap(matrix, methods, title), out / "figures",
                                          f"overlap_{100 * target:g}_{stem}")
     return written

@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ...utils import PaperpruneError, atomic_write_bytes
-from .records import (_METRICS, _complete, _group, _group_labels, _group_stats, _is_number, _method_label, _method_rank,
-                      _reference_stats, _run_metrics, _show, _stat, _sweeps, load_references)
+from .records import (METRICS, complete_runs, find_sweeps, group_labels, group_stats, is_number, load_references,
+                      mean_std_n, method_label, method_rank, reference_stats, run_metrics, seed_groups, show_value)
 
-def _figure(width: float = 4.8, height: float = 3.4) -> tuple[Figure, Any]:
+def new_figure(width: float = 4.8, height: float = 3.4) -> tuple[Figure, Any]:
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
 
@@ -45,13 +45,13 @@ def plot_tradeoff(runs: Sequence[dict], dataset: str, arch: str, references: Seq
     A published point appears only where its source gives both coordinates."""
     if metric not in ("top1", "delta_top1"):
         raise PaperpruneError(f"metric {metric!r} unknown; use 'top1' or 'delta_top1'")
-    ours = _complete(runs, dataset=dataset, arch=arch)
+    ours = complete_runs(runs, dataset=dataset, arch=arch)
     _need(ours, f"{dataset}/{arch}")
-    fig, ax = _figure(4.8, 4.4)
-    groups = sorted(_group(ours), key=lambda g: _method_rank(g[0]["config"]["method"]))
+    fig, ax = new_figure(4.8, 4.4)
+    groups = sorted(seed_groups(ours), key=lambda g: method_rank(g[0]["config"]["method"]))
     series: dict[str, list[dict]] = {}
-    for g, label in zip(groups, _group_labels([g[0]["config"] for g in groups], include_target=False)):
-        series.setdefault(label, []).append(_group_stats(g))
+    for g, label in zip(groups, group_labels([g[0]["config"] for g in groups], include_target=False)):
+        series.setdefault(label, []).append(group_stats(g))
     for label, stats in series.items():
         stats.sort(key=lambda s: s["flops_reduction"][0])
         x = [100 * s["flops_reduction"][0] for s in stats]
@@ -59,16 +59,16 @@ def plot_tradeoff(runs: Sequence[dict], dataset: str, arch: str, references: Seq
         ax.errorbar(x, y, xerr=[100 * s["flops_reduction"][1] for s in stats], yerr=[s[metric][1] for s in stats],
                     marker="o", ms=4, capsize=2, lw=1, label=label)
     if metric == "top1":
-        base = _stat(_run_metrics(r)["top1_base"] for r in ours)
+        base = mean_std_n(run_metrics(r)["top1_base"] for r in ours)
         ax.axhline(base[0], color="grey", ls="--", lw=0.8, label=f"our baseline ({base[0]:.2f})")
     else:
         ax.axhline(0.0, color="grey", ls="--", lw=0.8)
     refs = load_references() if references is None else references
-    points = [(ref, _reference_stats(ref)[metric]) for ref in refs
+    points = [(ref, reference_stats(ref)[metric]) for ref in refs
               if ref["dataset"] == dataset and ref["arch"] == arch and ref["flops_reduction"] is not None]
     for (ref, y), marker in zip([p for p in points if p[1] is not None], "*PXDv^<>"):
         ax.scatter([100 * ref["flops_reduction"]], [y[0]], marker=marker, s=70, color="black", zorder=3,
-                   label=f"published: {_method_label(ref['method'])} [{ref['source']}]")
+                   label=f"published: {method_label(ref['method'])} [{ref['source']}]")
     ax.set_xlabel("FLOPs reduction (%)")
     ax.set_ylabel("top-1 (%)" if metric == "top1" else "Δ top-1 (points)")
     ax.set_title(f"{arch} on {dataset}", fontsize=9)
@@ -79,11 +79,11 @@ def plot_tradeoff(runs: Sequence[dict], dataset: str, arch: str, references: Seq
 
 def plot_layer_widths(runs: Sequence[dict], dataset: str, arch: str) -> Figure:
     """Fraction of channels kept per prunable layer index, one line per configuration (mean over seeds)."""
-    ours = [r for r in _complete(runs, dataset=dataset, arch=arch) if r.get("layers")]
+    ours = [r for r in complete_runs(runs, dataset=dataset, arch=arch) if r.get("layers")]
     _need(ours, f"{dataset}/{arch} with recorded layer widths")
-    fig, ax = _figure(5.6, 3.2)
-    groups = sorted(_group(ours), key=lambda g: _method_rank(g[0]["config"]["method"]))
-    for g, label in zip(groups, _group_labels([g[0]["config"] for g in groups])):
+    fig, ax = new_figure(5.6, 3.2)
+    groups = sorted(seed_groups(ours), key=lambda g: method_rank(g[0]["config"]["method"]))
+    for g, label in zip(groups, group_labels([g[0]["config"] for g in groups])):
         lengths = {len(r["layers"]) for r in g}
         if len(lengths) != 1:
             raise PaperpruneError(f"runs {[r['relpath'] for r in g]} record different numbers of layers "
@@ -102,29 +102,29 @@ def plot_layer_widths(runs: Sequence[dict], dataset: str, arch: str) -> Figure:
 def plot_sensitivity(runs: Sequence[dict], param: str, metric: str = "top1") -> Figure:
     """`metric` (a results-table metric key, e.g. top1, delta_top1, flops_reduction) against the
     values of `param`, one line per sweep (see sensitivity_table), mean ± std over seeds."""
-    known = {m.key for m in _METRICS}
+    known = {m.key for m in METRICS}
     if metric not in known:
         raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(sorted(known))}")
-    sweeps = _sweeps(runs, param)
+    sweeps = find_sweeps(runs, param)
     if not sweeps:
         raise PaperpruneError(f"no sweep of {param!r}: need runs equal in every other config value "
                               f"with at least two values of {param}")
-    fig, ax = _figure()
-    scale = 100.0 if next(m for m in _METRICS if m.key == metric).percent else 1.0
-    labels = _group_labels([s[0][0]["config"] for s in sweeps], ignore=[param])
-    values = sorted({_show(g[0]["config"][param]) for s in sweeps for g in s})
+    fig, ax = new_figure()
+    scale = 100.0 if next(m for m in METRICS if m.key == metric).percent else 1.0
+    labels = group_labels([s[0][0]["config"] for s in sweeps], ignore=[param])
+    values = sorted({show_value(g[0]["config"][param]) for s in sweeps for g in s})
     for sweep, label in zip(sweeps, labels):
         raw = [g[0]["config"][param] for g in sweep]
-        x = raw if all(_is_number(v) for v in raw) else [values.index(_show(v)) for v in raw]
-        stats = [_group_stats(g)[metric] for g in sweep]
+        x = raw if all(is_number(v) for v in raw) else [values.index(show_value(v)) for v in raw]
+        stats = [group_stats(g)[metric] for g in sweep]
         kept = [(xi, s) for xi, s in zip(x, stats) if s is not None]
         c = sweep[0][0]["config"]
         ax.errorbar([k[0] for k in kept], [scale * k[1][0] for k in kept], yerr=[scale * k[1][1] for k in kept],
                     marker="o", ms=4, capsize=2, lw=1, label=f"{c['dataset']}/{c['arch']}: {label}")
-    if not all(_is_number(g[0]["config"][param]) for s in sweeps for g in s):
+    if not all(is_number(g[0]["config"][param]) for s in sweeps for g in s):
         ax.set_xticks(range(len(values)), values)
     ax.set_xlabel(param)
-    ax.set_ylabel(next(m.header for m in _METRICS if m.key == metric))
+    ax.set_ylabel(next(m.header for m in METRICS if m.key == metric))
     ax.set_title(f"Sensitivity to {param}", fontsize=9)
     ax.legend(fontsize=6)
     return fig
@@ -156,7 +156,7 @@ def plot_class_graph(graph: Any, class_names: Sequence[str]) -> Figure:
         raise PaperpruneError(f"graph edges name classes outside 0..{k - 1}; pass all {k} class names")
     angle = np.pi / 2 - 2 * np.pi * np.arange(k) / k
     pos = np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    fig, ax = _figure(4.2, 4.2)
+    fig, ax = new_figure(4.2, 4.2)
     if edges.size:
         width = 0.5 + 3.0 * weights / max(float(np.abs(weights).max()), 1e-12)
         positive = signs >= 0
@@ -195,7 +195,7 @@ def plot_class_tree(linkage_or_tree: Any, class_names: Sequence[str]) -> Figure:
         linkage = np.asarray(linkage_or_tree, dtype=float)
         if linkage.shape != (k - 1, 4):
             raise PaperpruneError(f"linkage matrix has shape {linkage.shape}; expected ({k - 1}, 4) for {k} classes")
-        fig, ax = _figure(5.0, 3.2)
+        fig, ax = new_figure(5.0, 3.2)
         dendrogram(linkage, labels=list(class_names), ax=ax, leaf_font_size=6, color_threshold=0)
         ax.set_ylabel("linkage distance")
         ax.set_title("Class tree (agglomerative clustering)", fontsize=9)
@@ -222,7 +222,7 @@ def _plot_tree_groups(groups: list[list[int]], weights: np.ndarray | None, class
     paths = {c: [r for r, s in enumerate(sets) if c in s] for c in range(k)}
     leaf_pos = {c: p for p, c in enumerate(sorted(range(k), key=lambda c: paths[c]))}
     depth = [sum(1 for b in range(a) if sets[a] < sets[b]) for a in range(len(sets))]
-    fig, ax = _figure(5.6, 0.6 + 0.45 * (max(depth, default=0) + 2))
+    fig, ax = new_figure(5.6, 0.6 + 0.45 * (max(depth, default=0) + 2))
     for a, s in enumerate(sets):
         lo, hi = min(leaf_pos[c] for c in s), max(leaf_pos[c] for c in s)
         ax.add_patch(Rectangle((lo + 0.05, -depth[a] - 0.9), hi - lo + 0.9, 0.8, facecolor="tab:blue",

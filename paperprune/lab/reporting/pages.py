@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .curves import (CURVE_METRICS, _variant, _what, curves_report, curves_table, load_curves, paired_curves,
-                     paired_runs, paired_table, variant_table)
-from .records import _complete, _method_label, load_runs
+from .curves import (CURVE_METRICS, curves_report, curves_table, load_curves, paired_curves, paired_runs, paired_table,
+                     record_title, record_variant, variant_table)
+from .records import complete_runs, load_runs, method_label
 from .tables import Table, results_table, write_table
 
 __all__ = ["ablation_report", "baseline_summary", "baselines_table", "rebuild", "results_page", "verdict_counts"]
@@ -68,10 +68,10 @@ class _Records:
 
 def _read(records: Path) -> _Records:
     loaded = [(p, load_curves(p)) for p in sorted((records / "curves").glob("*/curves.json"))]
-    main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in loaded if not _variant(r)}
-    curves = [(p, r) for p, r in loaded if not _variant(r)]
+    main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in loaded if not record_variant(r)}
+    curves = [(p, r) for p, r in loaded if not record_variant(r)]
     variants = [(p, r, main[r["config"].get("dataset"), r["config"].get("arch")]) for p, r in loaded
-                if _variant(r) and (r["config"].get("dataset"), r["config"].get("arch")) in main]
+                if record_variant(r) and (r["config"].get("dataset"), r["config"].get("arch")) in main]
     run_dirs = [d for d in records.iterdir() if d.is_dir() and d.name not in ("curves", "baselines")]
     runs = [r for d in run_dirs for r in load_runs(d)]
     baselines = sorted(d for d in (records / "baselines").glob("*") if d.is_dir())
@@ -80,7 +80,7 @@ def _read(records: Path) -> _Records:
 
 def _stem(record: dict) -> str:
     c = record["config"]
-    return "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), _variant(record)))).replace("/", "_")
+    return "_".join(filter(None, (c.get("dataset", "data"), c.get("arch", "model"), record_variant(record)))).replace("/", "_")
 
 
 def ablation_report(main: dict, variant: dict, figures: str | Path) -> list[Path]:
@@ -120,7 +120,7 @@ def rebuild(figures: str | Path) -> list[Path]:
 def _fine_tune(runs: Sequence[dict]) -> str:
     """What the fine-tune of `runs` was, from their configs: epochs, training images, learning rate."""
     settings = {(r["config"].get("finetune_epochs"), r["config"].get("per_class"), r["config"].get("finetune_lr"))
-                for r in _complete(runs)}
+                for r in complete_runs(runs)}
     parts = []
     for epochs, per_class, lr in sorted(settings, key=str):
         images = "all training images" if per_class is None else f"{per_class} training images per class"
@@ -131,7 +131,7 @@ def _fine_tune(runs: Sequence[dict]) -> str:
 def _is_short(runs: Sequence[dict]) -> bool:
     """A fine-tune shorter than one pass over all the training data: one epoch or less over a subset."""
     return all((r["config"].get("finetune_epochs") or 0) <= 1 and r["config"].get("per_class") is not None
-               for r in _complete(runs))
+               for r in complete_runs(runs))
 
 
 def verdict_counts(rows: Sequence[dict]) -> dict[str, list[dict]]:
@@ -147,8 +147,8 @@ def verdict_counts(rows: Sequence[dict]) -> dict[str, list[dict]]:
 
 def _row_text(r: dict) -> str:
     target = "" if r["target"] is None else f" at {100 * r['target']:g}%"
-    return (f"{_method_label(r['method'])}{target} ({r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] "
-            f"vs {_method_label(r['reference'])})")
+    return (f"{method_label(r['method'])}{target} ({r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] "
+            f"vs {method_label(r['reference'])})")
 
 
 def _summary(rows: Sequence[dict]) -> str:
@@ -186,25 +186,25 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
         lines += _table_block(table, f"{rel}/tables/baselines.md")
     for _, record in found.curves:
         stem = _stem(record)
-        lines += [f"### Right after pruning: {_what(record)}", ""]
+        lines += [f"### Right after pruning: {record_title(record)}", ""]
         lines += _table_block(curves_table(record), f"{rel}/tables/curves_{stem}.md")
         lines += _figure(figures / "figures" / f"curves_{stem}.png", figures.parent,
-                         f"top-1 against FLOPs reduction, {_what(record)}")
+                         f"top-1 against FLOPs reduction, {record_title(record)}")
         for metric, (_, what) in CURVE_METRICS.items():
             rows = paired_curves(record, metric)
             if rows:
-                title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {_what(record)}"
+                title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {record_title(record)}"
                 lines += [_summary(rows), ""]
                 lines += _table_block(paired_table(rows, title), f"{rel}/tables/paired_{metric}_{stem}.md")
-                verdict.append((f"{_what(record)}, {what}, no fine-tuning ({name})", rows))
+                verdict.append((f"{record_title(record)}, {what}, no fine-tuning ({name})", rows))
     for _, record, main in found.variants:
-        lines += [f"### Ablation: {_what(record)}", ""]
+        lines += [f"### Ablation: {record_title(record)}", ""]
         lines += _table_block(variant_table(main, record, "top1_bn"),
                               f"{rel}/tables/ablation_top1_bn_{_stem(record)}.md")
     if found.runs:
         label = "Short fine-tune" if _is_short(found.runs) else "Fine-tune"
         lines += [f"### {label}: {_fine_tune(found.runs)}", ""]
-        for dataset in sorted({r["config"].get("dataset") for r in _complete(found.runs)}):
+        for dataset in sorted({r["config"].get("dataset") for r in complete_runs(found.runs)}):
             lines += _table_block(results_table(found.runs, dataset), f"{rel}/tables/results_{dataset}.md")
         rows = paired_runs(found.runs)
         if rows:

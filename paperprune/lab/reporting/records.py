@@ -67,7 +67,7 @@ _REFERENCE_NUMERIC = ("top1_base", "top1", "top5", "params_m", "flops_m",
 
 
 @dataclass(frozen=True)
-class _Metric:
+class Metric:
     key: str
     header: str
     decimals: int
@@ -76,20 +76,20 @@ class _Metric:
 
 
 
-_METRICS = (
-    _Metric("top1_base", "Base top-1 (%)", 2),
-    _Metric("top1", "Top-1 (%)", 2),
-    _Metric("delta_top1", "Δ top-1", 2, signed=True),
-    _Metric("top5", "Top-5 (%)", 2),
-    _Metric("params_m", "Params (M)", 2),
-    _Metric("params_reduction", "Params ↓ (%)", 1, percent=True),
-    _Metric("flops_m", "FLOPs (M)", 2),
-    _Metric("flops_reduction", "FLOPs ↓ (%)", 1, percent=True),
+METRICS = (
+    Metric("top1_base", "Base top-1 (%)", 2),
+    Metric("top1", "Top-1 (%)", 2),
+    Metric("delta_top1", "Δ top-1", 2, signed=True),
+    Metric("top5", "Top-5 (%)", 2),
+    Metric("params_m", "Params (M)", 2),
+    Metric("params_reduction", "Params ↓ (%)", 1, percent=True),
+    Metric("flops_m", "FLOPs (M)", 2),
+    Metric("flops_reduction", "FLOPs ↓ (%)", 1, percent=True),
 )
 
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -162,29 +162,29 @@ def load_references() -> list[dict]:
 
 
 
-def _complete(runs: Iterable[dict], **match: str) -> list[dict]:
+def complete_runs(runs: Iterable[dict], **match: str) -> list[dict]:
     return [r for r in runs if r.get("status") == "complete"
             and all(r["config"].get(k) == v for k, v in match.items())]
 
 
 
-def _is_fixture(run: dict) -> bool:
+def is_fixture(run: dict) -> bool:
     return (run.get("environment") or {}).get("hostname") == FIXTURE_HOSTNAME
 
 
 
-def _canon(value: Any) -> str:
+def canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
 
 def _config_key(config: dict, exclude: Iterable[str] = ()) -> tuple:
     skip = BOOKKEEPING_KEYS | set(exclude)
-    return tuple(sorted((k, _canon(v)) for k, v in config.items() if k not in skip))
+    return tuple(sorted((k, canon(v)) for k, v in config.items() if k not in skip))
 
 
 
-def _group(runs: Sequence[dict], exclude: Iterable[str] = ()) -> list[list[dict]]:
+def seed_groups(runs: Sequence[dict], exclude: Iterable[str] = ()) -> list[list[dict]]:
     """Runs whose configs agree on every key but the seed (and `exclude`), in first-seen order."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -193,7 +193,7 @@ def _group(runs: Sequence[dict], exclude: Iterable[str] = ()) -> list[list[dict]
 
 
 
-def _run_metrics(run: dict) -> dict[str, float | None]:
+def run_metrics(run: dict) -> dict[str, float | None]:
     base, pruned = run["baseline"], run["pruned"]
     return {
         "top1_base": float(base["top1"]),
@@ -208,7 +208,7 @@ def _run_metrics(run: dict) -> dict[str, float | None]:
 
 
 
-def _stat(values: Iterable[float | None]) -> tuple[float, float, int] | None:
+def mean_std_n(values: Iterable[float | None]) -> tuple[float, float, int] | None:
     """(mean, sample std with ddof=1 (0 for one value), n) over the values present."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     if arr.size == 0:
@@ -217,9 +217,9 @@ def _stat(values: Iterable[float | None]) -> tuple[float, float, int] | None:
 
 
 
-def _group_stats(group: Sequence[dict]) -> dict[str, tuple[float, float, int] | None]:
-    per_run = [_run_metrics(r) for r in group]
-    return {m.key: _stat(p[m.key] for p in per_run) for m in _METRICS}
+def group_stats(group: Sequence[dict]) -> dict[str, tuple[float, float, int] | None]:
+    per_run = [run_metrics(r) for r in group]
+    return {m.key: mean_std_n(p[m.key] for p in per_run) for m in METRICS}
 
 
 
@@ -229,13 +229,13 @@ def _seed_text(group: Sequence[dict]) -> str:
 
 
 
-def _run_source(group: Sequence[dict]) -> str:
-    prefix = "FIXTURE, not a result" if any(_is_fixture(r) for r in group) else "this project"
+def run_source(group: Sequence[dict]) -> str:
+    prefix = "FIXTURE, not a result" if any(is_fixture(r) for r in group) else "this project"
     return f"{prefix}: {', '.join(r['relpath'] for r in group)}; {_seed_text(group)}"
 
 
 
-def _entry(method: str, allocation: str | None = None) -> str:
+def entry_key(method: str, allocation: str | None = None) -> str:
     """A criterion as tables key it (`paperprune.select.entry_name`): "l1", or "l1:uniform" under the
     uniform allocation; None (a record from before the allocation was recorded) is global."""
     from ...select import entry_name
@@ -243,8 +243,8 @@ def _entry(method: str, allocation: str | None = None) -> str:
     return entry_name(method, allocation)
 
 
-def _method_label(method: Any) -> str:
-    """The display name of a method or of a `_entry` key: "l1:uniform" reads "L1-norm (uniform)"."""
+def method_label(method: Any) -> str:
+    """The display name of a method or of a `entry_key` key: "l1:uniform" reads "L1-norm (uniform)"."""
     if isinstance(method, str) and ":" in method:
         base, allocation = method.split(":", 1)
         return f"{METHOD_LABELS.get(base, base)} ({allocation})"
@@ -252,12 +252,12 @@ def _method_label(method: Any) -> str:
 
 
 
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else _canon(value)
+def show_value(value: Any) -> str:
+    return value if isinstance(value, str) else canon(value)
 
 
 
-def _group_labels(configs: Sequence[dict], *, include_target: bool = True,
+def group_labels(configs: Sequence[dict], *, include_target: bool = True,
                   ignore: Iterable[str] = ()) -> list[str]:
     """Method label per config, with the FLOPs target and the keys that differ between configs
     of the same dataset/arch/method (so two rows never read the same)."""
@@ -268,19 +268,19 @@ def _group_labels(configs: Sequence[dict], *, include_target: bool = True,
     labels = [""] * len(configs)
     for members in buckets.values():
         keys = set().union(*(configs[i].keys() for i in members)) - fixed
-        varying = sorted(k for k in keys if len({_canon(configs[i].get(k)) for i in members}) > 1)
+        varying = sorted(k for k in keys if len({canon(configs[i].get(k)) for i in members}) > 1)
         for i in members:
             c = configs[i]
-            parts = [f"target {100 * c['flops_reduction']:g}%"] if include_target and _is_number(
+            parts = [f"target {100 * c['flops_reduction']:g}%"] if include_target and is_number(
                 c.get("flops_reduction")) else []
-            parts += [f"{k}={_show(c.get(k))}" for k in varying]
-            labels[i] = _method_label(_entry(c.get("method"), c.get("allocation"))) + (
+            parts += [f"{k}={show_value(c.get(k))}" for k in varying]
+            labels[i] = method_label(entry_key(c.get("method"), c.get("allocation"))) + (
                 f" ({', '.join(parts)})" if parts else "")
     return labels
 
 
 
-def _method_rank(method: str) -> tuple:
+def method_rank(method: str) -> tuple:
     """Order of methods in tables: ABLATION_METHODS' order, each method's global row before its uniform one."""
     base, _, allocation = str(method).partition(":")
     return ((ABLATION_METHODS.index(base), "", allocation) if base in ABLATION_METHODS
@@ -288,48 +288,48 @@ def _method_rank(method: str) -> tuple:
 
 
 
-def _sort_value(value: Any) -> tuple:
-    return (0, float(value), "") if _is_number(value) else (1, 0.0, _canon(value))
+def sort_value(value: Any) -> tuple:
+    return (0, float(value), "") if is_number(value) else (1, 0.0, canon(value))
 
 
 
-def _reference_stats(ref: dict) -> dict[str, tuple[float, float, int] | None]:
-    values = {m.key: ref.get(m.key) for m in _METRICS}
+def reference_stats(ref: dict) -> dict[str, tuple[float, float, int] | None]:
+    values = {m.key: ref.get(m.key) for m in METRICS}
     if values["delta_top1"] is None and ref.get("top1") is not None and ref.get("top1_base") is not None:
         values["delta_top1"] = ref["top1"] - ref["top1_base"]
     return {k: (None if v is None else (float(v), 0.0, 1)) for k, v in values.items()}
 
 
 
-def _failed(runs: Sequence[dict], dataset: str) -> list[dict]:
+def failed_of(runs: Sequence[dict], dataset: str) -> list[dict]:
     return [r for r in runs if r.get("status") == "failed" and r["config"].get("dataset") == dataset]
 
 
 
-def _datasets(runs: Sequence[dict]) -> list[str]:
-    found = {r["config"]["dataset"] for r in _complete(runs)}
+def datasets_of(runs: Sequence[dict]) -> list[str]:
+    found = {r["config"]["dataset"] for r in complete_runs(runs)}
     return [d for d in DATASET_ORDER if d in found] + sorted(found - set(DATASET_ORDER))
 
 
 
-def _sweeps(runs: Sequence[dict], param: str) -> list[list[list[dict]]]:
+def find_sweeps(runs: Sequence[dict], param: str) -> list[list[list[dict]]]:
     """Sweeps of `param`: runs whose configs agree on everything but `param` and the seed, with
     at least two values of `param`; each sweep is a list of seed groups sorted by the value."""
-    complete = _complete(runs)
+    complete = complete_runs(runs)
     if complete and not any(param in r["config"] for r in complete):
         known = sorted(set().union(*(r["config"].keys() for r in complete)))
         raise PaperpruneError(f"no run records config parameter {param!r}; recorded parameters: {', '.join(known)}")
     sweeps = []
-    for sweep in _group([r for r in complete if param in r["config"]], exclude=[param]):
-        groups = sorted(_group(sweep), key=lambda g: _sort_value(g[0]["config"][param]))
+    for sweep in seed_groups([r for r in complete if param in r["config"]], exclude=[param]):
+        groups = sorted(seed_groups(sweep), key=lambda g: sort_value(g[0]["config"][param]))
         if len(groups) > 1:
             sweeps.append(groups)
-    sweeps.sort(key=lambda s: (_datasets_rank(s[0][0]["config"]["dataset"]), s[0][0]["config"]["arch"],
-                               _method_rank(s[0][0]["config"]["method"])))
+    sweeps.sort(key=lambda s: (datasets_rank(s[0][0]["config"]["dataset"]), s[0][0]["config"]["arch"],
+                               method_rank(s[0][0]["config"]["method"])))
     return sweeps
 
 
 
-def _datasets_rank(dataset: str) -> tuple:
+def datasets_rank(dataset: str) -> tuple:
     return (DATASET_ORDER.index(dataset), "") if dataset in DATASET_ORDER else (len(DATASET_ORDER), dataset)
 

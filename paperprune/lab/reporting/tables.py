@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ...utils import atomic_write_text
-from .records import (ABLATION_METHODS, GRID, MISSING, NOT_RUN, PAPER_METHODS, _METRICS, _complete, _datasets, _failed,
-                      _group, _group_labels, _group_stats, _is_fixture, _Metric, _method_label, _method_rank,
-                      _reference_stats, _run_source, _show, _sort_value, _sweeps, load_references)
+from .records import (ABLATION_METHODS, GRID, METRICS, MISSING, NOT_RUN, PAPER_METHODS, complete_runs, datasets_of,
+                      failed_of, find_sweeps, group_labels, group_stats, is_fixture, load_references, method_label,
+                      method_rank, Metric, reference_stats, run_source, seed_groups, show_value, sort_value)
 
 _TEXT_COLUMNS = {"Dataset", "Arch", "Method", "Against", "CI", "Source"}
 
@@ -70,7 +70,7 @@ def _latex_escape(text: str) -> str:
 
 
 
-def _format(stat: tuple[float, float, int] | None, metric: _Metric) -> str:
+def _format(stat: tuple[float, float, int] | None, metric: Metric) -> str:
     if stat is None:
         return MISSING
     mean, std, n = stat
@@ -83,7 +83,7 @@ def _format(stat: tuple[float, float, int] | None, metric: _Metric) -> str:
 def _build_table(title: str, lead_columns: list[str], specs: list[dict], notes: list[str]) -> Table:
     """specs: dicts with 'lead' (cells), 'n', 'stats' (metric -> stat or None), 'source';
     a spec with 'not_run' renders as a grid cell that has no completed run."""
-    metrics = [m for m in _METRICS if m.key != "top5"
+    metrics = [m for m in METRICS if m.key != "top5"
                or any(s.get("stats", {}).get("top5") is not None for s in specs)]
     columns = lead_columns + ["n"] + [m.header for m in metrics] + ["Source"]
     rows = []
@@ -100,7 +100,7 @@ def _build_table(title: str, lead_columns: list[str], specs: list[dict], notes: 
 def _common_notes(runs: Sequence[dict]) -> list[str]:
     notes = ["Rows of this project: mean ± sample std (ddof=1) over n seeds; reductions are "
              "1 − pruned/baseline of the recorded parameter and MAC counts (conv + linear, METHOD.md §4)."]
-    if any(_is_fixture(r) for r in runs):
+    if any(is_fixture(r) for r in runs):
         notes.append("WARNING: rows marked FIXTURE come from test fixtures with invented numbers, "
                      "not from experiments.")
     return notes
@@ -109,31 +109,31 @@ def _common_notes(runs: Sequence[dict]) -> list[str]:
 
 def _method_table(title: str, runs: list[dict], refs: list[dict], grid: list[tuple[str, str]],
                   arch_order: Sequence[str], failed: Sequence[dict] = ()) -> Table:
-    groups = _group(runs)
-    labels = _group_labels([g[0]["config"] for g in groups])
+    groups = seed_groups(runs)
+    labels = group_labels([g[0]["config"] for g in groups])
     archs = list(dict.fromkeys([a for a, _ in grid] + [g[0]["config"]["arch"] for g in groups]))
     archs.sort(key=lambda a: (arch_order.index(a), "") if a in arch_order else (len(arch_order), a))
     specs, ref_notes = [], []
     for arch in archs:
         arch_refs = [r for r in refs if r["arch"] == arch]
         for ref in sorted(arch_refs, key=lambda r: r["method"] != "baseline"):
-            specs.append({"lead": [arch, _method_label(ref["method"])], "n": MISSING,
-                          "stats": _reference_stats(ref), "source": ref["source"]})
-            ref_notes.append(f"{arch}, {_method_label(ref['method'])}: {ref['source']}, {ref['source_detail']}.")
+            specs.append({"lead": [arch, method_label(ref["method"])], "n": MISSING,
+                          "stats": reference_stats(ref), "source": ref["source"]})
+            ref_notes.append(f"{arch}, {method_label(ref['method'])}: {ref['source']}, {ref['source_detail']}.")
         arch_groups = [(g, lab) for g, lab in zip(groups, labels) if g[0]["config"]["arch"] == arch]
         methods = list(dict.fromkeys([m for a, m in grid if a == arch]
-                                     + sorted({g[0]["config"]["method"] for g, _ in arch_groups}, key=_method_rank)))
+                                     + sorted({g[0]["config"]["method"] for g, _ in arch_groups}, key=method_rank)))
         for method in methods:
             chosen = [(g, lab) for g, lab in arch_groups if g[0]["config"]["method"] == method]
             if not chosen:
                 tried = [f["relpath"] for f in failed
                          if f["config"].get("arch") == arch and f["config"].get("method") == method]
-                specs.append({"lead": [arch, _method_label(method)], "not_run": True,
+                specs.append({"lead": [arch, method_label(method)], "not_run": True,
                               "source": f"failed: {', '.join(tried)}" if tried else MISSING})
-            chosen.sort(key=lambda gl: (_sort_value(gl[0][0]["config"].get("flops_reduction")), gl[1]))
+            chosen.sort(key=lambda gl: (sort_value(gl[0][0]["config"].get("flops_reduction")), gl[1]))
             for g, lab in chosen:
-                specs.append({"lead": [arch, lab], "n": str(len(g)), "stats": _group_stats(g),
-                              "source": _run_source(g)})
+                specs.append({"lead": [arch, lab], "n": str(len(g)), "stats": group_stats(g),
+                              "source": run_source(g)})
     notes = _common_notes(runs)
     if any(s.get("not_run") for s in specs):
         notes.append(f"'{NOT_RUN}': a requested grid cell with no completed run (failed runs are not results).")
@@ -154,11 +154,11 @@ def results_table(runs: Sequence[dict], dataset: str, references: Sequence[dict]
     Published rows appear for the architectures in the grid or in the runs.
     """
     refs = load_references() if references is None else list(references)
-    ours = _complete(runs, dataset=dataset)
+    ours = complete_runs(runs, dataset=dataset)
     grid = [(a, m) for a in GRID.get(dataset, ()) for m in PAPER_METHODS] if grid is None else list(grid)
     archs = {a for a, _ in grid} | {r["config"]["arch"] for r in ours}
     refs = [r for r in refs if r["dataset"] == dataset and r["arch"] in archs]
-    return _method_table(f"Results on {dataset}", ours, refs, grid, GRID.get(dataset, ()), _failed(runs, dataset))
+    return _method_table(f"Results on {dataset}", ours, refs, grid, GRID.get(dataset, ()), failed_of(runs, dataset))
 
 
 
@@ -166,15 +166,15 @@ def ablation_table(runs: Sequence[dict]) -> dict[str, Table]:
     """Per dataset: sGLP-IB vs sTLP-IB vs class-wise lasso without structure vs APIB (plain
     HSIC lasso) vs the L1 / HRank / random baselines, for every architecture that has runs."""
     tables = {}
-    for dataset in _datasets(runs):
-        ours = [r for r in _complete(runs, dataset=dataset) if r["config"]["method"] in ABLATION_METHODS]
+    for dataset in datasets_of(runs):
+        ours = [r for r in complete_runs(runs, dataset=dataset) if r["config"]["method"] in ABLATION_METHODS]
         if not ours:
             continue
         archs = [a for a in GRID.get(dataset, ()) if any(r["config"]["arch"] == a for r in ours)]
         archs += sorted({r["config"]["arch"] for r in ours} - set(archs))
         grid = [(a, m) for a in archs for m in ABLATION_METHODS]
         tables[dataset] = _method_table(f"Ablation on {dataset}: class structure and criterion", ours, [],
-                                        grid, GRID.get(dataset, ()), _failed(runs, dataset))
+                                        grid, GRID.get(dataset, ()), failed_of(runs, dataset))
     return tables
 
 
@@ -182,14 +182,14 @@ def ablation_table(runs: Sequence[dict]) -> dict[str, Table]:
 def sensitivity_table(runs: Sequence[dict], param: str) -> Table:
     """Rows = values of config parameter `param` (e.g. samples_per_class, gamma_ratio) within
     each sweep (configs equal apart from `param` and the seed). Empty when no sweep exists."""
-    sweeps = _sweeps(runs, param)
-    labels = _group_labels([s[0][0]["config"] for s in sweeps], ignore=[param])
+    sweeps = find_sweeps(runs, param)
+    labels = group_labels([s[0][0]["config"] for s in sweeps], ignore=[param])
     specs = []
     for sweep, label in zip(sweeps, labels):
         for g in sweep:
             c = g[0]["config"]
-            specs.append({"lead": [c["dataset"], c["arch"], label, _show(c[param])], "n": str(len(g)),
-                          "stats": _group_stats(g), "source": _run_source(g)})
+            specs.append({"lead": [c["dataset"], c["arch"], label, show_value(c[param])], "n": str(len(g)),
+                          "stats": group_stats(g), "source": run_source(g)})
     return _build_table(f"Sensitivity to {param}", ["Dataset", "Arch", "Method", param], specs,
                         _common_notes([r for s in sweeps for g in s for r in g]))
 

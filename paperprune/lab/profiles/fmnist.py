@@ -1,0 +1,25 @@
+"""The `fmnist` profile: plain data that `paperprune.lab.reproduce` reads (schedules are ours unless cited)."""
+
+PROFILE = {'name': 'fmnist',
+ 'description': 'Fashion-MNIST, all six architectures, all criteria at 50% FLOPs, three seeds; 100 epochs of '
+                'pretraining and 50 of fine-tuning on the full training set. A GPU is recommended.',
+ 'run_grids': [{'datasets_archs': [['fashion-mnist', 'vgg16'],
+                                   ['fashion-mnist', 'resnet56'],
+                                   ['fashion-mnist', 'resnet110'],
+                                   ['fashion-mnist', 'googlenet'],
+                                   ['fashion-mnist', 'densenet40'],
+                                   ['fashion-mnist', 'resnet50']],
+                'methods': ['random', 'l1', 'hrank', 'apib', 'classwise', 'sglp', 'stlp'],
+                'seeds': [0, 1, 2],
+                'flops_reduction': {'vgg16': 0.5,
+                                    'resnet56': 0.5,
+                                    'resnet110': 0.5,
+                                    'googlenet': 0.5,
+                                    'densenet40': 0.5,
+                                    'resnet50': 0.5},
+                'settings': {'pretrain_epochs': 100,
+                             'finetune_epochs': 50,
+                             'samples_per_class': 20,
+                             'batch_size': 128,
+                             'lr': 0.1,
+                             'finetune_lr': 0.01}}]}
