@@ -291,7 +291,7 @@ class MacsPredictor:
         self._bias = ints(m.bias is not None for m in counted)
         # conv/linear modules whose weights the forward uses without calling them (an attention's out_proj,
         # applied by a functional call): no MACs are counted for them, their parameters are (count_params)
-        self._idle_params = sum(p.numel() for m in model.modules() if isinstance(m, _COUNTED)
+        self._idle_params = sum(p.numel() for m in model.modules() if isinstance(m, COUNTED)
                                 and m not in graph.positions for p in m.parameters(recurse=False))
         self._ch0 = ints([m.num_features for m in norms] + [graph.pool_channels[m] for m in pools])
         self._ch_macs = ints([graph.positions[m] * (2 if m.affine else 1) for m in norms]
