@@ -7,7 +7,8 @@ flops_reduction=0.5)` with no layer list. A model counts as pruned when
 
 - the MACs reduction is within 1% of the target (|achieved - 0.5| <= 0.01, paperprune.flops),
 - the pruned model's output equals the original's with the removed channels zeroed where
-  they are consumed (Torch-Pruning's dependency group of each removal), and
+  they are consumed (Torch-Pruning's dependency group of each removal; an MLP's removed hidden
+  features on the last axis of the next linear layer's input), and
 - `save_pruned` then `load_pruned(path, model=<a fresh instance>)` gives the same output;
 
 otherwise the row holds the refusal's message (PaperpruneError) or the unexpected error. `l1`
@@ -40,6 +41,7 @@ import torchvision
 from torch import nn
 
 import paperprune
+from paperprune.discover import channel_axis, unit_width
 from paperprune.flops import count_flops_params
 from paperprune.utils import PaperpruneError
 
@@ -47,17 +49,25 @@ CLASSES = 10
 #: constructor arguments a model needs beyond num_classes (auxiliary heads off, sizes for small inputs)
 EXTRA = {"googlenet": dict(aux_logits=False, init_weights=True), "inception_v3": dict(aux_logits=False,
                                                                                       init_weights=True)}
-#: the smallest input a model accepts when SIZE is smaller (inception_v3's stem needs 75)
-MIN_SIZE = {"inception_v3": 75}
+#: the smallest input a model accepts when SIZE is smaller (inception_v3's stem needs 75; MaxViT's
+#: 7 x 7 partitions of its last stage, at 1/32 of the input, need 224)
+MIN_SIZE = {"inception_v3": 75, "maxvit_t": 224}
+
+
+def kwargs_of(name: str, size: int) -> dict:
+    """Constructor arguments: num_classes, EXTRA, and the input size of models built for one (ViT, MaxViT)."""
+    kwargs = dict(EXTRA.get(name, {}), num_classes=CLASSES)
+    if name.startswith("vit_"):
+        kwargs["image_size"] = size
+    if name.startswith("maxvit_"):
+        kwargs["input_size"] = (size, size)
+    return kwargs
 
 
 def build(name: str, size: int, seed: int = 0) -> nn.Module:
     """The model with random weights, random BatchNorm statistics and conv biases, float64, eval."""
     torch.manual_seed(seed)
-    kwargs = dict(EXTRA.get(name, {}), num_classes=CLASSES)
-    if name.startswith("vit_"):
-        kwargs["image_size"] = size
-    model = torchvision.models.get_model(name, **kwargs).double().eval()
+    model = torchvision.models.get_model(name, **kwargs_of(name, size)).double().eval()
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
@@ -76,18 +86,19 @@ def masked_output(model: nn.Module, report, x: torch.Tensor) -> torch.Tensor:
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
     zero = {}
     for row in report.layers:
-        conv = model.get_submodule(row["name"])
-        removed = sorted(set(range(conv.out_channels)) - set(row["kept"]))
+        root = model.get_submodule(row["name"])
+        removed = sorted(set(range(unit_width(root))) - set(row["kept"]))
         if not removed:
             continue
-        for dep, idxs in dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=removed):
+        handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+        for dep, idxs in dg.get_pruning_group(root, handler, idxs=removed):
             if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                 zero.setdefault(dep.target.module, set()).update(idxs)
 
     def hook(idx):
         def pre(module, inputs):
             y = inputs[0].clone()
-            y[:, idx] = 0
+            y.index_fill_(channel_axis(module), torch.tensor(idx), 0)  # a linear layer reads the last axis
             return (y,) + tuple(inputs[1:])
         return pre
 
@@ -120,9 +131,8 @@ def one(name: str, size: int, target: float) -> dict:
         scale = max(1.0, expected.abs().max().item())
         with tempfile.TemporaryDirectory() as tmp:
             paperprune.save_pruned(pruned, Path(tmp) / "pruned.pt")
-            back = paperprune.load_pruned(Path(tmp) / "pruned.pt", model=lambda: torchvision.models.get_model(
-                name, **dict(EXTRA.get(name, {}), num_classes=CLASSES, **({"image_size": size}
-                                                                        if name.startswith("vit_") else {}))))
+            back = paperprune.load_pruned(Path(tmp) / "pruned.pt",
+                                          model=lambda: torchvision.models.get_model(name, **kwargs_of(name, size)))
         with torch.no_grad():
             again = back.double()(sample)
         row.update(layers=len(report.layers), macs_before=base, reduction=1 - macs / base,

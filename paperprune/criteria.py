@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .discover import unit_width
 from .ib import check_statistics
 from .lasso import SOLVER_MAX_ITER
 from .utils import PaperpruneError
@@ -205,12 +206,12 @@ class RandomCriterion(ScoreCriterion):
 
     def channel_scores(self, model, layers, calibration):
         gen = torch.Generator().manual_seed(self.seed)
-        return {layer.name: torch.rand(_conv(model, layer).out_channels, generator=gen, dtype=torch.float64)
+        return {layer.name: torch.rand(unit_width(_conv(model, layer)), generator=gen, dtype=torch.float64)
                 for layer in layers}
 
 
 class L1Criterion(ScoreCriterion):
-    """Filter L1 norm, sum |W[k, :, :, :]| (Li et al., ICLR 2017)."""
+    """Filter L1 norm, sum |W[k, :, :, :]| (Li et al., ICLR 2017); a linear root's row norm sum |W[k, :]|."""
 
     name = "l1"
 
@@ -227,6 +228,12 @@ class HRankCriterion(ScoreCriterion):
         from .ib import channel_features
 
         features = channel_features(model, layers, calibration.images, spatial=True)
+        for name, fm in features.items():
+            if fm.dim() != 4:
+                raise PaperpruneError(
+                    f"hrank: layer {name!r} gives features of shape {tuple(fm.shape[1:])} per image (channels "
+                    "first), not (C, H, W) maps: HRank ranks a channel's 2-D map, which a sequence of tokens is "
+                    "not; use l1 or a lasso criterion for this model, or leave this layer out (layers=)")
         return {name: torch.linalg.matrix_rank(fm.double()).double().mean(0) for name, fm in features.items()}
 
 
@@ -578,5 +585,6 @@ def _taxonomy(criterion: LassoCriterion) -> dict[str, list[int]]:
     return criterion.calibration_taxonomy
 
 
-def _conv(model: nn.Module, layer) -> nn.Conv2d:
+def _conv(model: nn.Module, layer) -> nn.Module:
+    """The layer's root module: a conv, or a linear layer (an MLP's hidden width)."""
     return model.get_submodule(layer.conv)

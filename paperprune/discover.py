@@ -12,6 +12,8 @@ the group of removing its output channels is classified (`classify_group`):
   through a multiplication (a squeeze-excitation gate) stays inside the group. Prunable by
   default: these are the widths the lineage prunes.
 - `residual`: the width is added to another conv's output (a residual add): kept.
+- `coupled`: an MLP's hidden features that reach more than activations and the next linear
+  layers (below): kept.
 - `concat`: the channels are concatenated with others (DenseNet, Inception outputs): kept
   by default, as the lineage keeps them for torchvision-style Inception and DenseNet.
 - `grouped`: a grouped (not depthwise) conv (RegNet's, ResNeXt's) reads them, or writes them.
@@ -23,6 +25,16 @@ the group of removing its output channels is classified (`classify_group`):
   after a concatenation makes the group 'concat', and surgery refuses it by `channel_groups`).
   A width written by a grouped conv and read by an ordinary one (the ResNeXt bottleneck's middle
   width) is pruned as its own layer, in the writer's groups, beside the width the writer reads.
+
+The hidden width of an MLP is found the same way: for every linear layer applied to tokens
+(N, L, C) or channels-last maps (N, H, W, C) whose output features pass one or more channel-wise
+activations into linear layers reading exactly them (`_mlp_candidate`), the group of removing
+its output features is built. It is `inner` when it holds nothing but the activations, the next
+linear layers' input features and the reshapes of applying them to tokens; `coupled` (kept) when
+anything else takes part (a LayerNorm over the features, a split into attention heads, a
+flatten); residual streams stay whole as for convs. A classifier head's hidden layers, on (N, C)
+vectors, are not considered. The layer's `conv` is then that linear layer, its channels last
+(`channel_axis`).
 
 Each prunable group becomes a `PrunableLayer`: `conv` the group's root conv, `observe` (and
 `activation`) the point where the channels are as the next layer consumes them (after BN,
@@ -46,10 +58,10 @@ from torch import nn
 from .models import PrunableLayer
 from .utils import PaperpruneError
 
-__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_groups", "check_input_size", "classify_group", "discover",
-           "example_input"]
+__all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_axis", "channel_groups", "check_input_size",
+           "classify_group", "discover", "example_input", "unit_width"]
 
-KINDS = ("inner", "concat", "grouped", "residual")
+KINDS = ("inner", "concat", "grouped", "residual", "coupled")
 
 _CONV = nn.modules.conv._ConvNd
 _BN = nn.modules.batchnorm._BatchNorm
@@ -62,6 +74,17 @@ FUNCTIONAL = {"ReluBackward0": "relu", "SiluBackward0": "silu", "HardswishBackwa
 #: channel-wise unary ops the observation walk passes through (their parameters, if any, live in a module)
 _UNARY = set(FUNCTIONAL) | {"HardtanhBackward0", "LeakyReluBackward0", "EluBackward0", "PreluKernelBackward0",
                              "SoftplusBackward0"}
+
+
+def unit_width(module: nn.Module) -> int:
+    """The prunable width of a layer's root module: a conv's output channels, a linear layer's output features."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def channel_axis(module: nn.Module) -> int:
+    """Where the root module puts its channels in its output: 1 for a conv (N, C, ...), -1 for a linear
+    layer (N, ..., C): tokens (N, L, C) or channels-last maps (N, H, W, C)."""
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
 def check_input_size(input_size) -> tuple[int, ...]:
@@ -175,9 +198,12 @@ class _Trace:
         self.producers: dict = {}
         self.calls: dict[nn.Module, int] = {}
         self.order: list[nn.Module] = []
+        self.dims: dict[nn.Module, int] = {}
 
         def record(module, inputs, output):
             self.calls[module] = self.calls.get(module, 0) + 1
+            if inputs and torch.is_tensor(inputs[0]):
+                self.dims.setdefault(module, inputs[0].dim())
             if module not in self.order:
                 self.order.append(module)
             if torch.is_tensor(output) and output.grad_fn is not None:
@@ -316,7 +342,8 @@ def _classifier(trace: _Trace) -> str | None:
 
 
 def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> Discovery:
-    """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor) and its classifier.
+    """The prunable layers of `model` (any CNN taking one (B, C, H, W) tensor, MLP hidden widths
+    included) and its classifier.
 
     `include` lists the group kinds to prune (module docstring): the default is the lineage's
     convention, inner widths, those read by grouped convs included (kept in equal parts per
@@ -332,27 +359,110 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     trace = _Trace(model, example_input(model, input_size))
     classifier = _classifier(trace)
     layers, skipped, covered = [], {}, set()
-    for conv in [m for m in trace.order if isinstance(m, _CONV)]:
-        name = trace.names[conv]
-        if _is_depthwise(conv) or conv not in trace.dg.module2node or conv in covered or name == classifier:
-            continue  # depthwise convs and gates go with the group of the conv that feeds them
-        group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-        covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
-        kind, cause = classify_group(group, conv, trace.names)
-        if kind in include:
-            try:
-                channel_groups(group, conv, trace.names)
-            except PaperpruneError:  # a grouped conv reads them among others: the parts are not this layer's
-                skipped[name] = (kind, cause)
-                continue
-        if kind not in include:
-            skipped[name] = (kind, cause)
+    for module in trace.order:
+        name = trace.names[module]
+        if module not in trace.dg.module2node or module in covered or name == classifier:
             continue
-        members = {dep.target for dep, _ in group}
-        chain = _walk(trace.dg.module2node[conv], members)
-        observe, activation = _observation(trace, name, chain)
-        consumers = {dep.target.module for dep, _ in group if dep.handler not in _OUT_FNS
-                     and isinstance(dep.target.module, (_CONV, nn.Linear)) and not _is_depthwise(dep.target.module)}
-        layers.append(PrunableLayer(name=name, conv=name, observe=observe,
-                                    consumer=_consumer(trace, chain[-1], consumers), activation=activation))
+        if isinstance(module, _CONV) and not _is_depthwise(module):  # depthwise convs and gates go with their feeder
+            layer, kind, cause = _conv_layer(trace, module, include, covered)
+        elif isinstance(module, nn.Linear) and trace.dims.get(module, 2) > 2 and _mlp_candidate(trace, module):
+            layer, kind, cause = _linear_layer(trace, module, include, covered)
+        else:
+            continue
+        if layer is None:
+            skipped[name] = (kind, cause)
+        else:
+            layers.append(layer)
     return Discovery(layers=layers, classifier=classifier, skipped=skipped)
+
+
+def _conv_layer(trace: _Trace, conv: nn.Module, include, covered: set):
+    """(layer or None, kind, cause) of the group removing `conv`'s output channels."""
+    name = trace.names[conv]
+    group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
+    kind, cause = classify_group(group, conv, trace.names)
+    if kind not in include:
+        return None, kind, cause
+    try:
+        channel_groups(group, conv, trace.names)
+    except PaperpruneError:  # a grouped conv reads them among others: the parts are not this layer's
+        return None, kind, cause
+    members = {dep.target for dep, _ in group}
+    chain = _walk(trace.dg.module2node[conv], members)
+    return _layer(trace, name, group, chain), kind, cause
+
+
+def _linear_layer(trace: _Trace, linear: nn.Linear, include, covered: set):
+    """(layer or None, kind, cause) of the group removing the output features of `linear`, a linear layer
+    applied to tokens or channels-last maps (an MLP's first layer): 'inner' when the features pass only
+    channel-wise activations on their way to the input features of linear layers of the same width."""
+    name = trace.names[linear]
+    group = trace.dg.get_pruning_group(linear, tp.prune_linear_out_channels, idxs=list(range(linear.out_features)))
+    covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
+    kind, cause = classify_group(group, linear, trace.names)
+    members = {dep.target for dep, _ in group}
+    chain = _walk(trace.dg.module2node[linear], members)
+    if kind == "inner":
+        kind, cause = _mlp_kind(group, linear, chain, trace.names)
+    if kind not in include or kind == "grouped":
+        return None, kind, cause
+    return _layer(trace, name, group, chain), kind, cause
+
+
+#: the autograd steps of a linear layer applied to a (N, ..., C) tensor (flatten, matrix product, reshape)
+_LINEAR_STEPS = {"AddmmBackward0", "MmBackward0", "TBackward0", "ViewBackward0", "UnsafeViewBackward0",
+                 "ReshapeAliasBackward0", "MatmulBackward0"}
+
+
+def _mlp_candidate(trace: _Trace, linear: nn.Linear, limit: int = 16) -> bool:
+    """Does `linear`'s output pass one or more channel-wise activations, and then only the steps of
+    applying a linear layer, into linear layers reading exactly its features? (An MLP's first layer: its
+    group is worth building; a residual stream's writers, whose groups span whole stages, are not.)"""
+    node = trace.dg.module2node[linear]
+    outs, activations = list(dict.fromkeys(node.outputs)), 0
+    while len(outs) == 1 and _op(outs[0]) in _UNARY:
+        node, activations = outs[0], activations + 1
+        outs = list(dict.fromkeys(node.outputs))
+    todo, seen, readers = deque(outs), set(outs), 0
+    while todo and len(seen) < limit:
+        node = todo.popleft()
+        module = node.module
+        if isinstance(module, nn.Linear):
+            if module.in_features != linear.out_features:
+                return False
+            readers += 1
+            continue
+        if node.type != tp.ops.OPTYPE.RESHAPE and _op(node) not in _LINEAR_STEPS:
+            return False
+        for out in node.outputs:
+            if out not in seen:
+                seen.add(out)
+                todo.append(out)
+    return activations > 0 and readers > 0 and not todo
+
+
+def _mlp_kind(group, root: nn.Linear, chain, names: dict) -> tuple[str, str | None]:
+    """'inner' if every member of `root`'s group is the root, a channel-wise step of `chain`, a linear
+    layer reading exactly these features, or a step of applying such a layer to tokens; else ('coupled',
+    the first other member): a LayerNorm over the features, a split into attention heads, a flatten, ..."""
+    for dep, _ in group:
+        node, target = dep.target, dep.target.module
+        if target is root or node in chain:
+            continue
+        if isinstance(target, nn.Linear) and dep.handler is tp.prune_linear_in_channels \
+                and target.in_features == root.out_features:
+            continue
+        if node.type == tp.ops.OPTYPE.RESHAPE or _op(node) in _LINEAR_STEPS:
+            continue
+        return "coupled", names.get(target, f"{node.name}")
+    return "inner", None
+
+
+def _layer(trace: _Trace, name: str, group, chain) -> PrunableLayer:
+    """The PrunableLayer of a group: observed at the end of its channel-wise chain, read by its first consumer."""
+    observe, activation = _observation(trace, name, chain)
+    consumers = {dep.target.module for dep, _ in group if dep.handler not in _OUT_FNS
+                 and isinstance(dep.target.module, (_CONV, nn.Linear)) and not _is_depthwise(dep.target.module)}
+    return PrunableLayer(name=name, conv=name, observe=observe, consumer=_consumer(trace, chain[-1], consumers),
+                         activation=activation)

@@ -602,6 +602,15 @@ def _activation(model: nn.Module, layer) -> Callable[[Tensor], Tensor] | None:
     return _submodule(model, name, f"activation ({layer.name})")
 
 
+def _channel_axis(model: nn.Module, layer) -> int:
+    """Where the layer's root module (`conv`, absent for a bare observation) puts its channels: 1 for a
+    conv, -1 for a linear layer on tokens or channels-last maps (`paperprune.discover.channel_axis`)."""
+    from .discover import channel_axis
+
+    root = getattr(layer, "conv", None)
+    return channel_axis(_submodule(model, root, f"conv ({layer.name})")) if root else 1
+
+
 class _Observed(Exception):
     """Raised by the last observation hook to end a forward pass early."""
 
@@ -611,7 +620,8 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
              order: Tensor | None = None, sink=None
              ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, tuple[int, ...]]]:
     """Run `images` through `model` (eval, no grad) and gather each layer's observed
-    output as a (C, N, H*W) tensor on `device`; also the model outputs (N, K) if asked, and
+    output as a (C, N, H*W) tensor on `device` (the channels of a linear root, last in its output, moved
+    first: (N, L, C) tokens give (C, N, L)); also the model outputs (N, K) if asked, and
     each layer's spatial shape (H, W).
     Without `keep_outputs`, every batch after the first stops once each observed module has
     run (the first runs whole, so that a module running twice is still caught).
@@ -626,6 +636,7 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
     model_device, model_dtype = _model_device_dtype(model)
     modules = {layer.name: _submodule(model, layer.observe, f"observe ({layer.name})") for layer in layers}
     activations = {layer.name: _activation(model, layer) for layer in layers}
+    axes = {layer.name: _channel_axis(model, layer) for layer in layers}
     buffers: dict[str, Tensor] = {}
     spatial: dict[str, tuple[int, ...]] = {}
     seen: set[str] = set()
@@ -645,6 +656,7 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
             seen.add(name)
             if activations[name] is not None:
                 output = activations[name](output.detach().clone())
+            output = output.movedim(axes[name], 1)  # channels first: (B, C, ...)
             spatial[name] = tuple(output.shape[2:])
             feat = output.detach().reshape(output.shape[0], output.shape[1], -1)
             if sink is not None:

@@ -11,7 +11,8 @@ __all__ = ["PrunableLayer", "init_weights", "layer"]
 
 @dataclass(frozen=True)
 class PrunableLayer:
-    """One prunable layer: `conv` is the module whose output channels may be removed,
+    """One prunable layer: `conv` is the module whose output channels may be removed (a conv, or
+    the nn.Linear whose output features are an MLP's hidden width, channels last),
     `observe` the module whose forward output is those channels as the next layer consumes
     them (after BN and ReLU; the conv itself for DenseNet's pre-activation layers), and
     `consumer` the module that consumes them (the next conv, or the first linear layer):

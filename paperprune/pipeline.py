@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .criteria import LASSO, Calibration, create_criterion
+from .discover import channel_axis, unit_width
 from .features import check_images, first_conv
 from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
@@ -183,8 +184,9 @@ def resolve_layers(model: nn.Module, layers=None) -> list:
                 model.get_submodule(path)
             except AttributeError:
                 raise PaperpruneError(f"prunable layer {layer.name!r}: the model has no module {path!r}") from None
-        if not isinstance(model.get_submodule(layer.conv), nn.Conv2d):
-            raise PaperpruneError(f"prunable layer {layer.name!r}: {layer.conv!r} is not an nn.Conv2d")
+        if not isinstance(model.get_submodule(layer.conv), (nn.Conv2d, nn.Linear)):
+            raise PaperpruneError(f"prunable layer {layer.name!r}: {layer.conv!r} is not an nn.Conv2d (or the "
+                                  "nn.Linear whose output features are an MLP's hidden width)")
         resolved.append(layer)
     return resolved
 
@@ -307,6 +309,7 @@ def check_observed(model: nn.Module, layers, input_size) -> None:
     example = example.to(example_input(model, input_size))
     for layer in layers:
         conv, observe = model.get_submodule(layer.conv), model.get_submodule(layer.observe)
+        axis = channel_axis(conv)
 
         def observed(delta):
             got = []
@@ -314,19 +317,22 @@ def check_observed(model: nn.Module, layers, input_size) -> None:
             def shift(m, i, o):
                 if delta:
                     o = o.clone()
-                    o[:, 0] += delta * (1.0 + o.abs().max())
+                    o.select(axis, 0).add_(delta * (1.0 + o.abs().max()))
                     return o
-            _forward(model, example, {conv: shift, observe: lambda m, i, o: got.append(o)})
+
+            def keep(m, i, o):
+                got.append(o.movedim(axis, 1) if torch.is_tensor(o) and o.dim() >= 2 else o)
+            _forward(model, example, {conv: shift, observe: keep})
             return got[0] if got else None
 
         plain = observed(0.0)
         bad = f"layer {layer.name!r}: observe={layer.observe!r} "
         fix = (f"; observe the module whose output is {layer.conv!r}'s own channels after its BN and activation "
                "(e.g. its ReLU)")
-        if not torch.is_tensor(plain) or plain.dim() < 2 or plain.shape[1] != conv.out_channels:
-            shape = tuple(plain.shape) if torch.is_tensor(plain) else None
+        if not torch.is_tensor(plain) or plain.dim() < 2 or plain.shape[1] != unit_width(conv):
+            shape = tuple(plain.movedim(1, axis).shape) if torch.is_tensor(plain) and plain.dim() >= 2 else None
             raise PaperpruneError(f"{bad}gives {'no tensor' if shape is None else f'shape {shape}'}, not the "
-                                  f"{conv.out_channels} channels of {layer.conv!r}{fix}")
+                                  f"{unit_width(conv)} channels of {layer.conv!r}{fix}")
         moved = set()
         for delta in (10.0, -10.0):
             diff = (observed(delta) - plain).abs().flatten(2).amax(-1).amax(0)
@@ -690,7 +696,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     timings["selection_s"] = time.perf_counter() - start - timings.get("latency_table_s", 0.0)
 
     start = time.perf_counter()
-    before = {layer.name: model.get_submodule(layer.conv).out_channels for layer in layers}
+    before = {layer.name: unit_width(model.get_submodule(layer.conv)) for layer in layers}
     pruned = prune_channels(model, layers, selection.keep, input_size)
     timings["surgery_s"] = time.perf_counter() - start
     macs, params = count_flops_params(pruned, input_size)

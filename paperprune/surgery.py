@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import channel_groups, check_input_size, classify_group, example_input
+from .discover import channel_groups, check_input_size, classify_group, example_input, unit_width
 from .utils import PaperpruneError, atomic_torch_save
 
 __all__ = ["COUNTED", "FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels",
@@ -54,7 +54,8 @@ _RECORDED = (_CONV, nn.Linear, _BN, nn.AdaptiveAvgPool2d)
 
 
 def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
-    """Map each prunable layer's name to its conv module (METHOD.md section 2)."""
+    """Map each prunable layer's name to its root module (METHOD.md section 2): a conv, or the linear layer
+    whose output features are an MLP's hidden width (`paperprune.discover`)."""
     convs = {}
     for layer in layers:
         try:
@@ -62,10 +63,10 @@ def _layer_convs(model: nn.Module, layers) -> dict[str, nn.Module]:
         except AttributeError:
             raise PaperpruneError(f"prunable layer {layer.name!r}: the model has no module {layer.conv!r}; "
                                   f"pass layers from paperprune.models.prunable_layers(model)") from None
-        if not isinstance(conv, _CONV):
+        if not isinstance(conv, (_CONV, nn.Linear)):
             raise PaperpruneError(f"prunable layer {layer.name!r}: module {layer.conv!r} is a "
-                                  f"{type(conv).__name__}, not a convolution")
-        if conv.groups != 1 and conv.groups == conv.in_channels == conv.out_channels:
+                                  f"{type(conv).__name__}, not a convolution or a linear layer")
+        if isinstance(conv, _CONV) and conv.groups != 1 and conv.groups == conv.in_channels == conv.out_channels:
             raise PaperpruneError(
                 f"prunable layer {layer.name!r}: {layer.conv!r} is a depthwise convolution (groups={conv.groups}); "
                 f"its channels are pruned together with the conv that feeds them, never on their own. Name that "
@@ -126,7 +127,8 @@ class _Graph:
         """
         if conv not in self.dg.module2node:
             raise PaperpruneError(f"prunable layer {name!r}: its conv is not used in the model's forward pass")
-        group = self.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(idxs))
+        handler = tp.prune_linear_out_channels if isinstance(conv, nn.Linear) else tp.prune_conv_out_channels
+        group = self.dg.get_pruning_group(conv, handler, idxs=list(idxs))
         kind, cause = classify_group(group, conv, self.names)
         if kind == "residual":
             raise PaperpruneError(
@@ -177,7 +179,7 @@ def _removed_channels(name: str, conv: nn.Module, kept) -> list[int]:
         raise PaperpruneError(f"keep[{name!r}] must hold integer channel indices, got dtype {idx.dtype}")
     if idx.ndim != 1:
         raise PaperpruneError(f"keep[{name!r}] must be a 1-D list of channel indices, got shape {tuple(idx.shape)}")
-    width = conv.out_channels
+    width = unit_width(conv)
     idx = idx.long().cpu()
     if int(idx.min()) < 0 or int(idx.max()) >= width:
         raise PaperpruneError(f"keep[{name!r}] has indices outside [0, {width}): "
@@ -223,8 +225,8 @@ def prune_channels(model: nn.Module, layers, keep: Mapping[str, torch.Tensor | S
 
 
 def widths(model: nn.Module, layers) -> dict[str, int]:
-    """Current output-channel count of every prunable layer's conv."""
-    return {name: conv.out_channels for name, conv in _layer_convs(model, layers).items()}
+    """Current width of every prunable layer: its conv's output channels (a linear root's output features)."""
+    return {name: unit_width(conv) for name, conv in _layer_convs(model, layers).items()}
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ class MacsPredictor:
         convs = _layer_convs(model, layers)
         self.names = list(convs)
         self.bn = bool(bn)
-        self.full_widths = {name: conv.out_channels for name, conv in convs.items()}
+        self.full_widths = {name: unit_width(conv) for name, conv in convs.items()}
         self._index = {name: j for j, name in enumerate(self.names)}
 
         graph = _Graph(model, input_size)
@@ -287,6 +289,10 @@ class MacsPredictor:
         self._kernel = ints(math.prod(m.kernel_size) if isinstance(m, _CONV) else 1 for m in counted)
         self._macs_factor = ints(graph.positions[m] for m in counted) * self._kernel
         self._bias = ints(m.bias is not None for m in counted)
+        # conv/linear modules whose weights the forward uses without calling them (an attention's out_proj,
+        # applied by a functional call): no MACs are counted for them, their parameters are (count_params)
+        self._idle_params = sum(p.numel() for m in model.modules() if isinstance(m, COUNTED)
+                                and m not in graph.positions for p in m.parameters(recurse=False))
         self._ch0 = ints([m.num_features for m in norms] + [graph.pool_channels[m] for m in pools])
         self._ch_macs = ints([graph.positions[m] * (2 if m.affine else 1) for m in norms]
                              + [graph.positions[m] for m in pools])
@@ -298,7 +304,7 @@ class MacsPredictor:
         in_fns = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
         self.channel_groups = {}
         for j, (name, conv) in enumerate(convs.items()):
-            width = conv.out_channels
+            width = unit_width(conv)
             group = graph.group(name, conv, range(width))
             self.channel_groups[name] = channel_groups(group, conv, graph.names)
             for dep, idxs in group:
@@ -341,7 +347,7 @@ class MacsPredictor:
         c_out = self._out0 - self._a_out @ r
         weights = c_in * c_out // self._div
         macs = int(self._macs_factor @ weights)
-        params = int(self._kernel @ weights + self._bias @ c_out)
+        params = int(self._kernel @ weights + self._bias @ c_out) + self._idle_params
         if self.bn:
             channels = self._ch0 - self._a_ch @ r
             macs += int(self._ch_macs @ channels)

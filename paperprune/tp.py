@@ -9,7 +9,8 @@ it gives one score per channel of every group Torch-Pruning's pruner asks about:
   section 2, with a 1e-12 multiple of the channel's relevance to order the rows the lasso zeroed;
 - `l1`, `hrank`, `random`: the criterion's scores, divided by their layer's maximum.
 
-Groups are matched by the conv whose output channels they remove. Which convs are scored:
+Groups are matched by the conv whose output channels they remove (or the linear layer whose output
+features, an MLP's hidden width, they remove). Which convs are scored:
 the model's own prunable layers, `layers=`, or those `paperprune.discover` finds (by default
 the inner widths and the widths read by grouped convs, which Torch-Pruning keeps aligned);
 every other group (residual widths above all) gets None, which Torch-Pruning's pruners skip.
@@ -26,6 +27,7 @@ import torch
 import torch_pruning
 from torch import nn
 
+from .discover import unit_width
 from .utils import PaperpruneError
 
 __all__ = ["Importance"]
@@ -149,9 +151,9 @@ class Importance(torch_pruning.importance.Importance):
             if module not in self.scores or not group._DG.is_out_channel_pruning_fn(item.dep.handler):
                 continue
             scores = self.scores[module]
-            if module.out_channels != scores.numel():
+            if unit_width(module) != scores.numel():
                 raise PaperpruneError(
-                    f"{self.names[module]!r} has {module.out_channels} channels but the importance was prepared "
+                    f"{self.names[module]!r} has {unit_width(module)} channels but the importance was prepared "
                     f"on {scores.numel()}; prepare it again after each pruning step (iterative_steps=1)")
             position = {int(r): j for j, r in enumerate(root.root_idxs)}
             out = torch.zeros(len(root.idxs))

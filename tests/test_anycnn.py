@@ -625,3 +625,153 @@ def test_bench_torchvision_tables_a_pruned_and_a_refused_model(tmp_path):
     assert "**1 of 2 pruned (50%).**" in text and f"torchvision {torchvision.__version__}" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert " pruned " in rows["squeezenet1_0"] and " refused " in rows["shufflenet_v2_x0_5"]
+
+
+# ---------------------------------------------------------------- MLP hidden widths (ConvNeXt-, ViT-style)
+class TinyConvNeXt(nn.Module):
+    """Two ConvNeXt blocks: depthwise conv -> channels-last LayerNorm -> Linear -> GELU -> Linear, added to the
+    stream. The hidden width (4 x 8) of each MLP is prunable; the stream (8) is residual."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(dw=nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+                                                       norm=nn.LayerNorm(dim), fc1=nn.Linear(dim, 4 * dim),
+                                                       act=nn.GELU(), fc2=nn.Linear(4 * dim, dim)))
+                                    for _ in range(2))
+        self.head = nn.Linear(dim, CLASSES)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            y = b["norm"](b["dw"](x).permute(0, 2, 3, 1))
+            x = x + b["fc2"](b["act"](b["fc1"](y))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, a class token, two pre-norm blocks of attention (nn.MultiheadAttention) and an MLP on
+    (N, L, C) tokens; the MLPs' hidden widths (Linear -> GELU -> Linear) are prunable, attention is not."""
+
+    def __init__(self, dim=16, hidden=64):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(ln1=nn.LayerNorm(dim), attn=nn.MultiheadAttention(
+            dim, 2, batch_first=True), ln2=nn.LayerNorm(dim), mlp=nn.Sequential(
+                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim)))) for _ in range(2))
+        self.head = nn.Linear(dim, CLASSES)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+        for b in self.blocks:
+            y = b["ln1"](x)
+            x = x + b["attn"](y, y, y, need_weights=False)[0]
+            x = x + b["mlp"](b["ln2"](x))
+        return self.head(x[:, 0])
+
+
+def mlp_masked_output(model, report, x):
+    """The unpruned model's output with each removed hidden feature zeroed on the last axis of the input of
+    the linear layer that reads it (found from Torch-Pruning's group of the removal)."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    zero = {}
+    for row in report.layers:
+        root = model.get_submodule(row["name"])
+        removed = sorted(set(range(root.out_features)) - set(row["kept"]))
+        for dep, idxs in dg.get_pruning_group(root, tp.prune_linear_out_channels, idxs=removed):
+            if dep.handler == tp.prune_linear_in_channels:
+                zero[dep.target.module] = sorted(idxs)
+    hooks = [m.register_forward_pre_hook(lambda m, i, idx=idx: (i[0].index_fill(-1, torch.tensor(idx), 0),))
+             for m, idx in zero.items()]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("cls, expected", [
+    (TinyConvNeXt, (["blocks.0.fc1", "blocks.1.fc1"], ["blocks.0.act", "blocks.1.act"],
+                    ["blocks.0.fc2", "blocks.1.fc2"])),
+    (TinyViT, (["blocks.0.mlp.0", "blocks.1.mlp.0"], ["blocks.0.mlp.1", "blocks.1.mlp.1"],
+               ["blocks.0.mlp.3", "blocks.1.mlp.3"])),
+])
+def test_discovery_finds_mlp_hidden_widths_and_prunes_them_exactly(cls, expected, tmp_path):
+    """Only the MLPs' hidden widths are found (the residual stream, patch/stem conv and attention are kept);
+    prune meets the MACs target, equals the masked original, and saves and loads."""
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    found = discover(model, SIZE)
+    assert ([layer.conv for layer in found.layers], [layer.observe for layer in found.layers],
+            [layer.consumer for layer in found.layers]) == expected
+    assert found.classifier == "head" and {kind for kind, _ in found.skipped.values()} == {"residual"}
+    data = calibration()
+    pruned, report = paperprune.prune(model, data, method="l1", flops_reduction=0.3, samples_per_class=2,
+                                      progress=False)
+    base, macs = count_flops_params(model, SIZE)[0], count_flops_params(pruned, SIZE)[0]
+    assert abs((1 - macs / base) - 0.3) <= 0.01 and (report.macs_before, report.macs_after) == (base, macs)
+    x = data[0][0][:4]
+    expected_out = mlp_masked_output(model, report, x)
+    with torch.no_grad():
+        got, plain = pruned(x), model(x)
+    assert (plain - expected_out).abs().max() > 1e-6
+    torch.testing.assert_close(got, expected_out, rtol=0, atol=1e-9)
+    paperprune.save_pruned(pruned, tmp_path / "p.pt")
+    torch.manual_seed(1)
+    back = paperprune.load_pruned(tmp_path / "p.pt", model=cls)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), got, rtol=0, atol=0)
+
+
+def test_linear_macs_on_tokens_match_torch_flop_counter():
+    """count_flops_params counts a linear layer on (N, L, C) tokens or (N, H, W, C) maps as positions x in x
+    out: the same as torch's FlopCounterMode (FLOPs = 2 MACs) on the model's convs and linear layers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = TinyConvNeXt().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *SIZE))
+    ops = counter.get_flop_counts()["Global"]
+    independent = sum(v for op, v in ops.items() if "conv" in str(op) or "mm" in str(op)) // 2
+    assert count_flops_params(model, SIZE)[0] == independent
+    # by hand: fc1 of a block reads 8 and writes 32 features at each of the 8 x 8 positions
+    from paperprune.flops import layer_macs
+    assert layer_macs(model, SIZE)["blocks.0.fc1"] == 8 * 8 * 8 * 32
+
+
+@pytest.mark.parametrize("method", ["random", "hrank", "stlp", "apib"])
+def test_criteria_read_mlp_features_channels_first(method):
+    """The observed hidden features of a channels-last MLP are moved channels first (N, C, H*W): they equal
+    the GELU's output permuted; every criterion, lasso ones included, prunes the tiny ConvNeXt."""
+    torch.manual_seed(0)
+    model = TinyConvNeXt().double().eval()
+    layers = discover(model, SIZE).layers
+    x = calibration()[0][0]
+    seen = {}
+    handle = model.get_submodule("blocks.0.act").register_forward_hook(lambda m, i, o: seen.setdefault("o", o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    features = channel_features(model, layers[:1], x)[layers[0].name]
+    torch.testing.assert_close(features, seen["o"].permute(0, 3, 1, 2).flatten(2), rtol=0, atol=0)
+    pruned, report = paperprune.prune(model, calibration(), method=method, flops_reduction=0.3, samples_per_class=2,
+                                      progress=False, **({"max_iter": 200} if method in ("stlp", "apib") else {}))
+    assert abs(report.macs_reduction - 0.3) <= 0.01
+    assert all(row["width_after"] <= row["width_before"] for row in report.layers)
+
+
+def test_mlp_refusals_name_the_cause():
+    """hrank on token sequences (no 2-D map to rank) and an observed module that is not the hidden features
+    are refused with what to do."""
+    torch.manual_seed(0)
+    model = TinyViT().double().eval()
+    with pytest.raises(PaperpruneError, match=r"hrank: layer 'blocks.0.mlp.0'.*not \(C, H, W\) maps.*use l1"):
+        paperprune.prune(model, calibration(), method="hrank", flops_reduction=0.3, samples_per_class=2,
+                         progress=False)
+    with pytest.raises(PaperpruneError, match=r"observe='blocks.0.ln2' gives shape \(2, 17, 16\), not the 64 "
+                                              r"channels of 'blocks.0.mlp.0'"):
+        paperprune.prune(model, calibration(), method="l1", flops_reduction=0.3, samples_per_class=2,
+                         layers={"blocks.0.mlp.0": "blocks.0.ln2"}, classifier="head", progress=False)
