@@ -525,7 +525,8 @@ def test_curves_report_and_load(tmp_path):
     _curves_record(tmp_path)
     record = reporting.load_curves(tmp_path)
     written = reporting.curves_report(record, tmp_path / "out")
-    assert set(written) == {"table", "paired_top1", "paired_top1_bn", "curves", "widths", "overlap"}
+    assert set(written) == {"table", "paired_top1", "paired_top1_bn", "structure_top1", "structure_top1_bn", "curves",
+                            "widths", "overlap"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert "widths_60_fashion-mnist_resnet56.png" in {p.name for p in written["widths"]}  # nearest 55%
@@ -536,3 +537,29 @@ def test_curves_report_and_load(tmp_path):
     (tmp_path / "curves.json").write_text(json.dumps(broken))
     with pytest.raises(PaperpruneError, match=r"points\[3\] lacks correct_bn"):
         reporting.load_curves(tmp_path / "curves.json")
+
+
+def test_structure_pairs_the_structured_lasso_with_the_plain_one():
+    """against="structure": sGLP-IB and sTLP-IB against the plain class-wise lasso, never the class-agnostic
+    criteria; the per-seed differences as computed here from the recorded top-1, the interval scipy's."""
+    from scipy import stats
+
+    record = _curves_record()
+    rows = reporting.paired_curves(record, against="structure")
+    assert {(r["target"], r["method"]) for r in rows} == {(t, m) for t in (0.3, 0.6) for m in ("sglp", "stlp")}
+    assert {r["reference"] for r in rows} == {"classwise"}
+    for r in rows:
+        top1 = {m: [p["top1_bn"] for p in sorted(record["points"], key=lambda p: p["seed"])
+                    if p["method"] == m and p["target"] == r["target"]] for m in (r["method"], "classwise")}
+        diffs = np.subtract(top1[r["method"]], top1["classwise"])
+        assert r["diff"] == pytest.approx(diffs.mean())
+        if diffs.std() > 0:
+            low, high = stats.ttest_rel(top1[r["method"]], top1["classwise"]).confidence_interval(0.95)
+            assert (r["low"], r["high"]) == (pytest.approx(low), pytest.approx(high))
+    table = reporting.paired_table(rows, "structure")
+    assert any("plain class-wise lasso" in n for n in table.notes)
+    assert not any("class-agnostic criterion" in n for n in table.notes)
+    without = dict(record, points=[p for p in record["points"] if p["method"] != "classwise"])
+    assert reporting.paired_curves(without, against="structure") == []
+    with pytest.raises(PaperpruneError, match="against='plain' unknown"):
+        reporting.paired_curves(record, against="plain")

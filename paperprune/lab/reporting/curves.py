@@ -15,6 +15,7 @@ A criterion run under the uniform allocation (`paperprune.select`, a curves poin
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 
 from pathlib import Path
@@ -35,10 +36,17 @@ from .tables import Table, write_table
 
 __all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
            "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
-           "curves_report"]
+           "curves_report", "PAIRINGS", "STRUCTURE_REFERENCE"]
 
 #: curves metric -> (its per-image correctness key, what it measures)
 CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after adaptive BN")}
+
+#: the reference of the structure comparison: sGLP-IB and sTLP-IB against the same lasso without their structure
+STRUCTURE_REFERENCE = "classwise"
+
+#: what `paired_curves` compares -> (table file prefix, table title's start)
+PAIRINGS = {"agnostic": ("paired", "Class-wise vs best class-agnostic criterion"),
+            "structure": ("structure", "Class structure vs the plain class-wise lasso")}
 
 
 # --------------------------------------------------------------------------- loading
@@ -126,16 +134,21 @@ def curves_table(record: dict) -> Table:
 
 
 def paired_table(rows: Sequence[dict], title: str) -> Table:
-    """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against the best
-    class-agnostic one, its mean paired difference in top-1 points and the t-interval over seeds."""
+    """Rows of `paired_curves` / `paired_runs` as a table: each class-wise criterion against its reference
+    (the best class-agnostic criterion, or the plain class-wise lasso for the structure comparison), its
+    mean paired difference in top-1 points and the t-interval over seeds."""
     body = [[r["arch"], "—" if r["target"] is None else f"{100 * r['target']:g}", method_label(r["method"]),
              method_label(r["reference"]),
              f"{r['mean']:.2f}", f"{r['reference_mean']:.2f}", f"{r['diff']:+.2f}",
              _interval(r), str(r["seeds"]), str(r["images"]),
              f"{100 * r['macs_reduction']:.1f} / {100 * r['reference_macs_reduction']:.1f}"] for r in rows]
     confidence = {r["confidence"] for r in rows} or {0.95}
-    notes = ["Against: the class-agnostic criterion (l1, hrank, apib, random, under either allocation) with the "
-             "highest mean top-1 at that target. Δ = method − against, in top-1 points: the mean over seeds of "
+    structure = bool(rows) and all(r["reference"] == STRUCTURE_REFERENCE for r in rows)
+    against = ("Against: the plain class-wise lasso (the same statistics and solver without the class graph or "
+               "tree), so Δ is what the class structure adds." if structure else
+               "Against: the class-agnostic criterion (l1, hrank, apib, random, under either allocation) with the "
+               "highest mean top-1 at that target.")
+    notes = [against + " Δ = method − against, in top-1 points: the mean over seeds of "
              "the per-seed differences on the same seeds and test images.",
              _ci_note(max(confidence)),
              "Means are over the seeds both criteria have; FLOPs ↓ is method / against."]
@@ -171,20 +184,28 @@ def _classwise_rank(key: str) -> tuple:
 
 
 def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], context: dict,
-             confidence: float) -> list[dict]:
+             confidence: float, against: str = "agnostic") -> list[dict]:
     """by_method[key][seed] = (correct per image, top-1, macs_reduction), keys as `_key` gives them:
     each class-wise criterion against the class-agnostic one (under either allocation) with the
-    highest mean top-1, over the seeds both have."""
+    highest mean top-1 (`against="agnostic"`), or each structured criterion against the plain
+    class-wise lasso (`against="structure"`), over the seeds both have."""
     def base(key: str) -> str:
         return key.split(":")[0]
 
-    agnostic = [m for m in by_method if base(m) in AGNOSTIC and by_method[m]]
-    if not agnostic:
-        return []
-    best = max(sorted(agnostic, key=lambda m: (AGNOSTIC.index(base(m)), m)),  # ties: the earlier in AGNOSTIC
-               key=lambda m: np.mean([v[1] for v in by_method[m].values()]))
+    if against == "structure":
+        if not by_method.get(STRUCTURE_REFERENCE):
+            return []
+        best = STRUCTURE_REFERENCE
+        candidates = [m for m in by_method if base(m) in CLASSWISE and m != best and by_method[m]]
+    else:
+        agnostic = [m for m in by_method if base(m) in AGNOSTIC and by_method[m]]
+        if not agnostic:
+            return []
+        best = max(sorted(agnostic, key=lambda m: (AGNOSTIC.index(base(m)), m)),  # ties: the earlier in AGNOSTIC
+                   key=lambda m: np.mean([v[1] for v in by_method[m].values()]))
+        candidates = [m for m in by_method if base(m) in CLASSWISE and by_method[m]]
     rows = []
-    for method in sorted((m for m in by_method if base(m) in CLASSWISE and by_method[m]), key=_classwise_rank):
+    for method in sorted(candidates, key=_classwise_rank):
         seeds = sorted(set(by_method[method]) & set(by_method[best]))
         if not seeds:
             continue
@@ -203,14 +224,18 @@ def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], c
     return rows
 
 
-def paired_curves(record: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> list[dict]:
+def paired_curves(record: dict, metric: str = "top1_bn", *, against: str = "agnostic",
+                  confidence: float = 0.95) -> list[dict]:
     """At each target of a curves record: each class-wise criterion's paired difference in `metric`
-    ("top1_bn" or "top1") from the best class-agnostic one. Rows: dataset, arch, target, metric,
+    ("top1_bn" or "top1") from the best class-agnostic one (`against="agnostic"`), or sGLP-IB's and
+    sTLP-IB's from the plain class-wise lasso (`against="structure"`). Rows: dataset, arch, target, metric,
     method, reference, mean, reference_mean, macs_reduction, reference_macs_reduction, and the
     paired difference over seeds: diff, std, low, high (None for one seed), confidence, interval
     ("t"), seeds (n), images."""
     if metric not in CURVE_METRICS:
         raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    if against not in PAIRINGS:
+        raise PaperpruneError(f"against={against!r} unknown; use one of {', '.join(PAIRINGS)}")
     key = CURVE_METRICS[metric][0]
     c = record["config"]
     rows = []
@@ -219,7 +244,7 @@ def paired_curves(record: dict, metric: str = "top1_bn", *, confidence: float = 
         for p in _ok(record, target):
             by_method.setdefault(_key(p), {})[p["seed"]] = (unpack_correct(p[key]), p[metric], p["macs_reduction"])
         context = {"dataset": c.get("dataset"), "arch": c.get("arch"), "target": target, "metric": metric}
-        rows += _compare(by_method, context, confidence)
+        rows += _compare(by_method, context, confidence, against)
     return rows
 
 
@@ -436,12 +461,13 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     targets = _targets(record)
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
-    for metric, (_, what) in CURVE_METRICS.items():
-        rows = paired_curves(record, metric)
-        title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {record_title(record)}"
+    for (against, (prefix, start)), (metric, (_, what)) in itertools.product(PAIRINGS.items(),
+                                                                             CURVE_METRICS.items()):
+        rows = paired_curves(record, metric, against=against)
+        title = f"{start}, {what}, no fine-tuning: {record_title(record)}"
         if rows:
-            written[f"paired_{metric}"] = write_table(paired_table(rows, title), out / "tables",
-                                                      f"paired_{metric}_{stem}")
+            written[f"{prefix}_{metric}"] = write_table(paired_table(rows, title), out / "tables",
+                                                        f"{prefix}_{metric}_{stem}")
     written["curves"] = save_figure(plot_curves(record, errorbar), out / "figures", f"curves_{stem}")
     written["widths"] = save_figure(plot_curve_widths(record, target, errorbar), out / "figures",
                                     f"widths_{100 * target:g}_{stem}")

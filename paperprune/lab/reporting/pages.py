@@ -14,12 +14,13 @@ differences and their t-interval (`paperprune.lab.seeds.paired_difference`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .curves import (CURVE_METRICS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table,
+from .curves import (CURVE_METRICS, PAIRINGS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table,
                      record_title, record_variant, variant_table)
 from ...select import entry_name
 from .records import complete_runs, load_runs, method_label, method_rank
@@ -210,13 +211,15 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
         lines += _table_block(curves_table(record), f"{rel}/tables/curves_{stem}.md")
         lines += _figure(figures / "figures" / f"curves_{stem}.png", figures.parent,
                          f"top-1 against FLOPs reduction, {record_title(record)}")
-        for metric, (_, what) in CURVE_METRICS.items():
-            rows = paired_curves(record, metric)
+        for (against, (prefix, start)), (metric, (_, what)) in itertools.product(PAIRINGS.items(),
+                                                                                 CURVE_METRICS.items()):
+            rows = paired_curves(record, metric, against=against)
             if rows:
-                title = f"Class-wise vs best class-agnostic criterion, {what}, no fine-tuning: {record_title(record)}"
+                title = f"{start}, {what}, no fine-tuning: {record_title(record)}"
                 lines += [_summary(rows), ""]
-                lines += _table_block(paired_table(rows, title), f"{rel}/tables/paired_{metric}_{stem}.md")
-                verdict.append((f"{record_title(record)}, {what}, no fine-tuning ({name})", rows))
+                lines += _table_block(paired_table(rows, title), f"{rel}/tables/{prefix}_{metric}_{stem}.md")
+                versus = "" if against == "agnostic" else ", structure vs plain lasso"
+                verdict.append((f"{record_title(record)}, {what}, no fine-tuning{versus} ({name})", rows))
     for _, record, main in found.variants:
         lines += [f"### Ablation: {record_title(record)}", ""]
         lines += _table_block(variant_table(main, record, "top1_bn"),
@@ -258,7 +261,8 @@ def results_page(figures_root: str | Path, descriptions: Mapping[str, str]) -> s
             "tests/test_docs_results.py fails when this page and the records disagree. Every comparison pairs a "
             "class-wise criterion with the class-agnostic criterion (L1, HRank, APIB, random, under either "
             "allocation) that has the highest mean top-1 at that target, over the same seeds and test images; the "
-            "interval is the 95% t-interval of the mean per-seed difference (n − 1 degrees of freedom, "
+            "structure comparisons pair sGLP-IB and sTLP-IB with the plain class-wise lasso, which differs from them "
+            "only by the class graph or tree. The interval is the 95% t-interval of the mean per-seed difference (n − 1 degrees of freedom, "
             "`paperprune.lab.seeds.paired_difference`, METHOD.md section 6). Top-1 is the final evaluation, never a "
             "best epoch. How to rerun each profile: [Reproducing](reproducing.md).", "",
             "## The verdict, comparison by comparison", ""]
