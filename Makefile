@@ -11,19 +11,20 @@ JOBS ?= 1
 TESTS ?= tests notebooks/0*.ipynb
 # the tutorials whose asserts a near-tie could decide: solver convergence, kept sets against cvxpy's, counts over
 # calibration draws (00, 01 and 05 assert with margins far above the last digits, or read records only)
-ONE_THREAD_TUTORIALS ?= notebooks/02_sglp_ib.ipynb notebooks/03_stlp_ib.ipynb notebooks/04_what_changes_the_selection.ipynb
+THREAD_SENSITIVE_TUTORIALS ?= notebooks/02_sglp_ib.ipynb notebooks/03_stlp_ib.ipynb notebooks/04_what_changes_the_selection.ipynb
 
 .PHONY: reproduce test install data browser docs benchmarks lab clean
 
 reproduce: install data
 	$(PY) -m paperprune.lab.reproduce --profile $(PROFILE) --jobs $(JOBS)
 
-# The tutorials run with the default threads, and those of ONE_THREAD_TUTORIALS again with one: a reduction's
-# order (and so the last digits of a result) depends on the thread count, and their stored outputs come from
-# one thread.
+# Every test and tutorial runs with one thread in two pytest-xdist workers (one per core; a file's tests stay on
+# one worker, so a tutorial's cells share their kernel, and the stored outputs come from one thread). The
+# tutorials of THREAD_SENSITIVE_TUTORIALS run again with the default threads, as a reader runs them: a
+# reduction's order (and so the last digits of a result) depends on the thread count.
 test: install $(DOCS_STAMP) data browser
-	$(PY) -m pytest $(TESTS) --nbval-lax -p no:cacheprovider
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest $(ONE_THREAD_TUTORIALS) --nbval-lax -p no:cacheprovider
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile $(TESTS) --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest $(THREAD_SENSITIVE_TUTORIALS) --nbval-lax -p no:cacheprovider
 
 install: $(STAMP)
 
