@@ -11,7 +11,8 @@ The paper's setting (about 40 minutes of the whole 2-core CPU for both methods):
 
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 python benchmarks/bench_imagenet_scale.py --threads 2
 
-A smoke test (seconds; writes elsewhere):
+`--time-limit S` stops each method after S seconds and records what it measured up to then (the
+statistics, every finished solve), labelled as interrupted. A smoke test (seconds; writes elsewhere):
 
     python benchmarks/bench_imagenet_scale.py --classes 20 --size 64 --per-class 2 --out /tmp/scale.json
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -117,19 +119,34 @@ class Probes:
         return out
 
 
+class TimeLimit(Exception):
+    """`--time-limit` reached: the run stops where it is and is recorded as interrupted."""
+
+
+def _alarm(signum, frame):
+    raise TimeLimit
+
+
 def run(method: str, args) -> dict:
     torch.manual_seed(0)
     model = torchvision.models.resnet50(num_classes=args.classes).eval()
     block = dict(block_size=args.block_size, permutations=args.permutations) if args.statistics == "block" else {}
     options = dict(knn=args.knn) if method == "sglp" else {}
     probes = Probes()
+    signal.signal(signal.SIGALRM, _alarm)
     try:
         with Sampler() as sampler:
             start = time.perf_counter()
-            _, report = paperprune.prune(model, batches(args.classes, args.per_class, args.size), method=method,
-                                         flops_reduction=args.flops_reduction, samples_per_class=args.per_class,
-                                         statistics=args.statistics, max_iter=args.max_iter, progress=True,
-                                         **block, **options)
+            signal.alarm(args.time_limit or 0)
+            try:
+                _, report = paperprune.prune(model, batches(args.classes, args.per_class, args.size), method=method,
+                                             flops_reduction=args.flops_reduction, samples_per_class=args.per_class,
+                                             statistics=args.statistics, max_iter=args.max_iter, progress=True,
+                                             **block, **options)
+            except TimeLimit:
+                return interrupted(method, args, probes, sampler, start)
+            finally:
+                signal.alarm(0)
             wall = time.perf_counter() - start
     finally:
         probes.restore()
@@ -166,6 +183,35 @@ def run(method: str, args) -> dict:
     return row
 
 
+def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dict:
+    """The row of a run stopped by `--time-limit`: what was measured up to then, labelled as such (no
+    reduction reached; `stages.bisection` holds the finished bisection steps, `solves` every finished solve)."""
+    now = time.perf_counter()
+    first_solve = probes.solves[0]["start"] if probes.solves else now
+    env = environment_info(torch.device("cpu"))
+    row = {"method": method, "classes": args.classes, "image_size": args.size,
+           "samples": args.classes * args.per_class, "statistics": args.statistics,
+           "block_size": args.block_size if args.statistics == "block" else None,
+           "permutations": args.permutations if args.statistics == "block" else None,
+           "knn": args.knn if method == "sglp" else None, "threads": torch.get_num_threads(),
+           "interrupted_after_s": now - start, "wall_s": None, "peak_rss_gib": sampler.peak(start, now),
+           "cpu_s": sampler.cpu(start, now),
+           "stages": {"until_first_solve_s": first_solve - start, "kernels_s": probes.kernels_s,
+                      "embeddings_s": probes.embeddings_s, "bracket": probes.levels[:probes.bracket],
+                      "bisection": probes.levels[probes.bracket:]},
+           "solves": [{k: v for k, v in s.items() if k != "start"} | {"at_s": s["start"] - start}
+                      for s in probes.solves],
+           "solver_iterations": sum(s["iterations"] for s in probes.solves), "solver_calls": len(probes.solves),
+           "solver_s": sum(s["wall_s"] for s in probes.solves),
+           "unconverged_solves": sum(not s["converged"] for s in probes.solves),
+           "machine": {k: env.get(k) for k in ("hostname", "processor", "cpu_count", "torch", "torch_threads")},
+           "date": env.get("date"), "commit": env.get("git_commit")}
+    print(f"{method}: stopped by --time-limit after {row['interrupted_after_s']:.0f} s: statistics and setup "
+          f"{row['stages']['until_first_solve_s']:.0f} s, {len(probes.solves)} solves finished in "
+          f"{row['solver_s']:.0f} s ({row['unconverged_solves']} at max_iter)", flush=True)
+    return row
+
+
 def markdown(runs: list[dict]) -> str:
     lines = ["# ImageNet scale on one CPU: block statistics end to end (benchmarks/bench_imagenet_scale.py)", "",
              "torchvision ResNet-50, generated images, `paperprune.prune` at 50% fewer MACs; sGLP-IB with a "
@@ -180,7 +226,10 @@ def markdown(runs: list[dict]) -> str:
 
     def f(v):
         return "-" if v is None else f"{v:.1f}"
+    interrupted_runs = [r for r in runs if r.get("interrupted_after_s") is not None]
     for r in runs:
+        if r in interrupted_runs:
+            continue
         s = r["stages"]
         stat = r["statistics"] + (f" B={r['block_size']} M={r['permutations']}" if r["statistics"] == "block" else "")
         lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['method']} | {r['classes']} | {r['image_size']} | "
@@ -188,6 +237,20 @@ def markdown(runs: list[dict]) -> str:
                      f"{f(s['forward_s'])} | {f(s['kernels_s'])} | {f(s['embeddings_s'])} | {f(s['bracket_s'])} | "
                      f"{f(s['selection_s'])} | {len(s['bisection'])} | {r['solver_iterations']} | "
                      f"{r['unconverged_solves']} | {r['macs_reduction']:.4f} |")
+    if interrupted_runs:
+        lines += ["", "Runs stopped by `--time-limit` before they finished (no reduction reached; what they measured "
+                  "up to then):", "",
+                  "| date | commit | method | classes | px | N | statistics | threads | stopped after s | peak RSS GiB "
+                  "| statistics and setup s | solves finished | solver s | mean s per solve | at max_iter |",
+                  "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in interrupted_runs:
+            n = r["solver_calls"]
+            stat = r["statistics"] + (f" B={r['block_size']} M={r['permutations']}" if r["statistics"] == "block" else "")
+            lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['method']} | {r['classes']} | {r['image_size']} "
+                         f"| {r['samples']} | {stat} | {r['threads']} | {r['interrupted_after_s']:.0f} | "
+                         f"{r['peak_rss_gib']:.2f} | {r['stages']['until_first_solve_s']:.0f} | {n} | "
+                         f"{r['solver_s']:.0f} | {(r['solver_s'] / n if n else float('nan')):.1f} | "
+                         f"{r['unconverged_solves']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--flops-reduction", type=float, default=0.5)
     p.add_argument("--max-iter", type=int, default=lasso.SOLVER_MAX_ITER)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--time-limit", type=int, default=None,
+                   help="seconds per method; a run stopped by it is recorded as interrupted with what it measured")
     p.add_argument("--out", type=Path, default=RESULTS / "imagenet-scale.json",
                    help="the JSON list of runs to append to (the Markdown summary goes beside it)")
     args = p.parse_args(argv)

@@ -271,3 +271,41 @@ def test_compare_selections_gives_the_statistics_options_to_the_lasso_criteria_o
                              omega=1, max_iter=200, statistics="block", block_size=20, progress=False)
     assert cmp.reports["classwise"].criterion["statistics"] == "block"
     assert "statistics" not in cmp.reports["l1"].criterion
+
+
+def test_bench_imagenet_scale_records_a_run_stopped_by_its_time_limit_as_interrupted(tmp_path, monkeypatch):
+    """benchmarks/bench_imagenet_scale.py: a run stopped by --time-limit (here: after its second solve) is a row
+    labelled interrupted, with the solves it finished and no reduction; it is tabled apart from finished runs."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from paperprune import lasso
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("bench_imagenet_scale", folder / "bench_imagenet_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+    original = lasso.solve_sglp
+
+    def solve(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise bench.TimeLimit  # what the alarm raises when the limit is reached
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lasso, "solve_sglp", solve)
+    out = tmp_path / "scale.json"
+    args = ["--classes", "6", "--size", "32", "--per-class", "2", "--methods", "sglp", "--knn", "2",
+            "--block-size", "4", "--time-limit", "600", "--out", str(out)]
+    assert bench.main(args) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["wall_s"] is None and row["interrupted_after_s"] > 0
+    assert row["solver_calls"] == len(row["solves"]) == 2 and "macs_reduction" not in row
+    assert row["samples"] == 12 and row["method"] == "sglp"
+    text = out.with_suffix(".md").read_text()
+    stopped = text.split("Runs stopped by `--time-limit`")
+    assert len(stopped) == 2 and "| sglp | 6 | 32 | 12 |" in stopped[1] and "| sglp |" not in stopped[0]
