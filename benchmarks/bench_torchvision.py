@@ -31,10 +31,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
+import psutil
 import torch
 import torch_pruning as tp
 import torchvision
@@ -43,7 +45,7 @@ from torch import nn
 import paperprune
 from paperprune.discover import channel_axis, unit_width
 from paperprune.flops import count_flops_params
-from paperprune.utils import PaperpruneError
+from paperprune.utils import PaperpruneError, atomic_write_text
 
 CLASSES = 10
 #: constructor arguments a model needs beyond num_classes (auxiliary heads off, sizes for small inputs)
@@ -52,6 +54,16 @@ EXTRA = {"googlenet": dict(aux_logits=False, init_weights=True), "inception_v3":
 #: the smallest input a model accepts when SIZE is smaller (inception_v3's stem needs 75; MaxViT's
 #: 7 x 7 partitions of its last stage, at 1/32 of the input, need 224)
 MIN_SIZE = {"inception_v3": 75, "maxvit_t": 224}
+
+
+def input_side(name: str, size: int) -> int:
+    """The input's height and width for a model: SIZE, raised to MIN_SIZE, and for a ViT rounded up to a
+    multiple of its patch (vit_h_14 at SIZE 64: 70)."""
+    size = max(size, MIN_SIZE.get(name, 0))
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        size = -(-size // patch) * patch
+    return size
 
 
 def kwargs_of(name: str, size: int) -> dict:
@@ -113,7 +125,7 @@ def masked_output(model: nn.Module, report, x: torch.Tensor) -> torch.Tensor:
 
 def one(name: str, size: int, target: float) -> dict:
     """Prune one model and check it (module docstring); a row of the table."""
-    size = max(size, MIN_SIZE.get(name, 0))
+    size = input_side(name, size)
     row = {"model": name, "input": f"3x{size}x{size}"}
     start = time.perf_counter()
     try:
@@ -177,22 +189,39 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_child(name: str, size: int, target: float) -> dict:
-    """`one(name)` in a child process (its memory is returned when it ends); a child killed by a signal
-    (the kernel's out-of-memory killer) gives an "error" row naming the signal."""
+#: the exit status of a child stopped by `_memory_watch`
+OVER_MEMORY = 3
+
+
+def _memory_watch(limit_gib: float) -> None:
+    """In the child: end the process (status OVER_MEMORY) once its resident memory exceeds limit_gib, so a
+    model whose check grows without bound is a row of its own within minutes, not a machine swapping."""
+    proc = psutil.Process()
+    while proc.memory_info().rss < limit_gib * 2 ** 30:
+        time.sleep(0.2)
+    os._exit(OVER_MEMORY)
+
+
+def run_child(name: str, size: int, target: float, memory_gib: float) -> dict:
+    """`one(name)` in a child process (its memory is returned when it ends); a child stopped for memory, or
+    killed by a signal (the kernel's out-of-memory killer), gives an "error" row saying so."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         done = subprocess.run([sys.executable, __file__, "--one", name, "--size", str(size), "--reduction",
-                               str(target), "--row", str(out)], capture_output=True, text=True, check=False)
+                               str(target), "--row", str(out), "--memory-gib", str(memory_gib)],
+                              capture_output=True, text=True, check=False)
         if out.is_file():
             return json.loads(out.read_text())
-    how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return {"model": name, "input": f"3x{max(size, MIN_SIZE.get(name, 0))}x{max(size, MIN_SIZE.get(name, 0))}",
-            "result": "error", "seconds": time.perf_counter() - start,
-            "reason": f"the check's process was killed ({how}; out of memory on this {memory:.0f} GiB machine?): "
-                      + (done.stderr.strip().splitlines() or [""])[-1][:200]}
+    if done.returncode == OVER_MEMORY:
+        reason = f"the check's process grew past --memory-gib {memory_gib:g} GiB and was stopped"
+    else:
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        reason = (f"the check's process was killed ({how}; out of memory on this {memory:.0f} GiB machine?): "
+                  + (done.stderr.strip().splitlines() or [""])[-1][:200])
+    return {"model": name, "input": f"3x{input_side(name, size)}x{input_side(name, size)}",
+            "result": "error", "seconds": time.perf_counter() - start, "reason": reason}
 
 
 def main(argv=None) -> int:
@@ -202,10 +231,13 @@ def main(argv=None) -> int:
     parser.add_argument("--reduction", type=float, default=0.5, help="flops_reduction (default 0.5)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "any-cnn.md")
     parser.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run")
+    parser.add_argument("--memory-gib", type=float, default=12.0,
+                        help="a model's check is stopped when its process holds more (default 12 GiB)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child: one model, its row to --row
     parser.add_argument("--row", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
+        threading.Thread(target=_memory_watch, args=(args.memory_gib,), daemon=True).start()
         args.row.write_text(json.dumps(one(args.one, args.size, args.reduction)))
         return 0
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -213,13 +245,14 @@ def main(argv=None) -> int:
     store = args.out.with_suffix(".json")
     done = {} if args.fresh or not store.is_file() else {r["model"]: r for r in json.loads(store.read_text())}
     rows = []
-    for name in names:
-        r = done.get(name) or run_child(name, args.size, args.reduction)
+    for i, name in enumerate(names):
+        r = done.get(name) or run_child(name, args.size, args.reduction, args.memory_gib)
         rows.append(r)
         print(f"{name:<24} {r['result']:<12} {r['seconds']:6.1f}s {r.get('reason', '')[:100]}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        store.write_text(json.dumps(rows, indent=1))  # after every model: a long run resumes from here
-        args.out.write_text(table(rows, args))
+        later = [done[n] for n in names[i + 1:] if n in done]  # kept, so that a run stopped here loses no row
+        atomic_write_text(store, json.dumps(rows + later, indent=1))  # after every model: a long run resumes
+        atomic_write_text(args.out, table(rows, args))
     return 0 if all(r["result"] in ("pruned", "refused") for r in rows) else 1
 
 
