@@ -59,7 +59,7 @@ from .models import PrunableLayer
 from .utils import PaperpruneError
 
 __all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_axis", "channel_groups", "check_input_size",
-           "classify_group", "dependency_graph", "discover", "example_input", "unit_width"]
+           "classify_group", "discover", "example_input", "unit_width"]
 
 KINDS = ("inner", "concat", "grouped", "residual", "coupled")
 
@@ -96,24 +96,6 @@ def check_input_size(input_size) -> tuple[int, ...]:
     if len(size) != 3 or min(size) < 1:
         raise PaperpruneError(f"input_size={input_size!r} must be three positive ints (C, H, W), e.g. (3, 32, 32)")
     return size
-
-
-#: Torch-Pruning infers the widths a concatenation joins by walking back through the graph with a shared budget
-#: of node visits (`torch_pruning.dependency.constants.MAX_RECURSION_DEPTH`, 500); Swin-S and Swin-B, whose
-#: third stage holds 18 blocks, exhaust it at PatchMerging's concatenation and fail to trace. Raised while we trace.
-TRACE_VISITS = 20_000
-
-
-def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of `model` traced on `example`, with the visit budget TRACE_VISITS."""
-    from torch_pruning.dependency import constants
-
-    budget = constants.MAX_RECURSION_DEPTH
-    constants.MAX_RECURSION_DEPTH = max(budget, TRACE_VISITS)
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
-    finally:
-        constants.MAX_RECURSION_DEPTH = budget
 
 
 def example_input(model: nn.Module, input_size) -> torch.Tensor:
@@ -237,7 +219,7 @@ class _Trace:
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
-                self.dg = dependency_graph(model, example)
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
         except PaperpruneError:
             raise
         except Exception as e:

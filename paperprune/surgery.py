@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import channel_groups, check_input_size, classify_group, dependency_graph, example_input, unit_width
+from .discover import channel_groups, check_input_size, classify_group, example_input, unit_width
 from .utils import PaperpruneError, atomic_torch_save
 
 __all__ = ["COUNTED", "FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels",
@@ -106,7 +106,7 @@ class _Graph:
         try:
             with torch.enable_grad():
                 example = example_input(model, input_size).requires_grad_(True)
-                self.dg = dependency_graph(model, example)
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
         finally:
             for h in hooks:
                 h.remove()

@@ -777,36 +777,6 @@ def test_mlp_refusals_name_the_cause():
                          layers={"blocks.0.mlp.0": "blocks.0.ln2"}, classifier="head", progress=False)
 
 
-class DeepBeforeConcat(nn.Module):
-    """A conv, 300 parameter-free steps, then a concatenation (Swin-S's shape: 18 blocks before PatchMerging's
-    concatenation): Torch-Pruning walks back through every step to learn the widths it joins."""
-
-    def __init__(self, steps=300):
-        super().__init__()
-        self.conv, self.steps = nn.Conv2d(3, 8, 3, padding=1), steps
-        self.head, self.fc = nn.Conv2d(16, 4, 1), nn.Linear(4, CLASSES)
-
-    def forward(self, x):
-        y = self.conv(x)
-        for _ in range(self.steps):
-            y = torch.relu(y) * 0.999
-        return self.fc(self.head(torch.cat([y, y], 1)).mean((2, 3)))
-
-
-def test_a_long_walk_back_to_a_concatenation_traces():
-    """Torch-Pruning's own budget of node visits (500) fails on this graph; discovery raises it while tracing
-    (`discover.TRACE_VISITS`) and puts it back."""
-    from torch_pruning.dependency import constants
-
-    model, example = DeepBeforeConcat().eval(), torch.randn(1, 3, 8, 8)
-    with pytest.raises(TypeError):  # the fixture needs the raised budget
-        tp.DependencyGraph().build_dependency(model, example_inputs=(example,))
-    budget = constants.MAX_RECURSION_DEPTH
-    found = discover(model, (3, 8, 8))
-    assert [layer.conv for layer in found.layers] == ["head"]  # the conv's width is concatenated: left whole
-    assert constants.MAX_RECURSION_DEPTH == budget
-
-
 def test_bench_torchvision_stopped_midway_keeps_every_row_it_held(tmp_path, monkeypatch):
     """A rerun that is stopped at a model keeps the rows of the models after it (a resumed run would
     otherwise check them again), and a model whose check outgrows --memory-gib is an error row saying so."""
