@@ -241,15 +241,16 @@ def markdown(runs: list[dict]) -> str:
         lines += ["", "Runs stopped by `--time-limit` before they finished (no reduction reached; what they measured "
                   "up to then):", "",
                   "| date | commit | method | classes | px | N | statistics | threads | stopped after s | peak RSS GiB "
-                  "| statistics and setup s | solves finished | solver s | mean s per solve | at max_iter |",
+                  "| statistics and setup s | solves finished | solver s | slowest solve s (iterations) | at max_iter |",
                   "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in interrupted_runs:
             n = r["solver_calls"]
+            slowest = max(r["solves"], key=lambda x: x["wall_s"], default={"wall_s": float("nan"), "iterations": 0})
             stat = r["statistics"] + (f" B={r['block_size']} M={r['permutations']}" if r["statistics"] == "block" else "")
             lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['method']} | {r['classes']} | {r['image_size']} "
                          f"| {r['samples']} | {stat} | {r['threads']} | {r['interrupted_after_s']:.0f} | "
                          f"{r['peak_rss_gib']:.2f} | {r['stages']['until_first_solve_s']:.0f} | {n} | "
-                         f"{r['solver_s']:.0f} | {(r['solver_s'] / n if n else float('nan')):.1f} | "
+                         f"{r['solver_s']:.0f} | {slowest['wall_s']:.0f} ({slowest['iterations']}) | "
                          f"{r['unconverged_solves']} |")
     return "\n".join(lines) + "\n"
 
