@@ -68,10 +68,8 @@ def test_report_notebook_on_fixture_runs(tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     assert reproduce.main(["--profile", "huge"]) == 2
-    err = capsys.readouterr().err
-    assert "unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, evidence-vgg16-finetune, " in err
-    for name in ("verdict", "verdict-vgg16", "verdict-finetune", "block", "block-50pc", "block-100pc", "fmnist", "paper"):
-        assert f" {name}," in err or err.rstrip().endswith(f" {name}")
+    assert ("unknown profile 'huge'; known profiles: quick, evidence, evidence-vgg16, evidence-vgg16-finetune, verdict, "
+            "verdict-vgg16, verdict-finetune, block, block-50pc, block-100pc, fmnist, paper") in capsys.readouterr().err
     assert reproduce.main(["--profile", "quick", "--notebooks", str(tmp_path)]) == 2
     assert "experiment.ipynb not found" in capsys.readouterr().err
 
