@@ -162,25 +162,29 @@ def run(method: str, args) -> dict:
               "bracket_s": solver_in_statistics,   # the lam that empties every layer, found in `prepare`
               "selection_s": t["selection_s"], "surgery_s": t["surgery_s"],
               "bracket": bracket, "bisection": probes.levels[probes.bracket:]}
-    env = environment_info(torch.device("cpu"))
-    row = {"method": method, "classes": args.classes, "image_size": args.size, "samples": report.num_calibration,
-           "statistics": args.statistics, "block_size": report.criterion.get("block_size"),
-           "permutations": report.criterion.get("permutations"), "knn": args.knn if method == "sglp" else None,
-           "threads": torch.get_num_threads(), "wall_s": wall, "peak_rss_gib": sampler.peak(start, time.perf_counter()),
+    row = {**_shared(method, args, probes), "samples": report.num_calibration,
+           "block_size": report.criterion.get("block_size"), "permutations": report.criterion.get("permutations"),
+           "wall_s": wall, "peak_rss_gib": sampler.peak(start, time.perf_counter()),
            "peak_rss_statistics_gib": sampler.peak(start, stats_end), "cpu_s": sampler.cpu(start, time.perf_counter()),
-           "stages": stages,
-           "solver_iterations": sum(s["iterations"] for s in probes.solves), "solver_calls": len(probes.solves),
-           "solver_s": sum(s["wall_s"] for s in probes.solves),
-           "unconverged_solves": sum(not s["converged"] for s in probes.solves),
-           "budget_steps": report.budget_steps, "macs_reduction": report.macs_reduction,
+           "stages": stages, "budget_steps": report.budget_steps, "macs_reduction": report.macs_reduction,
            "params_reduction": report.params_reduction, "lam": report.criterion.get("lam"),
-           "unconverged_layers": report.criterion.get("unconverged_layers"),
-           "machine": {k: env.get(k) for k in ("hostname", "processor", "cpu_count", "torch", "torch_threads")},
-           "date": env.get("date"), "commit": env.get("git_commit")}
+           "unconverged_layers": report.criterion.get("unconverged_layers")}
     print(f"{method}: wall {wall:.0f} s, peak {row['peak_rss_gib']:.2f} GiB, statistics {t['statistics_s']:.0f} s "
           f"(kernels {probes.kernels_s:.0f} s), selection {t['selection_s']:.0f} s over {len(probes.levels)} lam "
           f"values, {row['solver_iterations']} solver iterations", flush=True)
     return row
+
+
+def _shared(method: str, args, probes: Probes) -> dict:
+    """The fields of a finished and of an interrupted row alike: the setting, the solves so far, the machine."""
+    env = environment_info(torch.device("cpu"))
+    return {"method": method, "classes": args.classes, "image_size": args.size, "statistics": args.statistics,
+            "knn": args.knn if method == "sglp" else None, "threads": torch.get_num_threads(),
+            "solver_iterations": sum(s["iterations"] for s in probes.solves), "solver_calls": len(probes.solves),
+            "solver_s": sum(s["wall_s"] for s in probes.solves),
+            "unconverged_solves": sum(not s["converged"] for s in probes.solves),
+            "machine": {k: env.get(k) for k in ("hostname", "processor", "cpu_count", "torch", "torch_threads")},
+            "date": env.get("date"), "commit": env.get("git_commit")}
 
 
 def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dict:
@@ -188,24 +192,16 @@ def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dic
     reduction reached; `stages.bisection` holds the finished bisection steps, `solves` every finished solve)."""
     now = time.perf_counter()
     first_solve = probes.solves[0]["start"] if probes.solves else now
-    env = environment_info(torch.device("cpu"))
-    row = {"method": method, "classes": args.classes, "image_size": args.size,
-           "samples": args.classes * args.per_class, "statistics": args.statistics,
+    row = {**_shared(method, args, probes), "samples": args.classes * args.per_class,
            "block_size": args.block_size if args.statistics == "block" else None,
            "permutations": args.permutations if args.statistics == "block" else None,
-           "knn": args.knn if method == "sglp" else None, "threads": torch.get_num_threads(),
            "interrupted_after_s": now - start, "wall_s": None, "peak_rss_gib": sampler.peak(start, now),
            "cpu_s": sampler.cpu(start, now),
            "stages": {"until_first_solve_s": first_solve - start, "kernels_s": probes.kernels_s,
                       "embeddings_s": probes.embeddings_s, "bracket": probes.levels[:probes.bracket],
                       "bisection": probes.levels[probes.bracket:]},
            "solves": [{k: v for k, v in s.items() if k != "start"} | {"at_s": s["start"] - start}
-                      for s in probes.solves],
-           "solver_iterations": sum(s["iterations"] for s in probes.solves), "solver_calls": len(probes.solves),
-           "solver_s": sum(s["wall_s"] for s in probes.solves),
-           "unconverged_solves": sum(not s["converged"] for s in probes.solves),
-           "machine": {k: env.get(k) for k in ("hostname", "processor", "cpu_count", "torch", "torch_threads")},
-           "date": env.get("date"), "commit": env.get("git_commit")}
+                      for s in probes.solves]}
     print(f"{method}: stopped by --time-limit after {row['interrupted_after_s']:.0f} s: statistics and setup "
           f"{row['stages']['until_first_solve_s']:.0f} s, {len(probes.solves)} solves finished in "
           f"{row['solver_s']:.0f} s ({row['unconverged_solves']} at max_iter)", flush=True)
