@@ -793,6 +793,10 @@ def test_bench_torchvision_stopped_midway_keeps_every_row_it_held(tmp_path, monk
     held = [{"model": m, "input": "3x32x32", "result": "refused", "seconds": 0.0, "reason": "held"}
             for m in ("a", "c")]
     out.with_suffix(".json").write_text(json.dumps(held))
+    with monkeypatch.context() as m:
+        m.setattr(bench.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, bench.OVER_MEMORY, "", ""))
+        row = bench.run_child("x", 32, 0.5, 2.0)
+    assert row["result"] == "error" and "--memory-gib 2 GiB" in row["reason"]
 
     def child(name, size, target, memory_gib):
         if name == "b":
@@ -803,10 +807,3 @@ def test_bench_torchvision_stopped_midway_keeps_every_row_it_held(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         bench.main(["--models", "a", "b", "d", "c", "--out", str(out)])
     assert [r["model"] for r in json.loads(out.with_suffix(".json").read_text())] == ["a", "b", "c"]
-
-    fresh = importlib.util.module_from_spec(spec)  # run_child as the script defines it
-    spec.loader.exec_module(fresh)
-    monkeypatch.setattr(fresh.subprocess, "run",
-                        lambda *a, **k: subprocess.CompletedProcess(a, fresh.OVER_MEMORY, "", ""))
-    row = fresh.run_child("x", 32, 0.5, 2.0)
-    assert row["result"] == "error" and "--memory-gib 2 GiB" in row["reason"]

@@ -36,7 +36,7 @@ from .tables import Table, write_table
 
 __all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
            "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
-           "curves_report", "PAIRINGS", "STRUCTURE_REFERENCE"]
+           "curves_report", "paired_title", "PAIRINGS", "STRUCTURE_REFERENCE"]
 
 #: curves metric -> (its per-image correctness key, what it measures)
 CURVE_METRICS = {"top1": ("correct", "raw"), "top1_bn": ("correct_bn", "after adaptive BN")}
@@ -222,6 +222,11 @@ def _compare(by_method: dict[str, dict[int, tuple[np.ndarray, float, float]]], c
                      **_difference(top1[method], top1[best], confidence), "seeds": len(seeds),
                      "images": images.pop()})
     return rows
+
+
+def paired_title(record: dict, metric: str, against: str) -> str:
+    """The title of a curves record's paired table (`paired_curves(record, metric, against=against)`)."""
+    return f"{PAIRINGS[against][1]}, {CURVE_METRICS[metric][1]}, no fine-tuning: {record_title(record)}"
 
 
 def paired_curves(record: dict, metric: str = "top1_bn", *, against: str = "agnostic",
@@ -461,13 +466,12 @@ def curves_report(record: dict, out_dir: str | Path, *, target: float | None = N
     targets = _targets(record)
     target = min(targets, key=lambda t: abs(t - 0.55)) if target is None else target
     written = {"table": write_table(curves_table(record), out / "tables", f"curves_{stem}")}
-    for (against, (prefix, start)), (metric, (_, what)) in itertools.product(PAIRINGS.items(),
-                                                                             CURVE_METRICS.items()):
+    for against, metric in itertools.product(PAIRINGS, CURVE_METRICS):
         rows = paired_curves(record, metric, against=against)
-        title = f"{start}, {what}, no fine-tuning: {record_title(record)}"
         if rows:
-            written[f"{prefix}_{metric}"] = write_table(paired_table(rows, title), out / "tables",
-                                                        f"{prefix}_{metric}_{stem}")
+            prefix = PAIRINGS[against][0]
+            written[f"{prefix}_{metric}"] = write_table(paired_table(rows, paired_title(record, metric, against)),
+                                                        out / "tables", f"{prefix}_{metric}_{stem}")
     written["curves"] = save_figure(plot_curves(record, errorbar), out / "figures", f"curves_{stem}")
     written["widths"] = save_figure(plot_curve_widths(record, target, errorbar), out / "figures",
                                     f"widths_{100 * target:g}_{stem}")

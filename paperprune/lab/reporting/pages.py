@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .curves import (CURVE_METRICS, PAIRINGS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table,
+from .curves import (CURVE_METRICS, PAIRINGS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table, paired_title,
                      record_title, record_variant, variant_table)
 from ...select import entry_name
 from .records import complete_runs, load_runs, method_label, method_rank
@@ -211,15 +211,15 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
         lines += _table_block(curves_table(record), f"{rel}/tables/curves_{stem}.md")
         lines += _figure(figures / "figures" / f"curves_{stem}.png", figures.parent,
                          f"top-1 against FLOPs reduction, {record_title(record)}")
-        for (against, (prefix, start)), (metric, (_, what)) in itertools.product(PAIRINGS.items(),
-                                                                                 CURVE_METRICS.items()):
+        for against, metric in itertools.product(PAIRINGS, CURVE_METRICS):
             rows = paired_curves(record, metric, against=against)
             if rows:
-                title = f"{start}, {what}, no fine-tuning: {record_title(record)}"
                 lines += [_summary(rows), ""]
-                lines += _table_block(paired_table(rows, title), f"{rel}/tables/{prefix}_{metric}_{stem}.md")
+                lines += _table_block(paired_table(rows, paired_title(record, metric, against)),
+                                      f"{rel}/tables/{PAIRINGS[against][0]}_{metric}_{stem}.md")
                 versus = "" if against == "agnostic" else ", structure vs plain lasso"
-                verdict.append((f"{record_title(record)}, {what}, no fine-tuning{versus} ({name})", rows))
+                verdict.append((f"{record_title(record)}, {CURVE_METRICS[metric][1]}, no fine-tuning{versus} ({name})",
+                                rows))
     for _, record, main in found.variants:
         lines += [f"### Ablation: {record_title(record)}", ""]
         lines += _table_block(variant_table(main, record, "top1_bn"),
