@@ -43,7 +43,7 @@ import torchvision
 from torch import nn
 
 import paperprune
-from paperprune.discover import channel_axis, unit_width
+from paperprune.discover import channel_axis, tolerant_concat_mapping, unit_width
 from paperprune.flops import count_flops_params
 from paperprune.utils import PaperpruneError, atomic_write_text
 
@@ -94,18 +94,20 @@ def build(name: str, size: int, seed: int = 0) -> nn.Module:
 
 def masked_output(model: nn.Module, report, x: torch.Tensor) -> torch.Tensor:
     """The unpruned model's output with every channel `report` removed zeroed at the input of each
-    conv/linear that consumes it (found from Torch-Pruning's group of the removal)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    conv/linear that consumes it (found from Torch-Pruning's group of the removal; the tracer made to
+    leave a concatenation of unknown width unmapped, as paperprune's discovery does, for Swin-S/B)."""
     zero = {}
-    for row in report.layers:
-        root = model.get_submodule(row["name"])
-        removed = sorted(set(range(unit_width(root))) - set(row["kept"]))
-        if not removed:
-            continue
-        handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-        for dep, idxs in dg.get_pruning_group(root, handler, idxs=removed):
-            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                zero.setdefault(dep.target.module, set()).update(idxs)
+    with tolerant_concat_mapping():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+        for row in report.layers:
+            root = model.get_submodule(row["name"])
+            removed = sorted(set(range(unit_width(root))) - set(row["kept"]))
+            if not removed:
+                continue
+            handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+            for dep, idxs in dg.get_pruning_group(root, handler, idxs=removed):
+                if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                    zero.setdefault(dep.target.module, set()).update(idxs)
 
     def hook(idx):
         def pre(module, inputs):

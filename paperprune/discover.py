@@ -49,17 +49,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
 
 from .models import PrunableLayer
 from .utils import PaperpruneError
 
 __all__ = ["FUNCTIONAL", "KINDS", "Discovery", "channel_axis", "channel_groups", "check_input_size",
-           "classify_group", "discover", "example_input", "unit_width"]
+           "classify_group", "dependency_graph", "discover", "example_input", "tolerant_concat_mapping",
+           "unit_width"]
 
 KINDS = ("inner", "concat", "grouped", "residual", "coupled")
 
@@ -190,6 +193,50 @@ class Discovery:
         return f"{len(self.layers)} prunable layers; left out: {kept or 'none'}; classifier {self.classifier!r}"
 
 
+@contextmanager
+def tolerant_concat_mapping():
+    """Let Torch-Pruning leave a concatenation of inputs of unknown width unmapped (around building a
+    DependencyGraph and every `get_pruning_group`, which redoes the index mapping).
+
+    Torch-Pruning 1.6's `update_concat_index_mapping` adds up its inputs' inferred widths before it
+    checks them for None, its answer when the inference gives up (a depth limit of 500 steps, which
+    Swin-S's and Swin-B's 18-block stage exceed): a TypeError for the whole trace. The function's
+    next lines return without an index mapping when a width is None; this makes the sum's failure
+    take the same return. Every other error is raised; the original is restored on exit.
+    """
+    original = _tp_index_mapping.update_concat_index_mapping
+
+    def tolerant(graph, node):
+        try:
+            return original(graph, node)
+        except TypeError as e:
+            if "NoneType" not in str(e):
+                raise
+
+    _tp_index_mapping.update_concat_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        _tp_index_mapping.update_concat_index_mapping = original
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's DependencyGraph of `model` traced on `example` (discovery and surgery both need it),
+    or a PaperpruneError naming what failed: a wrong input size, or a graph beyond Torch-Pruning's tracer,
+    which no `layers=` can work around."""
+    try:
+        with torch.enable_grad(), tolerant_concat_mapping():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
+    except PaperpruneError:
+        raise
+    except Exception as e:
+        raise PaperpruneError(
+            f"Torch-Pruning could not trace {type(model).__name__} on an input of shape {tuple(example.shape)} "
+            f"({type(e).__name__}: {e}). Check input_size; if it is right, this network's graph is beyond "
+            "Torch-Pruning's tracer, which both discovery and paperprune's surgery need, so paperprune cannot "
+            "prune it (layers= does not help).") from None
+
+
 class _Trace:
     """One Torch-Pruning trace of `model`, plus which module produced each traced tensor and how often it ran."""
 
@@ -218,14 +265,7 @@ class _Trace:
         hooks.append(model.register_forward_hook(output))
         modes = {m: m.training for m in model.modules()}
         try:
-            with torch.enable_grad():
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
-        except PaperpruneError:
-            raise
-        except Exception as e:
-            raise PaperpruneError(f"Torch-Pruning could not trace {type(model).__name__} on an input of shape "
-                                  f"{tuple(example.shape)} ({type(e).__name__}: {e}); check input_size, or pass "
-                                  "layers= explicitly") from None
+            self.dg = dependency_graph(model, example)
         finally:
             for h in hooks:
                 h.remove()
@@ -359,26 +399,30 @@ def discover(model: nn.Module, input_size, *, include=("inner", "grouped")) -> D
     trace = _Trace(model, example_input(model, input_size))
     classifier = _classifier(trace)
     layers, skipped, covered = [], {}, set()
-    for module in trace.order:
-        name = trace.names[module]
-        if module not in trace.dg.module2node or module in covered or name == classifier:
-            continue
-        if isinstance(module, _CONV) and not _is_depthwise(module):  # depthwise convs and gates go with their feeder
-            layer, kind, cause = _conv_layer(trace, module, include, covered)
-        elif isinstance(module, nn.Linear) and trace.dims.get(module, 2) > 2 and _mlp_candidate(trace, module):
-            layer, kind, cause = _linear_layer(trace, module, include, covered)
-        else:
-            continue
-        if layer is None:
-            skipped[name] = (kind, cause)
-        else:
-            layers.append(layer)
+    with tolerant_concat_mapping():
+        for module in trace.order:
+            name = trace.names[module]
+            if module not in trace.dg.module2node or module in covered or name == classifier:
+                continue
+            if isinstance(module, _CONV) and not _is_depthwise(module):  # depthwise convs, gates: with their feeder
+                layer, kind, cause = _conv_layer(trace, module, include, covered)
+            elif isinstance(module, nn.Linear) and trace.dims.get(module, 2) > 2 and _mlp_candidate(trace, module):
+                layer, kind, cause = _linear_layer(trace, module, include, covered)
+            else:
+                continue
+            if layer is None:
+                skipped[name] = (kind, cause)
+            else:
+                layers.append(layer)
     return Discovery(layers=layers, classifier=classifier, skipped=skipped)
 
 
 def _conv_layer(trace: _Trace, conv: nn.Module, include, covered: set):
     """(layer or None, kind, cause) of the group removing `conv`'s output channels."""
     name = trace.names[conv]
+    stream = _token_stream(trace.dg.module2node[conv])
+    if stream is not None:
+        return None, "residual", stream
     group = trace.dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
     covered |= {dep.target.module for dep, _ in group if dep.handler in _OUT_FNS}
     kind, cause = classify_group(group, conv, trace.names)
@@ -391,6 +435,37 @@ def _conv_layer(trace: _Trace, conv: nn.Module, include, covered: set):
     members = {dep.target for dep, _ in group}
     chain = _walk(trace.dg.module2node[conv], members)
     return _layer(trace, name, group, chain), kind, cause
+
+
+#: autograd steps that change a tensor's layout, not its values (channels to tokens and back)
+_LAYOUT = {"PermuteBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
+           "TransposeBackward0", "CloneBackward0", "FlattenBackward0"}
+
+
+def _token_stream(start, limit: int = 64) -> str | None:
+    """The addition that makes `start`'s channels a transformer's residual stream, if any: following the
+    graph forward past no conv, linear layer or concatenation, a layout change (channels to tokens) and
+    then an addition of two tensors. None if there is none within `limit` nodes.
+
+    A patch-embedding conv (Swin's, ConvNeXt's stem) writes the residual stream; its Torch-Pruning group
+    spans every block, and building it expands index lists through each flatten mapping of the stream
+    (past 12 GiB for Swin V2). Such a conv is residual, so it is classified by this walk instead.
+    """
+    seen, todo = {start}, deque([(start, False)])
+    while todo and len(seen) < limit:
+        node, reshaped = todo.popleft()
+        for out in node.outputs:
+            module = out.module
+            if out in seen or out.type == tp.ops.OPTYPE.CONCAT or isinstance(module, nn.Linear) \
+                    or (isinstance(module, _CONV) and not _is_depthwise(module)):
+                continue
+            if _op(out).startswith("AddBackward") and len(set(out.inputs)) > 1:
+                if reshaped:
+                    return out.name
+                continue  # an addition before any layout change: Torch-Pruning's group decides
+            seen.add(out)
+            todo.append((out, reshaped or out.type == tp.ops.OPTYPE.RESHAPE or _op(out) in _LAYOUT))
+    return None
 
 
 def _linear_layer(trace: _Trace, linear: nn.Linear, include, covered: set):

@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .discover import channel_groups, check_input_size, classify_group, example_input, unit_width
+from .discover import (channel_groups, check_input_size, classify_group, dependency_graph, example_input,
+                       tolerant_concat_mapping, unit_width)
 from .utils import PaperpruneError, atomic_torch_save
 
 __all__ = ["COUNTED", "FORMAT", "FORMAT_VERSION", "CountedLayer", "MacsPredictor", "load_pruned", "prune_channels",
@@ -104,9 +105,7 @@ class _Graph:
         hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _RECORDED)]
         modes = {m: m.training for m in model.modules()}
         try:
-            with torch.enable_grad():
-                example = example_input(model, input_size).requires_grad_(True)
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
+            self.dg = dependency_graph(model, example_input(model, input_size).requires_grad_(True))
         finally:
             for h in hooks:
                 h.remove()
@@ -128,7 +127,8 @@ class _Graph:
         if conv not in self.dg.module2node:
             raise PaperpruneError(f"prunable layer {name!r}: its conv is not used in the model's forward pass")
         handler = tp.prune_linear_out_channels if isinstance(conv, nn.Linear) else tp.prune_conv_out_channels
-        group = self.dg.get_pruning_group(conv, handler, idxs=list(idxs))
+        with tolerant_concat_mapping():
+            group = self.dg.get_pruning_group(conv, handler, idxs=list(idxs))
         kind, cause = classify_group(group, conv, self.names)
         if kind == "residual":
             raise PaperpruneError(

@@ -726,6 +726,61 @@ def test_discovery_finds_mlp_hidden_widths_and_prunes_them_exactly(cls, expected
         torch.testing.assert_close(back(x), got, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, kwargs", [("swin_t", {}), ("convnext_tiny", {}), ("resnet18", {}),
+                                          ("vit_b_32", {"image_size": 64})])
+def test_stream_walk_agrees_with_torch_prunings_group(name, kwargs):
+    """Every conv the token-stream walk calls residual is residual by its Torch-Pruning group too
+    (built here, where it is cheap), and every conv it passes by is left to that group: the walk
+    only replaces groups that could be built, never changes a kind."""
+    from paperprune.discover import _Trace, _token_stream, classify_group, example_input
+    torch.manual_seed(0)
+    model = tv.get_model(name, num_classes=CLASSES, **kwargs).eval()
+    trace = _Trace(model, example_input(model, (3, 64, 64)))
+    walked = {}
+    for module, node in trace.dg.module2node.items():
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            group = trace.dg.get_pruning_group(module, tp.prune_conv_out_channels, idxs=list(range(module.out_channels)))
+            walked[trace.names[module]] = (_token_stream(node) is not None, classify_group(group, module, trace.names)[0])
+    expected_walked = {"swin_t": 1, "convnext_tiny": 1, "resnet18": 0, "vit_b_32": 0}[name]
+    assert sum(hit for hit, _ in walked.values()) == expected_walked
+    assert all(kind == "residual" for hit, kind in walked.values() if hit)
+
+
+def test_swin_v2_and_the_deep_swins_are_discovered():
+    """Swin V2's stem conv (whose Torch-Pruning group outgrows memory) is found residual by the walk, and
+    Swin-S traces although Torch-Pruning's width inference gives up inside its 18-block stage; each
+    keeps its blocks' MLP hidden widths prunable."""
+    for name, blocks in [("swin_v2_t", 12), ("swin_s", 24)]:
+        model = tv.get_model(name, num_classes=CLASSES).eval()
+        found = discover(model, (3, 64, 64))
+        assert [layer.conv for layer in found.layers][:2] == ["features.1.0.mlp.0", "features.1.1.mlp.0"]
+        assert len(found.layers) == blocks and found.skipped.keys() == {"features.0.0"}
+
+
+def testtolerant_concat_mapping_is_left_unmapped_and_restored():
+    """Inside the context a concatenation whose input widths Torch-Pruning cannot infer gets no index
+    mapping instead of a TypeError; other errors still raise; the original function is back afterwards."""
+    from torch_pruning.dependency import index_mapping
+    from paperprune.discover import tolerant_concat_mapping
+    original = index_mapping.update_concat_index_mapping
+
+    def fails(message):
+        def f(graph, node):
+            raise TypeError(message)
+        return f
+    index_mapping.update_concat_index_mapping = fails("unsupported operand type(s) for +: 'int' and 'NoneType'")
+    try:
+        with tolerant_concat_mapping():
+            assert index_mapping.update_concat_index_mapping(None, None) is None
+        index_mapping.update_concat_index_mapping = fails("something else")
+        with tolerant_concat_mapping(), pytest.raises(TypeError, match="something else"):
+            index_mapping.update_concat_index_mapping(None, None)
+        restored = index_mapping.update_concat_index_mapping
+    finally:
+        index_mapping.update_concat_index_mapping = original
+    assert restored.__name__ == "f"
+
+
 def test_linear_macs_on_tokens_match_torch_flop_counter():
     """count_flops_params counts a linear layer on (N, L, C) tokens or (N, H, W, C) maps as positions x in x
     out: the same as torch's FlopCounterMode (FLOPs = 2 MACs) on the model's convs and linear layers."""
