@@ -3,7 +3,7 @@
 torchvision ResNet-50 (its prunable widths found by `paperprune.discover`), generated images (the
 cost does not depend on their content), sGLP-IB with a k-nearest-class graph and sTLP-IB, 50% fewer
 MACs, `statistics="block"`. Each run measures wall time, peak resident memory, the per-stage split
-(forward pass, block kernels, class embeddings, each bisection step's solves, surgery), the solver
+(forward pass, block kernels, class means, each bisection step's solves, surgery), the solver
 iterations, the machine, date and commit, and is appended to a JSON list of runs with a Markdown
 summary beside it (regenerated from the whole list).
 
@@ -49,7 +49,9 @@ GIB = 1 << 30
 
 class Probes:
     """Timers wrapped around the stages `prune` runs: the block kernels (`ib._BlockStream`'s per-batch
-    work, inside the forward pass), the class embeddings' pass, every solver call (with its iterations) and
+    work, inside the forward pass), the class means of the classifier's input (`ib._ClassMeans.hook`, inside the
+    same pass; runs before the fused pass timed a second forward pass, `ib.class_embeddings`), every solver
+    call (with its iterations) and
     every lam the budget rule asks for (`LassoCriterion.solutions`: the bracket search and each bisection
     step). `restore()` undoes the wrapping."""
 
@@ -60,7 +62,7 @@ class Probes:
         self._undo = []
         self._wrap(ib._BlockStream, "features", self._kernels)
         self._wrap(ib._BlockStream, "batch_end", self._kernels)
-        self._wrap(ib, "class_embeddings", self._embeddings)
+        self._wrap(ib._ClassMeans, "hook", self._embeddings)
         self._wrap(LassoCriterion, "solutions", self._solutions)
         self._wrap(LassoCriterion, "prepare", self._prepare)
         self.bracket = 0   # levels asked inside `prepare`: the search for the lam that empties every layer
@@ -212,7 +214,9 @@ def markdown(runs: list[dict]) -> str:
     lines = ["# ImageNet scale on one CPU: block statistics end to end (benchmarks/bench_imagenet_scale.py)", "",
              "torchvision ResNet-50, generated images, `paperprune.prune` at 50% fewer MACs; sGLP-IB with a "
              "k-nearest-class graph, sTLP-IB. Wall and stage seconds; forward = the streamed pass without the "
-             "block kernels; bracket = the solves that find the lam emptying every layer (in `prepare`); "
+             "block kernels and the class means; embeddings = gathering the class means of the classifier's "
+             "input (a second forward pass in runs up to commit 5bcd396, a hook inside the first since); "
+             "bracket = the solves that find the lam emptying every layer (in `prepare`); "
              "selection = the budget bisection, whose per-step solves are in the JSON (`stages.bisection`: "
              "lam, wall, solver seconds, iterations, unconverged layers per step); lam values = its steps.", "",
              "| date | commit | method | classes | px | N | statistics | threads | wall s | peak RSS GiB | forward s "

@@ -297,14 +297,14 @@ class LassoCriterion(Criterion):
     response_source: str | None = None
 
     def prepare(self, model, layers, calibration):
-        from .ib import class_embeddings, layer_statistics
+        from .ib import layer_statistics
 
         self.statistics = layer_statistics(model, layers, calibration.images, calibration.labels,
                                            calibration.num_classes, response=self.response_source,
                                            statistics=self.estimator, block_size=self.block_size,
-                                           permutations=self.permutations, seed=self.seed)
-        self.embeddings = class_embeddings(model, calibration.images, calibration.labels, calibration.num_classes,
+                                           permutations=self.permutations, seed=self.seed,
                                            classifier=calibration.classifier)
+        self.embeddings = self.statistics.class_embeddings  # from the same forward pass
         self.calibration_taxonomy = calibration.taxonomy
         self.build_structure()
         self.problems = {name: (st.redundancy.double(), self.response(st).double())

@@ -64,6 +64,7 @@ __all__ = [
     "PERMUTATIONS",
     "STATISTICS",
     "LayerStatistics",
+    "Statistics",
     "block_batch_size",
     "block_partitions",
     "channel_features",
@@ -136,6 +137,15 @@ class LayerStatistics:
     dead: Tensor
     missing_classes: list[int]
     num_samples: int
+
+
+class Statistics(dict):
+    """`layer_statistics`' result: {layer name: LayerStatistics}, and `class_embeddings`, the (K, D) class
+    means of the classifier's input gathered in the same forward pass (None when no classifier was named)."""
+
+    def __init__(self, layers: dict[str, LayerStatistics], *, class_embeddings: Tensor | None = None):
+        super().__init__(layers)
+        self.class_embeddings = class_embeddings
 
 
 # --------------------------------------------------------------------------- kernels
@@ -617,7 +627,7 @@ class _Observed(Exception):
 
 def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: int,
              device: torch.device, dtype: torch.dtype, keep_outputs: bool,
-             order: Tensor | None = None, sink=None
+             order: Tensor | None = None, sink=None, class_means: _ClassMeans | None = None
              ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, tuple[int, ...]]]:
     """Run `images` through `model` (eval, no grad) and gather each layer's observed
     output as a (C, N, H*W) tensor on `device` (the channels of a linear root, last in its output, moved
@@ -627,7 +637,8 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
     run (the first runs whole, so that a module running twice is still caught).
     `order` (N,) visits the images in that order. A `sink` (`_BlockStream`) receives each batch's
     features instead, `sink.features(name, (C, b, H*W) in dtype on device)`, and then
-    `sink.batch_end(outputs or None)`: nothing of size N is gathered.
+    `sink.batch_end(outputs or None)`: nothing of size N is gathered. `class_means` (`_ClassMeans`)
+    gathers the class means of the classifier's input in the same pass (every batch then runs whole).
     Training flags are restored and hooks removed whatever happens."""
     _check_images(images)
     if batch_size < 1:
@@ -665,12 +676,14 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
                 if name not in buffers:
                     buffers[name] = torch.empty(feat.shape[1], n, feat.shape[2], dtype=dtype, device=device)
                 buffers[name][:, span[0]:span[1]].copy_(feat.transpose(0, 1))
-            if not keep_outputs and span[0] > 0 and len(seen) == len(modules):
+            if not keep_outputs and class_means is None and span[0] > 0 and len(seen) == len(modules):
                 raise _Observed  # the rest of the network is not needed (the first batch runs whole)
         return hook
 
     flags = {m: m.training for m in model.modules()}
     handles = [mod.register_forward_hook(make_hook(name)) for name, mod in modules.items()]
+    if class_means is not None:
+        handles.append(class_means.head.register_forward_pre_hook(class_means.hook))
     outputs = []
     try:
         model.eval()
@@ -678,7 +691,10 @@ def _forward(model: nn.Module, layers: Sequence, images: Tensor, *, batch_size: 
             for start in range(0, n, batch_size):
                 span[:] = [start, min(n, start + batch_size)]
                 seen.clear()
-                batch = images[start:span[1]] if order is None else images[order[start:span[1]].to(images.device)]
+                indices = slice(start, span[1]) if order is None else order[start:span[1]]
+                if class_means is not None:
+                    class_means.batch = indices
+                batch = images[indices] if order is None else images[indices.to(images.device)]
                 batch = batch.to(device=model_device, dtype=model_dtype)
                 try:
                     result = model(batch)
@@ -748,7 +764,8 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
                      num_classes: int, *, response: str | None = "logits", batch_size: int | None = None,
                      max_bytes: int = DEFAULT_MAX_BYTES, device: str | torch.device | None = None,
                      dtype: torch.dtype | None = None, statistics: str = "exact", block_size: int | None = None,
-                     permutations: int | None = None, seed: int = 0) -> dict[str, LayerStatistics]:
+                     permutations: int | None = None, seed: int = 0,
+                     classifier: str | None = None) -> Statistics:
     """Redundancy Q, class-wise relevance R and output relevance of every prunable layer of a model.
 
     Parameters
@@ -786,11 +803,15 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
         M, random partitions of each batch into blocks (default 3).
     seed : int, default 0
         Seeds the block partitions (`block_partitions`).
+    classifier : str, optional
+        The name of the module producing the logits: its input's class means (`class_embeddings`)
+        are gathered in the same forward pass, into the result's `class_embeddings`.
 
     Returns
     -------
-    dict of str to LayerStatistics
-        One entry per layer, keyed by name: Q (C, C), R (C, K), output relevance (C,).
+    Statistics
+        A dict with one entry per layer, keyed by name: Q (C, C), R (C, K), output relevance (C,);
+        its `class_embeddings` (K, D) with `classifier`, else None.
 
     See Also
     --------
@@ -850,10 +871,12 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
     model_device, model_dtype = _model_device_dtype(model)
     device = resolve_device(device) if device is not None else model_device
     dtype = dtype or torch.float32
+    means = None if classifier is None else _ClassMeans(model, classifier, labels, num_classes)
     if statistics == "block":
-        return _block_statistics(model, layers, images, labels, num_classes, response=response,
-                                 block_size=block_size, permutations=permutations, batch_size=batch_size,
-                                 seed=seed, max_bytes=max_bytes, device=device, dtype=dtype)
+        results = _block_statistics(model, layers, images, labels, num_classes, response=response,
+                                    block_size=block_size, permutations=permutations, batch_size=batch_size,
+                                    seed=seed, max_bytes=max_bytes, device=device, dtype=dtype, class_means=means)
+        return Statistics(results, class_embeddings=None if means is None else means.result(model_dtype))
     batch_size = batch_size or 64
     itemsize = torch.empty((), dtype=dtype).element_size()
     consumers = _consumers(layers) if response == "consumer" else {}
@@ -867,13 +890,15 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
     labels = labels.to(device)
     source_eps = _eps(model_dtype)
     results: dict[str, LayerStatistics] = {}
-    logits_kernel = None
+    logits_kernel, embeddings = None, None
     with tqdm(total=len(layers), desc="IB statistics", unit="layer", disable=None) as bar:
         for group in _groups(layers, sizes, max_bytes):
             watch = group + [consumers[layer.name] for layer in group if layer.name in consumers]
             keep = response == "logits" and logits_kernel is None
             feats, logits, _ = _forward(model, watch, images, batch_size=batch_size, device=device,
-                                        dtype=dtype, keep_outputs=keep)
+                                        dtype=dtype, keep_outputs=keep, class_means=means)
+            if means is not None:  # gathered in the first group's pass only
+                embeddings, means = means.result(model_dtype), None
             if keep:
                 logits_kernel = _GaussianKernels(logits[None], source_eps=source_eps, max_bytes=max_bytes)
             for layer in group:
@@ -885,51 +910,52 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
                                                   num_classes, out, source_eps=source_eps,
                                                   max_bytes=max_bytes)
                 bar.update(1)
-    return results
+    return Statistics(results, class_embeddings=embeddings)
 
 
 def class_embeddings(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int, *,
                      batch_size: int = 64, classifier: str = "classifier") -> Tensor:
     """(K, D) class means of the input of the module named `classifier` (the final nn.Linear, or a
-    conv classifier's input averaged over positions), the penultimate embedding used to build the class graph and tree (METHOD.md section 2,
-    "Class structure"). Classes without samples get a zero row. Eval mode, no grad."""
+    conv classifier's input averaged over positions), the penultimate embedding used to build the class
+    graph and tree (METHOD.md section 2, "Class structure"). Classes without samples get a zero row.
+    Eval mode, no grad. `layer_statistics(..., classifier=...)` gives the same from its own forward pass."""
     _check_images(images)
     labels = _check_labels(torch.as_tensor(labels), images.shape[0], num_classes)
-    try:
-        head = model.get_submodule(classifier)
-    except AttributeError:
-        head = None
-    if not isinstance(head, nn.Module):
-        raise PaperpruneError(f"{type(model).__name__} has no module {classifier!r}; name its final nn.Linear "
-                              "(the class embeddings are that layer's input), e.g. classifier=\"fc\"")
-    classifier = head
     device, dtype = _model_device_dtype(model)
-    labels = labels.to(device)
-    state = {"sums": None, "labels": None}
+    means = _ClassMeans(model, classifier, labels, num_classes)
+    _forward(model, [], images, batch_size=batch_size, device=device, dtype=dtype, keep_outputs=False,
+             class_means=means)
+    return means.result(dtype)
 
-    def hook(module, inputs):
+
+class _ClassMeans:
+    """Per-class sums of the classifier's input, gathered by a pre-hook during `_forward` (which sets
+    `batch`, the indices of the images in each batch)."""
+
+    def __init__(self, model: nn.Module, classifier: str, labels: Tensor, num_classes: int):
+        try:
+            head = model.get_submodule(classifier)
+        except AttributeError:
+            head = None
+        if not isinstance(head, nn.Module):
+            raise PaperpruneError(f"{type(model).__name__} has no module {classifier!r}; name its final nn.Linear "
+                                  "(the class embeddings are that layer's input), e.g. classifier=\"fc\"")
+        self.head, self.labels, self.num_classes = head, labels, num_classes
+        self.sums: Tensor | None = None
+        self.batch: Tensor | slice = slice(0, 0)
+
+    def hook(self, module, inputs):
         emb = inputs[0].detach()
         # a conv classifier (K channels before global pooling): its input averaged over positions
         emb = (emb.mean((2, 3)) if isinstance(module, nn.Conv2d) and emb.dim() == 4 else emb.flatten(1)).double()
-        if state["sums"] is None:
-            state["sums"] = torch.zeros(num_classes, emb.shape[1], dtype=torch.float64, device=emb.device)
-        onehot = nn.functional.one_hot(state["labels"].to(emb.device), num_classes).double()
-        state["sums"].addmm_(onehot.T, emb)
+        if self.sums is None:
+            self.sums = torch.zeros(self.num_classes, emb.shape[1], dtype=torch.float64, device=emb.device)
+        labels = self.labels[self.batch].to(emb.device)
+        self.sums.addmm_(nn.functional.one_hot(labels, self.num_classes).double().T, emb)
 
-    flags = {m: m.training for m in model.modules()}
-    handle = classifier.register_forward_pre_hook(hook)
-    try:
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, images.shape[0], batch_size):
-                state["labels"] = labels[start:start + batch_size]
-                model(images[start:start + batch_size].to(device=device, dtype=dtype))
-    finally:
-        handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
-    counts = torch.bincount(labels, minlength=num_classes).double().to(state["sums"].device)
-    return (state["sums"] / counts.clamp_min(1)[:, None]).to(dtype)
+    def result(self, dtype: torch.dtype) -> Tensor:
+        counts = torch.bincount(self.labels.cpu(), minlength=self.num_classes).double().to(self.sums.device)
+        return (self.sums / counts.clamp_min(1)[:, None]).to(dtype)
 
 
 # --------------------------------------------------------------------------- block statistics
@@ -1164,8 +1190,8 @@ class _BlockStream:
 
 def _block_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels: Tensor, num_classes: int, *,
                       response: str | None, block_size: int, permutations: int, batch_size: int | None,
-                      seed: int, max_bytes: int, device: torch.device, dtype: torch.dtype
-                      ) -> dict[str, LayerStatistics]:
+                      seed: int, max_bytes: int, device: torch.device, dtype: torch.dtype,
+                      class_means: _ClassMeans | None = None) -> dict[str, LayerStatistics]:
     """METHOD.md section 2b for every layer in one streamed forward pass (see `layer_statistics`)."""
     n = images.shape[0]
     check_block_samples(n, block_size)
@@ -1181,7 +1207,7 @@ def _block_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels
     stream = _BlockStream(layers, consumers, batches, labels.to(device), num_classes, response, device, dtype,
                           source_eps=_eps(_model_device_dtype(model)[1]), max_bytes=max_bytes)
     _forward(model, list(layers) + list(consumers.values()), images, batch_size=batch_size, device=device,
-             dtype=dtype, keep_outputs=response == "logits", order=order, sink=stream)
+             dtype=dtype, keep_outputs=response == "logits", order=order, sink=stream, class_means=class_means)
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
     missing = torch.nonzero(counts == 0).flatten().tolist()
     return {layer.name: stream.result(layer.name, block_size, n, missing) for layer in layers}

@@ -338,6 +338,33 @@ def test_class_embeddings_by_hand():
     assert (emb[3] == 0).all() and torch.isfinite(emb).all()
 
 
+@pytest.mark.parametrize("statistics, max_bytes", [("exact", 1), ("block", ib.DEFAULT_MAX_BYTES)])
+def test_statistics_pass_gathers_the_class_embeddings(statistics, max_bytes):
+    """`layer_statistics(classifier=...)` returns the class means of the classifier's input from its own
+    forward pass: equal to `class_embeddings`' separate pass (the block estimator visits the images in
+    another order, so to rounding), with no pass of its own: conv1 runs once per batch of the statistics'
+    passes only (block: one pass of 2 batches; exact with max_bytes=1: a one-image probe, then one pass per
+    layer, the first gathering the means)."""
+    model, images, labels = _model_and_data(n=40, k=4)
+    expected = ib.class_embeddings(model, images, labels, 4, batch_size=20)
+    block = {"block_size": 10} if statistics == "block" else {}
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        stats = ib.layer_statistics(model, model.prunable_layers(), images, labels, 4, batch_size=20, dtype=F64,
+                                    statistics=statistics, max_bytes=max_bytes, classifier="classifier", **block)
+    finally:
+        handle.remove()
+    assert len(calls) == {"exact": 1 + 2 + 2, "block": 2}[statistics] and _no_hooks(model)
+    torch.testing.assert_close(stats.class_embeddings, expected, rtol=1e-12, atol=1e-12)
+    assert set(stats) == {"conv1", "conv2"}
+    plain = ib.layer_statistics(model, model.prunable_layers(), images, labels, 4, batch_size=20, dtype=F64,
+                                statistics=statistics, max_bytes=max_bytes, **block)
+    assert plain.class_embeddings is None
+    for name in plain:
+        torch.testing.assert_close(plain[name].redundancy, stats[name].redundancy, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- ReLU-sparse channels
 
 
