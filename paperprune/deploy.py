@@ -107,9 +107,13 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     """
     from torch._inductor import config as inductor_config
 
-    from .features import check_images
+    from .features import check_images, first_conv
 
-    check_images(model, example_input, "example_input")
+    if first_conv(model) is not None:  # a network on images; a latency unit may be a lone linear layer
+        check_images(model, example_input, "example_input")
+    elif not torch.is_tensor(example_input) or not example_input.is_floating_point():
+        raise PaperpruneError(f"example_input must be a float tensor of the model's input; got "
+                              f"{getattr(example_input, 'dtype', type(example_input).__name__)}")
     model = fold_batchnorm(model)
     devices = {p.device for p in model.parameters()} - {example_input.device}
     if devices:

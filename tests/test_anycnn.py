@@ -746,15 +746,15 @@ def test_stream_walk_agrees_with_torch_prunings_group(name, kwargs):
     assert all(kind == "residual" for hit, kind in walked.values() if hit)
 
 
-def test_swin_v2_and_the_deep_swins_are_discovered():
+def test_swin_v2_is_discovered():
     """Swin V2's stem conv (whose Torch-Pruning group outgrows memory) is found residual by the walk, and
-    Swin-S traces although Torch-Pruning's width inference gives up inside its 18-block stage; each
-    keeps its blocks' MLP hidden widths prunable."""
-    for name, blocks in [("swin_v2_t", 12), ("swin_s", 24)]:
-        model = tv.get_model(name, num_classes=CLASSES).eval()
-        found = discover(model, (3, 64, 64))
-        assert [layer.conv for layer in found.layers][:2] == ["features.1.0.mlp.0", "features.1.1.mlp.0"]
-        assert len(found.layers) == blocks and found.skipped.keys() == {"features.0.0"}
+    the MLP hidden width of each of its 12 blocks is prunable. (Swin-S and Swin-B, which need the tolerant
+    concat mapping to trace, take 20 s each: they are in benchmarks/bench_torchvision.py.)"""
+    model = tv.get_model("swin_v2_t", num_classes=CLASSES).eval()
+    found = discover(model, (3, 64, 64))
+    assert [layer.conv for layer in found.layers][:2] == ["features.1.0.mlp.0", "features.1.1.mlp.0"]
+    assert len(found.layers) == 12 and list(found.skipped) == ["features.0.0"]
+    assert found.skipped["features.0.0"][0] == "residual"
 
 
 def testtolerant_concat_mapping_is_left_unmapped_and_restored():

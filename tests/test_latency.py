@@ -305,6 +305,28 @@ def test_deployed_measuring_leaves_torch_compile_usable():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
+def test_deployed_latency_table_measures_linear_units():
+    """A deployed latency table times every unit compiled on its own, a linear layer on its (B, C) input
+    included (VGG-16's classifier): the deployed preparation of a lone linear unit is not refused for not
+    being a network on images, and it computes what the eager unit does."""
+    from paperprune.deploy import check_compiler, prepare_for_inference
+    from paperprune.latency import Unit, measure_us
+
+    try:
+        check_compiler()
+    except PaperpruneError as e:
+        pytest.skip(str(e))
+    unit = Unit(kind="linear", in_channels=16, out_channels=8, bias=True)
+    module, x = unit.module(12, 6).eval(), unit.example(4, 12, "cpu", "deployed")
+    assert x.shape == (4, 12) and measure_us(module, x, "deployed", repeats=1, warmup=0) > 0
+    with torch.inference_mode():
+        torch.testing.assert_close(prepare_for_inference(module, x)(x), module(x))
+    torch._dynamo.reset()
+    with pytest.raises(PaperpruneError, match="float tensor"):
+        prepare_for_inference(module, torch.ones(4, 12, dtype=torch.long))
+
+
 def test_latency_model_refuses_widths_that_reach_grouped_convs(tmp_path):
     """MobileNet's pruned widths reach its depthwise convs, which the table does not time: a clear refusal
     pointing to the MACs budget (docs/usage.md, "Which networks")."""
