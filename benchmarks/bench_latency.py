@@ -36,7 +36,8 @@ from paperprune.deploy import DEPLOY_MODE
 from paperprune.lab.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
 from paperprune.lab.io import environment_info
 from paperprune.lab.train import TrainConfig, evaluate, train
-from paperprune.latency import LATENCY_TOLERANCE, MEASURE_ROUNDS, LatencyModel, clock_name
+from paperprune.latency import (LATENCY_TOLERANCE, MEASURE_MAX_ROUNDS, MEASURE_PRECISION, MEASURE_ROUNDS, LatencyModel,
+                                clock_name)
 from paperprune.models import prunable_layers
 from paperprune.utils import PaperpruneError, atomic_write_json, atomic_write_text
 
@@ -176,8 +177,9 @@ def markdown(result):
              "torch thread the calling thread's CPU time, which other jobs' preemption does not inflate).", "",
              f"Criterion `{METHOD}` (filter L1 norms), Fashion-MNIST 32x32, batch {args['batch']}. Each target is "
              "asked of `prune(latency_reduction=...)`: the bisection on the predicted latency, then at most 3 pruned "
-             "models measured beside the base (each the median of "
-             f"{MEASURE_ROUNDS} interleaved rounds after warm-up) and the prediction corrected (proportional, then "
+             "models measured beside the base (each the median per-round reduction of at least "
+             f"{MEASURE_ROUNDS} interleaved rounds after warm-up, more, up to {MEASURE_MAX_ROUNDS}, until its 95% "
+             f"interval lies within {MEASURE_PRECISION} of it) and the prediction corrected (proportional, then "
              f"secant), stopping within {LATENCY_TOLERANCE}. *Kept*: the loop's measurement of the model it returns. "
              f"*Checked*: the median of {args['checks']} further side-by-side measurements of that model after the "
              f"loop; *within* compares it with the target ({LATENCY_TOLERANCE}). Deployed: `{DEPLOY_MODE}`.", ""]
@@ -212,6 +214,7 @@ def markdown(result):
                 lines.append(f"| {r['target']:.0%} | refused: {r['unreachable']} | | | | | | |")
                 continue
             steps = "; ".join(f"{_pct(s['predicted_reduction'])} -> {_pct(s['measured_reduction'])}"
+                              + (f" [{s['rounds']} rounds]" if "reduction_interval" in s else "")
                               + ("" if s["step"] == 1 else f" ({s['correction'].split(':')[0]})")
                               if "miss" in s else f"asked {_pct(s['asked_predicted'])}: refused" for s in r["steps"])
             lines.append(f"| {r['target']:.0%} | {steps} | {_pct(r['loop_reduction'])} | {_pct(r['check_reduction'])} "

@@ -68,7 +68,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
-__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "time_forward"]
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "median_interval",
+           "time_forward"]
 
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
@@ -536,9 +537,13 @@ LATENCY_TOLERANCE = 0.02
 #: at most this many pruned models are measured to correct the prediction (`calibrate`)
 MEASURED_STEPS = 3
 #: `measure_side_by_side`: untimed forwards of each model first, then timed rounds (one forward of each
-#: model per round, the order alternating); each model's latency is its median over the rounds
+#: model per round, the order alternating); at least MEASURE_ROUNDS, more (up to MEASURE_MAX_ROUNDS) while the
+#: 95% interval of the median per-round reduction reaches further than MEASURE_PRECISION from it (half the
+#: tolerance a landing is judged by, so that timing noise alone rarely decides it)
 MEASURE_WARMUP = 3
 MEASURE_ROUNDS = 7
+MEASURE_MAX_ROUNDS = 41
+MEASURE_PRECISION = LATENCY_TOLERANCE / 2
 
 
 def forward_us(module, example: torch.Tensor) -> float:
@@ -546,8 +551,21 @@ def forward_us(module, example: torch.Tensor) -> float:
     return time_forward(module, example, repeats=1, warmup=0)
 
 
+def median_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The distribution-free interval of the median of `values`: the order statistics x_(j) and x_(n+1-j)
+    with j the largest count that Binomial(n, 1/2) falls below with probability at most (1 - level) / 2
+    (at least 1: the full range for n < 9 at 95%)."""
+    from scipy import stats
+
+    x = np.sort(np.asarray(values, dtype=float))
+    j = max(1, int(stats.binom.ppf((1 - level) / 2, x.size, 0.5)))
+    return float(x[j - 1]), float(x[x.size - j])
+
+
 def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tensor, mode: str, *,
-                         rounds: int = MEASURE_ROUNDS, warmup: int = MEASURE_WARMUP, timer=forward_us) -> dict:
+                         rounds: int = MEASURE_ROUNDS, warmup: int = MEASURE_WARMUP,
+                         max_rounds: int = MEASURE_MAX_ROUNDS, precision: float = MEASURE_PRECISION,
+                         timer=forward_us) -> dict:
     """Latency of `base` and `pruned`, measured together so that both see the same machine state.
 
     Parameters
@@ -559,8 +577,11 @@ def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tens
     mode : str
         "eager" or "deployed" (each model run through `paperprune.deploy.prepare_for_inference`).
     rounds, warmup : int
-        `warmup` untimed forwards of each model, then `rounds` rounds of one timed forward of each,
-        the order alternating from round to round.
+        `warmup` untimed forwards of each model, then at least `rounds` rounds of one timed forward of
+        each, the order alternating from round to round.
+    max_rounds, precision : int, float
+        More rounds are run, up to `max_rounds`, while the 95% interval of the median per-round
+        reduction (`median_interval`) reaches further than `precision` from it.
     timer : callable
         ``timer(module, example) -> microseconds`` for one forward (default `forward_us`); tests
         inject a deterministic one.
@@ -568,20 +589,24 @@ def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tens
     Returns
     -------
     dict
-        `before_us`, `after_us`: the median over the rounds of each model's time; `reduction`:
-        1 - after_us / before_us; `reduction_range`: the smallest and largest per-round reduction
-        (the measurement's spread); `rounds`, `warmup`.
+        `before_us`, `after_us`: the median over the rounds of each model's time; `reduction`: the
+        median over the rounds of 1 - after / before within the round; `reduction_interval`: its 95%
+        interval; `reduction_range`: the smallest and largest per-round reduction (the measurement's
+        spread); `rounds` (as run), `warmup`.
 
     Notes
     -----
     The median over interleaved rounds keeps one preempted or cache-cold forward from moving the
-    result, and slow drifts of the machine (other jobs, clock) move both models alike. In mode
+    result, and the reduction is paired within each round, so slow drifts of the machine (other
+    jobs, clock) cancel. Where the rounds scatter (a shared virtual machine), the rounds go on until
+    the median is known to `precision`, or `max_rounds`. In mode
     "deployed" it ends with `torch._dynamo.reset()` (module docstring, "Side effect").
     """
     from .deploy import prepare_for_inference
 
-    if rounds < 1 or warmup < 0:
-        raise PaperpruneError(f"rounds={rounds}, warmup={warmup}: give rounds >= 1 and warmup >= 0")
+    if rounds < 1 or warmup < 0 or max_rounds < rounds:
+        raise PaperpruneError(f"rounds={rounds}, warmup={warmup}, max_rounds={max_rounds}: give rounds >= 1, "
+                              "warmup >= 0 and max_rounds >= rounds")
     models = [_copy_to(m, example.device) for m in (base, pruned)]
     try:
         if mode == "deployed":
@@ -591,16 +616,25 @@ def measure_side_by_side(base: nn.Module, pruned: nn.Module, example: torch.Tens
             for m in models:
                 for _ in range(warmup):
                     m(example)
-        for r in range(rounds):
-            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+        per_round: list[float] = []
+        while len(per_round) < rounds or (len(per_round) < max_rounds and _spread(per_round) > precision):
+            for i in ((0, 1) if len(per_round) % 2 == 0 else (1, 0)):
                 times[i].append(float(timer(models[i], example)))
+            per_round.append(1.0 - times[1][-1] / times[0][-1])
     finally:
         if mode == "deployed":
             torch._dynamo.reset()  # needed, with a process-wide side effect: see the module docstring
     before, after = (float(np.median(t)) for t in times)
-    per_round = [1.0 - a / b for b, a in zip(*times)]
-    return {"before_us": before, "after_us": after, "reduction": 1.0 - after / before,
-            "reduction_range": [min(per_round), max(per_round)], "rounds": rounds, "warmup": warmup}
+    return {"before_us": before, "after_us": after, "reduction": float(np.median(per_round)),
+            "reduction_interval": list(median_interval(per_round)),
+            "reduction_range": [min(per_round), max(per_round)], "rounds": len(per_round), "warmup": warmup}
+
+
+def _spread(values) -> float:
+    """How far the 95% interval of the median of `values` reaches from it."""
+    lo, hi = median_interval(values)
+    median = float(np.median(values))
+    return max(median - lo, hi - median)
 
 
 def _next_ask(points: list[tuple[float, float]], target: float) -> tuple[float, str]:

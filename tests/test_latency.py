@@ -369,12 +369,54 @@ def test_side_by_side_is_the_median_of_interleaved_rounds_after_warmup():
 
     Counting.forwards = []
     m = measure_side_by_side(Counting("base"), Counting("pruned"), torch.zeros(4, 2), "eager", rounds=5, warmup=2,
-                             timer=timer)
-    assert (m["before_us"], m["after_us"]) == (100.0, 60.0) and m["reduction"] == pytest.approx(0.4)
+                             max_rounds=5, timer=timer)
+    per_round = [1 - a / b for b, a in zip([100, 1000, 101, 99, 100], [60, 61, 5, 59, 60])]
+    assert (m["before_us"], m["after_us"]) == (100.0, 60.0) and m["reduction"] == pytest.approx(1 - 59 / 99)
     assert Counting.forwards[:4] == ["base", "base", "pruned", "pruned"] and len(Counting.forwards) == 4 + 10
     assert order == ["base", "pruned", "pruned", "base"] * 2 + ["base", "pruned"]
-    per_round = [1 - a / b for b, a in zip([100, 1000, 101, 99, 100], [60, 61, 5, 59, 60])]
-    assert m["reduction_range"] == pytest.approx([min(per_round), max(per_round)])
+    assert m["reduction_range"] == pytest.approx([min(per_round), max(per_round)]) and m["rounds"] == 5
+
+
+def test_median_interval_is_the_smallest_95_percent_order_statistic_interval():
+    """Against the binomial sums written out: x_(j) <= median <= x_(n+1-j) holds with probability
+    1 - 2 P(Bin(n, 1/2) < j); the interval uses the largest j keeping that >= 95% (j = 1 below n = 9)."""
+    import math
+
+    from paperprune.latency import median_interval
+
+    for n in range(1, 80):
+        below = [sum(math.comb(n, i) for i in range(j)) / 2 ** n for j in range(n + 1)]
+        j = max([1] + [j for j in range(1, (n + 1) // 2 + 1) if 1 - 2 * below[j] >= 0.95])
+        values = list(range(n, 0, -1))  # x_(k) = k, given unsorted
+        assert median_interval(values) == (j, n + 1 - j), n
+
+
+def test_side_by_side_adds_rounds_until_the_median_is_known_to_the_precision():
+    """Rounds whose reductions scatter (0.40 +- 0.10, deterministic) are continued past the minimum until
+    the interval of the median lies within `precision` of it, or `max_rounds`; steady rounds stop at the
+    minimum."""
+    from paperprune.latency import measure_side_by_side, median_interval
+
+    def scattered(spread):
+        noise = iter(np.tile([0.0, spread, -spread, 0.5 * spread, -0.5 * spread], 40))
+
+        def timer(module, example):
+            return 100.0 if module.name == "base" else 100.0 * (0.6 - next(noise))
+        return timer
+
+    steady = measure_side_by_side(Counting("base"), Counting("pruned"), torch.zeros(4, 2), "eager", rounds=7,
+                                  warmup=0, timer=scattered(0.0))
+    assert steady["rounds"] == 7 and steady["reduction"] == pytest.approx(0.4)
+    noisy = measure_side_by_side(Counting("base"), Counting("pruned"), torch.zeros(4, 2), "eager", rounds=7,
+                                 warmup=0, precision=0.07, max_rounds=41, timer=scattered(0.1))
+    lo, hi = noisy["reduction_interval"]
+    assert 7 < noisy["rounds"] < 41 and max(noisy["reduction"] - lo, hi - noisy["reduction"]) <= 0.07
+    per_round = 0.4 + np.tile([0.0, 0.1, -0.1, 0.05, -0.05], 40)[:noisy["rounds"] - 1]
+    lo_before, hi_before = median_interval(per_round)  # one round fewer: not yet precise enough
+    assert max(np.median(per_round) - lo_before, hi_before - np.median(per_round)) > 0.07
+    capped = measure_side_by_side(Counting("base"), Counting("pruned"), torch.zeros(4, 2), "eager", rounds=7,
+                                  warmup=0, precision=0.001, max_rounds=15, timer=scattered(0.1))
+    assert capped["rounds"] == 15
 
 
 def biased(kind):
