@@ -667,8 +667,9 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
     """A latency budget corrected by measurement: the pruned model whose measured reduction is nearest `target`.
 
     The budget rule bisects the predicted latency; each step measures the chosen model against the
-    unpruned one and moves the target on the prediction, until the measured reduction lies within
-    `tolerance` of `target` or `steps` models were measured. A miss after the last step is warned
+    unpruned one and moves the target on the prediction, until the measured reduction, and its 95%
+    interval where the measurement gives one (`reduction_interval`), lie within `tolerance` of `target`,
+    or `steps` models were measured. A miss after the last step is warned
     about, naming the target, what was measured and the model kept.
 
     Parameters
@@ -680,8 +681,9 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
     build : callable
         ``build(selection) -> model``: the pruned model.
     measure : callable
-        ``measure(model) -> dict`` with `before_us`, `after_us` and `reduction`: the unpruned and the
-        pruned model measured side by side (`LatencyModel.measure_side_by_side`).
+        ``measure(model) -> dict`` with `before_us`, `after_us`, `reduction` and optionally
+        `reduction_interval`: the unpruned and the pruned model measured side by side
+        (`LatencyModel.measure_side_by_side`).
     target : float
         The latency reduction asked for, a fraction in (0, 1).
     tolerance : float
@@ -728,8 +730,9 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
         history.append(row)
         if chosen is None or abs(row["miss"]) < abs(chosen[1]["miss"]):
             chosen = (selection, row)
-        if abs(row["miss"]) <= tolerance:
-            break
+        lo, hi = measured.get("reduction_interval", (measured["reduction"],) * 2)
+        if abs(row["miss"]) <= tolerance and target - tolerance <= lo and hi <= target + tolerance:
+            break  # the measurement's interval lies within the tolerance: noise is unlikely to have decided it
         points.append((predicted, row["measured_reduction"]))
         asked, correction = _next_ask(points, float(target))
         asked = min(max(asked, 0.01), 0.99)

@@ -541,6 +541,23 @@ def test_calibrate_warns_naming_the_miss_after_its_last_step():
     assert "0.450, 0.350, 0.440" in text
 
 
+def test_calibrate_goes_on_while_the_measured_interval_reaches_past_the_tolerance():
+    """A first measurement 1.9 points from the target whose 95% interval reaches 1 point further is not
+    taken as a landing: the next step is measured, and the one whose interval lies inside the tolerance
+    ends the loop and is kept."""
+    from paperprune.latency import calibrate
+
+    script = iter([(0.419, (0.409, 0.429)), (0.401, (0.395, 0.41)), (0.5, (0.5, 0.5))])
+
+    def measure(model):
+        r, interval = next(script)
+        return {"before_us": 100.0, "after_us": 100.0 * (1 - r), "reduction": r, "reduction_interval": interval}
+
+    selection, history = calibrate(_proportional_select, lambda s: s, measure, 0.4)
+    assert [h["measured_reduction"] for h in history] == [0.419, 0.401]
+    assert [h["chosen"] for h in history] == [False, True] and history[1]["reduction_interval"] == (0.395, 0.41)
+
+
 def test_calibrate_records_a_refused_correction_and_warns():
     """The corrected target is beyond what the budget rule reaches: the refusal is a recorded step (with the
     budget rule's message), the nearest measured selection is kept, and the miss is warned about."""
