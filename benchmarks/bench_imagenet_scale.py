@@ -50,8 +50,7 @@ GIB = 1 << 30
 class Probes:
     """Timers wrapped around the stages `prune` runs: the block kernels (`ib._BlockStream`'s per-batch
     work, inside the forward pass), the class means of the classifier's input (`ib._ClassMeans.hook`, inside the
-    same pass; runs before the fused pass timed a second forward pass, `ib.class_embeddings`), every solver
-    call (with its iterations) and
+    same pass), every solver call (with its iterations) and
     every lam the budget rule asks for (`LassoCriterion.solutions`: the bracket search and each bisection
     step). `restore()` undoes the wrapping."""
 

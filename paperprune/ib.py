@@ -890,15 +890,13 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
     labels = labels.to(device)
     source_eps = _eps(model_dtype)
     results: dict[str, LayerStatistics] = {}
-    logits_kernel, embeddings = None, None
+    logits_kernel = None
     with tqdm(total=len(layers), desc="IB statistics", unit="layer", disable=None) as bar:
-        for group in _groups(layers, sizes, max_bytes):
+        for i, group in enumerate(_groups(layers, sizes, max_bytes)):
             watch = group + [consumers[layer.name] for layer in group if layer.name in consumers]
             keep = response == "logits" and logits_kernel is None
-            feats, logits, _ = _forward(model, watch, images, batch_size=batch_size, device=device,
-                                        dtype=dtype, keep_outputs=keep, class_means=means)
-            if means is not None:  # gathered in the first group's pass only
-                embeddings, means = means.result(model_dtype), None
+            feats, logits, _ = _forward(model, watch, images, batch_size=batch_size, device=device, dtype=dtype,
+                                        keep_outputs=keep, class_means=means if i == 0 else None)  # first pass only
             if keep:
                 logits_kernel = _GaussianKernels(logits[None], source_eps=source_eps, max_bytes=max_bytes)
             for layer in group:
@@ -910,7 +908,7 @@ def layer_statistics(model: nn.Module, layers: Sequence, images: Tensor, labels:
                                                   num_classes, out, source_eps=source_eps,
                                                   max_bytes=max_bytes)
                 bar.update(1)
-    return Statistics(results, class_embeddings=embeddings)
+    return Statistics(results, class_embeddings=None if means is None else means.result(model_dtype))
 
 
 def class_embeddings(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int, *,
