@@ -353,10 +353,22 @@ class LassoCriterion(Criterion):
         self._unconverged[lam] = stalled
         return out
 
+    def solution_bound(self, Q, R, lam: float) -> float:
+        """A lower bound on the norm of the layer's B at `lam` (`paperprune.lasso.solution_norm_bound`)."""
+        from .lasso import solution_norm_bound
+
+        return solution_norm_bound(Q, R, lam, nonnegative=self.nonnegative)
+
     def _empty_lam(self) -> float:
+        """The first doubling of max |R| at which every layer's B is zero. A lam at which `solution_bound`
+        shows some layer keeping a row above 10 `row_tol` (so a solve within tolerance keeps it too) is
+        passed over without solving: solving there costs as much as any step of the bisection (521 s for
+        sTLP-IB at 1,000 classes, benchmarks/results/imagenet-scale.md), and its B is not used."""
         hi = max(max(float(R.abs().max()) for _, R in self.problems.values()), 1e-12)
         for _ in range(64):
-            if all(not bool((B.norm(dim=1) > self.row_tol).any()) for B in self.solutions(hi).values()):
+            kept = any(self.solution_bound(Q, R, hi) > 10 * self.row_tol * math.sqrt(Q.shape[0])
+                       for Q, R in self.problems.values())
+            if not kept and all(not bool((B.norm(dim=1) > self.row_tol).any()) for B in self.solutions(hi).values()):
                 return hi
             hi *= 2.0
         raise PaperpruneError(f"{self.name}: could not find a lam at which every layer is empty")
@@ -491,6 +503,12 @@ class SGLPCriterion(LassoCriterion):
         return solve_sglp(Q, R, self.graph, lam, self.gamma_ratio * lam, nonnegative=self.nonnegative,
                           tol=self.solver_tol, max_iter=self.max_iter, B0=B0)
 
+    def solution_bound(self, Q, R, lam):
+        from .lasso import solution_norm_bound
+
+        return solution_norm_bound(Q, R, lam, graph=self.graph, gamma=self.gamma_ratio * lam,
+                                   nonnegative=self.nonnegative)
+
     def describe(self, level):
         return dict(super().describe(level), gamma=self.gamma_ratio * self.lam(level))
 
@@ -521,6 +539,11 @@ class STLPCriterion(LassoCriterion):
 
         return solve_stlp(Q, R, self.tree, lam, nonnegative=self.nonnegative, tol=self.solver_tol,
                           max_iter=self.max_iter, B0=B0)
+
+    def solution_bound(self, Q, R, lam):
+        from .lasso import solution_norm_bound
+
+        return solution_norm_bound(Q, R, lam, tree=self.tree, nonnegative=self.nonnegative)
 
 
 _CRITERIA = {c.name: c for c in (RandomCriterion, L1Criterion, HRankCriterion, APIBCriterion,

@@ -122,8 +122,11 @@ class ClassTree:
     weights (V_h,), outside (K,)) per height (longest chain of groups below a node), lowest
     first, for the groups of two or more classes with weight > 0. Groups of one height are
     disjoint (a group strictly above another is higher), so each level is one batched group
-    soft-thresholding; `outside` is 1 for classes in none of its groups. `segments` holds the
-    same levels sparsely, one (classes (n_h,), their group's position in the level (n_h,)) each.
+    soft-thresholding; `outside` is 1 for classes in none of its groups. The same groups as a tree
+    of nodes, for many classes: `node_levels` the (start, stop) of each level in the concatenation of
+    the levels' groups, `node_weights` (V_p,) their weights, `node_parent` (V_p,) the position of each
+    one's nearest ancestor among them and `class_parent` (K,) that of each class's smallest group
+    among them, V_p where there is none.
     `num_classes` defaults to the largest class index + 1.
     """
 
@@ -135,7 +138,10 @@ class ClassTree:
     order: torch.Tensor = field(init=False, repr=False)
     leaf_weights: torch.Tensor = field(init=False, repr=False)
     levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(init=False, repr=False)
-    segments: list[tuple[torch.Tensor, torch.Tensor]] = field(init=False, repr=False)
+    node_levels: list[tuple[int, int]] = field(init=False, repr=False)
+    node_weights: torch.Tensor = field(init=False, repr=False)
+    node_parent: torch.Tensor = field(init=False, repr=False)
+    class_parent: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
         try:
@@ -191,14 +197,22 @@ class ClassTree:
         single = size == 1
         self.leaf_weights = torch.zeros(K, dtype=fdtype, device=device).index_add_(
             0, mask[single].to(torch.int64).argmax(1).to(device), self.weights[single.to(device)])
-        self.levels, self.segments = [], []
+        self.levels, self.node_levels = [], []
         for h in range(int(height.max()) + 1):
             nodes = ((height == h) & ~single & (self.weights.cpu() > 0)).nonzero().flatten().to(device)
             if len(nodes):
                 m = self.mask[nodes].to(fdtype)
                 self.levels.append((nodes, m, self.weights[nodes], 1 - m.sum(0)))
-                position, classes = self.mask[nodes].nonzero().unbind(1)   # the level's groups are disjoint
-                self.segments.append((classes, position))
+                start = self.node_levels[-1][1] if self.node_levels else 0
+                self.node_levels.append((start, start + len(nodes)))
+        # the nodes' parents: among a node's (or class's) ancestors, which form a chain, the deepest
+        kept = torch.cat([nodes for nodes, *_ in self.levels]).cpu() if self.levels else torch.zeros(0, dtype=torch.long)
+        self.node_weights = self.weights[kept.to(device)]
+        below = torch.cat([contains[kept][:, kept].to(torch.int64), mask[kept].to(torch.int64)], 1)  # (V_p, V_p + K)
+        score = torch.where(below.bool(), self.depth.cpu()[kept][:, None], -1)
+        best, position = score.max(0) if len(kept) else (torch.full((below.shape[1],), -1), below.new_zeros(below.shape[1]))
+        parent = torch.where(best >= 0, position, len(kept)).to(device)
+        self.node_parent, self.class_parent = parent[:len(kept)], parent[len(kept):]
 
     @property
     def num_nodes(self) -> int:

@@ -11,6 +11,7 @@ from paperprune.criteria import Calibration, create_criterion
 from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.ib import channel_features, feature_statistics, layer_statistics
 from paperprune.models import list_models, prunable_layers
+from paperprune.structure import ClassTree
 from paperprune.utils import PaperpruneError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,3 +185,34 @@ def test_response_option_is_refused_where_it_means_nothing():
                                               r"class-wise criterion .*\(method 'l1'\)"):
         RunConfig(dataset="fashion-mnist", arch="resnet56", method="l1", flops_reduction=0.5, pretrain_epochs=1,
                   response="class+output").validate()
+
+
+@pytest.mark.parametrize("method", ["stlp", "sglp", "classwise"])
+def test_the_emptying_lam_skips_solves_the_bound_rules_out(method, tree, graph):
+    """lam_hi is the first doubling of max |R| at which every layer's solution is zero, found as by solving at
+    every doubling; doublings at which `solution_bound` already shows a kept row are passed over unsolved."""
+    gen = torch.Generator().manual_seed(0)
+    criterion = create_criterion(method)
+    # half the fixture's weights: no class's groups sum to 1, so the tree keeps rows at lam = max |R|
+    criterion.tree, criterion.graph = ClassTree(tree.groups, 0.5 * tree.weights), graph
+    criterion.problems = {}
+    for name, C in (("a", 12), ("b", 7)):
+        Phi = torch.rand(20, C, generator=gen, dtype=torch.float64) + 0.2
+        Y = torch.rand(20, 5, generator=gen, dtype=torch.float64)
+        Phi, Y = Phi / Phi.norm(dim=0), Y / Y.norm(dim=0)
+        criterion.problems[name] = (Phi.T @ Phi, 3 * Phi.T @ Y)
+    solved = []
+    solve = criterion.solve
+    criterion.solve = lambda Q, R, lam, B0: solved.append(lam) or solve(Q, R, lam, B0)
+    lam_hi = criterion._empty_lam()
+
+    def empty(lam):
+        return all(float(solve(Q, R, lam, None).B.norm(dim=1).max()) <= criterion.row_tol
+                   for Q, R in criterion.problems.values())
+    first = expected = max(float(R.abs().max()) for _, R in criterion.problems.values())
+    while not empty(expected):
+        expected *= 2
+    assert lam_hi == expected
+    assert solved == [lam_hi] * 2  # one solve per layer, at lam_hi only
+    if method == "stlp":  # the tree keeps rows at max |R|: doublings passed over without solving
+        assert lam_hi >= 2 * first

@@ -11,8 +11,10 @@ import torch
 cp = pytest.importorskip("cvxpy")
 from scipy.optimize import nnls  # noqa: E402
 
-from paperprune.lasso import lasso_path, sglp_objective, solve_sglp, solve_stlp, stlp_objective, tree_prox  # noqa: E402
-from paperprune.structure import ClassGraph, ClassTree  # noqa: E402
+from paperprune import lasso  # noqa: E402
+from paperprune.lasso import (  # noqa: E402
+    lasso_path, sglp_objective, solution_norm_bound, solve_sglp, solve_stlp, stlp_objective, tree_prox)
+from paperprune.structure import ClassGraph, ClassTree, class_tree_from_embeddings  # noqa: E402
 from paperprune.utils import PaperpruneError  # noqa: E402
 
 C, K = 12, 5
@@ -236,6 +238,63 @@ def test_tree_prox_matches_cvxpy(tree, nonnegative):
         assert out.min() >= 0
     else:
         assert out.min() < 0
+
+
+def _sequential_prox(x, groups, weights, t, nonnegative):
+    """The prox of t sum_v w_v ||x_{G_v}|| on one row as Jenatton et al. (JMLR 2011) define it: one group
+    soft-thresholding at a time, every group after the groups inside it (equal sets: the later index first)."""
+    x = np.maximum(x, 0) if nonnegative else x.copy()
+    for v in sorted(range(len(groups)), key=lambda v: (len(groups[v]), -v)):
+        g = groups[v]
+        norm = np.linalg.norm(x[g])
+        x[g] *= max(0.0, 1 - t * weights[v] / norm) if norm > 0 else 0.0
+    return x
+
+
+@SIGNS
+def test_tree_prox_on_many_classes_matches_the_sequential_definition(nonnegative):
+    """From `lasso._SPARSE_CLASSES` classes on, the prox runs on the tree's nodes (norms up, factors down); it
+    must equal the group-by-group definition on a deep tree from embeddings, with a repeated group and one of
+    weight 0 added, at thresholds that zero some groups and not others."""
+    rng = np.random.default_rng(3)
+    Kb = 150
+    assert Kb >= lasso._SPARSE_CLASSES
+    emb = np.eye(12)[rng.integers(0, 12, Kb)] @ rng.standard_normal((12, 16)) + 0.5 * rng.standard_normal((Kb, 16))
+    base = class_tree_from_embeddings(torch.tensor(emb))
+    inner = [g for g in base.groups if 2 < len(g) < Kb]
+    tree = ClassTree(base.groups + [list(max(inner, key=len)), list(min(inner, key=len))],
+                     torch.cat([base.weights, torch.tensor([0.3, 0.0], dtype=base.weights.dtype)]), Kb)
+    assert len(tree.levels) > 5
+    X = torch.tensor(rng.standard_normal((4, Kb)))
+    groups, weights = tree.groups, tree.weights.tolist()
+    for t in (0.05, 0.3, 1.5):
+        out = tree_prox(X, tree, t, nonnegative=nonnegative).numpy()
+        ref = np.stack([_sequential_prox(x, groups, weights, t, nonnegative) for x in X.numpy()])
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14)
+        assert 0 < (ref == 0).mean() < 1 or t == 0.05
+
+
+@SIGNS
+def test_solution_norm_bound(problem, graph, tree, nonnegative):
+    """The bound never exceeds the norm of the solution (solved to tolerance) of the tree, graph and plain
+    lasso problems, is positive at a weak lam, and is 0 from lam = max |R| on for the plain lasso, whose
+    solution is 0 there."""
+    Q, R, *_ = problem
+    empty = ClassGraph(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=Q.dtype), torch.zeros(0, dtype=Q.dtype))
+    for lam in (0.02, 0.1, 0.3, float(R.abs().max())):
+        cases = {"tree": (solution_norm_bound(Q, R, lam, tree=tree, nonnegative=nonnegative),
+                          solve_stlp(Q, R, tree, lam, nonnegative=nonnegative, tol=1e-9)),
+                 "graph": (solution_norm_bound(Q, R, lam, graph=graph, gamma=0.5 * lam, nonnegative=nonnegative),
+                           solve_sglp(Q, R, graph, lam, 0.5 * lam, nonnegative=nonnegative, tol=1e-9)),
+                 "plain": (solution_norm_bound(Q, R, lam, nonnegative=nonnegative),
+                           solve_sglp(Q, R, empty, lam, 0.0, nonnegative=nonnegative, tol=1e-9))}
+        for name, (bound, res) in cases.items():
+            assert res.converged
+            assert bound <= float(res.B.norm()) * (1 + 1e-9), (name, lam)
+            if lam == 0.02:
+                assert bound > 0, name
+        if lam == float(R.abs().max()):
+            assert cases["plain"][0] == 0 and float(cases["plain"][1].B.abs().max()) == 0
 
 
 @SIGNS
