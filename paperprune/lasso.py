@@ -186,7 +186,7 @@ def solution_norm_bound(Q, R, lam: float, *, tree: ClassTree | None = None, grap
     Returns
     -------
     float
-        ||prox_g(R)||_F / (2 lambda_max(Q)) for the tree and the plain lasso; for the graph the same with
+        ||prox_g(R)||_F / (2 ||Q||_2) for the tree and the plain lasso; for the graph the same with
         prox_g replaced by a distance that is no larger (Notes). 0 where B = 0 may be optimal.
 
     Notes
@@ -195,7 +195,8 @@ def solution_norm_bound(Q, R, lam: float, *, tree: ClassTree | None = None, grap
     T is non-expansive (I - Q / L has eigenvalues in [0, 1], a prox is firmly non-expansive), so
     ||T(0)|| <= ||T(0) - T(B*)|| + ||B*|| <= 2 ||B*||. g is positively homogeneous, so
     T(0) = prox_{g/L}(R / L) = prox_g(R) / L, and ||prox_g(R)|| = dist(R, dg(0)) (Moreau). The tree's prox is
-    `tree_prox`, exact. The fused penalty's subdifferential at zero lies in the box
+    `tree_prox`, exact. L is taken as the spectral norm ||Q||_2, which is lambda_max(Q) for a PSD Q and larger
+    otherwise (any L >= lambda_max serves). The fused penalty's subdifferential at zero lies in the box
     |U[:, c]| <= lam + gamma sum_{e at c} w_e (only the upper side under B >= 0), whose distance from R is
     the soft-threshold at those widths: a smaller distance, so still a lower bound.
 
@@ -208,7 +209,7 @@ def solution_norm_bound(Q, R, lam: float, *, tree: ClassTree | None = None, grap
     >>> solution_norm_bound(Q, R, 0.2), solution_norm_bound(Q, R, 1.0)
     (0.2, 0.0)
     """
-    L = float(torch.linalg.eigvalsh(0.5 * (Q + Q.T))[-1])
+    L = float(torch.linalg.matrix_norm(0.5 * (Q + Q.T), ord=2))  # lambda_max for a PSD Q, an upper bound on it else
     if L <= 0:
         return 0.0
     if tree is not None:
