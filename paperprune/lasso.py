@@ -801,7 +801,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
     graph by SuperLU and reused by every solve of the budget bisection, so an iteration costs
     C^2 K + C nnz(factor) + C (K + 2E); it takes 0.9-2x the exact update's iterations on
     benchmarks/bench_solvers_k1000.py's instances and reaches the same optimum (the tests
-    compare the two). Timings: benchmarks/results/solvers-k1000.md.
+    compare the two). Timings: benchmarks/results/solvers-k1000.md (a loaded machine) and
+    solvers-k1000-quiet.md (an idle one).
 
     Certificate: ADMM's relative dual residual <= tol and primal residual <= tol / 10 on the
     working set, and for the rows held at zero `_fusion_violation`, an upper bound on their KKT
