@@ -205,13 +205,13 @@ class ClassTree:
                 self.levels.append((nodes, m, self.weights[nodes], 1 - m.sum(0)))
                 start = self.node_levels[-1][1] if self.node_levels else 0
                 self.node_levels.append((start, start + len(nodes)))
-        # the nodes' parents: among a node's (or class's) ancestors, which form a chain, the deepest
-        kept = torch.cat([nodes for nodes, *_ in self.levels]).cpu() if self.levels else torch.zeros(0, dtype=torch.long)
+        # the nodes' parents: among a node's (or class's) ancestors, which form a chain, the deepest; a last
+        # row scoring -1 above every non-ancestor's -2 stands for "none" (position V_p)
+        kept = torch.cat([nodes.cpu() for nodes, *_ in self.levels] or [torch.zeros(0, dtype=torch.long)])
         self.node_weights = self.weights[kept.to(device)]
-        below = torch.cat([contains[kept][:, kept].to(torch.int64), mask[kept].to(torch.int64)], 1)  # (V_p, V_p + K)
-        score = torch.where(below.bool(), self.depth.cpu()[kept][:, None], -1)
-        best, position = score.max(0) if len(kept) else (torch.full((below.shape[1],), -1), below.new_zeros(below.shape[1]))
-        parent = torch.where(best >= 0, position, len(kept)).to(device)
+        below = torch.cat([contains[kept][:, kept], mask[kept]], 1)  # (V_p, V_p + K): row j holds node or class
+        score = torch.where(below, self.depth.cpu()[kept][:, None], -2)
+        parent = torch.cat([score, torch.full((1, below.shape[1]), -1)]).argmax(0).to(device)
         self.node_parent, self.class_parent = parent[:len(kept)], parent[len(kept):]
 
     @property
