@@ -1,5 +1,6 @@
 """Solves at ImageNet's K = 1,000 classes: sGLP-IB (k-nearest-class graph) and sTLP-IB on
-normalised-HSIC-like instances (`bench_solvers.hsic_like_instance`), one CPU thread.
+normalised-HSIC-like instances (`bench_solvers.hsic_like_instance`), one CPU thread (`--threads N`: N torch
+threads, as `prune` runs on a machine's cores).
 
 Per (method, C, lam fraction): wall time of a cold solve and of a warm-started one (from the
 solution at the next larger lam, as the budget bisection warm-starts), iterations, working-set
@@ -14,7 +15,7 @@ row of the current solver reports its objective's relative difference from the r
 
     python benchmarks/bench_solvers_k1000.py [--sizes 256,512] [--classes 1000] [--knn 5]
         [--fractions 0.5,0.2,0.1] [--methods sglp,stlp] [--max-iter 20000] [--dtype float64]
-        [--before REF] [--out benchmarks/results]
+        [--threads 1] [--before REF] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -109,9 +110,12 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, default=20000)
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--before", default=None, help="git revision whose paperprune/lasso.py runs beside the current")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.threads < 1:
+        p.error(f"--threads takes a positive integer, got {args.threads}")
+    torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     if not set(methods) <= {"sglp", "stlp"}:
         p.error(f"--methods takes sglp and/or stlp, got {args.methods}")
@@ -119,7 +123,8 @@ def main(argv=None):
                [float(f) for f in args.fractions.split(",")], methods, args.max_iter, getattr(torch, args.dtype),
                args.before)
     if args.out:
-        name = f"solvers-k{args.classes}" + ("-before-after" if args.before else "")
+        name = (f"solvers-k{args.classes}" + ("-before-after" if args.before else "")
+                + (f"-{args.threads}threads" if args.threads != 1 else ""))
         atomic_write_json(args.out / f"{name}.json",
                           {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            "environment": environment_info(torch.device("cpu")),

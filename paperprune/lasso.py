@@ -479,6 +479,17 @@ def _csr(rows, cols, values, shape, *, device, dtype):
     return _sparse(coo.to(device=device, dtype=dtype))
 
 
+def _scipy_blas():
+    """The BLAS libraries numpy and scipy loaded (their OpenBLAS builds; torch's MKL is linked into torch and
+    not among them), to run SuperLU's solve on one BLAS thread. Between torch operations on several threads
+    torch's OpenMP workers spin-wait for the next parallel region, and OpenBLAS's own threads then share the
+    cores with them: with 2 torch threads on 2 cores a 5-nearest-class, 1,000-class solve took 3x as long on
+    OpenBLAS's default 2 threads as on one (benchmarks/results/solvers-k1000-threads.md)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
 def _fusion_system(graph: ClassGraph, K: int, device, dtype) -> _FusionSystem:
     import numpy as np
     import scipy.sparse as sp
@@ -495,9 +506,11 @@ def _fusion_system(graph: ClassGraph, K: int, device, dtype) -> _FusionSystem:
     if torch.device(device).type == "cpu":
         lu = splu(M.astype(np.float32 if dtype == torch.float32 else np.float64), permc_spec="MMD_AT_PLUS_A",
                   options={"SymmetricMode": True})
+        blas = _scipy_blas()
 
         def solve(V):  # SuperLU solves the columns of V^T, an F-ordered view of the rows of V
-            return torch.from_numpy(lu.solve(V.numpy().T).T)
+            with blas.limit(limits=1):
+                return torch.from_numpy(lu.solve(V.numpy().T).T)
     else:
         inverse = torch.linalg.inv(torch.as_tensor(M.toarray(), dtype=dtype, device=device))
 

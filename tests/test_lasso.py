@@ -562,6 +562,47 @@ def test_sglp_split_float32_and_cuda(sparse_graph_problem, monkeypatch):
         gpu = solve_sglp(Q.cuda(), R.cuda(), graph, lam, 0.5 * lam)
         assert gpu.B.is_cuda and gpu.objective == pytest.approx(r64.objective, rel=1e-6)
 
+
+def test_sglp_split_solves_on_one_blas_thread(sparse_graph_problem, monkeypatch):
+    """SuperLU's solves on the split path run with numpy/scipy's BLAS on one thread (torch's OpenMP workers,
+    spin-waiting between operations, would otherwise share the cores with OpenBLAS's threads), and the
+    caller's BLAS threads and torch's are as they were afterwards. Observed inside each solve through a
+    wrapper around the factor scipy returns."""
+    import scipy.sparse.linalg
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import paperprune.lasso as lasso
+
+    seen = []
+
+    def blas_threads():
+        return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    class Recording:
+        def __init__(self, lu):
+            self.lu = lu
+
+        def solve(self, b):
+            seen.append(blas_threads())
+            return self.lu.solve(b)
+
+    factor = scipy.sparse.linalg.splu
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", lambda *a, **k: Recording(factor(*a, **k)))
+    monkeypatch.setattr(lasso, "_SPLIT_CLASSES", 1)
+    monkeypatch.setattr(lasso, "_FUSION_CACHE", {})
+    Q, R, graph = sparse_graph_problem
+    lam = 0.2 * float(R.abs().max())
+    threads = torch.get_num_threads()
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        result = solve_sglp(Q, R, graph, lam, 0.5 * lam)
+        after = blas_threads()
+    assert 2 in before.values()  # a library that would have run the solve on 2 threads
+    assert result.converged and len(seen) == result.iterations
+    assert all(set(counts.values()) == {1} for counts in seen)
+    assert after == before and torch.get_num_threads() == threads
+
+
 def test_docstring_examples():
     """The examples in paperprune.lasso's docstrings run and print what they show."""
     import doctest
