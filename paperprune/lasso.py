@@ -548,8 +548,8 @@ def _scipy_blas():
     """The BLAS libraries numpy and scipy loaded (their OpenBLAS builds; torch's MKL is linked into torch and
     not among them), to run SuperLU's solve on one BLAS thread. Between torch operations on several threads
     torch's OpenMP workers spin-wait for the next parallel region, and OpenBLAS's own threads then share the
-    cores with them: with 2 torch threads on 2 cores a 5-nearest-class, 1,000-class solve took 3x as long on
-    OpenBLAS's default 2 threads as on one (benchmarks/results/solvers-k1000-threads.md)."""
+    cores with them: with 2 torch threads on 2 cores a 5-nearest-class, 1,000-class solve took 3-6x as long on
+    OpenBLAS's default 2 threads as on one (benchmarks/results/solvers-k1000-before-after-2threads.md)."""
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")
@@ -631,8 +631,9 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
     `fusion` is `_fusion_basis(D)` for sGLP and None for sTLP (see `_admm`).
     Each round's ADMM stops at primal_factor times its tolerance on the primal residual (not below
     10 eps of the dtype) and over-relaxes by `relax`. Returns a `LassoResult` without its objective
-    (nan: the caller scores B with its own penalty); residual is the largest of the primal, dual and screened residuals. Runs under torch.inference_mode (per-op overhead dominates
-    these small iterations); the returned B is an ordinary tensor.
+    (nan: the caller scores B with its own penalty); residual is the largest of the primal, dual and
+    screened residuals. Runs under torch.inference_mode (per-op overhead dominates these small
+    iterations); the returned B is an ordinary tensor.
     """
     with torch.inference_mode():  # no autograd bookkeeping per op (~5% here); B is cloned back out
         C, K = R.shape
@@ -882,7 +883,8 @@ def solve_sglp(Q, R, graph: ClassGraph, lam: float, gamma: float, *, nonnegative
     C^2 K + C nnz(factor) + C (K + 2E); it takes 0.9-2x the exact update's iterations on
     benchmarks/bench_solvers_k1000.py's instances and reaches the same optimum (the tests
     compare the two). Timings: benchmarks/results/solvers-k1000.md (a loaded machine) and
-    solvers-k1000-quiet.md (an idle one), both at one torch thread; solvers-k1000-threads.md at two.
+    solvers-k1000-quiet.md (an idle one), both at one torch thread; at two,
+    solvers-k1000-before-after-2threads.md (SuperLU's solve runs on one BLAS thread, `_scipy_blas`).
     Either update is Anderson-accelerated (`_Anderson`) once a solve runs past `_ANDERSON_AFTER` (300)
     iterations: at ImageNet scale the stem conv of ResNet-50 (one Perron eigenvalue of Q 10^4-10^5 times
     the rest) converged in 880 iterations instead of stopping at 20,000.
