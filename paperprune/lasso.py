@@ -301,8 +301,8 @@ class _Anderson:
     2 x memory copies of the state, C (2 K + E) floats for the split: at 512 channels, 1,000 classes and
     4,206 edges, about 0.25 GB in float64."""
 
-    def __init__(self, memory: int = _ANDERSON_MEMORY):
-        self.memory = memory
+    def __init__(self):
+        self.memory = _ANDERSON_MEMORY
         self.reset()
 
     def reset(self):
@@ -324,10 +324,9 @@ class _Anderson:
         self.last = (x, g, norm)
         if not self.count:
             return fx
-        n = self.count
+        n, j = self.count, (self.slot - 1) % self.memory  # j: the pair just stored
         dG = self.dG[:n]
-        products = dG @ torch.stack([self.dG[(self.slot - 1) % self.memory], g], 1)  # (n, 2), one pass over dG
-        j = (self.slot - 1) % self.memory
+        products = dG @ torch.stack([self.dG[j], g], 1)  # (n, 2), one pass over dG
         self.gram[j, :n] = self.gram[:n, j] = products[:, 0]
         A = self.gram[:n, :n] + 1e-10 * float(self.gram[:n, :n].trace()) * torch.eye(n, dtype=x.dtype, device=x.device)
         gamma = torch.linalg.solve(A, products[:, 1])
