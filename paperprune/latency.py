@@ -36,6 +36,16 @@ millisecond units useless (errors of 50% on a 2-core machine at load 9); CPU tim
 forward costs on a core of its own. With more threads, or on CUDA, wall time (`clock_name`).
 In mode "deployed" a unit's input is channels_last, as it is inside the deployed model.
 
+Memory placement. On a CPU, where the weights of a fresh copy of a model land in memory changes its
+speed: measured side by side with a pruned VGG-16, fresh copies of the unpruned model ran 408 ms
+against 377 ms for a copy made earlier in the same process, which moved the measured reduction by
+3 points, three times the interval of one measurement (`benchmarks/results/latency-placement.md`).
+Backed by transparent huge pages (PyTorch does so for allocations of 2 MiB and more when the
+environment variable THP_MEM_ALLOC_ENABLE=1 is set before torch allocates, i.e. before it is
+imported), fresh and earlier copies agree to within that interval. `huge_pages_in_use` reports
+which case a process is in; the table's key records it, so tables measured under the two are
+kept apart, and `LatencyModel.build` warns on a CPU without them.
+
 Side effect of mode "deployed": every compile of the process runs through one dynamo frame
 (torch/_dynamo/external_utils.py `inner`), and dynamo refuses a frame's 257th compilation
 (`config.accumulated_recompile_limit`, 256; with `fullgraph=True` a FailOnRecompileLimitHit),
@@ -68,8 +78,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
-__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "latency_record", "measure_us", "median_interval",
-           "time_forward"]
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "huge_pages_in_use", "latency_record", "measure_us",
+           "median_interval", "time_forward"]
 
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
@@ -104,6 +114,30 @@ def clock_name(device) -> str:
     """The clock `time_forward` reads: the calling thread's CPU time for single-threaded CPU execution
     (preemption by other jobs on a shared machine does not inflate it), else wall time."""
     return "thread_cpu" if torch.device(device).type == "cpu" and torch.get_num_threads() == 1 else "wall"
+
+
+def huge_pages_in_use() -> bool | None:
+    """Whether a fresh 4 MiB CPU tensor of this process is backed by transparent huge pages (Linux's
+    /proc/self/smaps: AnonHugePages of the mapping holding it), None where that cannot be read.
+
+    True when torch's CPU allocator was switched to huge pages (THP_MEM_ALLOC_ENABLE=1 in the environment
+    before torch allocated) or the kernel backs every large allocation with them; see the module
+    docstring, "Memory placement".
+    """
+    tensor = torch.empty(4 << 20, dtype=torch.uint8).fill_(1)
+    address, inside = tensor.data_ptr(), False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                    start, end = (int(x, 16) for x in head.split("-"))
+                    inside = start <= address < end
+                elif inside and head == "AnonHugePages:":
+                    return int(line.split()[1]) > 0
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def time_forward(module, example: torch.Tensor, *, repeats: int = 15, warmup: int = 3) -> float:
@@ -361,7 +395,12 @@ class LatencyModel:
                "mode": DEPLOY_MODE if mode == "deployed" else "eager", "threads": torch.get_num_threads(),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "paperprune": __version__,
                "timer": _timer_name(timer), "clock": clock_name(device), "grid_points": GRID_POINTS,
-               "table_version": TABLE_VERSION}
+               "huge_pages": huge_pages_in_use() if device.type == "cpu" else None, "table_version": TABLE_VERSION}
+        if key["huge_pages"] is False and timer is measure_us:
+            warnings.warn("CPU latency measured without transparent huge pages: where a fresh copy of the model lands "
+                          "in memory then moves its measured latency (a VGG-16's measured reduction by 3 points here, "
+                          "benchmarks/results/latency-placement.md). For steady measurements set "
+                          "THP_MEM_ALLOC_ENABLE=1 in the environment before Python imports torch", stacklevel=2)
         key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key['model']}-{key_hash}.json"
         table = _read_table(path, key)
@@ -758,7 +797,8 @@ def latency_record(latency: LatencyModel, selection, target: float, steps: list[
     return {"target_reduction": float(target), "missed": abs(chosen["miss"]) > LATENCY_TOLERANCE,
             "tolerance": LATENCY_TOLERANCE, "steps": steps, "chosen_step": chosen["step"],
             "mode": latency.key["mode"], "batch_size": latency.key["batch_size"], "device": latency.key["device"],
-            "threads": latency.key["threads"], "clock": latency.key["clock"], "table_key": latency.key_hash,
+            "threads": latency.key["threads"], "clock": latency.key["clock"],
+            "huge_pages": latency.key.get("huge_pages"), "table_key": latency.key_hash,
             "table": latency.table.get("path"), "key": latency.key,
             "predicted_before_us": selection.base_cost, "predicted_after_us": selection.cost,
             "predicted_reduction": 1.0 - selection.cost / selection.base_cost,

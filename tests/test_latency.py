@@ -7,7 +7,12 @@ plus a fixed overhead for the whole model. No test asserts a real timing.
 import copy
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +191,50 @@ def test_the_cache_is_reused_and_invalidated_by_its_key(tmp_path):
     _, _, wider = build(tmp_path, timer, model=Tiny((16, 32, 48)).eval())
     assert wider.key["structure"] != first.key["structure"]
     assert len(list(tmp_path.glob("*.json"))) == 4
+
+
+def test_the_cache_keeps_tables_measured_with_and_without_huge_pages_apart(tmp_path, monkeypatch):
+    timer = FakeTimer(8)
+    monkeypatch.setattr(paperprune.latency, "huge_pages_in_use", lambda: False)
+    _, _, without = build(tmp_path, timer)
+    monkeypatch.setattr(paperprune.latency, "huge_pages_in_use", lambda: True)
+    before = timer.calls
+    _, _, with_them = build(tmp_path, timer)
+    assert (without.key["huge_pages"], with_them.key["huge_pages"]) == (False, True)
+    assert timer.calls > before and with_them.key_hash != without.key_hash
+
+
+HUGE_PAGES_PROBE = "import paperprune.latency as L; print(L.huge_pages_in_use())"
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage/enabled").is_file()
+                    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+                    reason="the kernel gives no transparent huge pages here")
+def test_huge_pages_in_use_follows_torchs_allocator_switch():
+    """PyTorch backs allocations of 2 MiB and more with huge pages when THP_MEM_ALLOC_ENABLE=1 is set before it
+    allocates; a kernel in mode "always" backs them either way."""
+    always = "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    seen = {}
+    for value in ("0", "1"):
+        env = {**os.environ, "THP_MEM_ALLOC_ENABLE": value}
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_PROBE], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        seen[value] = out[-1]
+    assert seen == {"0": str(always), "1": "True"}
+
+
+def test_building_a_cpu_table_without_huge_pages_warns_how_to_get_them(tmp_path, monkeypatch):
+    timer = FakeTimer(8)
+    monkeypatch.setattr(paperprune.latency, "measure_us", timer)  # the default timing function, faked
+    monkeypatch.setattr(paperprune.latency, "huge_pages_in_use", lambda: False)
+    with pytest.warns(UserWarning, match="THP_MEM_ALLOC_ENABLE=1"):
+        LatencyModel.build(Tiny().eval(), resolve_layers(Tiny(), LAYERS), (1, 8, 8), batch_size=4, cache_dir=tmp_path,
+                           progress=False)
+    monkeypatch.setattr(paperprune.latency, "huge_pages_in_use", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatencyModel.build(Tiny().eval(), resolve_layers(Tiny(), LAYERS), (1, 8, 8), batch_size=4, cache_dir=tmp_path,
+                           progress=False)
 
 
 @pytest.fixture
