@@ -224,7 +224,9 @@ def markdown(result):
             steps = "; ".join(f"{_pct(s['predicted_reduction'])} -> {_pct(s['measured_reduction'])}"
                               + (f" [{s['rounds']} rounds]" if "reduction_interval" in s else "")
                               + ("" if s["step"] == 1 else f" ({s['correction'].split(':')[0]})")
-                              if "miss" in s else f"asked {_pct(s['asked_predicted'])}: refused" for s in r["steps"])
+                              if "miss" in s else f"asked {_pct(s['asked_predicted'])}: "
+                              + (f"the model of step {s['same_as']} again, not measured" if "same_as" in s else "refused")
+                              for s in r["steps"])
             lines.append(f"| {r['target']:.0%} | {steps} | {_pct(r['loop_reduction'])} | {_pct(r['check_reduction'])} "
                          f"({_pct(min(r['checks']))} to {_pct(max(r['checks']))}) | "
                          f"{'yes' if r['within'] else '**no**'} | {_pct(r['macs_reduction'])} | "

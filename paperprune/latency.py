@@ -37,12 +37,13 @@ forward costs on a core of its own. With more threads, or on CUDA, wall time (`c
 In mode "deployed" a unit's input is channels_last, as it is inside the deployed model.
 
 Memory placement. On a CPU, where the weights of a fresh copy of a model land in memory changes its
-speed: measured side by side with a pruned VGG-16, fresh copies of the unpruned model ran 408 ms
-against 377 ms for a copy made earlier in the same process, which moved the measured reduction by
-3 points, three times the interval of one measurement (`benchmarks/results/latency-placement.md`).
-Backed by transparent huge pages (PyTorch does so for allocations of 2 MiB and more when the
-environment variable THP_MEM_ALLOC_ENABLE=1 is set before torch allocates, i.e. before it is
-imported), fresh and earlier copies agree to within that interval. `huge_pages_in_use` reports
+speed: measured side by side with a pruned copy, fresh copies of an unpruned VGG-16 ran in 395-415
+ms against 369-381 ms for copies made once earlier in the same process, which moved the measured
+reduction from 67.5% to 69.3%, twice the half-width of one measurement's interval
+(`benchmarks/results/latency-placement.md`). Backed by
+transparent huge pages (PyTorch does so for allocations of 2 MiB and more when the environment
+variable THP_MEM_ALLOC_ENABLE=1 is set before torch allocates, i.e. before it is imported), the
+unpruned model ran in 354-378 ms either way and the two ways agreed to 0.8 points. `huge_pages_in_use` reports
 which case a process is in; the table's key records it, so tables measured under the two are
 kept apart, and `LatencyModel.build` warns on a CPU without them.
 
@@ -398,8 +399,8 @@ class LatencyModel:
                "huge_pages": huge_pages_in_use() if device.type == "cpu" else None, "table_version": TABLE_VERSION}
         if key["huge_pages"] is False and timer is measure_us:
             warnings.warn("CPU latency measured without transparent huge pages: where a fresh copy of the model lands "
-                          "in memory then moves its measured latency (a VGG-16's measured reduction by 3 points here, "
-                          "benchmarks/results/latency-placement.md). For steady measurements set "
+                          "in memory then moves its measured latency (a VGG-16's measured reduction by 1.8 points "
+                          "here, benchmarks/results/latency-placement.md). For steady measurements set "
                           "THP_MEM_ALLOC_ENABLE=1 in the environment before Python imports torch", stacklevel=2)
         key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key['model']}-{key_hash}.json"
@@ -701,6 +702,13 @@ def _next_ask(points: list[tuple[float, float]], target: float) -> tuple[float, 
     return p0 + (target - m0) / slope, f"secant through steps {steps0} and {steps1} (slope {slope:.3f})"
 
 
+def _same_selection(a, b) -> bool:
+    """Whether two selections keep the same channels (selections without `keep` never match)."""
+    keep_a, keep_b = getattr(a, "keep", None), getattr(b, "keep", None)
+    return (keep_a is not None and keep_b is not None and keep_a.keys() == keep_b.keys()
+            and all(torch.equal(keep_a[name], keep_b[name]) for name in keep_a))
+
+
 def calibrate(select, build, measure, target: float, *, tolerance: float = LATENCY_TOLERANCE,
               steps: int = MEASURED_STEPS) -> tuple[object, list[dict]]:
     """A latency budget corrected by measurement: the pruned model whose measured reduction is nearest `target`.
@@ -739,7 +747,9 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
         budget rule), `correction` (how that was derived from the earlier steps), then either
         `predicted_reduction`, the measurement's keys (`measured_reduction` = its `reduction`,
         `before_us`, `after_us`, `reduction_range`, ...), `miss` (measured - target) and `chosen`
-        (true for the step returned), or `refused` (the budget rule's message).
+        (true for the step returned), or `refused` (the budget rule's message), or `same_as` (the step
+        whose selection the correction chose again: the correction is finer than the budget rule's
+        steps, so the loop ends instead of measuring the same model again).
 
     Notes
     -----
@@ -750,7 +760,7 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
     predictor off by a factor is corrected in one step); later ones use the secant through the
     two measurements nearest the target (`_next_ask`).
     """
-    history, points, chosen = [], [], None
+    history, points, chosen, measured_steps = [], [], None, []
     asked, correction = float(target), "none: the target itself"
     for step in range(1, steps + 1):
         row = {"step": step, "target": float(target), "asked_predicted": asked, "correction": correction}
@@ -761,7 +771,12 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
                 raise
             history.append({**row, "refused": str(e)})
             break
+        same = next((h["step"] for h, earlier in measured_steps if _same_selection(selection, earlier)), None)
+        if same is not None:  # the correction is finer than the budget rule's steps: nothing new to measure
+            history.append({**row, "same_as": same})
+            break
         measured = measure(build(selection))
+        measured_steps.append((row, selection))
         predicted = 1.0 - selection.cost / selection.base_cost
         row.update(predicted_reduction=predicted, measured_reduction=float(measured["reduction"]),
                    **{k: v for k, v in measured.items() if k != "reduction"},
@@ -782,7 +797,8 @@ def calibrate(select, build, measure, target: float, *, tolerance: float = LATEN
             f"latency_reduction={float(target):.3f} missed: after {len([h for h in history if 'miss' in h])} measured "
             f"models the nearest (step {row['step']}) measured {row['measured_reduction']:.3f} less latency, "
             f"{abs(row['miss']):.3f} from the target (tolerance {tolerance}); measured per step: "
-            + ", ".join(f"{h['measured_reduction']:.3f}" if "miss" in h else "refused" for h in history)
+            + ", ".join(f"{h['measured_reduction']:.3f}" if "miss" in h
+                        else f"same model as step {h['same_as']}" if "same_as" in h else "refused" for h in history)
             + ". The prediction could not be corrected on this model and machine (timing noise or a target beyond "
             "what pruning reaches); report.latency['steps'] holds each step", stacklevel=3)
     return selection, history

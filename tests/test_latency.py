@@ -625,6 +625,31 @@ def test_calibrate_records_a_refused_correction_and_warns():
     assert history[1]["asked_predicted"] == pytest.approx(0.8) and history[1]["correction"].startswith("proportional")
 
 
+def test_calibrate_ends_when_the_correction_selects_a_model_already_measured():
+    """Two predicted targets closer than the budget rule's steps give the same kept channels: the second is
+    recorded as that step's model, not measured again, and the loop ends with the nearest measured model
+    (here off by 3 points, so the miss is warned about)."""
+    import types
+
+    from paperprune.latency import calibrate
+
+    def select(asked):  # the budget rule's steps are 10 points of predicted reduction apart
+        level = round(asked, 1)
+        return types.SimpleNamespace(cost=100 * (1 - level), base_cost=100.0, keep={"conv": torch.arange(round(100 * level))})
+
+    measured = []
+
+    def measure(model):
+        measured.append(model)
+        return {"before_us": 100.0, "after_us": 67.0, "reduction": 0.43}
+
+    with pytest.warns(UserWarning, match=r"0\.430, same model as step 1"):
+        selection, history = calibrate(select, lambda s: s, measure, 0.4)
+    assert len(measured) == 1 and history[1]["same_as"] == 1
+    assert history[1]["asked_predicted"] == pytest.approx(0.4 * 0.4 / 0.43)
+    assert history[0]["chosen"] and "chosen" not in history[1] and selection is measured[0]
+
+
 def test_a_first_refusal_is_the_budget_rules_error():
     from paperprune.latency import calibrate
 
