@@ -17,11 +17,6 @@ beyond it is reported as impossible here. `--assignments N` adds the predictor's
 width assignments. ResNet-56 is the shipped model; VGG-16, for which nothing is shipped, is briefly
 trained here (`--epochs`, 0: untrained) and labelled so. Top-1 right after pruning, no fine-tuning.
 
-The process runs torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, set below
-before torch is imported, unless the environment sets it): without them where a fresh copy of a model
-lands in memory moves its measured reduction by several points (`paperprune.latency`, "Memory
-placement"; benchmarks/results/latency-placement.md).
-
     python benchmarks/bench_latency.py [--archs vgg16 resnet56] [--modes eager deployed] [--targets 0.4 0.6]
 """
 import argparse
@@ -33,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read by torch before its first allocation
-
 import numpy as np
 import torch
 
@@ -44,7 +37,7 @@ from paperprune.lab.data import DeviceLoader, class_balanced_batch, dataset_info
 from paperprune.lab.io import environment_info
 from paperprune.lab.train import TrainConfig, evaluate, train
 from paperprune.latency import (LATENCY_TOLERANCE, MEASURE_MAX_ROUNDS, MEASURE_PRECISION, MEASURE_ROUNDS, LatencyModel,
-                                clock_name, huge_pages_in_use)
+                                clock_name, huge_pages_available)
 from paperprune.models import prunable_layers
 from paperprune.utils import PaperpruneError, atomic_write_json, atomic_write_text
 
@@ -181,8 +174,9 @@ def markdown(result):
              f"Run {runs}. Load average (1, 5, 15 min) at the start "
              f"{[round(x, 2) for x in result['load_before']]}, at the last save "
              f"{[round(x, 2) for x in result.get('load_after', [])]}. Times: clock `{result['clock']}` (with one "
-             "torch thread the calling thread's CPU time, which other jobs' preemption does not inflate). Huge pages "
-             f"in use (torch's CPU allocator on transparent huge pages): {result.get('huge_pages')}.", "",
+             "torch thread the calling thread's CPU time, which other jobs' preemption does not inflate). Measured "
+             "copies on transparent huge pages (`paperprune.latency`, \"Memory placement\"): "
+             f"{result.get('huge_pages', 'no, runs before that')}.", "",
              f"Criterion `{METHOD}` (filter L1 norms), Fashion-MNIST 32x32, batch {args['batch']}. Each target is "
              "asked of `prune(latency_reduction=...)`: the bisection on the predicted latency, then at most 3 pruned "
              "models measured beside the base (each the median per-round reduction of at least "
@@ -270,7 +264,7 @@ def main(argv=None):
     os.environ["PAPERPRUNE_CACHE"] = str(Path(args.work) / "cache")
     loaders = data(args)
     result = {"environment": environment_info("cpu"), "load_before": os.getloadavg(), "args": vars(args),
-              "clock": clock_name("cpu"), "huge_pages": huge_pages_in_use(), "note": args.note, "archs": []}
+              "clock": clock_name("cpu"), "huge_pages": huge_pages_available(), "note": args.note, "archs": []}
     for arch in args.archs:
         start = time.perf_counter()
         model, training = shipped_or_briefly_trained(arch, args, *loaders[:2])

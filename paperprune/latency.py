@@ -36,16 +36,18 @@ millisecond units useless (errors of 50% on a 2-core machine at load 9); CPU tim
 forward costs on a core of its own. With more threads, or on CUDA, wall time (`clock_name`).
 In mode "deployed" a unit's input is channels_last, as it is inside the deployed model.
 
-Memory placement. On a CPU, where the weights of a fresh copy of a model land in memory changes its
-speed: measured side by side with a pruned copy, fresh copies of an unpruned VGG-16 ran in 395-415
-ms against 369-381 ms for copies made once earlier in the same process, which moved the measured
-reduction from 67.5% to 69.3%, twice the half-width of one measurement's interval
-(`benchmarks/results/latency-placement.md`). Backed by
-transparent huge pages (PyTorch does so for allocations of 2 MiB and more when the environment
-variable THP_MEM_ALLOC_ENABLE=1 is set before torch allocates, i.e. before it is imported), the
-unpruned model ran in 354-378 ms either way and the two ways agreed to 0.8 points. `huge_pages_in_use` reports
-which case a process is in; the table's key records it, so tables measured under the two are
-kept apart, and `LatencyModel.build` warns on a CPU without them.
+Memory placement. On a CPU, where a model's weights land in memory changes its speed: a long-running
+process hands a fresh copy of a model memory that other tensors freed, mostly in 4 KiB pages, and a
+large model then spends its time on TLB misses. Measured side by side with a pruned copy, six fresh
+copies of an unpruned VGG-16 from torch's allocator ran in 394-416 ms and measured a 67.6-69.4%
+reduction; packed onto memory advised for huge pages, 375-384 ms and 66.2-66.9%; two packed copies
+made once and reused, 355-364 ms and 65.1-65.8% (`benchmarks/results/latency-placement.md`): packing
+halves the spread and the bias, and does not remove them. So every copy this module measures
+(`measure_side_by_side`, `LatencyModel.measure`, a table's units and whole model) has its parameters and
+buffers packed into one fresh anonymous mapping advised for huge pages (`_pack_on_huge_pages`; Linux's
+madvise, with transparent huge pages in mode "always" or "madvise"). `huge_pages_available` reports
+whether the kernel gives them; the table's key records it, and `LatencyModel.build` warns on a CPU
+without them.
 
 Side effect of mode "deployed": every compile of the process runs through one dynamo frame
 (torch/_dynamo/external_utils.py `inner`), and dynamo refuses a frame's 257th compilation
@@ -63,6 +65,7 @@ batch size, mode, torch threads, clock, library versions and the timing function
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -79,8 +82,8 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, atomic_write_json
 
-__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "huge_pages_in_use", "latency_record", "measure_us",
-           "median_interval", "time_forward"]
+__all__ = ["MODES", "LatencyModel", "calibrate", "check_budget", "huge_pages_available", "latency_record",
+           "measure_us", "median_interval", "time_forward"]
 
 MODES = ("eager", "deployed")
 #: About how many widths each unit's grid holds per dimension.
@@ -90,7 +93,7 @@ MULTIPLES = (2, 4, 8, 16, 32, 64)
 #: Rounding up to a multiple is taken when the added channels cost at most this fraction of
 #: what channels cost on average in that layer.
 FREE_FRACTION = 0.25
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 
 
 def check_mode(mode) -> str:
@@ -117,28 +120,42 @@ def clock_name(device) -> str:
     return "thread_cpu" if torch.device(device).type == "cpu" and torch.get_num_threads() == 1 else "wall"
 
 
-def huge_pages_in_use() -> bool | None:
-    """Whether a fresh 4 MiB CPU tensor of this process is backed by transparent huge pages (Linux's
-    /proc/self/smaps: AnonHugePages of the mapping holding it), None where that cannot be read.
+#: where Linux says whether (and how) it gives transparent huge pages
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-    True when torch's CPU allocator was switched to huge pages (THP_MEM_ALLOC_ENABLE=1 in the environment
-    before torch allocated) or the kernel backs every large allocation with them; see the module
-    docstring, "Memory placement".
-    """
-    tensor = torch.empty(4 << 20, dtype=torch.uint8).fill_(1)
-    address, inside = tensor.data_ptr(), False
+
+def huge_pages_available() -> bool | None:
+    """Whether memory advised for huge pages gets them: Linux's transparent huge pages in mode "always" or
+    "madvise" (True) or "never" (False); None where the setting cannot be read (not Linux). See the module
+    docstring, "Memory placement"."""
     try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                head = line.split(maxsplit=1)[0]
-                if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
-                    start, end = (int(x, 16) for x in head.split("-"))
-                    inside = start <= address < end
-                elif inside and head == "AnonHugePages:":
-                    return int(line.split()[1]) > 0
-    except (OSError, ValueError):
+        setting = THP_SETTING.read_text()
+    except OSError:
         return None
-    return None
+    return "[never]" not in setting
+
+
+def _pack_on_huge_pages(model: nn.Module) -> nn.Module:
+    """Move the parameters and buffers of CPU `model` (in place) into one fresh anonymous mapping advised for
+    huge pages, each at a 64-byte boundary; where madvise or its MADV_HUGEPAGE is missing, the mapping is
+    plain. The tensors keep the mapping alive."""
+    import mmap
+
+    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.device.type == "cpu"]
+    sizes = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]
+    if not tensors or sum(sizes) == 0:
+        return model
+    memory = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared would be shmem
+    if hasattr(memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    buffer, offset = torch.frombuffer(memory, dtype=torch.uint8), 0
+    with torch.no_grad():
+        for t, size in zip(tensors, sizes):
+            view = buffer[offset:offset + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+            view.copy_(t)
+            t.data = view
+            offset += size
+    return model
 
 
 def time_forward(module, example: torch.Tensor, *, repeats: int = 15, warmup: int = 3) -> float:
@@ -396,12 +413,12 @@ class LatencyModel:
                "mode": DEPLOY_MODE if mode == "deployed" else "eager", "threads": torch.get_num_threads(),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "paperprune": __version__,
                "timer": _timer_name(timer), "clock": clock_name(device), "grid_points": GRID_POINTS,
-               "huge_pages": huge_pages_in_use() if device.type == "cpu" else None, "table_version": TABLE_VERSION}
+               "huge_pages": huge_pages_available() if device.type == "cpu" else None, "table_version": TABLE_VERSION}
         if key["huge_pages"] is False and timer is measure_us:
-            warnings.warn("CPU latency measured without transparent huge pages: where a fresh copy of the model lands "
-                          "in memory then moves its measured latency (a VGG-16's measured reduction by 1.8 points "
-                          "here, benchmarks/results/latency-placement.md). For steady measurements set "
-                          "THP_MEM_ALLOC_ENABLE=1 in the environment before Python imports torch", stacklevel=2)
+            warnings.warn(f"CPU latency measured without transparent huge pages ({THP_SETTING} says never): where "
+                          "a copy of the model lands in memory moves its measured latency more (a VGG-16's measured "
+                          "reduction over 1.8 points here, benchmarks/results/latency-placement.md). For steadier "
+                          f"measurements allow them: echo madvise | sudo tee {THP_SETTING}", stacklevel=2)
         key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key['model']}-{key_hash}.json"
         table = _read_table(path, key)
@@ -497,9 +514,11 @@ class LatencyModel:
 
 
 def _copy_to(model: nn.Module, device) -> nn.Module:
+    """An eval-mode copy of `model` on `device`, on a CPU packed onto huge pages (`_pack_on_huge_pages`)."""
     import copy
 
-    return copy.deepcopy(model).to(device).eval()
+    model = copy.deepcopy(model).to(device).eval()
+    return _pack_on_huge_pages(model) if torch.device(device).type == "cpu" else model
 
 
 def _read_table(path: Path, key: dict) -> dict | None:
@@ -536,7 +555,8 @@ def _measure(model, units, input_size, batch_size, mode, device, timer, progress
             cin0, cout0 = unit.in_channels, unit.out_channels
             at = {}
             for cin, cout in sorted(job["points"]):
-                at[cin, cout] = float(timer(unit.module(cin, cout).to(device),
+                module = unit.module(cin, cout).to(device)
+                at[cin, cout] = float(timer(_pack_on_huge_pages(module) if device.type == "cpu" else module,
                                             unit.example(batch_size, cin, device, mode), mode))
                 bar.update(1)
             table["units"][key] = {"full": at[cin0, cout0], "in": [[w, at[w, cout0]] for w in sorted(job["in"])],
@@ -576,6 +596,11 @@ def check_budget(flops_reduction, latency_reduction, latency_mode, latency_batch
 LATENCY_TOLERANCE = 0.02
 #: at most this many pruned models are measured to correct the prediction (`calibrate`)
 MEASURED_STEPS = 3
+#: each step of `prune`'s latency budget bisects the predicted reduction to within this of the one asked (prune's
+#: `tolerance` where that is finer, or where no kept set lands this near): measured reductions moved 1.3-1.7 points
+#: per point of predicted reduction in the landing benchmark, where the default 0.01 put a step's prediction up to
+#: 1.0 point from the one asked, 1.3 points of measured latency
+PREDICTED_TOLERANCE = 0.0025
 #: `measure_side_by_side`: untimed forwards of each model first, then timed rounds (one forward of each
 #: model per round, the order alternating); at least MEASURE_ROUNDS, more (up to MEASURE_MAX_ROUNDS) while the
 #: 95% interval of the median per-round reduction reaches further than MEASURE_PRECISION from it (half the

@@ -15,7 +15,7 @@ from .discover import channel_axis, unit_width
 from .features import check_images, first_conv
 from .ib import check_block_samples, check_statistics
 from .lasso import SOLVER_MAX_ITER
-from .select import allocate, check_allocation, select_channels
+from .select import TargetMissed, allocate, check_allocation, select_channels
 from .utils import PaperpruneError, as_number, resolve_device
 
 __all__ = ["PruneReport", "prune"]
@@ -529,7 +529,9 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         level is bisected against a `paperprune.latency.LatencyModel` measured on `device`, then
         corrected by measuring each pruned candidate beside the unpruned model
         (`paperprune.latency.calibrate`: at most 3 candidates, stopping within 0.02 of the target;
-        each step in ``report.latency["steps"]``, a warning naming a miss after the last).
+        each step in ``report.latency["steps"]``, a warning naming a miss after the last). Each
+        step bisects the predicted reduction to within `paperprune.latency.PREDICTED_TOLERANCE`
+        (0.0025) of the one it asks for, or `tolerance` where no kept set lands that near.
     latency_mode : {"eager", "deployed"}, default "eager"
         How latency is measured (`paperprune.latency`).
     latency_batch_size : int, default 64
@@ -610,7 +612,7 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
     (torch.Size([40, 4]), 16)
     """
     from .flops import count_flops_params
-    from .latency import LatencyModel, calibrate, check_budget, latency_record
+    from .latency import PREDICTED_TOLERANCE, LatencyModel, calibrate, check_budget, latency_record
     from .options import check_options
     from .surgery import MacsPredictor, prune_channels
 
@@ -680,16 +682,22 @@ def prune(model: nn.Module, data, method: str = "stlp", flops_reduction: float |
         timings["latency_table_s"] = time.perf_counter() - start
     budgeted = allocate(criterion, allocation)
 
-    def select(target):
+    def select(target, tol=tolerance):
         return select_channels(budgeted, predictor, target, cost=latency, round_to=multiples, omega=omega,
-                               tolerance=tolerance, progress=progress,
+                               tolerance=tol, progress=progress,
                                target_name="flops_reduction" if latency is None else "latency_reduction")
+
+    def select_predicted(asked):  # a calibration step: as near the asked prediction as the kept sets allow
+        try:
+            return select(asked, min(tolerance, PREDICTED_TOLERANCE))
+        except TargetMissed:
+            return select(asked)
 
     steps = None
     if latency is None:
         selection = select(flops_reduction)
     else:  # predicted, then corrected by measuring the pruned candidates (paperprune.latency.calibrate)
-        selection, steps = calibrate(select, lambda s: prune_channels(copy.deepcopy(unpruned), layers, s.keep,
+        selection, steps = calibrate(select_predicted, lambda s: prune_channels(copy.deepcopy(unpruned), layers, s.keep,
                                                                       input_size),
                                      lambda candidate: latency.measure_side_by_side(unpruned, candidate),
                                      float(latency_reduction))

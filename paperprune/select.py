@@ -53,8 +53,12 @@ from tqdm.auto import tqdm
 
 from .utils import PaperpruneError, as_number
 
-__all__ = ["ALLOCATIONS", "Selection", "UniformAllocation", "allocate", "check_allocation", "entry_name",
-           "select_channels", "split_entry"]
+__all__ = ["ALLOCATIONS", "Selection", "TargetMissed", "UniformAllocation", "allocate", "check_allocation",
+           "entry_name", "select_channels", "split_entry"]
+
+
+class TargetMissed(PaperpruneError):
+    """`select_channels` found no kept set within its tolerance of the target (the set jumps past it there)."""
 
 
 @dataclass
@@ -279,7 +283,7 @@ def select_channels(criterion, predictor, flops_reduction: float, *, cost=None, 
         if abs(tied[-1] - target) < abs(best[-1] - target):
             best, best_level, split = tied, lo, count
     if abs(best[-1] - target) > tolerance:
-        raise PaperpruneError(
+        raise TargetMissed(
             f"{criterion.name} could not reach {target_name}={target:.3f} within {tolerance}: "
             f"the closest level {best_level:.4g} removes {best[-1]:.4f} (the kept set jumps there, and splitting "
             "the tie by rank could not close the gap); try a slightly different target or a larger calibration set")
