@@ -16,8 +16,11 @@ statistics, every finished solve), labelled as interrupted. A smoke test (second
 
     python benchmarks/bench_imagenet_scale.py --classes 20 --size 64 --per-class 2 --out /tmp/scale.json
 
-The exact statistics for comparison (smaller N; label the row as such): `--statistics exact --per-class 1
---classes 500`.
+The exact statistics for comparison, measured at a smaller N and projected to the paper's (the forward
+passes in proportion to N, the kernels to N squared; `--statistics-only` stops at the first solve):
+
+    python benchmarks/bench_imagenet_scale.py --statistics exact --per-class 1 --classes 500 --methods stlp \
+        --statistics-only --threads 2
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from paperprune.lab.io import environment_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1 << 30
+PAPER_SAMPLES = 2000  # ImageNet's 1,000 classes at 2 images each
 
 
 class Probes:
@@ -55,16 +59,18 @@ class Probes:
     step). `restore()` undoes the wrapping."""
 
     def __init__(self):
-        self.kernels_s, self.embeddings_s = 0.0, 0.0
+        self.kernels_s, self.embeddings_s, self.forward_s = 0.0, 0.0, 0.0
         self.solves: list[dict] = []
         self.levels: list[dict] = []
         self._undo = []
         self._wrap(ib._BlockStream, "features", self._kernels)
         self._wrap(ib._BlockStream, "batch_end", self._kernels)
         self._wrap(ib._ClassMeans, "hook", self._embeddings)
+        self._wrap(ib, "_forward", self._forward)  # the exact statistics' feature passes (block: kernels inside)
         self._wrap(LassoCriterion, "solutions", self._solutions)
         self._wrap(LassoCriterion, "prepare", self._prepare)
         self.bracket = 0   # levels asked inside `prepare`: the search for the lam that empties every layer
+        self.statistics_only = False  # stop at the first solve (`--statistics-only`)
         for name in ("solve_sglp", "solve_stlp"):
             self._wrap(lasso, name, self._solve)
 
@@ -87,6 +93,13 @@ class Probes:
         finally:
             self.kernels_s += time.perf_counter() - start
 
+    def _forward(self, original, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self.forward_s += time.perf_counter() - start
+
     def _embeddings(self, original, *args, **kwargs):
         start = time.perf_counter()
         try:
@@ -100,6 +113,8 @@ class Probes:
         return out
 
     def _solve(self, original, Q, R, *args, **kwargs):
+        if self.statistics_only:
+            raise TimeLimit
         start, cpu = time.perf_counter(), time.process_time()
         result = original(Q, R, *args, **kwargs)
         self.solves.append({"start": start, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
@@ -134,6 +149,7 @@ def run(method: str, args) -> dict:
     block = dict(block_size=args.block_size, permutations=args.permutations) if args.statistics == "block" else {}
     options = dict(knn=args.knn) if method == "sglp" else {}
     probes = Probes()
+    probes.statistics_only = args.statistics_only
     signal.signal(signal.SIGALRM, _alarm)
     try:
         with Sampler() as sampler:
@@ -193,16 +209,23 @@ def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dic
     reduction reached; `stages.bisection` holds the finished bisection steps, `solves` every finished solve)."""
     now = time.perf_counter()
     first_solve = probes.solves[0]["start"] if probes.solves else now
+    exact = args.statistics == "exact"
     row = {**_shared(method, args, probes), "samples": args.classes * args.per_class,
            "block_size": args.block_size if args.statistics == "block" else None,
            "permutations": args.permutations if args.statistics == "block" else None,
-           "interrupted_after_s": now - start, "wall_s": None, "peak_rss_gib": sampler.peak(start, now),
-           "cpu_s": sampler.cpu(start, now),
-           "stages": {"until_first_solve_s": first_solve - start, "kernels_s": probes.kernels_s,
+           "interrupted_after_s": now - start, "statistics_only": args.statistics_only, "wall_s": None,
+           "peak_rss_gib": sampler.peak(start, now), "cpu_s": sampler.cpu(start, now),
+           "stages": {"until_first_solve_s": first_solve - start,
+                      "forward_s": probes.forward_s if exact else None,
+                      "kernels_s": first_solve - start - probes.forward_s if exact else probes.kernels_s,
                       "embeddings_s": probes.embeddings_s, "bracket": probes.levels[:probes.bracket],
                       "bisection": probes.levels[probes.bracket:]},
            "solves": [{k: v for k, v in s.items() if k != "start"} | {"at_s": s["start"] - start}
                       for s in probes.solves]}
+    if args.statistics_only:
+        print(f"{method}: statistics only, {row['stages']['until_first_solve_s']:.0f} s before the first solve "
+              f"(forward passes {probes.forward_s:.0f} s), peak {row['peak_rss_gib']:.2f} GiB", flush=True)
+        return row
     print(f"{method}: stopped by --time-limit after {row['interrupted_after_s']:.0f} s: statistics and setup "
           f"{row['stages']['until_first_solve_s']:.0f} s, {len(probes.solves)} solves finished in "
           f"{row['solver_s']:.0f} s ({row['unconverged_solves']} at max_iter)", flush=True)
@@ -225,9 +248,10 @@ def markdown(runs: list[dict]) -> str:
 
     def f(v):
         return "-" if v is None else f"{v:.1f}"
-    interrupted_runs = [r for r in runs if r.get("interrupted_after_s") is not None]
+    statistics_only = [r for r in runs if r.get("statistics_only")]
+    interrupted_runs = [r for r in runs if r.get("interrupted_after_s") is not None and r not in statistics_only]
     for r in runs:
-        if r in interrupted_runs:
+        if r in interrupted_runs or r in statistics_only:
             continue
         s = r["stages"]
         stat = r["statistics"] + (f" B={r['block_size']} M={r['permutations']}" if r["statistics"] == "block" else "")
@@ -251,6 +275,22 @@ def markdown(runs: list[dict]) -> str:
                          f"{r['peak_rss_gib']:.2f} | {r['stages']['until_first_solve_s']:.0f} | {n} | "
                          f"{r['solver_s']:.0f} | {slowest['wall_s']:.0f} ({slowest['iterations']}) | "
                          f"{r['unconverged_solves']} |")
+    if statistics_only:
+        lines += ["", f"Statistics alone (`--statistics-only`: stopped at the first solve), measured at N samples and "
+                  f"**projected** to the paper's N = {PAPER_SAMPLES}: the forward passes in proportion to N, the "
+                  "kernels (the rest before the first solve: the statistics from the gathered features, and setup) "
+                  "to N squared. Projections are arithmetic on the measured row, not runs.", "",
+                  "| date | commit | classes | px | N | statistics | threads | measured s | forward s | kernels s "
+                  "| peak RSS GiB | projected to N = 2,000: forward s | kernels s | total s |",
+                  "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in statistics_only:
+            s, scale = r["stages"], PAPER_SAMPLES / r["samples"]
+            forward, kernels = s.get("forward_s"), s["kernels_s"]
+            projected = ("- | - | -" if forward is None else
+                         f"{forward * scale:.0f} | {kernels * scale ** 2:.0f} | {forward * scale + kernels * scale ** 2:.0f}")
+            lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['classes']} | {r['image_size']} | "
+                         f"{r['samples']} | {r['statistics']} | {r['threads']} | {s['until_first_solve_s']:.0f} | "
+                         f"{f(forward)} | {f(kernels)} | {r['peak_rss_gib']:.2f} | {projected} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +309,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--time-limit", type=int, default=None,
                    help="seconds per method; a run stopped by it is recorded as interrupted with what it measured")
+    p.add_argument("--statistics-only", action="store_true",
+                   help="stop each method at its first solve: the statistics' cost alone, recorded with a projection "
+                        f"to N = {PAPER_SAMPLES}")
     p.add_argument("--out", type=Path, default=RESULTS / "imagenet-scale.json",
                    help="the JSON list of runs to append to (the Markdown summary goes beside it)")
     args = p.parse_args(argv)

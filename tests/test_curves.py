@@ -251,6 +251,66 @@ def test_precision_is_resolved_and_recorded(tmp_path):
         curves.run("synthetic", "resnet56", tmp_path / "y", weights=str(weights), precision="fp64", progress=False)
 
 
+def test_unpaired_table_is_welchs_interval_of_two_records_seeds():
+    """Curves on other samples against a reference: each side's mean ± std over its own seeds (3 and 4 seeds,
+    not paired), the difference of the means and scipy's Welch interval; a method only one side holds has no row."""
+    from scipy import stats as scipy_stats
+
+    from paperprune.lab.reporting.curves import unpaired_table
+
+    def record(per_class, values, methods=("sglp",)):
+        points = [{"method": m, "seed": s, "target": 0.45, "macs_reduction": 0.45, "top1": v, "top1_bn": v,
+                   "widths": {"a": 2}} for m in methods for s, v in enumerate(values)]
+        config = {"dataset": "synthetic", "arch": "resnet56", "seeds": list(range(len(values))), "targets": [0.45],
+                  "test_images": 20, "samples_per_class": per_class, "criterion_options": {"statistics": "block"}}
+        return {"config": config, "points": points}
+
+    reference, ours = [70.0, 75.0, 80.0], [78.0, 81.0, 79.5, 82.5]
+    table = unpaired_table(record(10, reference), record(50, ours, ("sglp", "stlp")))
+    (row,) = table.rows
+    low, high = scipy_stats.ttest_ind(ours, reference, equal_var=False).confidence_interval(0.95)
+    assert row[:6] == ["sGLP-IB", "45", "3 / 4", "75.00 ± 5.00", f"{np.mean(ours):.2f} ± {np.std(ours, ddof=1):.2f}",
+                       f"{np.mean(ours) - 75.0:+.2f}"]
+    assert row[6] == f"[{low:+.2f}, {high:+.2f}]"
+    assert "50 per class" in table.title and "10 per class" in table.title and "unpaired" in table.title
+    with pytest.raises(PaperpruneError, match="differ in test_images"):
+        unpaired_table(record(10, reference), dict(record(50, ours), config={**record(50, ours)["config"],
+                                                                            "test_images": 10}))
+
+
+def test_a_profile_of_variant_curves_alone_is_shown_and_compared_with_its_reference(tmp_path):
+    """The committed `block-50pc` records (block statistics only, no exact curves of their own) get their curves
+    tables, and with `compared_with` unpaired tables against `block`'s exact curves, on the page and under
+    tables/; sGLP-IB's row at 45% after adaptive BN is scipy's Welch interval of the two records' seeds."""
+    import shutil
+    from pathlib import Path
+
+    from scipy import stats as scipy_stats
+
+    from paperprune.lab.reporting.curves import load_curves
+    from paperprune.lab.reporting.pages import rebuild, results_page
+
+    figures = Path(__file__).resolve().parent.parent / "figures"
+    shutil.copytree(figures / "block" / "records", tmp_path / "block" / "records")
+    shutil.copytree(figures / "block-50pc" / "records", tmp_path / "more" / "records")
+    written = {p.name for p in rebuild(tmp_path / "more", tmp_path / "block")}
+    stem = "fashion-mnist_resnet56_block_size-20_permutations-3_statistics-block"
+    assert {f"unpaired_top1_bn_{stem}.md", f"unpaired_top1_{stem}.md", f"curves_{stem}.md"} <= written
+    page = results_page(tmp_path, {"block": "exact and block", "more": "block, 50 per class"}, {"more": "block"})
+    section = page[page.index("## `more`"):]
+    assert "### Against `block`" in section and "### Right after pruning" in section
+
+    def seeds(record):
+        return [p["top1_bn"] for p in record["points"] if p["method"] == "sglp" and abs(p["target"] - 0.45) < 1e-9
+                and "error" not in p]
+    exact = seeds(load_curves(tmp_path / "block" / "records" / "curves" / "fashion-mnist-resnet56"))
+    more = seeds(load_curves(next((tmp_path / "more" / "records" / "curves").iterdir())))
+    low, high = scipy_stats.ttest_ind(more, exact, equal_var=False).confidence_interval(0.95)
+    assert len(exact) == len(more) == 10
+    assert (f"| sGLP-IB | 45 | 10 / 10 | {np.mean(exact):.2f} ± {np.std(exact, ddof=1):.2f} | {np.mean(more):.2f} ± "
+            f"{np.std(more, ddof=1):.2f} | {np.mean(more) - np.mean(exact):+.2f} | [{low:+.2f}, {high:+.2f}] |") in section
+
+
 def test_variant_table_pairs_a_variant_with_its_main_curves():
     from paperprune.lab.reporting.curves import variant_table
     from paperprune.lab.stats import pack_correct

@@ -19,7 +19,9 @@ def test_results_page_is_generated_from_the_records():
     from paperprune.lab.reporting.pages import results_page
     from paperprune.lab.reproduce import profiles
 
-    page = results_page(ROOT / "figures", {n: p.description for n, p in profiles().items()})
+    every = profiles()
+    page = results_page(ROOT / "figures", {n: p.description for n, p in every.items()},
+                        {n: p.compared_with for n, p in every.items() if p.compared_with})
     committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert committed == page, ("docs/results.md differs from the records; regenerate it with "
                                "`python -m paperprune.lab.reproduce --profile quick --rebuild`")

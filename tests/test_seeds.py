@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from paperprune.lab.seeds import NO_INTERVAL, paired_difference, summarize, two_level_bootstrap
+from paperprune.lab.seeds import NO_INTERVAL, paired_difference, summarize, two_level_bootstrap, unpaired_difference
 from paperprune.utils import PaperpruneError
 
 
@@ -38,6 +38,25 @@ def test_paired_difference_is_the_paired_t_interval():
     assert d.seeds == (0, 1, 2, 3)
     assert d.mean == pytest.approx(np.mean([a[s] - b[s] for s in seeds]))
     assert (d.low, d.high) == (pytest.approx(low), pytest.approx(high))
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_unpaired_difference_is_welchs_t_interval(confidence):
+    a = np.array([79.4, 85.1, 70.2, 88.0, 81.3, 76.9, 90.4, 74.8, 83.3, 79.9])
+    b = np.array([80.0, 82.5, 78.1, 81.9, 79.4, 83.0, 77.7, 80.6])
+    d = unpaired_difference(a, b, confidence)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    assert (d.n, d.interval, d.std) == (18, "Welch t", None)
+    assert d.mean == pytest.approx(a.mean() - b.mean())
+    assert (d.low, d.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_unpaired_difference_without_two_seeds_a_side_has_no_interval():
+    for a, b in (([90.0], [88.0, 89.0]), ([90.0, 91.0], [88.0]), ([90.0, 90.0], [88.0, 88.0])):
+        d = unpaired_difference(a, b)
+        assert d.mean == pytest.approx(np.mean(a) - np.mean(b)) and (d.low, d.high) == (None, None)
+    with pytest.raises(PaperpruneError, match="b must be a non-empty 1-D sequence"):
+        unpaired_difference([1.0, 2.0], [])
 
 
 def test_paired_difference_refuses_other_seeds():

@@ -59,6 +59,9 @@ class Profile:
     baselines: list[dict] = field(default_factory=list)
     latency_repeats: int = 10
     deployed_latency: bool = True
+    #: the profile whose main curves this profile's curves are compared with on the results page, unpaired
+    #: (`reporting.curves.unpaired_table`: other calibration samples, so no seed pairs them); None: none
+    compared_with: str | None = None
     #: the profile whose RUNS/<name>/baselines/ holds the baselines (trained there when absent), so two profiles
     #: share one trained baseline; None: this profile's own folder
     baselines_from: str | None = None
@@ -379,7 +382,9 @@ def write_results_page(figures_root: Path = REPO / "figures", page: Path = RESUL
     """docs/results.md from the records of every profile under `figures_root` (`reporting.pages.results_page`)."""
     from .reporting.pages import results_page
 
-    return atomic_write_text(page, results_page(figures_root, {n: p.description for n, p in profiles().items()}))
+    every = profiles()
+    return atomic_write_text(page, results_page(figures_root, {n: p.description for n, p in every.items()},
+                                                {n: p.compared_with for n, p in every.items() if p.compared_with}))
 
 
 def _rebuild(profile: Profile, figures: Path) -> int:
@@ -389,7 +394,7 @@ def _rebuild(profile: Profile, figures: Path) -> int:
     if not (figures / "records").is_dir():
         raise PaperpruneError(f"{figures / 'records'} does not exist: profile {profile.name} has no committed "
                               "records to rebuild from; run the profile first (without --rebuild)")
-    written = rebuild(figures)
+    written = rebuild(figures, profile.compared_with and figures.parent / profile.compared_with)
     page = write_results_page()
     print(f"profile {profile.name}: {len(written)} table and figure file(s) rebuilt under {figures} from its "
           f"records; results page: {page}")
@@ -558,6 +563,10 @@ def _main(args) -> int:
         own_baselines = baselines if profile.baselines_from is None else []  # else recorded with their profile's
         copied = collect_records(runs_root / profile.name, [out for out, _ in own_baselines + curve_jobs + planned],
                                  figures / "records")
+        if profile.compared_with and (figures.parent / profile.compared_with / "records").is_dir():
+            from .reporting.pages import unpaired_tables
+
+            unpaired_tables(figures, figures.parent / profile.compared_with)
         if figures == (REPO / "figures" / profile.name).resolve():
             write_results_page()
     print(f"baselines took {train_seconds:.0f} s, curves {curve_seconds:.0f} s, runs {seconds:.0f} s; tables and "

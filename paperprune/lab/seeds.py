@@ -6,7 +6,10 @@ are summarised by n, the mean and the sample standard deviation (ddof = 1) with 
 for the mean (n - 1 degrees of freedom, `summarize`). Two criteria run on the same seeds and
 test images are compared by their per-seed paired differences a - b, with the same t-interval
 (`paired_difference`), or by a two-level bootstrap that resamples seeds and then the test
-images within each resampled seed (`two_level_bootstrap`).
+images within each resampled seed (`two_level_bootstrap`). Configurations whose seeds draw
+different samples (e.g. 10 and 50 calibration images per class) share nothing to pair by, and
+are compared by the difference of their means with Welch's t-interval (`unpaired_difference`),
+which is wider than a paired one would be.
 
 A bootstrap over test images alone sees only within-seed test noise: the spread between seeds
 (which calibration sample was drawn) is invisible to it, so its interval is too narrow whenever
@@ -28,7 +31,8 @@ from scipy import stats
 
 from ..utils import PaperpruneError
 
-__all__ = ["SeedSummary", "NO_INTERVAL", "paired_difference", "summarize", "two_level_bootstrap"]
+__all__ = ["SeedSummary", "NO_INTERVAL", "paired_difference", "summarize", "two_level_bootstrap",
+           "unpaired_difference"]
 
 #: how a summary of one seed shows its (absent) interval
 NO_INTERVAL = "n = 1: no interval"
@@ -181,6 +185,54 @@ def paired_difference(a, b, confidence: float = 0.95) -> SeedSummary:
     a, b, seeds = _paired(a, b, "paired_difference")
     diff = _values(a, "a") - _values(b, "b")
     return summarize(diff, confidence, seeds=seeds)
+
+
+def unpaired_difference(a, b, confidence: float = 0.95) -> SeedSummary:
+    """The difference of the means of two independent sets of seeds, a - b, with Welch's t-interval.
+
+    mean(a) - mean(b) +- t_{(1 + confidence) / 2, df} * sqrt(s_a^2 / n_a + s_b^2 / n_b), with the
+    Welch-Satterthwaite degrees of freedom df = (s_a^2/n_a + s_b^2/n_b)^2 / ((s_a^2/n_a)^2 / (n_a - 1)
+    + (s_b^2/n_b)^2 / (n_b - 1)): no equal variances assumed.
+
+    Parameters
+    ----------
+    a, b : sequence of float, shapes (n_a,) and (n_b,)
+        One value per seed of each configuration; the seeds need not match (the samples differ).
+    confidence : float
+        Coverage of the interval, in (0, 1).
+
+    Returns
+    -------
+    SeedSummary
+        ``n``: n_a + n_b; ``mean``: the difference of the means; ``std``: None (each side has its
+        own, `summarize`); ``low``/``high``: the interval, None when either side has one seed or both
+        are constant; ``interval="Welch t"``.
+
+    Notes
+    -----
+    Use it only where no pairing exists: where both sides ran on the same seeds and test images,
+    `paired_difference` removes the seed's own effect and is the narrower, right interval.
+
+    Examples
+    --------
+    >>> d = unpaired_difference([91.0, 92.0, 93.0], [88.0, 90.0, 89.0, 91.0])
+    >>> round(d.mean, 2), d.n, d.interval
+    (2.5, 7, 'Welch t')
+    >>> d.interval_text(signed=True)
+    '[+0.27, +4.73]'
+    """
+    a, b = _values(a, "a"), _values(b, "b")
+    confidence = _confidence(confidence)
+    n = int(a.size + b.size)
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return SeedSummary(n, diff, None, None, None, confidence, "Welch t")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va + vb == 0:
+        return SeedSummary(n, diff, None, None, None, confidence, "Welch t")
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df)) * math.sqrt(va + vb)
+    return SeedSummary(n, diff, None, diff - half, diff + half, confidence, "Welch t")
 
 
 def _correctness(rows, what: str) -> list[np.ndarray]:

@@ -11,5 +11,6 @@ PROFILE = {'name': 'block-100pc',
                 'statistics (B = 20, M = 3) on 100 images per class, 10 calibration seeds, top-1 on 3,000 '
                 'class-stratified test images raw and after adaptive BN; no fine-tuning.',
  'curves': [dict(JOB, samples_per_class=100, criterion_options=dict(BLOCK))],
+ 'compared_with': 'block',
  'latency_repeats': 0,
  'deployed_latency': False}

@@ -28,13 +28,14 @@ from ...compare import Comparison, jaccard
 from ...criteria import AGNOSTIC, CLASSWISE
 from ...utils import PaperpruneError
 from ..record import read_curves
-from ..seeds import NO_INTERVAL, paired_difference, summarize
+from ..seeds import NO_INTERVAL, paired_difference, summarize, unpaired_difference
 from ..stats import unpack_correct
 from .figures import new_figure, save_figure
 from .records import BOOKKEEPING_KEYS, canon, complete_runs, entry_key, method_label, method_rank, mean_std_n
 from .tables import Table, write_table
 
-__all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "plot_curves",
+__all__ = ["AGNOSTIC", "CLASSWISE", "CURVE_METRICS", "load_curves", "curves_table", "variant_table", "unpaired_table",
+           "plot_curves",
            "plot_curve_widths", "curve_overlap", "plot_overlap", "paired_curves", "paired_runs", "paired_table",
            "curves_report", "paired_title", "PAIRINGS", "STRUCTURE_REFERENCE"]
 
@@ -326,6 +327,39 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
                   "seeds (calibration samples) and test images.", _ci_note(confidence),
                   "Kept overlap: Jaccard of the (layer, channel) pairs the variant and the main curves keep at that "
                   "seed and target, mean ± std over seeds (1 = the same channels; — where a record holds no kept channels)."])
+
+
+def unpaired_table(reference: dict, record: dict, metric: str = "top1_bn", *, confidence: float = 0.95) -> Table:
+    """Curves on other calibration samples (e.g. 50 images per class) against a reference curves record of the
+    same baseline and test images (e.g. 10 per class), per method and target both hold: top-1 of each, mean ±
+    std over its own seeds, and the difference of the means record − reference with Welch's t-interval
+    (`paperprune.lab.seeds.unpaired_difference`): the records draw different samples, so no seed pairs them."""
+    if metric not in CURVE_METRICS:
+        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    keys = ("dataset", "arch", "baseline_sha256", "test_images")
+    differ = [k for k in keys if reference["config"].get(k) != record["config"].get(k)]
+    if differ:
+        raise PaperpruneError(f"{record_title(record)} and the reference {record_title(reference)} differ in "
+                              f"{', '.join(differ)}: compare curves of one baseline on one test set")
+    rows = []
+    for target in _targets(record):
+        ours, theirs = ({m: [p[metric] for p in _ok(r, target) if _key(p) == m] for m in _methods(_ok(r, target))}
+                        for r in (record, reference))
+        for method in (m for m in ours if m in theirs):
+            d = unpaired_difference(ours[method], theirs[method], confidence)
+            rows.append([method_label(method), f"{100 * target:g}", f"{len(theirs[method])} / {len(ours[method])}",
+                         mean_std_cell(theirs[method]), mean_std_cell(ours[method]), f"{d.mean:+.2f}",
+                         d.interval_text(signed=True) if d.low is not None else "no interval"])
+    per_class = [r["config"].get("samples_per_class") for r in (reference, record)]
+    what = CURVE_METRICS[metric][1]
+    return Table(f"{record_title(record)}, {per_class[1]} per class, against {record_title(reference)}, "
+                 f"{per_class[0]} per class: {what}, no fine-tuning (unpaired)",
+                 ["Method", "Target FLOPs ↓ (%)", "n (reference / this)", "Reference top-1 (%)", "This top-1 (%)",
+                  "Δ top-1", "CI"], rows,
+                 ["Δ = this record's mean top-1 − the reference's, in points, each mean over its own seeds; the two "
+                  "draw different calibration samples, so no seed pairs them.",
+                  f"CI: {100 * confidence:g}% Welch t-interval of the difference of the means "
+                  "(paperprune.lab.seeds.unpaired_difference; no interval where a side has one seed)."])
 
 
 # --------------------------------------------------------------------------- figures

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .curves import (CURVE_METRICS, PAIRINGS, curves_report, mean_std_cell, curves_table, load_curves, paired_curves, paired_runs, paired_table, paired_title,
-                     record_title, record_variant, variant_table)
+                     record_title, record_variant, unpaired_table, variant_table)
 from ...select import entry_name
 from .records import complete_runs, load_runs, method_label, method_rank
 from .tables import Table, results_table, write_table
 
-__all__ = ["ablation_report", "baseline_summary", "baselines_table", "rebuild", "results_page", "verdict_counts"]
+__all__ = ["ablation_report", "baseline_summary", "baselines_table", "rebuild", "results_page", "unpaired_tables",
+           "verdict_counts"]
 
 
 # --------------------------------------------------------------------------- reading a profile's records
@@ -71,7 +72,9 @@ class _Records:
 def _read(records: Path) -> _Records:
     loaded = [(p, load_curves(p)) for p in sorted((records / "curves").glob("*/curves.json"))]
     main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in loaded if not record_variant(r)}
-    curves = [(p, r) for p, r in loaded if not record_variant(r)]
+    # a variant is an ablation of its profile's main curves of the same model; without one it is the profile's curves
+    curves = [(p, r) for p, r in loaded if (r["config"].get("dataset"), r["config"].get("arch")) not in main
+              or main[r["config"].get("dataset"), r["config"].get("arch")] is r]
     variants = [(p, r, main[r["config"].get("dataset"), r["config"].get("arch")]) for p, r in loaded
                 if record_variant(r) and (r["config"].get("dataset"), r["config"].get("arch")) in main]
     run_dirs = [d for d in records.iterdir() if d.is_dir() and d.name not in ("curves", "baselines")]
@@ -95,16 +98,41 @@ def ablation_report(main: dict, variant: dict, figures: str | Path) -> list[Path
     return written
 
 
-def rebuild(figures: str | Path) -> list[Path]:
+def _references(found: _Records, reference: Path | None) -> list[tuple[dict, dict]]:
+    """(reference, record) for each curves record of a profile whose model the reference profile's main curves
+    (folder `reference`, a profile's figures) also hold; none without a reference."""
+    if reference is None:
+        return []
+    main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in _read(reference / "records").curves}
+    return [(main[key], record) for _, record in found.curves
+            if (key := (record["config"].get("dataset"), record["config"].get("arch"))) in main]
+
+
+def unpaired_tables(figures: str | Path, compared_with: str | Path) -> list[Path]:
+    """A profile's curves (`figures/records`) against the main curves of the profile it is compared with (its
+    figures folder `compared_with`), on other samples (`unpaired_table`), raw and after adaptive BN, as tables
+    under `figures/tables`; the files written (none where the other profile has no curves of the model)."""
+    written = []
+    for reference, record in _references(_read(Path(figures) / "records"), Path(compared_with)):
+        for metric in CURVE_METRICS:
+            written += write_table(unpaired_table(reference, record, metric), Path(figures) / "tables",
+                                   f"unpaired_{metric}_{_stem(record)}")
+    return written
+
+
+def rebuild(figures: str | Path, compared_with: str | Path | None = None) -> list[Path]:
     """Every table and figure of one profile (`figures/<profile>`) rebuilt from `figures/<profile>/records`
     alone: the curves tables, paired tables and figures of each curves record, each ablation variant
-    against its main curves, the fine-tuned runs' report, the baselines table. Nothing is run; the
-    files written are returned."""
+    against its main curves, the fine-tuned runs' report, the baselines table; with `compared_with` (the
+    figures folder of the profile it is compared with, `Profile.compared_with`), each curves record against
+    that profile's main curves, unpaired. Nothing is run; the files written are returned."""
     figures = Path(figures)
     found = _read(figures / "records")
     written: list[Path] = []
     for _, record in found.curves:
         written += [p for paths in curves_report(record, figures).values() for p in paths]
+    if compared_with is not None:
+        written += unpaired_tables(figures, compared_with)
     for _, record, main in found.variants:
         written += ablation_report(main, record, figures)
     if found.runs:
@@ -196,8 +224,10 @@ def _figure(path: Path, root: Path, alt: str) -> list[str]:
     return [f"![{alt}]({Path('..') / path.relative_to(root.parent)})", ""] if path.is_file() else []
 
 
-def _profile_section(name: str, description: str, figures: Path) -> tuple[list[str], list[tuple[str, list[dict]]]]:
-    """The page's section of one profile, and its (what, paired rows) for the verdict."""
+def _profile_section(name: str, description: str, figures: Path,
+                     compared_with: str | None = None) -> tuple[list[str], list[tuple[str, list[dict]]]]:
+    """The page's section of one profile, and its (what, paired rows) for the verdict; with `compared_with`
+    (a profile beside it under the same root), its curves against that profile's, unpaired."""
     found = _read(figures / "records")
     rel = f"figures/{name}"
     lines = [f"## `{name}`", "", description, ""]
@@ -220,6 +250,11 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
                 versus = "" if against == "agnostic" else ", structure vs plain lasso"
                 verdict.append((f"{record_title(record)}, {CURVE_METRICS[metric][1]}, no fine-tuning{versus} ({name})",
                                 rows))
+    for reference, record in _references(found, None if compared_with is None else figures.parent / compared_with):
+        lines += [f"### Against `{compared_with}`: {record_title(record)}", ""]
+        for metric in CURVE_METRICS:
+            lines += _table_block(unpaired_table(reference, record, metric),
+                                  f"{rel}/tables/unpaired_{metric}_{_stem(record)}.md")
     for _, record, main in found.variants:
         lines += [f"### Ablation: {record_title(record)}", ""]
         lines += _table_block(variant_table(main, record, "top1_bn"),
@@ -245,15 +280,18 @@ def _profile_section(name: str, description: str, figures: Path) -> tuple[list[s
     return lines, verdict
 
 
-def results_page(figures_root: str | Path, descriptions: Mapping[str, str]) -> str:
+def results_page(figures_root: str | Path, descriptions: Mapping[str, str],
+                 compared_with: Mapping[str, str] | None = None) -> str:
     """The results page: a verdict section counting every class-wise comparison, then one section per
     profile in `descriptions` whose `figures_root/<profile>/records` exists, every table computed from
-    those records (the same tables `rebuild` writes, named beside each one)."""
+    those records (the same tables `rebuild` writes, named beside each one). `compared_with` maps a profile
+    to the one its curves are compared with, unpaired (`Profile.compared_with`)."""
     root = Path(figures_root)
+    compared_with = compared_with or {}
     sections, verdict = [], []
     for name, description in descriptions.items():
         if (root / name / "records").is_dir():
-            lines, rows = _profile_section(name, description, root / name)
+            lines, rows = _profile_section(name, description, root / name, compared_with.get(name))
             sections += lines
             verdict += rows
     head = ["# Results", "",
