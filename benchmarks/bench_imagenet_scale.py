@@ -19,7 +19,7 @@ statistics, every finished solve), labelled as interrupted. A smoke test (second
 The exact statistics for comparison, measured at a smaller N and projected to the paper's (the forward
 passes in proportion to N, the kernels to N squared; `--statistics-only` stops at the first solve):
 
-    python benchmarks/bench_imagenet_scale.py --statistics exact --per-class 1 --classes 500 --methods stlp \
+    python benchmarks/bench_imagenet_scale.py --statistics exact --per-class 2 --classes 250 --methods stlp \
         --statistics-only --threads 2
 """
 from __future__ import annotations
@@ -67,6 +67,9 @@ class Probes:
         self._wrap(ib._BlockStream, "batch_end", self._kernels)
         self._wrap(ib._ClassMeans, "hook", self._embeddings)
         self._wrap(ib, "_forward", self._forward)  # the exact statistics' feature passes (block: kernels inside)
+        self._wrap(ib, "_groups", self._groups)  # how the exact statistics group layers into passes
+        self.passes: list[dict] = []
+        self.grouping = None
         self._wrap(LassoCriterion, "solutions", self._solutions)
         self._wrap(LassoCriterion, "prepare", self._prepare)
         self.bracket = 0   # levels asked inside `prepare`: the search for the lam that empties every layer
@@ -93,12 +96,19 @@ class Probes:
         finally:
             self.kernels_s += time.perf_counter() - start
 
-    def _forward(self, original, *args, **kwargs):
+    def _forward(self, original, model, layers, images, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return original(*args, **kwargs)
+            return original(model, layers, images, *args, **kwargs)
         finally:
-            self.forward_s += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.forward_s += elapsed
+            self.passes.append({"layers": [layer.name for layer in layers], "images": int(images.shape[0]),
+                                "s": elapsed})
+
+    def _groups(self, original, layers, sizes, max_bytes):
+        self.grouping = ([layer.name for layer in layers], dict(sizes), max_bytes)
+        return original(layers, sizes, max_bytes)
 
     def _embeddings(self, original, *args, **kwargs):
         start = time.perf_counter()
@@ -223,6 +233,9 @@ def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dic
            "solves": [{k: v for k, v in s.items() if k != "start"} | {"at_s": s["start"] - start}
                       for s in probes.solves]}
     if args.statistics_only:
+        row["forward_passes"] = probes.passes
+        if exact:
+            row["projected_forward_s"] = projected_forward(probes, PAPER_SAMPLES)
         print(f"{method}: statistics only, {row['stages']['until_first_solve_s']:.0f} s before the first solve "
               f"(forward passes {probes.forward_s:.0f} s), peak {row['peak_rss_gib']:.2f} GiB", flush=True)
         return row
@@ -230,6 +243,33 @@ def interrupted(method: str, args, probes: Probes, sampler, start: float) -> dic
           f"{row['stages']['until_first_solve_s']:.0f} s, {len(probes.solves)} solves finished in "
           f"{row['solver_s']:.0f} s ({row['unconverged_solves']} at max_iter)", flush=True)
     return row
+
+
+def projected_forward(probes: Probes, samples: int) -> float | None:
+    """The exact statistics' forward passes at `samples` images, from those measured: the layers regrouped by
+    `ib._groups` with every feature size scaled to `samples` (more, smaller groups), each pass costing
+    samples / N times the measured pass time at the depth of its deepest layer (interpolated over the measured
+    passes' deepest layers, in the layers' order)."""
+    import numpy as np
+
+    if probes.grouping is None:
+        return None
+    order, sizes, max_bytes = probes.grouping
+    measured = [p for p in probes.passes if p["images"] > 1]  # not the one-image shape probe
+    n = measured[0]["images"]
+    depth = {name: i for i, name in enumerate(order)}
+    points = sorted((max(depth[name] for name in p["layers"] if name in depth), p["s"]) for p in measured)
+    scale = samples / n
+    groups = ib._groups([_Named(name) for name in order], {k: v * scale for k, v in sizes.items()}, max_bytes)
+    deepest = [max(depth[layer.name] for layer in group) for group in groups]
+    return float(scale * np.interp(deepest, [d for d, _ in points], [t for _, t in points]).sum())
+
+
+class _Named:
+    """A stand-in layer for `ib._groups`, which reads only `.name`."""
+
+    def __init__(self, name):
+        self.name = name
 
 
 def markdown(runs: list[dict]) -> str:
@@ -277,17 +317,20 @@ def markdown(runs: list[dict]) -> str:
                          f"{r['unconverged_solves']} |")
     if statistics_only:
         lines += ["", f"Statistics alone (`--statistics-only`: stopped at the first solve), measured at N samples and "
-                  f"**projected** to the paper's N = {PAPER_SAMPLES}: the forward passes in proportion to N, the "
-                  "kernels (the rest before the first solve: the statistics from the gathered features, and setup) "
-                  "to N squared. Projections are arithmetic on the measured row, not runs.", "",
+                  f"**projected** to the paper's N = {PAPER_SAMPLES}: the forward passes regrouped as `ib._groups` "
+                  "groups the layers at that N (features N times larger, so more passes), each pass N-fold the "
+                  "measured time of a pass as deep; the kernels (the rest before the first solve: the statistics "
+                  "from the gathered features, and setup) to N squared. Projections are arithmetic on the "
+                  "measured row, not runs.", "",
                   "| date | commit | classes | px | N | statistics | threads | measured s | forward s | kernels s "
                   "| peak RSS GiB | projected to N = 2,000: forward s | kernels s | total s |",
                   "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in statistics_only:
             s, scale = r["stages"], PAPER_SAMPLES / r["samples"]
             forward, kernels = s.get("forward_s"), s["kernels_s"]
-            projected = ("- | - | -" if forward is None else
-                         f"{forward * scale:.0f} | {kernels * scale ** 2:.0f} | {forward * scale + kernels * scale ** 2:.0f}")
+            forward_n = r.get("projected_forward_s")
+            projected = ("- | - | -" if forward_n is None else
+                         f"{forward_n:.0f} | {kernels * scale ** 2:.0f} | {forward_n + kernels * scale ** 2:.0f}")
             lines.append(f"| {r['date']} | {str(r['commit'])[:10]} | {r['classes']} | {r['image_size']} | "
                          f"{r['samples']} | {r['statistics']} | {r['threads']} | {s['until_first_solve_s']:.0f} | "
                          f"{f(forward)} | {f(kernels)} | {r['peak_rss_gib']:.2f} | {projected} |")
