@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import paperprune
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
+
+import paperprune  # noqa: E402
 from paperprune.deploy import DEPLOY_MODE
 from paperprune.lab.data import DeviceLoader, class_balanced_batch, dataset_info, load_tensors
 from paperprune.lab.io import environment_info

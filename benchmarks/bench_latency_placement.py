@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import paperprune
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
+
+import paperprune  # noqa: E402
 import paperprune.latency as latency
 from paperprune.lab.data import load_tensors
 from paperprune.lab.io import environment_info
