@@ -12,11 +12,14 @@ but a few near-ties. Results in benchmarks/results/eval.{json,md}, with machine,
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
 
 import paperprune
 from paperprune.lab.curves import correct_per_image

@@ -14,6 +14,7 @@ per class (target on this CPU: under 20 min and 12 GiB); smaller settings show w
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import psutil
 import torch
 import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
 
 import paperprune
 import paperprune.lasso as lasso

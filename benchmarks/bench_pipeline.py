@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
+
 import paperprune
 from paperprune.lab.data import class_balanced_batch, dataset_info, load_tensors
 from paperprune.deploy import DEPLOY_MODE, prepare_for_inference

@@ -42,6 +42,8 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not the installed one
+
 import paperprune
 from paperprune.discover import channel_axis, tolerant_concat_mapping, unit_width
 from paperprune.flops import count_flops_params
