@@ -38,7 +38,7 @@ In mode "deployed" a unit's input is channels_last, as it is inside the deployed
 
 Memory placement. On a CPU, where a model's weights land in memory changes its speed: a long-running
 process hands a fresh copy of a model memory that other tensors freed, mostly in 4 KiB pages, and a
-large model then spends its time on TLB misses. Measured side by side with a pruned copy, six fresh
+large model then runs slower (TLB misses being the likely cause). Measured side by side with a pruned copy, six fresh
 copies of an unpruned VGG-16 from torch's allocator ran in 394-416 ms and measured a 67.6-69.4%
 reduction; packed onto memory advised for huge pages, 375-384 ms and 66.2-66.9%; two packed copies
 made once and reused, 355-364 ms and 65.1-65.8% (`benchmarks/results/latency-placement.md`): packing
