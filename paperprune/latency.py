@@ -136,9 +136,9 @@ def huge_pages_available() -> bool | None:
 
 
 def _pack_on_huge_pages(model: nn.Module) -> nn.Module:
-    """Move the parameters and buffers of CPU `model` (in place) into one fresh anonymous mapping advised for
-    huge pages, each at a 64-byte boundary; where madvise or its MADV_HUGEPAGE is missing, the mapping is
-    plain. The tensors keep the mapping alive."""
+    """Move the CPU parameters and buffers of `model` (in place) into one fresh anonymous mapping advised for
+    huge pages, each at a 64-byte boundary (a model on another device is returned as it is); where madvise or
+    its MADV_HUGEPAGE is missing, the mapping is plain. The tensors keep the mapping alive."""
     import mmap
 
     tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.device.type == "cpu"]
@@ -517,8 +517,7 @@ def _copy_to(model: nn.Module, device) -> nn.Module:
     """An eval-mode copy of `model` on `device`, on a CPU packed onto huge pages (`_pack_on_huge_pages`)."""
     import copy
 
-    model = copy.deepcopy(model).to(device).eval()
-    return _pack_on_huge_pages(model) if torch.device(device).type == "cpu" else model
+    return _pack_on_huge_pages(copy.deepcopy(model).to(device).eval())
 
 
 def _read_table(path: Path, key: dict) -> dict | None:
@@ -555,8 +554,7 @@ def _measure(model, units, input_size, batch_size, mode, device, timer, progress
             cin0, cout0 = unit.in_channels, unit.out_channels
             at = {}
             for cin, cout in sorted(job["points"]):
-                module = unit.module(cin, cout).to(device)
-                at[cin, cout] = float(timer(_pack_on_huge_pages(module) if device.type == "cpu" else module,
+                at[cin, cout] = float(timer(_pack_on_huge_pages(unit.module(cin, cout).to(device)),
                                             unit.example(batch_size, cin, device, mode), mode))
                 bar.update(1)
             table["units"][key] = {"full": at[cin0, cout0], "in": [[w, at[w, cout0]] for w in sorted(job["in"])],
