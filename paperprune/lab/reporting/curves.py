@@ -62,6 +62,11 @@ def load_curves(path: str | Path) -> dict:
     return read_curves(path / "curves.json" if path.is_dir() else path).to_dict()
 
 
+def _check_metric(metric: str) -> None:
+    if metric not in CURVE_METRICS:
+        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+
+
 def _ok(record: dict, target: float | None = None) -> list[dict]:
     return [p for p in record["points"] if "error" not in p and (target is None or np.isclose(p["target"], target))]
 
@@ -238,8 +243,7 @@ def paired_curves(record: dict, metric: str = "top1_bn", *, against: str = "agno
     method, reference, mean, reference_mean, macs_reduction, reference_macs_reduction, and the
     paired difference over seeds: diff, std, low, high (None for one seed), confidence, interval
     ("t"), seeds (n), images."""
-    if metric not in CURVE_METRICS:
-        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    _check_metric(metric)
     if against not in PAIRINGS:
         raise PaperpruneError(f"against={against!r} unknown; use one of {', '.join(PAIRINGS)}")
     key = CURVE_METRICS[metric][0]
@@ -296,8 +300,7 @@ def variant_table(main: dict, variant: dict, metric: str = "top1_bn", *, confide
     curves of the same baseline, per method and target both hold: top-1 of each (mean ± std over the
     seeds both have) and the mean paired difference variant − main over those seeds (the same
     calibration samples: the seeds draw the same images in both) with its t-interval."""
-    if metric not in CURVE_METRICS:
-        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    _check_metric(metric)
     keys = ("dataset", "arch", "baseline_sha256", "samples_per_class", "test_images")
     differ = [k for k in keys if main["config"].get(k) != variant["config"].get(k)]
     if differ:
@@ -334,8 +337,7 @@ def unpaired_table(reference: dict, record: dict, metric: str = "top1_bn", *, co
     same baseline and test images (e.g. 10 per class), per method and target both hold: top-1 of each, mean ±
     std over its own seeds, and the difference of the means record − reference with Welch's t-interval
     (`paperprune.lab.seeds.unpaired_difference`): the records draw different samples, so no seed pairs them."""
-    if metric not in CURVE_METRICS:
-        raise PaperpruneError(f"metric {metric!r} unknown; use one of {', '.join(CURVE_METRICS)}")
+    _check_metric(metric)
     keys = ("dataset", "arch", "baseline_sha256", "test_images")
     differ = [k for k in keys if reference["config"].get(k) != record["config"].get(k)]
     if differ:

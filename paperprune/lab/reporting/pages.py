@@ -69,14 +69,17 @@ class _Records:
     baselines: list[Path]
 
 
+def _model(record: dict) -> tuple:
+    """The (dataset, arch) a curves record prunes."""
+    return record["config"].get("dataset"), record["config"].get("arch")
+
+
 def _read(records: Path) -> _Records:
     loaded = [(p, load_curves(p)) for p in sorted((records / "curves").glob("*/curves.json"))]
-    main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in loaded if not record_variant(r)}
+    main = {_model(r): r for _, r in loaded if not record_variant(r)}
     # a variant is an ablation of its profile's main curves of the same model; without one it is the profile's curves
-    curves = [(p, r) for p, r in loaded if (r["config"].get("dataset"), r["config"].get("arch")) not in main
-              or main[r["config"].get("dataset"), r["config"].get("arch")] is r]
-    variants = [(p, r, main[r["config"].get("dataset"), r["config"].get("arch")]) for p, r in loaded
-                if record_variant(r) and (r["config"].get("dataset"), r["config"].get("arch")) in main]
+    curves = [(p, r) for p, r in loaded if main.get(_model(r), r) is r]
+    variants = [(p, r, main[_model(r)]) for p, r in loaded if record_variant(r) and _model(r) in main]
     run_dirs = [d for d in records.iterdir() if d.is_dir() and d.name not in ("curves", "baselines")]
     runs = [r for d in run_dirs for r in load_runs(d)]
     baselines = sorted(d for d in (records / "baselines").glob("*") if d.is_dir())
@@ -103,9 +106,8 @@ def _references(found: _Records, reference: Path | None) -> list[tuple[dict, dic
     (folder `reference`, a profile's figures) also hold; none without a reference."""
     if reference is None:
         return []
-    main = {(r["config"].get("dataset"), r["config"].get("arch")): r for _, r in _read(reference / "records").curves}
-    return [(main[key], record) for _, record in found.curves
-            if (key := (record["config"].get("dataset"), record["config"].get("arch"))) in main]
+    main = {_model(r): r for _, r in _read(reference / "records").curves}
+    return [(main[_model(record)], record) for _, record in found.curves if _model(record) in main]
 
 
 def unpaired_tables(figures: str | Path, compared_with: str | Path) -> list[Path]:
