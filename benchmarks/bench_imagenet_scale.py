@@ -17,7 +17,8 @@ statistics, every finished solve), labelled as interrupted. A smoke test (second
     python benchmarks/bench_imagenet_scale.py --classes 20 --size 64 --per-class 2 --out /tmp/scale.json
 
 The exact statistics for comparison, measured at a smaller N and projected to the paper's (the forward
-passes in proportion to N, the kernels to N squared; `--statistics-only` stops at the first solve):
+passes regrouped for the larger features and costed by the measured passes, the rest scaled by N squared:
+`projected_forward`; `--statistics-only` stops at the first solve):
 
     python benchmarks/bench_imagenet_scale.py --statistics exact --per-class 2 --classes 250 --methods stlp \
         --statistics-only --threads 2
