@@ -410,8 +410,7 @@ def test_working_set_certificate(problem, graph, tree, nonnegative):
 @pytest.mark.parametrize("lam", [0.02, 0.1])
 def test_working_set_rounds_match_cvxpy(problem, graph, tree, lam, nonnegative, monkeypatch):
     """With the working set grown two rows at a time, the solvers take several rounds on a strict
-    subset of rows before certifying the rest at zero, and still reach cvxpy's optimum (layers of
-    more than 2 * _GROW_MIN channels take this path; smaller ones start from every violating row)."""
+    subset of rows before certifying the rest at zero, and still reach cvxpy's optimum."""
     import paperprune.lasso as lasso
 
     monkeypatch.setattr(lasso, "_GROW_MIN", 2)
@@ -453,6 +452,38 @@ def test_fusion_violation_is_an_upper_bound(graph, nonnegative):
         prob.solve()
         assert b >= prob.value - 1e-7
     assert (bound < outside(H).norm(dim=1) - 1e-3).any()  # the multipliers do tighten some rows
+
+
+@SIGNS
+def test_fusion_violation_certifies_zero_rows_held_by_long_chains_of_multipliers(nonnegative):
+    """On a path over 300 classes (the worst-conditioned graph: ||D||_2^2 / lambda_min(D D^T) ~ 4 10^4), rows
+    whose zero is optimal only through the fusion multipliers (H = u - Y* D with Y* and u strictly inside
+    their boxes, so that Y = Y* certifies them) get the bound 0, although Y = 0 leaves every one of them
+    violating; with a `target` the check stops once the bounds' norm is at most it, still above the exact
+    bounds."""
+    from paperprune.lasso import _fusion_violation
+
+    classes, lam, gw = 300, 0.15, 0.4
+    edges = torch.stack([torch.arange(classes - 1), torch.arange(1, classes)], 1)
+    path = ClassGraph(edges, torch.ones(classes - 1, dtype=torch.float64), torch.ones(classes - 1, dtype=torch.float64),
+                      num_classes=classes)
+    D = path.incidence(classes)
+    rng = np.random.default_rng(0)
+    Y_star = torch.tensor(rng.uniform(-0.5, 0.5, (20, classes - 1)) * gw)
+    u = torch.tensor(rng.uniform(-0.5, 1.0, (20, classes)) * lam if nonnegative else
+                     rng.uniform(-0.5, 0.5, (20, classes)) * lam)
+    H = u - Y_star @ D
+
+    def outside(V):
+        return V.add(lam).clamp_max(0) if nonnegative else V.sign() * (V.abs() - lam).clamp_min(0)
+
+    assert (outside(H).norm(dim=1) > 0).all()
+    step = 1.0 / float(torch.linalg.matrix_norm(D, ord=2)) ** 2
+    weights = torch.full((classes - 1,), gw, dtype=torch.float64)
+    assert (_fusion_violation(H, (D, D.T), weights, step, outside) == 0).all()
+    start = float(outside(H).norm())
+    loose = _fusion_violation(H, (D, D.T), weights, step, outside, target=0.01 * start)
+    assert 0 < float(loose.norm()) <= 0.01 * start
 
 
 def test_fusion_step(graph, monkeypatch):
