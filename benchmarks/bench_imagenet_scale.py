@@ -273,6 +273,14 @@ class _Named:
         self.name = name
 
 
+def _steps(bisection: list[dict]) -> str:
+    """The finished bisection steps as lam_hi / x (seconds), lam_hi being the first step's lam."""
+    if not bisection:
+        return "-"
+    hi = bisection[0]["lam"]
+    return ", ".join(f"{hi / b['lam']:.0f} ({b['wall_s']:.0f})" for b in bisection)
+
+
 def markdown(runs: list[dict]) -> str:
     lines = ["# ImageNet scale on one CPU: block statistics end to end (benchmarks/bench_imagenet_scale.py)", "",
              "torchvision ResNet-50, generated images, `paperprune.prune` at 50% fewer MACs; sGLP-IB with a "
@@ -302,11 +310,12 @@ def markdown(runs: list[dict]) -> str:
                      f"{f(s['selection_s'])} | {len(s['bisection'])} | {r['solver_iterations']} | "
                      f"{r['unconverged_solves']} | {r['macs_reduction']:.4f} |")
     if interrupted_runs:
-        lines += ["", "Runs stopped by `--time-limit` before they finished (no reduction reached; what they measured "
-                  "up to then):", "",
+        lines += ["", "Runs stopped before they finished, by `--time-limit` unless a note below the table says otherwise "
+                  "(no reduction reached; what they measured up to then):", "",
                   "| date | commit | method | classes | px | N | statistics | threads | stopped after s | peak RSS GiB "
-                  "| statistics and setup s | solves finished | solver s | slowest solve s (iterations) | at max_iter |",
-                  "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| statistics and setup s | solves finished | solver s | slowest solve s (iterations) | at max_iter "
+                  "| bisection steps finished: lam_hi / x (s) |",
+                  "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in interrupted_runs:
             n = r["solver_calls"]
             slowest = max(r["solves"], key=lambda x: x["wall_s"], default={"wall_s": float("nan"), "iterations": 0})
@@ -315,7 +324,8 @@ def markdown(runs: list[dict]) -> str:
                          f"| {r['samples']} | {stat} | {r['threads']} | {r['interrupted_after_s']:.0f} | "
                          f"{r['peak_rss_gib']:.2f} | {r['stages']['until_first_solve_s']:.0f} | {n} | "
                          f"{r['solver_s']:.0f} | {slowest['wall_s']:.0f} ({slowest['iterations']}) | "
-                         f"{r['unconverged_solves']} |")
+                         f"{r['unconverged_solves']} | {_steps(r['stages']['bisection'])} |")
+        lines += [f"- {r['date']}: {r['note']}" for r in interrupted_runs if r.get("note")]
     if statistics_only:
         lines += ["", f"Statistics alone (`--statistics-only`: stopped at the first solve), measured at N samples and "
                   f"**projected** to the paper's N = {PAPER_SAMPLES}: the forward passes regrouped as `ib._groups` "
