@@ -504,8 +504,12 @@ def test_importance_plugs_into_metapruner_on_resnet18():
             assert module.out_channels == original.get_submodule(name).out_channels, name
     keep = kept_channels(original, model, layers, x)
     for layer in layers:
-        width = scores[layer.name].numel()
-        assert keep[layer.name].tolist() == sorted(scores[layer.name].argsort()[width - width // 2:].tolist())
+        score, kept = scores[layer.name], keep[layer.name]
+        dropped = torch.ones(score.numel(), dtype=torch.bool)
+        dropped[kept] = False
+        # the top-scoring half, whichever of the channels tied at the cut Torch-Pruning keeps (layer4.0.conv1 has three)
+        assert kept.numel() == score.numel() - score.numel() // 2
+        assert float(score[kept].min()) >= float(score[dropped].max())
     expected = masked_output(copy.deepcopy(original), layers, keep, x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-9 * max(1.0, expected.abs().max().item()))
