@@ -698,9 +698,10 @@ def _fusion_violation(H, D, gw, step: float, outside: Callable, target: float = 
     of squares fell by less than the factor `_FUSION_STALL` over the last `_FUSION_WINDOW` checks: rows
     that really violate settle within a few dozen steps, rows bound for zero keep falling.
     Any Y gives an upper bound, so a row that passes is certainly optimal at zero. Accelerated, the
-    check certifies in some hundred steps rows that plain projected gradient needed thousands for; on
-    ImageNet-scale layers (1,000 classes) the working set then holds the kept rows and few more
-    (benchmarks/results/imagenet-scale.md).
+    check certifies in some hundred steps rows that plain projected gradient needed thousands for. On
+    ResNet-50's block statistics (1,000 classes, 4,206 edges; measured by hand) a 512-channel layer with
+    17 rows kept then solved on 30-46 rows, where 30 plain steps had let 456 in; end to end, the first
+    budget step of sGLP-IB took half the time (benchmarks/results/imagenet-scale.md).
     The products run with rows as columns ((K, n) and (E, n) blocks), where the sparse CSR products are
     2-4x faster than on row-major blocks."""
     V = outside(H)
