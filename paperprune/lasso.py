@@ -683,7 +683,7 @@ def _working_set(Q, R, B, fusion, Rl, split, violation, *, tol, max_iter, primal
                        residual=max(primal, dual, screened), certificate=certificate)
 
 
-def _fusion_violation(H, D, gw, step: float, outside: Callable, target: float = 0.0, steps: int = _FUSION_STEPS):
+def _fusion_violation(H, D, gw, step: float, outside: Callable, target: float = 0.0):
     """`D` is the pair (D, D^T) of the signed incidence (E, K) and its transpose, dense or sparse CSR (many
     classes), or None without edges. Upper bound on each row's KKT violation at zero for sGLP: min over
     fusion multipliers |Y_e| <= gamma w_e of ||outside(H + Y D)||, where H = Q B - R and `outside(V)` is V's part
@@ -692,7 +692,7 @@ def _fusion_violation(H, D, gw, step: float, outside: Callable, target: float = 
     B >= 0 (optimal iff H + lam + Y D >= 0). Both are gradients of 1/2 dist^2 to a convex set, so the
     multipliers are found by accelerated projected gradient (FISTA, Beck & Teboulle 2009) on Y, `step` =
     1 / ||D||_2^2 (computed once per solve): rows with outside(H) = 0 pass with Y = 0; the others get up to
-    `steps` steps from Y = 0 (steps=0: the bound at Y = 0). Every `_FUSION_CHECK` steps each row's bound is
+    `_FUSION_STEPS` steps from Y = 0. Every `_FUSION_CHECK` steps each row's bound is
     taken at the projected (feasible) Y and the least so far kept; a row that passes leaves the iteration.
     It stops once the bounds' norm is at most `target` (the working set's tolerance), or when their sum
     of squares fell by less than the factor `_FUSION_STALL` over the last `_FUSION_WINDOW` checks: rows
@@ -707,19 +707,19 @@ def _fusion_violation(H, D, gw, step: float, outside: Callable, target: float = 
     V = outside(H)
     out = torch.linalg.norm(V, dim=1)
     rows = (out > 0).nonzero().flatten()
-    if D is None or not len(rows) or steps == 0:
+    if D is None or not len(rows):
         return out
     D, DT = D
     Ht, Vt, best = H[rows].T.contiguous(), V[rows].T.contiguous(), out[rows]  # (K, n), (K, n), (n,)
     hi = gw[:, None]
     Y = Z = H.new_zeros(D.shape[0], len(rows))  # (E, n): Y feasible, Z its extrapolation
     t, history = 1.0, [float(best.square().sum())]
-    for i in range(1, steps + 1):
+    for i in range(1, _FUSION_STEPS + 1):
         Y_next = torch.clamp(Z - step * (D @ Vt), -hi, hi)
         t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         Z = torch.lerp(Y_next, Y, (1.0 - t) / t_next)  # Y_next + (t - 1) / t_next (Y_next - Y)
         Y, t = Y_next, t_next
-        if i % _FUSION_CHECK == 0 or i == steps:
+        if i % _FUSION_CHECK == 0 or i == _FUSION_STEPS:
             best = torch.minimum(best, torch.linalg.norm(outside(Ht + DT @ Y), dim=0))
             total = float(best.square().sum())
             passed = best == 0
